@@ -1,0 +1,765 @@
+"""Ingestion: story words and per-subject responses from a dataset on disk.
+
+Three layouts (``dataset.layout``):
+
+- ``ds003020``: LeBel et al. narratives layout: Praat TextGrids, ``respdict.json`` and
+  preprocessed ``.hf5`` responses (n_trs_raw − trim_start − trim_end rows).
+- ``bids``: generic BIDS read with pybids: raw ``*_bold.nii.gz`` (or fMRIPrep
+  derivatives chosen by ``dataset.bids.space``/``desc``) and word ``events.tsv``.
+- ``wordcsv``: fMRI as in ``bids``, words from one word-onset CSV/TSV.
+
+Outputs follow docs/outputs.md: ``words.tsv`` per story; ``responses.h5``,
+``mask.nii.gz``, ``mean.nii.gz`` per subject; optionally ``atlas.nii.gz`` + ``atlas.tsv``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from brainllm.io import InputError, atomic_path, open_h5, write_tsv
+from brainllm.textgrid import read_textgrid, word_tier
+
+logger = logging.getLogger(__name__)
+
+# ds003020 drops these after lower-casing and stripping braces (plus the empty string).
+SILENCE_TOKENS = frozenset(
+    {"sentence_start", "sentence_end", "br", "lg", "ls", "ns", "sp", "sil", "sl", "cg", "ig", ""}
+)
+WORD_COLUMNS = ["word", "onset", "offset"]
+TR_TOLERANCE_S = 1e-3
+# Word times may exceed the run end by this much (float rounding of exported times).
+RUN_END_TOLERANCE_S = 1e-6
+
+DATASET_DEFAULTS = {
+    "trim_start": 10,
+    "trim_end": 10,
+    "audio_onset_s": 10.0,
+    "mask": None,
+    "atlas": None,
+    "atlas_labels": None,
+    "wordcsv": None,
+}
+BIDS_DEFAULTS = {
+    "space": None,
+    "desc": None,
+    "word_column": "word",
+    "events_trial_type": None,
+    "confounds_desc": "confounds",
+    "derivatives": "derivatives/fmriprep",
+}
+WORDCSV_DEFAULTS = {
+    "word_column": "word",
+    "onset_column": "onset",
+    "offset_column": "offset",
+    "run_column": None,
+    "story_map": None,
+    "onset_shift_s": 0.0,
+}
+
+
+def dataset_options(dataset: dict) -> dict:
+    """The ``dataset`` config section with defaults filled in (also for nested sections)."""
+    options = {**DATASET_DEFAULTS, **dataset}
+    options["bids"] = {**BIDS_DEFAULTS, **(dataset.get("bids") or {})}
+    if options["wordcsv"] is not None:
+        options["wordcsv"] = {**WORDCSV_DEFAULTS, **options["wordcsv"]}
+    return options
+
+
+def _root(options: dict) -> Path:
+    root = Path(options["root"])
+    if not root.is_dir():
+        raise InputError(root, "dataset root directory not found.", "set dataset.root to the dataset folder.")
+    return root
+
+
+def _stories(options: dict) -> list[str]:
+    return list(options["train_stories"]) + list(options["test_stories"])
+
+
+# --------------------------------------------------------------------------- words
+
+
+def is_silence(token: str) -> bool:
+    """True for silence/noise tokens (``{LG}``, ``sp``, ``sentence_start``, empty, ...)."""
+    return str(token).strip().lower().strip("{}").strip() in SILENCE_TOKENS
+
+
+def clean_words(words: pd.DataFrame, path: str | os.PathLike) -> pd.DataFrame:
+    """Drop silence tokens, check times, sort by onset: columns ``word onset offset``."""
+    words = words.loc[:, WORD_COLUMNS].copy()
+    words["word"] = words["word"].fillna("").astype(str).str.strip()
+    words = words[~words["word"].map(is_silence)]
+    for column in ("onset", "offset"):
+        values = pd.to_numeric(words[column], errors="coerce")
+        if values.isna().any():
+            row = int(np.flatnonzero(values.isna().to_numpy())[0])
+            raise InputError(
+                path,
+                f"word {words['word'].iloc[row]!r} has a missing or non-numeric {column} "
+                f"({words[column].iloc[row]!r}).",
+                f"give every word a numeric {column}.",
+            )
+        words[column] = values.astype(np.float64)
+    backwards = words["offset"] < words["onset"]
+    if backwards.any():
+        row = words[backwards].iloc[0]
+        raise InputError(path, f"word {row['word']!r} ends ({row['offset']}) before it starts ({row['onset']}).")
+    if words.empty:
+        raise InputError(path, "no words left after dropping silence and noise tokens.")
+    return words.sort_values("onset", kind="stable").reset_index(drop=True)
+
+
+def offsets_from_next_onset(onsets: np.ndarray) -> np.ndarray:
+    """Offset of each word = onset of the next; the last word lasts the median word length."""
+    onsets = np.asarray(onsets, dtype=np.float64)
+    offsets = np.empty_like(onsets)
+    offsets[:-1] = onsets[1:]
+    lengths = np.diff(onsets)
+    offsets[-1] = onsets[-1] + (float(np.median(lengths)) if lengths.size else 0.0)
+    return offsets
+
+
+def check_words_within_run(words: pd.DataFrame, run_duration_s: float, path: str | os.PathLike) -> None:
+    """Raise if a word ends after the run (scan) ends."""
+    late = words["offset"] > run_duration_s + RUN_END_TOLERANCE_S
+    if late.any():
+        first = words[late].iloc[0]
+        raise InputError(
+            path,
+            f"{int(late.sum())} word(s) end after the run ends at {run_duration_s:.3f} s "
+            f"(first: {first['word']!r} at {first['onset']:.3f}-{first['offset']:.3f} s).",
+            "check that word times are seconds from the start of the scan run "
+            "(dataset.audio_onset_s / wordcsv.onset_shift_s) and that the run is complete.",
+        )
+
+
+def words_from_textgrid(path: str | os.PathLike, audio_onset_s: float) -> pd.DataFrame:
+    """Words of a ds003020 TextGrid, shifted from audio time to scan time."""
+    tier = word_tier(read_textgrid(path), path)
+    frame = pd.DataFrame(tier.intervals, columns=["onset", "offset", "word"])
+    frame["onset"] += audio_onset_s
+    frame["offset"] += audio_onset_s
+    return clean_words(frame, path)
+
+
+def words_from_events(path: str | os.PathLike, word_column: str, trial_type: str | None) -> pd.DataFrame:
+    """Words of a BIDS ``events.tsv``: offset = onset + duration (next onset when n/a)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "events file not found.", "add the run's _events.tsv with one row per word.")
+    events = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False, dtype={word_column: str})
+    for column in ("onset", word_column):
+        if column not in events.columns:
+            raise InputError(
+                path,
+                f"events file has no column {column!r} (columns: {', '.join(events.columns)}).",
+                "set dataset.bids.word_column to the column holding the words."
+                if column == word_column
+                else "BIDS events files need an onset column.",
+            )
+    if trial_type is not None:
+        if "trial_type" not in events.columns:
+            raise InputError(
+                path,
+                f"dataset.bids.events_trial_type is {trial_type!r} but the file has no trial_type column.",
+                "set dataset.bids.events_trial_type: null to use every row.",
+            )
+        events = events[events["trial_type"].astype(str) == trial_type]
+    events = events.assign(onset=pd.to_numeric(events["onset"], errors="coerce")).sort_values("onset", kind="stable")
+    onsets = events["onset"].to_numpy(dtype=np.float64)
+    if "duration" in events.columns:
+        durations = pd.to_numeric(events["duration"], errors="coerce").to_numpy(dtype=np.float64)
+    else:
+        durations = np.full(len(events), np.nan)
+    next_onsets = offsets_from_next_onset(onsets) if len(onsets) else onsets
+    offsets = np.where(np.isnan(durations), next_onsets, onsets + durations)
+    frame = pd.DataFrame({"word": events[word_column].to_numpy(), "onset": onsets, "offset": offsets})
+    return clean_words(frame, path)
+
+
+def _read_table(path: Path, word_column: str) -> pd.DataFrame:
+    """A CSV (or tab-separated .tsv/.tab) table; words such as "NA" or "null" stay words."""
+    if not path.is_file():
+        raise InputError(path, "word-onset table not found.", "set dataset.wordcsv.words (relative to dataset.root).")
+    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    return pd.read_csv(path, sep=sep, na_values=["n/a", ""], keep_default_na=False, dtype={word_column: str})
+
+
+def words_from_wordcsv(path: str | os.PathLike, options: dict, story: str, stories: list[str]) -> pd.DataFrame:
+    """Words of ``story`` from a word-onset CSV/TSV (Alice style).
+
+    ``options`` is ``dataset.wordcsv``. Without ``run_column`` every row belongs to the
+    only configured story; with it, rows whose run value maps to ``story`` are taken
+    (``story_map`` maps run values to stories; without it the value is the story name).
+    """
+    path = Path(path)
+    table = _read_table(path, options["word_column"])
+    columns = {"word": options["word_column"], "onset": options["onset_column"]}
+    if options["offset_column"]:
+        columns["offset"] = options["offset_column"]
+    if options["run_column"]:
+        columns["run"] = options["run_column"]
+    for role, column in columns.items():
+        if column not in table.columns:
+            raise InputError(
+                path,
+                f"no {role} column {column!r} (columns: {', '.join(map(str, table.columns))}).",
+                f"set dataset.wordcsv.{role}_column to the right column name.",
+            )
+    if options["run_column"]:
+        story_map = {str(key): value for key, value in (options["story_map"] or {}).items()}
+        run_values = table[options["run_column"]].astype(str).str.strip()
+        run_values = run_values.str.replace(r"\.0$", "", regex=True)  # 1.0 (pandas float) == "1"
+        table = table[run_values.map(lambda value: story_map.get(value, value)) == story]
+        if table.empty:
+            raise InputError(
+                path,
+                f"no rows of story {story!r} in column {options['run_column']!r} "
+                f"(values: {', '.join(sorted(set(run_values)))}).",
+                "map run values to stories with dataset.wordcsv.story_map.",
+            )
+    elif len(stories) > 1:
+        raise InputError(
+            path,
+            f"{len(stories)} stories are configured but the table has no run column.",
+            "set dataset.wordcsv.run_column (and story_map) or configure a single story.",
+        )
+    onsets = pd.to_numeric(table[columns["onset"]], errors="coerce").to_numpy(dtype=np.float64)
+    if options["offset_column"]:
+        offsets = pd.to_numeric(table[columns["offset"]], errors="coerce").to_numpy(dtype=np.float64)
+    else:
+        order = np.argsort(onsets, kind="stable")
+        offsets = np.empty_like(onsets)
+        offsets[order] = offsets_from_next_onset(onsets[order])
+    shift = float(options["onset_shift_s"])
+    frame = pd.DataFrame({"word": table[columns["word"]].to_numpy(), "onset": onsets + shift, "offset": offsets + shift})
+    return clean_words(frame, path)
+
+
+# --------------------------------------------------------------------------- ds003020
+
+
+def ds003020_respdict(root: Path) -> dict:
+    path = root / "derivative" / "respdict.json"
+    if not path.is_file():
+        raise InputError(path, "respdict.json not found.", "set dataset.root to the ds003020 folder.")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(path, f"not valid JSON ({error}).") from error
+
+
+def ds003020_n_trs_raw(root: Path, story: str) -> int:
+    respdict = ds003020_respdict(root)
+    if story not in respdict:
+        raise InputError(
+            root / "derivative" / "respdict.json",
+            f"story {story!r} is not listed.",
+            "remove it from dataset.train_stories/test_stories or fix its spelling.",
+        )
+    return int(respdict[story])
+
+
+def ds003020_textgrid(root: Path, story: str) -> Path:
+    return root / "derivative" / "TextGrids" / f"{story}.TextGrid"
+
+
+def ds003020_hf5(root: Path, subject: str, story: str) -> Path:
+    return root / "derivative" / "preprocessed_data" / subject / f"{story}.hf5"
+
+
+def read_ds003020_responses(path: Path, n_trs_raw: int, trim_start: int, trim_end: int) -> np.ndarray:
+    """(n_trs_raw − trim_start − trim_end, n_voxels) float32 from a ds003020 hf5."""
+    expected = n_trs_raw - trim_start - trim_end
+    with open_h5(path) as handle:
+        if "data" not in handle:
+            raise InputError(path, f"no dataset 'data' (keys: {', '.join(handle.keys())}).")
+        data = handle["data"][()]
+    if data.ndim != 2:
+        raise InputError(path, f"'data' must be 2-D (n_trs, n_voxels); found shape {data.shape}.")
+    if data.shape[0] != expected:
+        raise InputError(
+            path,
+            f"expected {expected} rows (respdict.json n={n_trs_raw} raw TRs minus trim_start={trim_start} "
+            f"and trim_end={trim_end}) but found {data.shape[0]}.",
+            "check respdict.json and dataset.trim_start/trim_end against this file.",
+        )
+    return data.astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- BIDS
+
+
+@dataclass
+class BoldRun:
+    """One functional run of a story: the BOLD series and the files that go with it."""
+
+    bold: Path
+    events: Path
+    confounds: Path | None
+    brain_mask: Path | None
+
+
+def _entities_of(name: str) -> dict[str, str]:
+    stem = name.split(".")[0]
+    return dict(part.split("-", 1) for part in stem.split("_") if "-" in part)
+
+
+def sidecar_metadata(root: Path, bold: Path) -> dict:
+    """BIDS inheritance: merge ``*_bold.json`` sidecars from the root down to the file's folder."""
+    entities = _entities_of(bold.name)
+    folders = [bold.parent]
+    while folders[-1] != root and root in folders[-1].parents:
+        folders.append(folders[-1].parent)
+    metadata: dict = {}
+    for folder in reversed(folders):
+        for sidecar in sorted(folder.glob("*_bold.json")):
+            own = _entities_of(sidecar.name)
+            if all(entities.get(key) == value for key, value in own.items()):
+                try:
+                    metadata.update(json.loads(sidecar.read_text()))
+                except json.JSONDecodeError as error:
+                    raise InputError(sidecar, f"not valid JSON ({error}).") from error
+    return metadata
+
+
+def image_tr_s(img: nib.Nifti1Image) -> float:
+    """Repetition time from the NIfTI header in seconds (0 when the header has none)."""
+    zooms = img.header.get_zooms()
+    if len(zooms) < 4:
+        return 0.0
+    unit = img.header.get_xyzt_units()[1]
+    scale = {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
+    return float(zooms[3]) * scale
+
+
+def check_tr(img: nib.Nifti1Image, metadata: dict, tr: float, path: Path) -> None:
+    """Header and sidecar TR (whichever exist) must equal ``tr`` within 1 ms."""
+    header_tr = image_tr_s(img)
+    sidecar_tr = metadata.get("RepetitionTime")
+    if header_tr <= 0 and sidecar_tr is None:
+        raise InputError(path, "no TR in the NIfTI header nor a RepetitionTime in a sidecar JSON.",
+                         "add RepetitionTime to the _bold.json sidecar.")
+    for where, value in (("NIfTI header", header_tr if header_tr > 0 else None), ("sidecar JSON", sidecar_tr)):
+        if value is not None and abs(float(value) - tr) > TR_TOLERANCE_S:
+            raise InputError(
+                path,
+                f"TR in the {where} is {float(value):g} s but dataset.tr is {tr:g} s.",
+                "set dataset.tr to the acquisition TR (or fix the header/sidecar).",
+            )
+
+
+def bold_header(path: Path) -> nib.Nifti1Image:
+    """The BOLD image (data not loaded); raises unless it is 4-D."""
+    img = nib.load(path)
+    if len(img.shape) != 4:
+        raise InputError(path, f"expected a 4-D BOLD series but the image is {len(img.shape)}-D {img.shape}.",
+                         "point the dataset at the 4-D _bold.nii.gz time series.")
+    return img
+
+
+def load_bold(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """The image and its 4-D data (x, y, z, n_trs) float32."""
+    img = bold_header(path)
+    return img, img.get_fdata(dtype=np.float32)
+
+
+def load_mask(path: Path, spatial_shape: tuple[int, ...] | None = None, against: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mask bool (x, y, z), affine); ``spatial_shape`` is the BOLD grid it must match."""
+    if not path.is_file():
+        raise InputError(path, "mask file not found.", "check dataset.mask (relative to dataset.root, {subject} filled in).")
+    img = nib.load(path)
+    data = np.asanyarray(img.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(path, f"a mask must be a 3-D image; found shape {data.shape}.")
+    if spatial_shape is not None and tuple(data.shape) != tuple(spatial_shape):
+        raise InputError(
+            path,
+            f"mask shape {tuple(data.shape)} does not match the BOLD grid {tuple(spatial_shape)}"
+            + (f" of {against}" if against else "")
+            + ".",
+            "use a mask in the space of the BOLD series (resample it, or set dataset.bids.space).",
+        )
+    mask = np.nan_to_num(data) > 0
+    if not mask.any():
+        raise InputError(path, "the mask is empty.")
+    return mask, img.affine
+
+
+def intensity_mask(mean_volume: np.ndarray) -> np.ndarray:
+    """Brain mask from a mean EPI volume: voxels above 0.8 × the global mean of voxels
+    brighter than an eighth of the volume mean (the SPM global-mean rule)."""
+    finite = np.nan_to_num(mean_volume)
+    bright = finite[finite > finite.mean() / 8.0]
+    return finite > 0.8 * bright.mean()
+
+
+class BidsDataset:
+    """pybids view of a BIDS dataset (raw, or raw + fMRIPrep derivatives)."""
+
+    def __init__(self, options: dict):
+        from bids import BIDSLayout, BIDSLayoutIndexer  # slow import, only for BIDS layouts
+
+        self.root = _root(options).resolve()
+        self.options = options["bids"]
+        self.use_derivatives = bool(self.options["space"] or self.options["desc"])
+        derivatives = False
+        if self.use_derivatives:
+            derivative_root = self.root / self.options["derivatives"]
+            if not (derivative_root / "dataset_description.json").is_file():
+                raise InputError(
+                    derivative_root,
+                    "fMRIPrep derivatives not found (no dataset_description.json).",
+                    "set dataset.bids.derivatives to the fMRIPrep output folder (relative to dataset.root), "
+                    "or set dataset.bids.space and desc to null to use raw BOLD.",
+                )
+            derivatives = [str(derivative_root)]
+        self.layout = BIDSLayout(str(self.root), validate=False, derivatives=derivatives,
+                                 indexer=BIDSLayoutIndexer(validate=False, index_metadata=False))
+
+    def check_subject(self, subject: str) -> None:
+        subjects = self.layout.get_subjects()
+        if subject not in subjects:
+            raise InputError(
+                self.root,
+                f"subject {subject!r} not found (subjects: {', '.join(sorted(subjects)) or 'none'}).",
+                "correct dataset.subjects (BIDS labels without the sub- prefix).",
+            )
+
+    def _one(self, files: list, what: str, near: Path, required: bool) -> Path | None:
+        if len(files) > 1:
+            raise InputError(near, f"several {what} files match: {', '.join(Path(f).name for f in files)}.",
+                             "narrow the choice with dataset.bids.space / desc.")
+        if not files:
+            if required:
+                raise InputError(near, f"no {what} file found for this run.")
+            return None
+        return Path(files[0])
+
+    def runs(self, subject: str, story: str) -> list[BoldRun]:
+        """Every run of ``story`` (BIDS task) for ``subject``, ordered by session and run."""
+        query = dict(subject=subject, task=story, suffix="bold", extension=[".nii.gz", ".nii"], return_type="object")
+        if self.use_derivatives:
+            query.update(scope="derivatives", desc=self.options["desc"])
+            if self.options["space"]:
+                query["space"] = self.options["space"]
+        else:
+            query["scope"] = "raw"
+        files = self.layout.get(**query)
+        if not files:
+            tasks = self.layout.get_tasks(subject=subject)
+            raise InputError(
+                self.root,
+                f"story {story!r} not found for subject {subject!r}: no BOLD file with task-{story} "
+                f"(tasks of this subject: {', '.join(sorted(tasks)) or 'none'}).",
+                "correct dataset.train_stories/test_stories (BIDS task labels) or dataset.subjects.",
+            )
+
+        def order(file) -> tuple:
+            entities = file.get_entities()
+            return (str(entities.get("session", "")), int(entities.get("run", 0) or 0))
+
+        space = {"space": self.options["space"]} if self.options["space"] else {}
+        runs = []
+        for file in sorted(files, key=order):
+            entities = file.get_entities()
+            common = {key: entities[key] for key in ("subject", "session", "task", "run", "acquisition") if key in entities}
+            bold = Path(file.path)
+            runs.append(
+                BoldRun(
+                    bold=bold,
+                    events=self._events_path(bold, common),
+                    confounds=self._one(
+                        self.layout.get(**common, desc=self.options["confounds_desc"],
+                                        suffix=["timeseries", "regressors"], extension=".tsv",
+                                        scope="derivatives", return_type="file"),
+                        "confounds", bold, required=False) if self.use_derivatives else None,
+                    brain_mask=self._one(
+                        self.layout.get(**common, **space, desc="brain", suffix="mask", extension=[".nii.gz", ".nii"],
+                                        scope="derivatives", return_type="file"),
+                        "brain mask", bold, required=False) if self.use_derivatives else None,
+                )
+            )
+        return runs
+
+    def _events_path(self, bold: Path, entities: dict) -> Path:
+        found = self.layout.get(**entities, suffix="events", extension=".tsv", scope="raw", return_type="file")
+        if found:
+            return Path(found[0])
+        # The conventional name beside the raw BOLD, reported when missing.
+        stem = "_".join(f"{key}-{entities[key]}" for key in ("subject", "session", "task", "acquisition", "run") if key in entities)
+        stem = stem.replace("subject-", "sub-").replace("session-", "ses-").replace("acquisition-", "acq-")
+        folder = self.root / f"sub-{entities['subject']}"
+        if "session" in entities:
+            folder = folder / f"ses-{entities['session']}"
+        return folder / "func" / f"{stem}_events.tsv"
+
+
+def read_confounds(path: Path | None, names: list[str], n_trs: int, bold: Path) -> np.ndarray:
+    """(n_trs, n_confounds) from an fMRIPrep confounds TSV; leading n/a → 0, other n/a → column mean."""
+    if path is None:
+        raise InputError(
+            bold,
+            f"preprocess.confounds requests {names} but no confounds TSV was found for this run.",
+            "ingest fMRIPrep derivatives (dataset.bids.space/desc) or set preprocess.confounds: [].",
+        )
+    table = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
+    missing = [name for name in names if name not in table.columns]
+    if missing:
+        raise InputError(path, f"confound columns {missing} not found.", "correct preprocess.confounds.")
+    if len(table) != n_trs:
+        raise InputError(path, f"{len(table)} rows but the BOLD series {bold.name} has {n_trs} volumes.")
+    columns = []
+    for name in names:
+        values = pd.to_numeric(table[name], errors="coerce").to_numpy(dtype=np.float64, copy=True)
+        missing_rows = np.isnan(values)
+        if missing_rows.all():
+            raise InputError(path, f"confound column {name!r} holds no numbers.")
+        leading = np.cumprod(missing_rows).astype(bool)
+        values[leading] = 0.0
+        values[np.isnan(values)] = np.nanmean(values[~leading])
+        columns.append(values)
+    return np.column_stack(columns)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def ingest_words(dataset: dict, story: str, out_tsv: str | os.PathLike) -> pd.DataFrame:
+    """Write ``words.tsv`` (word onset offset, seconds from scan start) for ``story``."""
+    options = dataset_options(dataset)
+    root = _root(options)
+    layout = options["layout"]
+    if layout == "ds003020":
+        source = ds003020_textgrid(root, story)
+        n_trs_raw = ds003020_n_trs_raw(root, story)
+        words = words_from_textgrid(source, float(options["audio_onset_s"]))
+        check_words_within_run(words, n_trs_raw * float(options["tr"]), source)
+    elif layout in ("bids", "wordcsv"):
+        bids = BidsDataset(options)
+        run = _first_run_of_story(bids, options["subjects"], story)
+        n_trs = bold_header(run.bold).shape[3]
+        if layout == "bids":
+            source = run.events
+            words = words_from_events(source, options["bids"]["word_column"], options["bids"]["events_trial_type"])
+        else:
+            if options["wordcsv"] is None:
+                raise InputError(None, "dataset.layout is wordcsv but dataset.wordcsv is not set.",
+                                 "set dataset.wordcsv.words to the word-onset table.")
+            source = root / options["wordcsv"]["words"]
+            words = words_from_wordcsv(source, options["wordcsv"], story, _stories(options))
+        check_words_within_run(words, n_trs * float(options["tr"]), source)
+    else:
+        raise InputError(None, f"unknown dataset.layout {layout!r}.", "use ds003020, bids or wordcsv.")
+    logger.info("story %s: %d words from %s", story, len(words), source)
+    write_tsv(out_tsv, words)
+    return words
+
+
+def _first_run_of_story(bids: BidsDataset, subjects: list[str], story: str) -> BoldRun:
+    """The first run of ``story`` among the configured subjects (words are shared by all)."""
+    first_error = None
+    for subject in subjects:
+        try:
+            bids.check_subject(subject)
+            return bids.runs(subject, story)[0]
+        except InputError as error:
+            first_error = first_error or error
+    raise first_error
+
+
+def _write_story(handle, story: str, runs: list[np.ndarray], attrs: dict,
+                 confounds: list[np.ndarray] | None = None, confound_names: list[str] | None = None) -> None:
+    """Group ``story``: ``data`` (n_trs, n_voxels); with several runs also ``repeats``
+    (n_runs, n_trs, n_voxels) and ``data`` = their mean; ``confounds`` likewise."""
+    group = handle.create_group(story)
+    if len(runs) == 1:
+        group.create_dataset("data", data=runs[0].astype(np.float32))
+    else:
+        repeats = np.stack(runs).astype(np.float32)
+        group.create_dataset("repeats", data=repeats)
+        group.create_dataset("data", data=repeats.mean(axis=0, dtype=np.float64).astype(np.float32))
+    if confounds:
+        stacked = confounds[0] if len(confounds) == 1 else np.stack(confounds)
+        dataset = group.create_dataset("confounds", data=stacked.astype(np.float32))
+        dataset.attrs["names"] = list(confound_names)
+    for key, value in attrs.items():
+        group.attrs[key] = value
+
+
+def save_nifti(volume: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a gzipped NIfTI atomically."""
+    with atomic_path(path) as tmp, gzip.open(tmp, "wb") as handle:
+        handle.write(nib.Nifti1Image(volume, affine).to_bytes())
+
+
+def ingest_subject(dataset: dict, subject: str, confounds: list[str],
+                   out_responses: str | os.PathLike, out_mask: str | os.PathLike, out_mean: str | os.PathLike) -> None:
+    """Write ``responses.h5``, ``mask.nii.gz`` and ``mean.nii.gz`` for ``subject``.
+
+    ``confounds`` (``preprocess.confounds``) are the fMRIPrep columns stored per run.
+    """
+    options = dataset_options(dataset)
+    layout = options["layout"]
+    if layout == "ds003020":
+        _ingest_ds003020(options, subject, out_responses, out_mask, out_mean)
+    elif layout in ("bids", "wordcsv"):
+        _ingest_bids(options, subject, list(confounds), out_responses, out_mask, out_mean)
+    else:
+        raise InputError(None, f"unknown dataset.layout {layout!r}.", "use ds003020, bids or wordcsv.")
+
+
+def _ingest_ds003020(options: dict, subject: str, out_responses, out_mask, out_mean) -> None:
+    root = _root(options)
+    subject_dir = root / "derivative" / "preprocessed_data" / subject
+    if not subject_dir.is_dir():
+        found = sorted(p.name for p in subject_dir.parent.glob("*")) if subject_dir.parent.is_dir() else []
+        raise InputError(subject_dir, f"subject {subject!r} not found (subjects: {', '.join(found) or 'none'}).",
+                         "correct dataset.subjects.")
+    trim_start, trim_end = int(options["trim_start"]), int(options["trim_end"])
+    tr = float(options["tr"])
+    stories = _stories(options)
+    responses: dict[str, tuple[np.ndarray, int, Path]] = {}
+    for story in tqdm(stories, desc=f"ingest {subject}", unit="story"):
+        path = ds003020_hf5(root, subject, story)
+        if not path.is_file():
+            raise InputError(path, f"responses of story {story!r} for subject {subject!r} not found.",
+                             "remove the story from the config or add the file.")
+        n_trs_raw = ds003020_n_trs_raw(root, story)
+        responses[story] = (read_ds003020_responses(path, n_trs_raw, trim_start, trim_end), n_trs_raw, path)
+    n_voxels = {data.shape[1] for data, _, _ in responses.values()}
+    if len(n_voxels) != 1:
+        raise InputError(subject_dir, f"stories have different voxel counts {sorted(n_voxels)}.")
+    (n_voxels,) = n_voxels
+    if options["mask"]:
+        mask_path = root / options["mask"].format(subject=subject)
+        mask, affine = load_mask(mask_path)
+        if int(mask.sum()) != n_voxels:
+            raise InputError(mask_path, f"the mask holds {int(mask.sum())} voxels but the responses have {n_voxels}.",
+                             "use the mask the responses were extracted with.")
+    else:
+        logger.warning("dataset.mask is not set: writing a flat (%d, 1, 1) mask with an identity affine; "
+                       "voxel maps cannot be placed in the brain", n_voxels)
+        mask, affine = np.ones((n_voxels, 1, 1), dtype=bool), np.eye(4)
+    with atomic_path(out_responses) as tmp, open_h5(tmp, "w") as handle:
+        for story, (data, n_trs_raw, path) in responses.items():
+            _write_story(handle, story, [data], dict(tr=tr, trim_start=trim_start, trim_end=trim_end,
+                                                      n_trs_raw=n_trs_raw, preprocessed=True, source=str(path)))
+    save_nifti(mask.astype(np.uint8), affine, out_mask)
+    save_nifti(mask.astype(np.float32), affine, out_mean)
+    logger.info("subject %s: %d stories, %d voxels", subject, len(responses), n_voxels)
+
+
+def _ingest_bids(options: dict, subject: str, confound_names: list[str], out_responses, out_mask, out_mean) -> None:
+    bids = BidsDataset(options)
+    bids.check_subject(subject)
+    root = bids.root
+    tr = float(options["tr"])
+    runs_by_story = {story: bids.runs(subject, story) for story in _stories(options)}
+    all_runs = [run for runs in runs_by_story.values() for run in runs]
+    first_img = bold_header(all_runs[0].bold)
+    spatial_shape = first_img.shape[:3]
+    affine = first_img.affine
+
+    if options["mask"]:
+        mask, affine = load_mask(Path(root) / options["mask"].format(subject=subject), spatial_shape, all_runs[0].bold)
+    elif all(run.brain_mask is not None for run in all_runs):
+        mask = np.ones(spatial_shape, dtype=bool)
+        for run in all_runs:
+            mask &= load_mask(run.brain_mask, spatial_shape, run.bold)[0]
+        logger.info("mask: intersection of %d fMRIPrep brain masks, %d voxels", len(all_runs), int(mask.sum()))
+    else:
+        _, data = load_bold(all_runs[0].bold)
+        mask = intensity_mask(data.mean(axis=3))
+        logger.warning("no dataset.mask and no fMRIPrep brain mask: using an intensity mask of the mean "
+                       "of %s (%d voxels)", all_runs[0].bold.name, int(mask.sum()))
+    n_voxels = int(mask.sum())
+
+    mean_sum = np.zeros(spatial_shape, dtype=np.float64)
+    with atomic_path(out_responses) as tmp, open_h5(tmp, "w") as handle:
+        for story, runs in tqdm(runs_by_story.items(), desc=f"ingest sub-{subject}", unit="story"):
+            series, run_confounds = [], []
+            for run in runs:
+                img, data = load_bold(run.bold)
+                check_tr(img, sidecar_metadata(root, run.bold), tr, run.bold)
+                if data.shape[:3] != spatial_shape:
+                    raise InputError(run.bold, f"BOLD grid {data.shape[:3]} differs from the mask grid {spatial_shape}.",
+                                     "use BOLD series and mask in one space.")
+                if options["layout"] == "bids":  # every run's own words must fit in it
+                    run_words = words_from_events(run.events, options["bids"]["word_column"],
+                                                  options["bids"]["events_trial_type"])
+                    check_words_within_run(run_words, data.shape[3] * tr, run.events)
+                mean_sum += data.mean(axis=3)
+                series.append(data[mask].T)  # (n_trs, n_voxels), voxels in C order of the mask
+                if confound_names:
+                    run_confounds.append(read_confounds(run.confounds, confound_names, data.shape[3], run.bold))
+            lengths = {run_series.shape[0] for run_series in series}
+            if len(lengths) != 1:
+                raise InputError(runs[0].bold, f"the runs of story {story!r} have different lengths {sorted(lengths)}.",
+                                 "repeats of a story must have the same number of volumes.")
+            sources = "; ".join(str(run.bold.relative_to(root)) for run in runs)
+            _write_story(handle, story, series,
+                         dict(tr=tr, trim_start=0, trim_end=0, n_trs_raw=series[0].shape[0],
+                              preprocessed=False, source=sources),
+                         run_confounds or None, confound_names)
+            logger.info("story %s: %d run(s) x %d TRs x %d voxels", story, len(series), series[0].shape[0], n_voxels)
+    save_nifti(mask.astype(np.uint8), affine, out_mask)
+    save_nifti((mean_sum / len(all_runs)).astype(np.float32), affine, out_mean)
+
+
+def ingest_atlas(dataset: dict, subject: str, mask_path: str | os.PathLike,
+                 out_atlas: str | os.PathLike, out_labels: str | os.PathLike) -> None:
+    """Copy the ROI atlas (``dataset.atlas``, on the mask grid) and its ``index name`` table."""
+    options = dataset_options(dataset)
+    root = _root(options)
+    if not options["atlas"]:
+        raise InputError(None, "dataset.atlas is not set.", "set dataset.atlas or do not request atlas outputs.")
+    atlas_path = root / options["atlas"].format(subject=subject)
+    if not atlas_path.is_file():
+        raise InputError(atlas_path, "atlas file not found.", "check dataset.atlas (relative to dataset.root).")
+    mask_img = nib.load(mask_path)
+    atlas_img = nib.load(atlas_path)
+    atlas = np.asanyarray(atlas_img.dataobj)
+    if atlas.ndim == 4 and atlas.shape[3] == 1:
+        atlas = atlas[..., 0]
+    if atlas.shape != mask_img.shape:
+        raise InputError(atlas_path, f"atlas shape {atlas.shape} does not match the mask {mask_img.shape}.",
+                         "resample the atlas to the BOLD grid.")
+    if not np.allclose(atlas_img.affine, mask_img.affine, atol=1e-3):
+        logger.warning("%s: affine differs from the mask's; using the mask affine", atlas_path)
+    if not np.allclose(atlas, np.round(atlas)):
+        raise InputError(atlas_path, "atlas values are not integer labels.", "use a dseg (integer label) image.")
+    atlas = np.round(atlas).astype(np.int32)
+    present = sorted(int(index) for index in np.unique(atlas) if index != 0)
+    if options["atlas_labels"]:
+        labels_path = root / options["atlas_labels"]
+        if not labels_path.is_file():
+            raise InputError(labels_path, "atlas label table not found.", "check dataset.atlas_labels.")
+        labels = pd.read_csv(labels_path, sep="\t")
+        if not {"index", "name"} <= set(labels.columns):
+            raise InputError(labels_path, f"needs columns index and name (found {', '.join(labels.columns)}).")
+        labels = labels[["index", "name"]]
+        unnamed = sorted(set(present) - set(labels["index"].astype(int)))
+        if unnamed:
+            logger.warning("%s: atlas indices %s have no name; calling them roi-<index>", labels_path, unnamed)
+            labels = pd.concat([labels, pd.DataFrame({"index": unnamed, "name": [f"roi-{i}" for i in unnamed]})])
+    else:
+        labels = pd.DataFrame({"index": present, "name": [f"roi-{i}" for i in present]})
+    labels = labels[labels["index"].astype(int) != 0].sort_values("index").reset_index(drop=True)
+    save_nifti(atlas, mask_img.affine, out_atlas)
+    write_tsv(out_labels, labels)
+    logger.info("atlas for %s: %d labels, %d labelled voxels inside the mask", subject, len(labels),
+                int(((atlas > 0) & (np.asanyarray(mask_img.dataobj) > 0)).sum()))

@@ -1,0 +1,291 @@
+"""fMRI preprocessing: confound regression, detrending, trimming and z-scoring per run.
+
+``clean_run`` cleans one run ``(n_trs, n_voxels)``; ``preprocess_subject`` applies it to
+every raw run of an ingested ``responses.h5`` (see docs/outputs.md), drops voxels that
+are NaN or constant in any run from every story and from the mask, and passes
+already-preprocessed stories (ds003020) through unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy.signal import savgol_filter
+from tqdm import tqdm
+
+from brainllm.io import InputError, atomic_path, open_h5
+from brainllm.ingest import save_nifti
+
+logger = logging.getLogger(__name__)
+
+DETREND_METHODS = ("savgol", "polynomial", "none")
+# A cleaned voxel whose spread fell below this fraction of its raw spread carried no
+# signal beyond the removed trend/confounds: it cannot be z-scored meaningfully.
+_CONSTANT_REL_TOL = 1e-6
+
+
+def seconds_to_trs(seconds: float, tr: float) -> float:
+    """Convert a duration in seconds to (fractional) TRs."""
+    return seconds / tr
+
+
+def savgol_window_trs(window_s: float, tr: float, n_trs: int) -> int:
+    """Odd Savitzky–Golay window in TRs nearest ``window_s`` (ties go up), capped to the run.
+
+    The cap is the largest odd number not above ``n_trs``.
+    """
+    window = 2 * int(np.floor(seconds_to_trs(window_s, tr) / 2.0)) + 1
+    largest_odd = n_trs if n_trs % 2 == 1 else n_trs - 1
+    return max(1, min(window, largest_odd))
+
+
+def regress_confounds(bold: np.ndarray, confounds: np.ndarray | None) -> np.ndarray:
+    """Residuals of ``bold`` (n_trs, n_voxels) after least squares on [1, confounds].
+
+    ``confounds`` is (n_trs, n_confounds) or None; with None only the mean is removed.
+    """
+    n_trs = bold.shape[0]
+    design = np.ones((n_trs, 1))
+    if confounds is not None and confounds.size:
+        design = np.column_stack([design, confounds])
+    beta, *_ = np.linalg.lstsq(design, bold, rcond=None)
+    return bold - design @ beta
+
+
+def polynomial_trend(bold: np.ndarray, order: int) -> np.ndarray:
+    """Least-squares polynomial of ``order`` in time fitted to each column of ``bold``."""
+    n_trs = bold.shape[0]
+    time = np.linspace(-1.0, 1.0, n_trs)  # scaled time keeps the design well conditioned
+    design = np.polynomial.legendre.legvander(time, order)
+    beta, *_ = np.linalg.lstsq(design, bold, rcond=None)
+    return design @ beta
+
+
+def savgol_trend(bold: np.ndarray, window_trs: int, polyorder: int) -> np.ndarray:
+    """Savitzky–Golay smooth of each column of ``bold`` (n_trs, n_voxels) along time."""
+    if window_trs <= polyorder:
+        raise InputError(
+            None,
+            f"the Savitzky-Golay window ({window_trs} TRs) must exceed its polynomial order "
+            f"({polyorder}).",
+            "raise preprocess.savgol_window_s, lower preprocess.savgol_polyorder, "
+            "or use preprocess.detrend: polynomial.",
+        )
+    return savgol_filter(bold, window_length=window_trs, polyorder=polyorder, axis=0)
+
+
+def clean_run(
+    bold: np.ndarray,
+    tr: float,
+    *,
+    detrend: str = "savgol",
+    savgol_window_s: float = 120.0,
+    savgol_polyorder: int = 2,
+    polynomial_order: int = 2,
+    confounds: np.ndarray | None = None,
+    zscore: bool = True,
+    trim_start: int = 10,
+    trim_end: int = 10,
+) -> np.ndarray:
+    """Clean one run: regress confounds, detrend, trim, z-score.
+
+    Parameters
+    ----------
+    bold : (n_trs, n_voxels) raw time series of one run.
+    tr : repetition time in seconds.
+    detrend : "savgol" (subtract a Savitzky–Golay trend, window ``savgol_window_s`` seconds
+        rounded to the nearest odd number of TRs, capped to the run), "polynomial"
+        (subtract a least-squares polynomial of ``polynomial_order`` in time) or "none".
+    confounds : (n_trs, n_confounds) regressed out together with an intercept, or None
+        (the intercept alone).
+    zscore : z-score every voxel over the kept TRs (population standard deviation).
+    trim_start, trim_end : TRs removed at each end after detrending on the full run.
+
+    Returns
+    -------
+    (n_trs - trim_start - trim_end, n_voxels) float32. Voxels that contain NaN, are
+    constant, or (with ``zscore``) have no variance left after cleaning come back as NaN.
+    """
+    bold = np.asarray(bold, dtype=np.float64)
+    if bold.ndim != 2:
+        raise InputError(None, f"a run must be 2-D (n_trs, n_voxels); got shape {bold.shape}.")
+    n_trs, n_voxels = bold.shape
+    n_kept = n_trs - trim_start - trim_end
+    if trim_start < 0 or trim_end < 0 or n_kept < 2:
+        raise InputError(
+            None,
+            f"trimming {trim_start} + {trim_end} TRs leaves {n_kept} of {n_trs} TRs.",
+            "lower dataset.trim_start / dataset.trim_end or check the run length.",
+        )
+    if detrend not in DETREND_METHODS:
+        raise InputError(None, f"unknown detrend method {detrend!r}.", f"use one of {DETREND_METHODS}.")
+    if confounds is not None:
+        confounds = np.asarray(confounds, dtype=np.float64)
+        if confounds.ndim == 1:
+            confounds = confounds[:, None]
+        if confounds.shape[0] != n_trs:
+            raise InputError(
+                None, f"confounds have {confounds.shape[0]} rows but the run has {n_trs} TRs."
+            )
+        if not np.isfinite(confounds).all():
+            raise InputError(None, "confounds contain NaN or infinite values.")
+
+    out = np.full((n_kept, n_voxels), np.nan)
+    usable = np.isfinite(bold).all(axis=0) & (np.ptp(bold, axis=0) > 0)
+    if usable.any():
+        series = bold[:, usable]
+        cleaned = regress_confounds(series, confounds)
+        if detrend == "savgol":
+            window = savgol_window_trs(savgol_window_s, tr, n_trs)
+            cleaned = cleaned - savgol_trend(cleaned, window, savgol_polyorder)
+        elif detrend == "polynomial":
+            cleaned = cleaned - polynomial_trend(cleaned, polynomial_order)
+        kept = cleaned[trim_start : n_trs - trim_end]
+        if zscore:
+            spread = kept.std(axis=0)
+            flat = spread <= _CONSTANT_REL_TOL * series.std(axis=0)
+            kept = (kept - kept.mean(axis=0)) / np.where(flat, 1.0, spread)
+            kept[:, flat] = np.nan
+        out[:, usable] = kept
+    return out.astype(np.float32)
+
+
+def _story_runs(group) -> np.ndarray:
+    """(n_runs, n_trs, n_voxels): the ``repeats`` of a story, or its ``data`` as one run."""
+    if "repeats" in group:
+        return group["repeats"][()]
+    return group["data"][()][None]
+
+
+def _story_confounds(group, names: list[str], n_runs: int, path) -> list[np.ndarray | None]:
+    """Per run (n_trs, n_confounds) columns ``names`` of the stored confounds, or Nones."""
+    if not names:
+        return [None] * n_runs
+    stored = group.get("confounds")
+    stored_names = [str(name) for name in stored.attrs["names"]] if stored is not None else []
+    missing = [name for name in names if name not in stored_names]
+    if missing:
+        raise InputError(
+            path,
+            f"story {group.name.strip('/')!r} has no stored confounds {missing} (stored: {stored_names}).",
+            "re-run ingestion with these preprocess.confounds (fMRIPrep derivatives needed).",
+        )
+    values = stored[()]
+    if values.ndim == 2:
+        values = values[None]
+    columns = [stored_names.index(name) for name in names]
+    return [run[:, columns] for run in values]
+
+
+def preprocess_subject(
+    responses_in: str | os.PathLike,
+    mask_in: str | os.PathLike,
+    responses_out: str | os.PathLike,
+    mask_out: str | os.PathLike,
+    options: dict,
+    *,
+    trim_start: int,
+    trim_end: int,
+) -> dict:
+    """Clean every raw story of an ingested ``responses.h5`` (layout in docs/outputs.md).
+
+    ``options`` is the ``preprocess`` config section. Raw runs go through ``clean_run``
+    (z-scored per run; a story's ``data`` is the mean of its cleaned ``repeats``);
+    stories already marked ``preprocessed`` pass through unchanged. Voxels that are NaN
+    or constant in any run of any story are dropped everywhere and from the mask.
+    Returns a summary: stories cleaned / passed through, voxels kept / dropped.
+    """
+    responses_in, responses_out = Path(responses_in), Path(responses_out)
+    mask_img = nib.load(mask_in)
+    mask = np.asanyarray(mask_img.dataobj) > 0
+    n_mask_voxels = int(mask.sum())
+    confound_names = list(options.get("confounds", []))
+    clean_options = dict(
+        detrend=options.get("detrend", "savgol"),
+        savgol_window_s=float(options.get("savgol_window_s", 120.0)),
+        savgol_polyorder=int(options.get("savgol_polyorder", 2)),
+        polynomial_order=int(options.get("polynomial_order", 2)),
+        zscore=bool(options.get("zscore", True)),
+    )
+    summary = {"cleaned": [], "passed_through": [], "voxels_in": n_mask_voxels}
+    scratch = responses_out.with_name(f".{responses_out.name}.{uuid.uuid4().hex[:8]}.scratch.h5")
+    responses_out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        bad = np.zeros(n_mask_voxels, dtype=bool)
+        with open_h5(responses_in) as source, open_h5(scratch, "w") as staged:
+            for story in tqdm(list(source.keys()), desc="preprocess", unit="story"):
+                group = source[story]
+                runs = _story_runs(group)
+                if runs.shape[2] != n_mask_voxels:
+                    raise InputError(
+                        responses_in,
+                        f"story {story!r} has {runs.shape[2]} voxels but the mask {mask_in} holds {n_mask_voxels}.",
+                        "re-run ingestion so responses and mask agree.",
+                    )
+                attrs = dict(group.attrs)
+                out = staged.create_group(story)
+                if bool(attrs.get("preprocessed", False)):
+                    out.create_dataset("data", data=group["data"][()])
+                    if "repeats" in group:
+                        out.create_dataset("repeats", data=runs)
+                    cleaned = runs
+                    summary["passed_through"].append(story)
+                else:
+                    tr = float(attrs["tr"])
+                    run_confounds = _story_confounds(group, confound_names, runs.shape[0], responses_in)
+                    cleaned = np.stack([
+                        clean_run(run, tr, confounds=confounds, trim_start=trim_start, trim_end=trim_end,
+                                  **clean_options)
+                        for run, confounds in zip(runs, run_confounds)
+                    ])
+                    out.create_dataset("runs", data=cleaned)
+                    attrs.update(
+                        trim_start=int(attrs.get("trim_start", 0)) + trim_start,
+                        trim_end=int(attrs.get("trim_end", 0)) + trim_end,
+                        preprocessed=True,
+                        cleaning=json.dumps({**clean_options, "confounds": confound_names}),
+                    )
+                    summary["cleaned"].append(story)
+                for key, value in attrs.items():
+                    out.attrs[key] = value
+                story_bad = ~np.isfinite(cleaned).all(axis=(0, 1)) | (np.ptp(cleaned, axis=1) == 0).any(axis=0)
+                if story_bad.any():
+                    logger.info("story %s: %d NaN or constant voxel(s)", story, int(story_bad.sum()))
+                bad |= story_bad
+        good = ~bad
+        if not good.any():
+            raise InputError(responses_in, "every voxel is NaN or constant in some run.", "check the input data.")
+        with atomic_path(responses_out) as tmp, open_h5(scratch) as staged, open_h5(tmp, "w") as target:
+            for story in staged.keys():
+                group, out = staged[story], target.create_group(story)
+                if "runs" in group:
+                    runs = group["runs"][()][:, :, good]
+                    if runs.shape[0] == 1:
+                        out.create_dataset("data", data=runs[0])
+                    else:
+                        out.create_dataset("repeats", data=runs)
+                        out.create_dataset("data", data=runs.mean(axis=0, dtype=np.float64).astype(np.float32))
+                else:
+                    for name in ("data", "repeats"):
+                        if name in group:
+                            out.create_dataset(name, data=group[name][()][..., good])
+                for key, value in group.attrs.items():
+                    out.attrs[key] = value
+    finally:
+        if scratch.exists():
+            scratch.unlink()
+    new_mask = mask.copy()
+    new_mask[tuple(coords[bad] for coords in np.nonzero(mask))] = False
+    save_nifti(new_mask.astype(np.uint8), mask_img.affine, mask_out)
+    summary.update(voxels_dropped=int(bad.sum()), voxels_kept=int(good.sum()))
+    logger.info(
+        "cleaned %d stor(ies), passed %d through unchanged; dropped %d NaN or constant voxel(s), kept %d",
+        len(summary["cleaned"]), len(summary["passed_through"]), summary["voxels_dropped"], summary["voxels_kept"],
+    )
+    return summary
