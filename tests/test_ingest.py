@@ -484,6 +484,241 @@ def test_mask_shape_mismatch(bids_root, tmp_path):
     assert_no_outputs(paths.values())
 
 
+# --------------------------------------------------------------------------- split runs
+
+CHAPTER_TRS = {"01": 40, "02": 43}  # one run per subject; sub-02's run is 3 TRs longer
+CHAPTER_OPTIONS = dict(detrend="savgol", savgol_window_s=30.0, savgol_polyorder=2, polynomial_order=2,
+                       confounds=[], zscore=True)
+
+
+def chapter_words() -> pd.DataFrame:
+    """A word every 0.7 s over the 80 s of sub-01's run, none from 40 to 56 s."""
+    onsets = np.arange(1.0, 78.0, 0.7)
+    onsets = onsets[(onsets < 40.0) | (onsets >= 56.0)]
+    return pd.DataFrame({"word": [f"w{i}" for i in range(len(onsets))], "onset": onsets, "offset": onsets + 0.5})
+
+
+@pytest.fixture(scope="session")
+def chapter_root(tmp_path_factory) -> Path:
+    """BIDS: one drifting run of task 'chapter' per subject, words in a CSV (Alice style)."""
+    root = tmp_path_factory.mktemp("chapter")
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "c", "BIDSVersion": "1.8.0"}))
+    (root / "task-chapter_bold.json").write_text(json.dumps({"RepetitionTime": TR, "TaskName": "chapter"}))
+    rng = np.random.default_rng(3)
+    for subject, n_trs in CHAPTER_TRS.items():
+        drift = np.linspace(0.0, 8.0, n_trs) ** 2 / 8.0
+        data = 100 + drift + rng.normal(size=(*GRID, n_trs))
+        save_image(root / f"sub-{subject}" / "func" / f"sub-{subject}_task-chapter_bold.nii.gz",
+                   data.astype(np.float32))
+    (root / "stimuli").mkdir()
+    chapter_words().to_csv(root / "stimuli" / "words.csv", index=False)
+    return root
+
+
+def chapter_config(root: Path, segments=None, **overrides) -> dict:
+    split = {"chapter": {"n_segments": 3}} if segments is None else segments
+    config = dict(
+        name="chapter", layout="wordcsv", root=str(root), subjects=["01", "02"],
+        train_stories=["chapterseg1", "chapterseg2"], test_stories=["chapterseg3"], tr=TR, trim_start=2, trim_end=2,
+        bids=dict(space=None, desc=None), mask=None, wordcsv=dict(words="stimuli/words.csv"), segments=split,
+    )
+    config.update(overrides)
+    return config
+
+
+def whole_chapter_config(root: Path) -> dict:
+    return chapter_config(root, segments={}, train_stories=["chapter"], test_stories=["chapter"])
+
+
+def test_split_run_words(chapter_root, tmp_path):
+    whole = ingest_words(whole_chapter_config(chapter_root), "chapter", tmp_path / "chapter.tsv")
+    # n_segments 3: the 36 kept TRs (40 − 2 − 2) in thirds -> cut points at TRs 14 and 26 (28 s, 52 s)
+    starts_s = [0.0, 28.0, 52.0]
+    pieces = [ingest_words(chapter_config(chapter_root), f"chapterseg{k}", tmp_path / f"seg{k}.tsv") for k in (1, 2, 3)]
+    for k, (piece, start_s, stop_s) in enumerate(zip(pieces, starts_s, starts_s[1:] + [np.inf]), start=1):
+        midpoints = (piece["onset"] + piece["offset"]) / 2 + start_s  # back in the run's scan time
+        assert ((midpoints >= start_s) & (midpoints < stop_s)).all()
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / f"seg{k}.tsv", sep="\t"), piece)
+    rejoined = pd.concat([piece.assign(onset=piece["onset"] + start_s, offset=piece["offset"] + start_s)
+                          for piece, start_s in zip(pieces, starts_s)], ignore_index=True)
+    pd.testing.assert_frame_equal(rejoined, whole, check_exact=False, atol=1e-9)
+    # A word straddling a cut (27.6-28.1 s) stays whole in the segment holding its midpoint.
+    assert pieces[0]["offset"].iloc[-1] == pytest.approx(28.1) and pieces[0]["onset"].iloc[-1] == pytest.approx(27.6)
+    # Explicit cut points in seconds.
+    config = chapter_config(chapter_root, segments={"chapter": {"boundaries_s": [30.0, 64.0]}})
+    third = ingest_words(config, "chapterseg3", tmp_path / "third.tsv")
+    expected = whole[(whole["onset"] + whole["offset"]) / 2 >= 64.0]
+    np.testing.assert_allclose(third["onset"], expected["onset"] - 64.0, atol=1e-9)
+
+
+def test_split_run_responses(chapter_root, tmp_path):
+    """Segments cleaned as one run equal the unsplit run's cleaned responses, cut."""
+    from brainllm.align import align_story
+    from brainllm.preprocess import preprocess_subject
+
+    cleaned = {}
+    for name, config in (("whole", whole_chapter_config(chapter_root)), ("split", chapter_config(chapter_root))):
+        for subject in CHAPTER_TRS:
+            folder = tmp_path / name / subject
+            ingest_subject(config, subject, [], out_responses=folder / "ingested.h5", out_mask=folder / "mask.nii.gz",
+                           out_mean=folder / "mean.nii.gz")
+            preprocess_subject(folder / "ingested.h5", folder / "mask.nii.gz", folder / "cleaned.h5",
+                               folder / "cleaned_mask.nii.gz", CHAPTER_OPTIONS, trim_start=2, trim_end=2)
+            cleaned[name, subject] = folder
+    words = chapter_words()
+    for subject, n_trs in CHAPTER_TRS.items():
+        with h5py.File(cleaned["whole", subject] / "cleaned.h5", "r") as whole, \
+                h5py.File(cleaned["split", subject] / "cleaned.h5", "r") as split, \
+                h5py.File(cleaned["split", subject] / "ingested.h5", "r") as raw:
+            assert set(split) == {"chapterseg1", "chapterseg2", "chapterseg3"}
+            # raw segments: contiguous pieces of the run, untrimmed
+            raw_whole = np.concatenate([raw[f"chapterseg{k}"]["data"][()] for k in (1, 2, 3)])
+            np.testing.assert_array_equal(raw_whole, bold_data_of(chapter_root, subject))
+            segments = [split[f"chapterseg{k}"] for k in (1, 2, 3)]
+            np.testing.assert_array_equal(np.concatenate([seg["data"][()] for seg in segments]),
+                                          whole["chapter"]["data"][()])
+            # Cut points 14 and 26 are shared; the last segment runs to this subject's end.
+            lengths = [14, 12, n_trs - 26]
+            trims = [(2, 0), (0, 0), (0, 2)]  # the run's trims sit at its two ends only
+            for k, (seg, n_trs_raw, (trim_start, trim_end)) in enumerate(zip(segments, lengths, trims), start=1):
+                attrs = seg.attrs
+                assert (int(attrs["n_trs_raw"]), int(attrs["trim_start"]), int(attrs["trim_end"])) == (
+                    n_trs_raw, trim_start, trim_end)
+                assert seg["data"].shape[0] == n_trs_raw - trim_start - trim_end
+                assert (attrs["segment_of"], int(attrs["segment_index"]), int(attrs["n_segments"])) == ("chapter", k, 3)
+                assert bool(attrs["preprocessed"])
+            # The TR grid alignment builds per segment (TR j at j·TR + TR/2 of segment time, kept
+            # rows [trim_start : n_trs_raw − trim_end]) is the whole run's kept grid.
+            starts = np.cumsum([0] + lengths[:-1])
+            grid = np.concatenate([
+                start * TR + (np.arange(n) + 0.5)[int(seg.attrs["trim_start"]): n - int(seg.attrs["trim_end"])] * TR
+                for seg, n, start in zip(segments, lengths, starts)])
+            np.testing.assert_allclose(grid, (np.arange(2, n_trs - 2) + 0.5) * TR)
+            # Word-rate features aligned per segment equal the whole run's except within the
+            # Lanczos window (3 TRs) of a cut, where words across the cut are lost.
+            rate = lambda frame: np.ones((len(frame), 1))  # noqa: E731
+            whole_rate = align_story(rate(words), words["onset"], words["offset"], n_trs, TR, 2, 2, zscore=False)
+            pieces = split_words_in_run_time(words, starts, lengths)
+            split_rate = np.concatenate([
+                align_story(rate(piece), piece["onset"], piece["offset"], n, TR, int(seg.attrs["trim_start"]),
+                            int(seg.attrs["trim_end"]), zscore=False)
+                for piece, n, seg in zip(pieces, lengths, segments)])
+            raw_tr = np.arange(2, n_trs - 2)
+            near_cut = np.min(np.abs(raw_tr[:, None] + 0.5 - np.array([14, 26])[None]), axis=1) < 3
+            np.testing.assert_allclose(split_rate[~near_cut], whole_rate[~near_cut], atol=1e-5)
+            assert not np.allclose(split_rate[near_cut], whole_rate[near_cut], atol=1e-3)
+
+
+def bold_data_of(root: Path, subject: str) -> np.ndarray:
+    """(n_trs, n_voxels) of a chapter run under its ingested mask, by an explicit voxel loop."""
+    data = nib.load(root / f"sub-{subject}" / "func" / f"sub-{subject}_task-chapter_bold.nii.gz").get_fdata()
+    mask = intensity_mask_reference(data.mean(axis=3))
+    return np.stack([data[i, j, k] for i, j, k in np.ndindex(*GRID) if mask[i, j, k]], axis=1).astype(np.float32)
+
+
+def intensity_mask_reference(mean: np.ndarray) -> np.ndarray:
+    bright = mean[mean > mean.mean() / 8]
+    return mean > 0.8 * bright.mean()
+
+
+def split_words_in_run_time(words: pd.DataFrame, starts, lengths) -> list[pd.DataFrame]:
+    """Words by midpoint into segments [start, start + length) TRs, times from each segment start."""
+    midpoints = (words["onset"] + words["offset"]) / 2
+    pieces = []
+    for position, (start, length) in enumerate(zip(starts, lengths)):
+        low = -np.inf if position == 0 else start * TR
+        high = np.inf if position == len(starts) - 1 else (start + length) * TR
+        piece = words[(midpoints >= low) & (midpoints < high)]
+        pieces.append(piece.assign(onset=piece["onset"] - start * TR, offset=piece["offset"] - start * TR))
+    return pieces
+
+
+def test_split_ds003020(ds_root, tmp_path):
+    """Already-preprocessed hf5 (n − 10 − 10 rows) cut at 24 s: rows and trims per segment."""
+    config = ds_config(ds_root, train_stories=["alphaseg1"], test_stories=["alphaseg2", "beta"],
+                       segments={"alpha": {"boundaries_s": [24.0]}})
+    paths = outputs(tmp_path)
+    ingest_subject(config, "UTS01", [], **paths)
+    with h5py.File(paths["out_responses"], "r") as h5, h5py.File(
+            ds_root / "derivative/preprocessed_data/UTS01/alpha.hf5", "r") as source:
+        assert set(h5) == {"alphaseg1", "alphaseg2", "beta"}
+        first, second = h5["alphaseg1"], h5["alphaseg2"]
+        # raw TRs [0, 12) and [12, 30) of 30; the hf5 rows are raw TRs [10, 20)
+        bookkeeping = [(int(g.attrs["n_trs_raw"]), int(g.attrs["trim_start"]), int(g.attrs["trim_end"]))
+                       for g in (first, second)]
+        assert bookkeeping == [(12, 10, 0), (18, 0, 10)]
+        np.testing.assert_array_equal(first["data"][()], source["data"][:2])
+        np.testing.assert_array_equal(second["data"][()], source["data"][2:])
+    words = ingest_words(config, "alphaseg1", tmp_path / "words.tsv")
+    assert list(words["word"]) == ["so", "there"]
+    with pytest.raises(InputError, match="'alphaseg2' .*24 to 60 s of run 'alpha'.* holds no words"):
+        ingest_words(config, "alphaseg2", tmp_path / "words2.tsv")
+
+
+TWO_SEGMENTS = (["chapterseg1"], ["chapterseg2"])
+
+
+def test_split_run_with_repeats_and_confounds(bids_root, tmp_path):
+    """A story of 2 runs (fMRIPrep, confounds) cut at 20 s: every repeat and its confounds cut alike."""
+    fmriprep = dict(space="T1w", desc="preproc", word_column="word", events_trial_type="word")
+    whole_paths, split_paths = outputs(tmp_path / "whole"), outputs(tmp_path / "split")
+    ingest_subject(bids_config(bids_root, mask=None, bids=fmriprep), "01", ["csf"], **whole_paths)
+    ingest_subject(bids_config(bids_root, mask=None, bids=fmriprep, test_stories=["betaseg1", "betaseg2"],
+                               segments={"beta": {"boundaries_s": [20.0]}}), "01", ["csf"], **split_paths)
+    with h5py.File(whole_paths["out_responses"], "r") as whole, h5py.File(split_paths["out_responses"], "r") as split:
+        assert set(split) == {"alpha", "betaseg1", "betaseg2"}
+        for name in ("repeats", "confounds"):
+            joined = np.concatenate([split["betaseg1"][name][()], split["betaseg2"][name][()]], axis=1)
+            np.testing.assert_array_equal(joined, whole["beta"][name][()])
+        assert split["betaseg1"]["repeats"].shape[:2] == (2, 10)
+        assert list(split["betaseg2"]["confounds"].attrs["names"]) == ["csf"]
+        assert (int(split["betaseg2"].attrs["segment_start_tr"]), int(split["betaseg2"].attrs["n_trs_raw"])) == (10, 20)
+
+
+@pytest.mark.parametrize("segments, stories, message", [
+    ({"chapter": {"boundaries_s": [30.0, 90.0]}}, None, r"90 s is outside the run \(0 to 80 s: 40 TRs"),
+    ({"chapter": {"boundaries_s": [-2.0]}}, TWO_SEGMENTS, r"-2 s is outside the run"),
+    ({"chapter": {"boundaries_s": [31.0]}}, TWO_SEGMENTS, r"31 s is not at a TR boundary.*e.g. 30 or 32 s"),
+    ({"chapter": {"boundaries_s": [2.0, 30.0]}}, None, r"'chapterseg1' \(raw TRs 0 to 1 .*keeps 0 TR"),
+    ({"chapter": {"boundaries_s": [50.0, 30.0]}}, None, r"must increase strictly"),
+    ({"chapter": {"n_segments": 1}}, None, r"n_segments must be an integer >= 2"),
+    ({"chapter": {"n_segments": 19}}, None, r"n_segments = 19, but the run keeps only 36 TRs"),
+    ({"chapter": {"n_segments": 2, "boundaries_s": [30.0]}}, None, r"exactly one of n_segments or boundaries_s"),
+    ({"chapter": {"n_segments": 3}, "chapterseg1": {"n_segments": 2}}, None,
+     r"segment 1 of split run 'chapter' is named 'chapterseg1', like the split run"),
+    (None, (["chapter"], ["chapterseg3"]), r"story 'chapter' is listed .* list its segments instead: "
+                                            r"chapterseg1, chapterseg2, chapterseg3"),
+    (None, (["chapterseg1", "chapterseg2"], ["chapterseg4"]), r"'chapterseg4' names no segment of split run 'chapter'"),
+])
+def test_split_run_bad_config(chapter_root, tmp_path, segments, stories, message):
+    overrides = {} if stories is None else dict(train_stories=stories[0], test_stories=stories[1])
+    config = chapter_config(chapter_root, segments=segments, **overrides)
+    paths = outputs(tmp_path)
+    with pytest.raises(InputError, match=message) as caught:
+        ingest_subject(config, "01", [], **paths)
+    if "outside the run" in message or "TR boundary" in message:
+        assert caught.value.path.endswith("sub-01_task-chapter_bold.nii.gz")
+    assert_no_outputs(paths.values())
+    with pytest.raises(InputError, match=message):
+        ingest_words(config, "chapterseg1", tmp_path / "words.tsv")
+    assert not (tmp_path / "words.tsv").exists()
+
+
+def test_split_run_name_collisions_and_empty_segment(chapter_root, tmp_path):
+    # The dataset itself holds a task named like a segment.
+    root = _copy(chapter_root, tmp_path)
+    func = root / "sub-01" / "func"
+    shutil.copy(func / "sub-01_task-chapter_bold.nii.gz", func / "sub-01_task-chapterseg2_bold.nii.gz")
+    paths = outputs(tmp_path)
+    with pytest.raises(InputError, match="dataset has a story 'chapterseg2', which is also the name of segment 2"):
+        ingest_subject(chapter_config(root), "01", [], **paths)
+    assert_no_outputs(paths.values())
+    # Cut points around the word-free stretch 40-56 s leave a segment without words.
+    config = chapter_config(chapter_root, segments={"chapter": {"boundaries_s": [42.0, 54.0]}})
+    with pytest.raises(InputError, match="'chapterseg2' \\(scan time 42 to 54 s of run 'chapter'\\) holds no words"):
+        ingest_words(config, "chapterseg2", tmp_path / "words.tsv")
+
+
 # --------------------------------------------------------------------------- configs
 
 
@@ -491,6 +726,43 @@ def test_mask_shape_mismatch(bids_root, tmp_path):
 def test_configs_validate(config_path):
     config = yaml.safe_load(config_path.read_text())
     validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+
+
+ALICE_TRS = 372  # 12.4 min at TR 2 s
+
+
+def test_alice_config_on_an_alice_shaped_dataset(tmp_path):
+    """config/alice.yaml as shipped (root replaced): one run cut into 6 stories that encoding
+    accepts (>= 2 training stories, a disjoint test story), each with words and kept TRs."""
+    from brainllm.preprocess import preprocess_subject
+
+    config = yaml.safe_load((REPO / "config" / "alice.yaml").read_text())
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    dataset = dict(config["dataset"], root=str(tmp_path / "alice"))
+    root = Path(dataset["root"])
+    subject = dataset["subjects"][0]
+    (root / "stimuli").mkdir(parents=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "alice", "BIDSVersion": "1.8.0"}))
+    rng = np.random.default_rng(4)
+    save_image(root / f"sub-{subject}" / "func" / f"sub-{subject}_task-alice_bold.nii.gz",
+               (100 + rng.normal(size=(2, 2, 2, ALICE_TRS))).astype(np.float32))
+    onsets = np.arange(20.0, 720.0, 0.4)
+    pd.DataFrame({"word": [f"w{i}" for i in range(len(onsets))], "onset": onsets, "offset": onsets + 0.3}).to_csv(
+        root / dataset["wordcsv"]["words"], index=False)
+
+    train, test = dataset["train_stories"], dataset["test_stories"]
+    assert len(train) >= 2 and not set(train) & set(test)
+    n_words = [len(ingest_words(dataset, story, tmp_path / f"{story}.tsv")) for story in train + test]
+    assert min(n_words) > 0 and sum(n_words) == len(onsets)
+    ingest_subject(dataset, subject, [], out_responses=tmp_path / "in.h5", out_mask=tmp_path / "mask.nii.gz",
+                   out_mean=tmp_path / "mean.nii.gz")
+    preprocess_subject(tmp_path / "in.h5", tmp_path / "mask.nii.gz", tmp_path / "out.h5", tmp_path / "out_mask.nii.gz",
+                       config["preprocess"], trim_start=dataset["trim_start"], trim_end=dataset["trim_end"])
+    with h5py.File(tmp_path / "out.h5", "r") as h5:
+        assert sorted(h5) == sorted(train + test)
+        kept = [h5[story]["data"].shape[0] for story in train + test]
+        assert sum(kept) == ALICE_TRS - dataset["trim_start"] - dataset["trim_end"]
+        assert max(kept) - min(kept) <= 1  # n_segments: equal kept lengths
 
 
 # --------------------------------------------------------------------------- demo: replica == BIDS

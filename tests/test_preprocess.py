@@ -206,3 +206,67 @@ def test_preprocess_mask_mismatch(ingested, tmp_path):
         preprocess_subject(folder / "responses.h5", folder / "mask.nii.gz", out / "responses.h5",
                            out / "mask.nii.gz", OPTIONS, trim_start=3, trim_end=2)
     assert not out.exists() or not list(out.iterdir())
+
+
+@pytest.fixture
+def split_ingested(tmp_path):
+    """A raw run of 2 repeats x 36 TRs with confounds, ingested as segments [0, 10), [10, 22), [22, 36)."""
+    rng = np.random.default_rng(8)
+    n_voxels = 5
+    mask = np.zeros(GRID, dtype=np.uint8)
+    mask.flat[[1, 4, 6, 9, 12]] = 1
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "mask.nii.gz")
+    drift = np.linspace(0, 6, 36)[:, None] ** 2
+    runs = 50 + drift + rng.normal(size=(2, 36, n_voxels))
+    confounds = rng.normal(size=(2, 36, 2))
+    edges = [0, 10, 22, 36]
+    with h5py.File(tmp_path / "responses.h5", "w") as h5:
+        for index, (start, stop) in enumerate(zip(edges[:-1], edges[1:]), start=1):
+            group = h5.create_group(f"runseg{index}")
+            group["repeats"] = runs[:, start:stop].astype(np.float32)
+            group["data"] = runs[:, start:stop].mean(axis=0).astype(np.float32)
+            group["confounds"] = confounds[:, start:stop].astype(np.float32)
+            group["confounds"].attrs["names"] = ["a", "b"]
+            group.attrs.update(tr=TR, trim_start=0, trim_end=0, n_trs_raw=stop - start, preprocessed=False,
+                               source="run.nii.gz", segment_of="run", segment_index=index, n_segments=3,
+                               segment_start_tr=start)
+    return tmp_path, runs.astype(np.float32), confounds.astype(np.float32), edges
+
+
+def test_preprocess_split_run_cleans_the_whole_run(split_ingested, tmp_path):
+    folder, runs, confounds, edges = split_ingested
+    out = tmp_path / "out"
+    options = dict(OPTIONS, confounds=["b"])
+    summary = preprocess_subject(folder / "responses.h5", folder / "mask.nii.gz", out / "responses.h5",
+                                 out / "mask.nii.gz", options, trim_start=3, trim_end=4)
+    assert summary["cleaned"] == ["runseg1", "runseg2", "runseg3"]
+    # Reference: each repeat cleaned whole (confound b, detrend, trim 3/4, z-score), then cut.
+    whole = np.stack([clean_run(runs[r], TR, confounds=confounds[r][:, [1]], detrend="savgol", savgol_window_s=40.0,
+                                trim_start=3, trim_end=4) for r in range(2)])  # raw TRs [3, 32)
+    expected_rows = [(0, 7), (7, 19), (19, 29)]  # raw [3,10), [10,22), [22,32) in trimmed-run rows
+    with h5py.File(out / "responses.h5", "r") as h5:
+        for index, (first, last) in enumerate(expected_rows, start=1):
+            group = h5[f"runseg{index}"]
+            np.testing.assert_allclose(group["repeats"][()], whole[:, first:last], atol=1e-5)
+            np.testing.assert_allclose(group["data"][()], whole[:, first:last].mean(axis=0), atol=1e-5)
+            n_trs_raw = edges[index] - edges[index - 1]
+            trims = {1: (3, 0), 2: (0, 0), 3: (0, 4)}[index]
+            assert (int(group.attrs["n_trs_raw"]), int(group.attrs["trim_start"]), int(group.attrs["trim_end"])) == (
+                n_trs_raw, *trims)
+            assert group["data"].shape[0] == n_trs_raw - sum(trims)
+        # z-scored over the whole run's kept TRs: the joined segments have mean 0 and std 1
+        joined = np.concatenate([h5[f"runseg{k}"]["repeats"][()] for k in (1, 2, 3)], axis=1)
+        np.testing.assert_allclose(joined.mean(axis=1), 0, atol=1e-5)
+        np.testing.assert_allclose(joined.std(axis=1), 1, atol=1e-4)
+
+
+def test_preprocess_split_run_incomplete(split_ingested, tmp_path):
+    folder, _, _, _ = split_ingested
+    with h5py.File(folder / "responses.h5", "a") as h5:
+        del h5["runseg2"]
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"run 'run' has segments \[1, 3\] of 3") as caught:
+        preprocess_subject(folder / "responses.h5", folder / "mask.nii.gz", out / "responses.h5",
+                           out / "mask.nii.gz", OPTIONS, trim_start=3, trim_end=4)
+    assert caught.value.path == str(folder / "responses.h5")
+    assert not out.exists() or not list(out.iterdir())

@@ -10,6 +10,10 @@ Three layouts (``dataset.layout``):
 
 Outputs follow docs/outputs.md: ``words.tsv`` per story; ``responses.h5``,
 ``mask.nii.gz``, ``mean.nii.gz`` per subject; optionally ``atlas.nii.gz`` + ``atlas.tsv``.
+
+``dataset.segments`` splits a long run into contiguous segments ``<story>seg1 …`` that
+the rest of the workflow treats as stories: each gets its own words (re-referenced to the
+segment's start) and its own responses group (see "segments" below).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import gzip
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +31,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from brainllm.align import seconds_to_trs, trs_to_seconds
 from brainllm.io import InputError, atomic_path, open_h5, write_tsv
 from brainllm.textgrid import read_textgrid, word_tier
 
@@ -48,6 +54,7 @@ DATASET_DEFAULTS = {
     "atlas": None,
     "atlas_labels": None,
     "wordcsv": None,
+    "segments": None,
 }
 BIDS_DEFAULTS = {
     "space": None,
@@ -85,6 +92,16 @@ def _root(options: dict) -> Path:
 
 def _stories(options: dict) -> list[str]:
     return list(options["train_stories"]) + list(options["test_stories"])
+
+
+def _run_stories(options: dict) -> list[str]:
+    """The recorded runs behind the configured stories (a split run once, for all its segments)."""
+    runs = []
+    for story in _stories(options):
+        run_story, _ = resolve_story(options, story)
+        if run_story not in runs:
+            runs.append(run_story)
+    return runs
 
 
 # --------------------------------------------------------------------------- words
@@ -245,6 +262,259 @@ def words_from_wordcsv(path: str | os.PathLike, options: dict, story: str, stori
     shift = float(options["onset_shift_s"])
     frame = pd.DataFrame({"word": table[columns["word"]].to_numpy(), "onset": onsets + shift, "offset": offsets + shift})
     return clean_words(frame, path)
+
+
+# --------------------------------------------------------------------------- segments
+#
+# dataset.segments cuts a long run into contiguous segments, each a story of its own.
+# A segment is the raw-TR range [start_tr, stop_tr) of its run; the segments of a run
+# cover it without gaps. Cleaning and trimming (dataset.trim_start / trim_end) apply to
+# the whole run: the first segment carries the run's trim_start, the last its trim_end,
+# the ones between none. A segment's words are those whose midpoint falls in it, with
+# times in the segment's own scan time (onset − segment start).
+
+SEGMENT_INFIX = "seg"
+MIN_SEGMENT_KEPT_TRS = 2
+SEGMENT_SPEC_KEYS = ("n_segments", "boundaries_s")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Segment ``index`` (1-based) of the run ``run_story``: its raw TRs ``[start_tr, stop_tr)``."""
+
+    run_story: str
+    index: int
+    start_tr: int
+    stop_tr: int
+
+    @property
+    def name(self) -> str:
+        return segment_name(self.run_story, self.index)
+
+    @property
+    def n_trs_raw(self) -> int:
+        return self.stop_tr - self.start_tr
+
+    def trims(self, n_trs_run: int, trim_start: int, trim_end: int) -> tuple[int, int]:
+        """(trim_start, trim_end) of this segment: its TRs that trimming the whole run
+        (``trim_start``/``trim_end`` of ``n_trs_run`` TRs) removes at its start / end."""
+        kept_start, kept_stop = trim_start, n_trs_run - trim_end
+        return (max(0, min(kept_start, self.stop_tr) - self.start_tr),
+                max(0, self.stop_tr - max(kept_stop, self.start_tr)))
+
+    def attrs(self, n_segments: int) -> dict:
+        """Group attrs that let preprocessing put the run back together (docs/outputs.md)."""
+        return dict(segment_of=self.run_story, segment_index=self.index, n_segments=n_segments,
+                    segment_start_tr=self.start_tr)
+
+
+def segment_name(run_story: str, index: int) -> str:
+    """Story name of segment ``index`` (1-based) of ``run_story``: ``<run_story>seg<index>``."""
+    return f"{run_story}{SEGMENT_INFIX}{index}"
+
+
+def _n_segments(spec: dict) -> int:
+    return int(spec["n_segments"]) if "n_segments" in spec else len(spec["boundaries_s"]) + 1
+
+
+def segment_specs(options: dict) -> dict[str, dict]:
+    """``dataset.segments`` checked: run story -> ``{"n_segments": K}`` or ``{"boundaries_s": [...]}``.
+
+    Raises ``InputError`` for a malformed entry, a segment named like another split run,
+    a split run listed as a story itself, or a listed ``<run>seg<k>`` beyond the run's segments.
+    """
+    specs = options.get("segments") or {}
+    fix = "write dataset.segments as {<run story>: {n_segments: K}} or {<run story>: {boundaries_s: [s1, s2, ...]}}."
+    if not isinstance(specs, dict):
+        raise InputError(None, f"dataset.segments must be a mapping, not {type(specs).__name__}.", fix)
+    for run_story, spec in specs.items():
+        key = f"dataset.segments.{run_story}"
+        if not re.fullmatch(r"[A-Za-z0-9]+", str(run_story)):
+            raise InputError(None, f"{key}: story names are letters and digits only.", fix)
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SEGMENT_SPEC_KEYS:
+            raise InputError(None, f"{key} must hold exactly one of n_segments or boundaries_s (found {spec!r}).", fix)
+        if "n_segments" in spec:
+            count = spec["n_segments"]
+            if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+                raise InputError(None, f"{key}.n_segments must be an integer >= 2 (found {count!r}).", fix)
+        else:
+            bounds = spec["boundaries_s"]
+            if (not isinstance(bounds, list) or not bounds
+                    or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):
+                raise InputError(None, f"{key}.boundaries_s must be a non-empty list of seconds (found {bounds!r}).",
+                                 fix)
+            if any(later <= earlier for earlier, later in zip(bounds, bounds[1:])):
+                raise InputError(None, f"{key}.boundaries_s must increase strictly (found {bounds}).", fix)
+    for run_story, spec in specs.items():
+        for index in range(1, _n_segments(spec) + 1):
+            name = segment_name(run_story, index)
+            if name in specs:
+                raise InputError(
+                    None,
+                    f"segment {index} of split run {run_story!r} is named {name!r}, like the split run {name!r}.",
+                    f"split only one of {run_story!r} and {name!r} (segment names would be ambiguous).",
+                )
+    for story in _stories(options):
+        if story in specs:
+            names = [segment_name(story, index) for index in range(1, _n_segments(specs[story]) + 1)]
+            raise InputError(
+                None,
+                f"story {story!r} is listed in dataset.train_stories/test_stories, but dataset.segments splits it.",
+                f"list its segments instead: {', '.join(names)}.",
+            )
+        for run_story, spec in specs.items():
+            prefix = run_story + SEGMENT_INFIX
+            suffix = story[len(prefix):] if story.startswith(prefix) else ""
+            if re.fullmatch(r"[0-9]+", suffix) and not (suffix[0] != "0" and int(suffix) <= _n_segments(spec)):
+                raise InputError(
+                    None,
+                    f"story {story!r} names no segment of split run {run_story!r} "
+                    f"({run_story}{SEGMENT_INFIX}1 … {segment_name(run_story, _n_segments(spec))}).",
+                    "correct dataset.train_stories/test_stories or the number of segments.",
+                )
+    return specs
+
+
+def resolve_story(options: dict, story: str) -> tuple[str, int | None]:
+    """(run story, segment index) of a configured story; (story, None) when it is a whole run."""
+    for run_story, spec in segment_specs(options).items():
+        prefix = run_story + SEGMENT_INFIX
+        suffix = story[len(prefix):] if story.startswith(prefix) else ""
+        if re.fullmatch(r"[1-9][0-9]*", suffix) and int(suffix) <= _n_segments(spec):
+            return run_story, int(suffix)
+    return story, None
+
+
+def check_segment_names_free(options: dict, dataset_stories, path: str | os.PathLike) -> None:
+    """Raise if the dataset itself holds a story (task) named like a segment of a split run."""
+    taken = set(map(str, dataset_stories))
+    for run_story, spec in segment_specs(options).items():
+        for index in range(1, _n_segments(spec) + 1):
+            name = segment_name(run_story, index)
+            if name in taken:
+                raise InputError(
+                    path,
+                    f"the dataset has a story {name!r}, which is also the name of segment {index} of split run "
+                    f"{run_story!r}.",
+                    f"remove {run_story!r} from dataset.segments (or rename the dataset's story).",
+                )
+
+
+def segment_cuts_trs(run_story: str, spec: dict, n_trs_raw: int, tr: float, trim_start: int, trim_end: int,
+                     path: str | os.PathLike) -> list[int]:
+    """Interior cut points of a run of ``n_trs_raw`` TRs, in raw TRs from the run start (increasing).
+
+    ``n_segments`` K: the run's kept TRs ``[trim_start, n_trs_raw − trim_end)`` in K parts of
+    near-equal length (cut k at ``trim_start + ⌊k·n_kept/K⌋``). ``boundaries_s``: scan
+    seconds from the run start, each strictly inside the run and a multiple of the TR.
+    """
+    key = f"dataset.segments.{run_story}"
+    if "n_segments" in spec:
+        count = int(spec["n_segments"])
+        n_kept = n_trs_raw - trim_start - trim_end
+        if n_kept < count * MIN_SEGMENT_KEPT_TRS:
+            raise InputError(path, f"{key}.n_segments = {count}, but the run keeps only {n_kept} TRs after trimming.",
+                             "use fewer segments.")
+        return [trim_start + (k * n_kept) // count for k in range(1, count)]
+    run_s = float(trs_to_seconds(n_trs_raw, tr))
+    cuts = []
+    for bound in spec["boundaries_s"]:
+        if not 0.0 < bound < run_s:
+            raise InputError(
+                path,
+                f"{key}.boundaries_s: {bound:g} s is outside the run (0 to {run_s:g} s: {n_trs_raw} TRs of {tr:g} s).",
+                "give cut points strictly inside the run, in seconds from its start.",
+            )
+        cut = int(round(float(seconds_to_trs(bound, tr))))
+        if abs(float(trs_to_seconds(cut, tr)) - bound) > TR_TOLERANCE_S:
+            below = np.floor(float(seconds_to_trs(bound, tr)))
+            raise InputError(
+                path,
+                f"{key}.boundaries_s: {bound:g} s is not at a TR boundary (TR {tr:g} s).",
+                f"use a multiple of the TR, e.g. {float(trs_to_seconds(below, tr)):g} "
+                f"or {float(trs_to_seconds(below + 1, tr)):g} s.",
+            )
+        cuts.append(cut)
+    return cuts
+
+
+def segments_of_run(run_story: str, cuts: list[int], n_trs_raw: int, trim_start: int, trim_end: int,
+                    path: str | os.PathLike) -> list[Segment]:
+    """The segments of a run of ``n_trs_raw`` TRs cut at ``cuts``; each must keep
+    at least ``MIN_SEGMENT_KEPT_TRS`` TRs once the whole run is trimmed."""
+    edges = [0, *cuts, n_trs_raw]
+    segments = [Segment(run_story, index, start, stop)
+                for index, (start, stop) in enumerate(zip(edges[:-1], edges[1:]), start=1)]
+    for segment in segments:
+        kept = segment.n_trs_raw - sum(segment.trims(n_trs_raw, trim_start, trim_end))
+        if kept < MIN_SEGMENT_KEPT_TRS:
+            raise InputError(
+                path,
+                f"segment {segment.name!r} (raw TRs {segment.start_tr} to {segment.stop_tr} of a {n_trs_raw}-TR run) "
+                f"keeps {kept} TR(s) once the run is trimmed by {trim_start} + {trim_end} TRs; "
+                f"at least {MIN_SEGMENT_KEPT_TRS} are needed.",
+                f"move the cut points of dataset.segments.{run_story} or use fewer segments.",
+            )
+    return segments
+
+
+def plan_segments(options: dict, run_story: str, n_trs_reference: int, n_trs_raw: int,
+                  path: str | os.PathLike) -> list[Segment]:
+    """Segments of a split run: cut points from the reference run (the one the words are
+    checked against, so every subject shares them), the last segment ending at this run's
+    end (``n_trs_raw`` TRs)."""
+    tr, trim_start, trim_end = float(options["tr"]), int(options["trim_start"]), int(options["trim_end"])
+    spec = segment_specs(options)[run_story]
+    cuts = segment_cuts_trs(run_story, spec, n_trs_reference, tr, trim_start, trim_end, path)
+    return segments_of_run(run_story, cuts, n_trs_raw, trim_start, trim_end, path)
+
+
+def split_words(words: pd.DataFrame, segments: list[Segment], tr: float) -> list[pd.DataFrame]:
+    """Words of each segment (midpoint in it), onset/offset in the segment's scan time.
+
+    The first segment also takes words before the run start, the last those after its end,
+    so the segments' words together are exactly the run's words.
+    """
+    midpoints = (words["onset"].to_numpy() + words["offset"].to_numpy()) / 2.0
+    pieces = []
+    for position, segment in enumerate(segments):
+        start_s = float(trs_to_seconds(segment.start_tr, tr))
+        inside = np.ones(len(words), dtype=bool)
+        if position > 0:
+            inside &= midpoints >= start_s
+        if position < len(segments) - 1:
+            inside &= midpoints < float(trs_to_seconds(segment.stop_tr, tr))
+        piece = words[inside].reset_index(drop=True)
+        piece[["onset", "offset"]] -= start_s
+        pieces.append(piece)
+    return pieces
+
+
+def cut_trimmed_run(run: np.ndarray, segments: list[Segment], n_trs_run: int, trim_start: int, trim_end: int,
+                    axis: int = 0) -> list[np.ndarray]:
+    """Each segment's rows of a whole run already trimmed by ``trim_start``/``trim_end``.
+
+    ``run`` holds raw TRs ``[trim_start, n_trs_run − trim_end)`` along ``axis``; segment k
+    gets its raw TRs less its own trims (``Segment.trims``), so its row count is
+    ``n_trs_raw − trim_start_k − trim_end_k``.
+    """
+    n_rows = n_trs_run - trim_start - trim_end
+    if run.shape[axis] != n_rows:
+        raise ValueError(f"a run of {n_trs_run} TRs trimmed by {trim_start} + {trim_end} has {n_rows} rows, "
+                         f"not {run.shape[axis]}")
+    pieces = []
+    for segment in segments:
+        first, last = segment.trims(n_trs_run, trim_start, trim_end)
+        rows = slice(segment.start_tr + first - trim_start, segment.stop_tr - last - trim_start)
+        pieces.append(run[(slice(None),) * axis + (rows,)])
+    return pieces
+
+
+def _log_segments(segments: list[Segment], n_trs_run: int, trim_start: int, trim_end: int) -> None:
+    described = ", ".join(
+        f"{segment.name} TRs {segment.start_tr}-{segment.stop_tr} "
+        f"({segment.n_trs_raw - sum(segment.trims(n_trs_run, trim_start, trim_end))} kept)" for segment in segments)
+    logger.info("run %s (%d TRs) split into %d segments: %s", segments[0].run_story, n_trs_run, len(segments), described)
 
 
 # --------------------------------------------------------------------------- ds003020
@@ -539,19 +809,27 @@ def read_confounds(path: Path | None, names: list[str], n_trs: int, bold: Path) 
 
 
 def ingest_words(dataset: dict, story: str, out_tsv: str | os.PathLike) -> pd.DataFrame:
-    """Write ``words.tsv`` (word onset offset, seconds from scan start) for ``story``."""
+    """Write ``words.tsv`` (word onset offset, seconds from scan start) for ``story``.
+
+    For a segment of a split run (``dataset.segments``) the run's words are read, checked
+    against the whole run, then cut: the segment's words, in its own scan time.
+    """
     options = dataset_options(dataset)
     root = _root(options)
     layout = options["layout"]
+    tr = float(options["tr"])
+    run_story, segment_index = resolve_story(options, story)
     if layout == "ds003020":
-        source = ds003020_textgrid(root, story)
-        n_trs_raw = ds003020_n_trs_raw(root, story)
+        respdict_path = root / "derivative" / "respdict.json"
+        check_segment_names_free(options, ds003020_respdict(root), respdict_path)
+        source = ds003020_textgrid(root, run_story)
+        n_trs_raw, run_file = ds003020_n_trs_raw(root, run_story), respdict_path
         words = words_from_textgrid(source, float(options["audio_onset_s"]))
-        check_words_within_run(words, n_trs_raw * float(options["tr"]), source)
     elif layout in ("bids", "wordcsv"):
         bids = BidsDataset(options)
-        run = _first_run_of_story(bids, options["subjects"], story)
-        n_trs = bold_header(run.bold).shape[3]
+        check_segment_names_free(options, bids.layout.get_tasks(), bids.root)
+        run = _first_run_of_story(bids, options["subjects"], run_story)
+        n_trs_raw, run_file = bold_header(run.bold).shape[3], run.bold
         if layout == "bids":
             source = run.events
             words = words_from_events(source, options["bids"]["word_column"], options["bids"]["events_trial_type"])
@@ -560,11 +838,24 @@ def ingest_words(dataset: dict, story: str, out_tsv: str | os.PathLike) -> pd.Da
                 raise InputError(None, "dataset.layout is wordcsv but dataset.wordcsv is not set.",
                                  "set dataset.wordcsv.words to the word-onset table.")
             source = root / options["wordcsv"]["words"]
-            words = words_from_wordcsv(source, options["wordcsv"], story, _stories(options))
-        check_words_within_run(words, n_trs * float(options["tr"]), source)
+            words = words_from_wordcsv(source, options["wordcsv"], run_story, _run_stories(options))
     else:
         raise InputError(None, f"unknown dataset.layout {layout!r}.", "use ds003020, bids or wordcsv.")
-    logger.info("story %s: %d words from %s", story, len(words), source)
+    check_words_within_run(words, float(trs_to_seconds(n_trs_raw, tr)), source)
+    if segment_index is not None:
+        segments = plan_segments(options, run_story, n_trs_raw, n_trs_raw, run_file)
+        segment = segments[segment_index - 1]
+        words = split_words(words, segments, tr)[segment_index - 1]
+        if words.empty:
+            raise InputError(
+                source,
+                f"segment {story!r} (scan time {float(trs_to_seconds(segment.start_tr, tr)):g} to "
+                f"{float(trs_to_seconds(segment.stop_tr, tr)):g} s of run {run_story!r}) holds no words.",
+                f"use fewer segments or other cut points in dataset.segments.{run_story}.",
+            )
+    logger.info("story %s: %d words from %s%s", story, len(words), source,
+                "" if segment_index is None else f" (segment {segment_index} of run {run_story}, "
+                f"times from the segment start)")
     write_tsv(out_tsv, words)
     return words
 
@@ -613,6 +904,7 @@ def ingest_subject(dataset: dict, subject: str, confounds: list[str],
     ``confounds`` (``preprocess.confounds``) are the fMRIPrep columns stored per run.
     """
     options = dataset_options(dataset)
+    segment_specs(options)  # a malformed dataset.segments fails before any data is read
     layout = options["layout"]
     if layout == "ds003020":
         _ingest_ds003020(options, subject, out_responses, out_mask, out_mean)
@@ -631,7 +923,8 @@ def _ingest_ds003020(options: dict, subject: str, out_responses, out_mask, out_m
                          "correct dataset.subjects.")
     trim_start, trim_end = int(options["trim_start"]), int(options["trim_end"])
     tr = float(options["tr"])
-    stories = _stories(options)
+    stories = _run_stories(options)
+    check_segment_names_free(options, ds003020_respdict(root), root / "derivative" / "respdict.json")
     responses: dict[str, tuple[np.ndarray, int, Path]] = {}
     for story in tqdm(stories, desc=f"ingest {subject}", unit="story"):
         path = ds003020_hf5(root, subject, story)
@@ -654,10 +947,22 @@ def _ingest_ds003020(options: dict, subject: str, out_responses, out_mask, out_m
         logger.warning("dataset.mask is not set: writing a flat (%d, 1, 1) mask with an identity affine; "
                        "voxel maps cannot be placed in the brain", n_voxels)
         mask, affine = np.ones((n_voxels, 1, 1), dtype=bool), np.eye(4)
+    split = segment_specs(options)
     with atomic_path(out_responses) as tmp, open_h5(tmp, "w") as handle:
         for story, (data, n_trs_raw, path) in responses.items():
-            _write_story(handle, story, [data], dict(tr=tr, trim_start=trim_start, trim_end=trim_end,
-                                                      n_trs_raw=n_trs_raw, preprocessed=True, source=str(path)))
+            attrs = dict(tr=tr, trim_start=trim_start, trim_end=trim_end, n_trs_raw=n_trs_raw, preprocessed=True,
+                         source=str(path))
+            if story not in split:
+                _write_story(handle, story, [data], attrs)
+                continue
+            # Already cleaned and trimmed as a whole: cut, each segment with its share of the trims.
+            segments = plan_segments(options, story, n_trs_raw, n_trs_raw, root / "derivative" / "respdict.json")
+            for segment, rows in zip(segments, cut_trimmed_run(data, segments, n_trs_raw, trim_start, trim_end)):
+                segment_trim_start, segment_trim_end = segment.trims(n_trs_raw, trim_start, trim_end)
+                _write_story(handle, segment.name, [rows],
+                             {**attrs, "trim_start": segment_trim_start, "trim_end": segment_trim_end,
+                              "n_trs_raw": segment.n_trs_raw, **segment.attrs(len(segments))})
+            _log_segments(segments, n_trs_raw, trim_start, trim_end)
     save_nifti(mask.astype(np.uint8), affine, out_mask)
     save_nifti(mask.astype(np.float32), affine, out_mean)
     logger.info("subject %s: %d stories, %d voxels", subject, len(responses), n_voxels)
@@ -668,7 +973,9 @@ def _ingest_bids(options: dict, subject: str, confound_names: list[str], out_res
     bids.check_subject(subject)
     root = bids.root
     tr = float(options["tr"])
-    runs_by_story = {story: bids.runs(subject, story) for story in _stories(options)}
+    check_segment_names_free(options, bids.layout.get_tasks(), root)
+    split = segment_specs(options)
+    runs_by_story = {story: bids.runs(subject, story) for story in _run_stories(options)}
     all_runs = [run for runs in runs_by_story.values() for run in runs]
     first_img = bold_header(all_runs[0].bold)
     spatial_shape = first_img.shape[:3]
@@ -711,11 +1018,25 @@ def _ingest_bids(options: dict, subject: str, confound_names: list[str], out_res
                 raise InputError(runs[0].bold, f"the runs of story {story!r} have different lengths {sorted(lengths)}.",
                                  "repeats of a story must have the same number of volumes.")
             sources = "; ".join(str(run.bold.relative_to(root)) for run in runs)
-            _write_story(handle, story, series,
-                         dict(tr=tr, trim_start=0, trim_end=0, n_trs_raw=series[0].shape[0],
-                              preprocessed=False, source=sources),
-                         run_confounds or None, confound_names)
-            logger.info("story %s: %d run(s) x %d TRs x %d voxels", story, len(series), series[0].shape[0], n_voxels)
+            n_trs_raw = series[0].shape[0]
+            attrs = dict(tr=tr, trim_start=0, trim_end=0, n_trs_raw=n_trs_raw, preprocessed=False, source=sources)
+            logger.info("story %s: %d run(s) x %d TRs x %d voxels", story, len(series), n_trs_raw, n_voxels)
+            if story not in split:
+                _write_story(handle, story, series, attrs, run_confounds or None, confound_names)
+                continue
+            # Raw segments; preprocessing joins them, cleans the whole run and cuts it again.
+            reference = _first_run_of_story(bids, options["subjects"], story)
+            n_trs_reference = bold_header(reference.bold).shape[3]
+            if n_trs_reference != n_trs_raw:
+                logger.info("run %s has %d TRs here and %d in %s (whose cut points all subjects share): "
+                            "its last segment differs in length", story, n_trs_raw, n_trs_reference, reference.bold.name)
+            segments = plan_segments(options, story, n_trs_reference, n_trs_raw, runs[0].bold)
+            for segment in segments:
+                rows = slice(segment.start_tr, segment.stop_tr)
+                _write_story(handle, segment.name, [run_series[rows] for run_series in series],
+                             {**attrs, "n_trs_raw": segment.n_trs_raw, **segment.attrs(len(segments))},
+                             [values[rows] for values in run_confounds] or None, confound_names)
+            _log_segments(segments, n_trs_raw, int(options["trim_start"]), int(options["trim_end"]))
     save_nifti(mask.astype(np.uint8), affine, out_mask)
     save_nifti((mean_sum / len(all_runs)).astype(np.float32), affine, out_mean)
 

@@ -4,6 +4,11 @@
 every raw run of an ingested ``responses.h5`` (see docs/outputs.md), drops voxels that
 are NaN or constant in any run from every story and from the mask, and passes
 already-preprocessed stories (ds003020) through unchanged.
+
+Segments of a split run (``dataset.segments``) are joined back into the whole run, which
+is cleaned as one (confounds, detrending, trimming at the run's two ends, z-scoring over
+all its kept TRs) and then cut again: each segment keeps its rows and its share of the
+trims (``brainllm.ingest.Segment.trims``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from scipy.signal import savgol_filter
 from tqdm import tqdm
 
 from brainllm.io import InputError, atomic_path, open_h5
-from brainllm.ingest import save_nifti
+from brainllm.ingest import Segment, cut_trimmed_run, save_nifti
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +188,81 @@ def _story_confounds(group, names: list[str], n_runs: int, path) -> list[np.ndar
     return [run[:, columns] for run in values]
 
 
+def _cleaning_units(handle, path) -> list[list[str]]:
+    """Groups cleaned together: ``[story]`` per whole story, the segment groups of a split
+    raw run in segment order (checked to cover the run contiguously)."""
+    units, split = [], {}
+    for story in handle.keys():
+        attrs = handle[story].attrs
+        if "segment_of" in attrs and not bool(attrs.get("preprocessed", False)):
+            split.setdefault(str(attrs["segment_of"]), []).append(story)
+        else:
+            units.append([story])
+    for run_story, names in split.items():
+        names.sort(key=lambda name: int(handle[name].attrs["segment_index"]))
+        expected_start = 0
+        n_segments = int(handle[names[0]].attrs["n_segments"])
+        indices = [int(handle[name].attrs["segment_index"]) for name in names]
+        if indices != list(range(1, n_segments + 1)):
+            raise InputError(path, f"run {run_story!r} has segments {indices} of {n_segments}; the whole run "
+                                   "is needed to clean it.", "re-run ingestion.")
+        for name in names:
+            attrs = handle[name].attrs
+            if int(attrs["segment_start_tr"]) != expected_start:
+                raise InputError(path, f"segment {name!r} starts at TR {int(attrs['segment_start_tr'])}, not at "
+                                       f"{expected_start} where the previous one ends.", "re-run ingestion.")
+            expected_start += int(attrs["n_trs_raw"])
+        units.append(names)
+    return units
+
+
+def _segments_of(handle, names: list[str]) -> list[Segment]:
+    segments = []
+    for name in names:
+        attrs = handle[name].attrs
+        start = int(attrs["segment_start_tr"])
+        segments.append(Segment(str(attrs["segment_of"]), int(attrs["segment_index"]), start,
+                                start + int(attrs["n_trs_raw"])))
+    return segments
+
+
+def _clean_unit(source, unit: list[str], runs_by_group: dict[str, np.ndarray], path, confound_names: list[str],
+                clean_options: dict, trim_start: int, trim_end: int) -> dict[str, tuple[np.ndarray, dict]]:
+    """Clean one raw story, or the joined segments of a split run, as whole runs.
+
+    Returns ``{story: (cleaned runs (n_runs, n_kept, n_voxels), attrs)}``; segments get
+    their rows of the cleaned run and their share of the trims.
+    """
+    whole_runs = np.concatenate([runs_by_group[story] for story in unit], axis=1)  # (n_runs, n_trs, n_voxels)
+    n_runs, n_trs_run = whole_runs.shape[:2]
+    confounds_by_group = [_story_confounds(source[story], confound_names, n_runs, path) for story in unit]
+    whole_confounds = [None if pieces[0] is None else np.concatenate(pieces) for pieces in zip(*confounds_by_group)]
+    tr = float(source[unit[0]].attrs["tr"])
+    cleaned = np.stack([
+        clean_run(run, tr, confounds=confounds, trim_start=trim_start, trim_end=trim_end, **clean_options)
+        for run, confounds in zip(whole_runs, whole_confounds)
+    ])
+    if len(unit) == 1:
+        pieces, trims = [cleaned], [(trim_start, trim_end)]
+    else:
+        segments = _segments_of(source, unit)
+        pieces = cut_trimmed_run(cleaned, segments, n_trs_run, trim_start, trim_end, axis=1)
+        trims = [segment.trims(n_trs_run, trim_start, trim_end) for segment in segments]
+        logger.info("run %s: %d segments joined, cleaned as one run of %d TRs, cut again (%s kept TRs)",
+                    segments[0].run_story, len(segments), n_trs_run, "/".join(str(piece.shape[1]) for piece in pieces))
+    out = {}
+    for story, piece, (story_trim_start, story_trim_end) in zip(unit, pieces, trims):
+        attrs = dict(source[story].attrs)
+        attrs.update(
+            trim_start=int(attrs.get("trim_start", 0)) + story_trim_start,
+            trim_end=int(attrs.get("trim_end", 0)) + story_trim_end,
+            preprocessed=True,
+            cleaning=json.dumps({**clean_options, "confounds": confound_names}),
+        )
+        out[story] = (piece, attrs)
+    return out
+
+
 def preprocess_subject(
     responses_in: str | os.PathLike,
     mask_in: str | os.PathLike,
@@ -197,8 +277,10 @@ def preprocess_subject(
 
     ``options`` is the ``preprocess`` config section. Raw runs go through ``clean_run``
     (z-scored per run; a story's ``data`` is the mean of its cleaned ``repeats``);
-    stories already marked ``preprocessed`` pass through unchanged. Voxels that are NaN
-    or constant in any run of any story are dropped everywhere and from the mask.
+    stories already marked ``preprocessed`` pass through unchanged. The raw segments of a
+    split run (attr ``segment_of``) are joined, cleaned as one run (``trim_start`` at its
+    start, ``trim_end`` at its end) and cut again. Voxels that are NaN or constant in any
+    run of any story are dropped everywhere and from the mask.
     Returns a summary: stories cleaned / passed through, voxels kept / dropped.
     """
     responses_in, responses_out = Path(responses_in), Path(responses_out)
@@ -219,45 +301,45 @@ def preprocess_subject(
     try:
         bad = np.zeros(n_mask_voxels, dtype=bool)
         with open_h5(responses_in) as source, open_h5(scratch, "w") as staged:
-            for story in tqdm(list(source.keys()), desc="preprocess", unit="story"):
-                group = source[story]
-                runs = _story_runs(group)
-                if runs.shape[2] != n_mask_voxels:
-                    raise InputError(
-                        responses_in,
-                        f"story {story!r} has {runs.shape[2]} voxels but the mask {mask_in} holds {n_mask_voxels}.",
-                        "re-run ingestion so responses and mask agree.",
-                    )
-                attrs = dict(group.attrs)
-                out = staged.create_group(story)
-                if bool(attrs.get("preprocessed", False)):
-                    out.create_dataset("data", data=group["data"][()])
-                    if "repeats" in group:
-                        out.create_dataset("repeats", data=runs)
-                    cleaned = runs
+            for unit in tqdm(_cleaning_units(source, responses_in), desc="preprocess", unit="run"):
+                runs_by_group = {story: _story_runs(source[story]) for story in unit}
+                for story, runs in runs_by_group.items():
+                    if runs.shape[2] != n_mask_voxels:
+                        raise InputError(
+                            responses_in,
+                            f"story {story!r} has {runs.shape[2]} voxels but the mask {mask_in} holds {n_mask_voxels}.",
+                            "re-run ingestion so responses and mask agree.",
+                        )
+                if len({runs.shape[0] for runs in runs_by_group.values()}) != 1:
+                    raise InputError(responses_in, f"the segments {unit} hold different numbers of runs.",
+                                     "re-run ingestion.")
+                first = source[unit[0]]
+                if bool(first.attrs.get("preprocessed", False)):
+                    (story,) = unit
+                    out = staged.create_group(story)
+                    out.create_dataset("data", data=first["data"][()])
+                    if "repeats" in first:
+                        out.create_dataset("repeats", data=runs_by_group[story])
+                    for key, value in first.attrs.items():
+                        out.attrs[key] = value
+                    cleaned_by_group = {story: runs_by_group[story]}
                     summary["passed_through"].append(story)
                 else:
-                    tr = float(attrs["tr"])
-                    run_confounds = _story_confounds(group, confound_names, runs.shape[0], responses_in)
-                    cleaned = np.stack([
-                        clean_run(run, tr, confounds=confounds, trim_start=trim_start, trim_end=trim_end,
-                                  **clean_options)
-                        for run, confounds in zip(runs, run_confounds)
-                    ])
-                    out.create_dataset("runs", data=cleaned)
-                    attrs.update(
-                        trim_start=int(attrs.get("trim_start", 0)) + trim_start,
-                        trim_end=int(attrs.get("trim_end", 0)) + trim_end,
-                        preprocessed=True,
-                        cleaning=json.dumps({**clean_options, "confounds": confound_names}),
-                    )
-                    summary["cleaned"].append(story)
-                for key, value in attrs.items():
-                    out.attrs[key] = value
-                story_bad = ~np.isfinite(cleaned).all(axis=(0, 1)) | (np.ptp(cleaned, axis=1) == 0).any(axis=0)
-                if story_bad.any():
-                    logger.info("story %s: %d NaN or constant voxel(s)", story, int(story_bad.sum()))
-                bad |= story_bad
+                    cleaned_by_group = {}
+                    for story, (cleaned, attrs) in _clean_unit(source, unit, runs_by_group, responses_in,
+                                                               confound_names, clean_options, trim_start,
+                                                               trim_end).items():
+                        out = staged.create_group(story)
+                        out.create_dataset("runs", data=cleaned)
+                        for key, value in attrs.items():
+                            out.attrs[key] = value
+                        cleaned_by_group[story] = cleaned
+                    summary["cleaned"] += unit
+                for story, cleaned in cleaned_by_group.items():
+                    story_bad = ~np.isfinite(cleaned).all(axis=(0, 1)) | (np.ptp(cleaned, axis=1) == 0).any(axis=0)
+                    if story_bad.any():
+                        logger.info("story %s: %d NaN or constant voxel(s)", story, int(story_bad.sum()))
+                    bad |= story_bad
         good = ~bad
         if not good.any():
             raise InputError(responses_in, "every voxel is NaN or constant in some run.", "check the input data.")
