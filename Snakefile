@@ -16,6 +16,14 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/contrastive.smk"
+include: "workflow/rules/report.smk"
+include: "workflow/rules/align.smk"
+include: "workflow/rules/encoding.smk"
+
+
+report: "workflow/report/workflow.rst"
 
 
 rule all:

@@ -30,7 +30,287 @@ def preprocessed(subject):
     return f"{RESULTS}/preprocess/sub-{subject}/responses.h5"
 
 
+# --- ingest / preprocess ----------------------------------------------------------
+
+
+def ingested(subject):
+    return f"{RESULTS}/ingest/sub-{subject}/responses.h5"
+
+
+def ingest_mask(subject):
+    return f"{RESULTS}/ingest/sub-{subject}/mask.nii.gz"
+
+
+def preprocessed_mask(subject):
+    return f"{RESULTS}/preprocess/sub-{subject}/mask.nii.gz"
+
+
+def atlas_files(subject):
+    """[atlas.nii.gz, atlas.tsv] of a subject when dataset.atlas is set, else []."""
+    if not DATASET.get("atlas"):
+        return []
+    return [
+        f"{RESULTS}/ingest/sub-{subject}/atlas.nii.gz",
+        f"{RESULTS}/ingest/sub-{subject}/atlas.tsv",
+    ]
+
+
+# --- end ingest / preprocess ------------------------------------------------------
+
+
+# --- features (feature store) ------------------------------------------------------
+
+from brainllm import store as brainllm_store
+
+FEATURE_STORE = os.path.normpath(config["feature_store"])
+MODELS = config["models"]
+
+
+def feature_entry(model, story):
+    """Store entry of (model, story): FEATURE_STORE/<model-slug>/<settings-hash>/<story>.h5."""
+    return str(brainllm_store.entry_path(FEATURE_STORE, MODELS[model], story))
+
+
+def model_layers(model):
+    """Hidden-state indices used for a model (`layers: all` or the configured list)."""
+    from brainllm.features import model_layers as configured_layers  # imports torch: only when asked
+
+    return configured_layers(MODELS[model])
+
+
+def feature_model(slug, settings):
+    """Name of the first configured model whose entries live in <slug>/<settings>."""
+    for name, model_cfg in MODELS.items():
+        directory = brainllm_store.entry_dir(FEATURE_STORE, model_cfg)
+        if (directory.parent.name, directory.name) == (slug, settings):
+            return name
+    raise ValueError(f"no configured model stores its features in {FEATURE_STORE}/{slug}/{settings}")
+
+
+# --- end features -----------------------------------------------------------------
+
+
+# --- contrastive (brain↔text training, BrainLLM) ------------------------------------
+# The stage runs when the config has a `contrastive` section. With `lora.enabled`, every
+# (subject, configured model) gets a brain-tuned model <model>tuned<subject>: the base
+# model's settings plus `adapter` (its LoRA adapter directory) and `adapter_recipe`.
+# Tuned models join MODELS (every model the DAG knows by name: feature_entry,
+# model_layers, ...) but not config["models"], which stays what the user configured
+# and is what stages enumerate; use subject_models(subject) to include that subject's
+# tuned models. The store key of a tuned model uses adapter_recipe (a hash of its
+# training recipe, known before training) instead of the adapter weights, whose sha256
+# the store entry records; rule features_tuned (contrastive.smk) extracts its entries.
+
+from brainllm import contrastive_settings as brainllm_contrastive
+
+CONTRASTIVE = config.get("contrastive") or {}
+CONTRASTIVE_SETTINGS = brainllm_contrastive.resolve_settings(CONTRASTIVE)
+CONTRASTIVE_OUT = f"{RESULTS}/contrastive/sub-{{subject}}/model-{{model}}"
+
+
+def lora_adapter_dir(subject, model):
+    return f"{RESULTS}/contrastive/sub-{subject}/model-{model}/lora/adapter"
+
+
+TUNED_MODELS = {}  # tuned model name -> (subject, base model)
+if CONTRASTIVE and CONTRASTIVE_SETTINGS["lora"]["enabled"]:
+    MODELS = dict(config["models"])
+    for _subject in SUBJECTS:
+        for _model in config["models"]:
+            _name = brainllm_contrastive.tuned_model_name(_model, _subject)
+            MODELS[_name] = brainllm_contrastive.tuned_model_config(
+                config["models"][_model], CONTRASTIVE, _subject, DATASET, lora_adapter_dir(_subject, _model)
+            )
+            TUNED_MODELS[_name] = (_subject, _model)
+TUNED_BY_SETTINGS = {brainllm_store.entry_dir(FEATURE_STORE, MODELS[name]).name: name for name in TUNED_MODELS}
+TUNED_SETTINGS_PATTERN = "|".join(TUNED_BY_SETTINGS) or "(?!)"  # (?!) matches nothing
+
+
+def tuned_model_name(model, subject):
+    return brainllm_contrastive.tuned_model_name(model, subject)
+
+
+def tuned_adapter_files(settings):
+    """Adapter files of the tuned model whose store entries live in <slug>/<settings>."""
+    directory = lora_adapter_dir(*TUNED_MODELS[TUNED_BY_SETTINGS[settings]])
+    return [f"{directory}/adapter_model.safetensors", f"{directory}/adapter_config.json"]
+
+
+def subject_models(subject):
+    """The configured models plus the subject's own brain-tuned models."""
+    return list(config["models"]) + [name for name, (owner, _) in TUNED_MODELS.items() if owner == subject]
+
+
+def contrastive_encoding_scores(subject, model):
+    """Per-layer encoding scores of a model on the held-out stories."""
+    return [encoding_file(subject, model, "scores.tsv", layer) for layer in model_layers(model)]
+
+
+def contrastive_targets():
+    """Retrieval of every (subject, model, contrastive layer); with LoRA, its retrieval and base_vs_tuned."""
+    if not CONTRASTIVE:
+        return []
+    targets = []
+    for subject in SUBJECTS:
+        for model in config["models"]:
+            directory = CONTRASTIVE_OUT.format(subject=subject, model=model)
+            targets += [f"{directory}/layer-{int(layer):02d}/retrieval.json" for layer in CONTRASTIVE_SETTINGS["layers"]]
+            if TUNED_MODELS:
+                targets += [f"{directory}/lora/retrieval.json", f"{directory}/base_vs_tuned.tsv"]
+    return targets
+
+
+# --- end contrastive --------------------------------------------------------------
+
+
+# --- report -----------------------------------------------------------------------
+# Figure registry: a stage's .smk appends the report() files its figure rules write
+# (paths, or functions without arguments returning paths; functions are called once
+# every rule file is parsed). Rule `report` requests all of them, so a new stage adds
+# its figures by appending here, without touching other stages' rules.
+REPORT_TARGETS = []
+REPORT = config["report"]
+REPORT_DIR = f"{RESULTS}/report"
+REPORT_ENCODING_STEM = f"{REPORT_DIR}/encoding/sub-{{subject}}/sub-{{subject}}_model-{{model}}"
+REPORT_CONTRASTIVE_STEM = f"{REPORT_DIR}/contrastive/sub-{{subject}}/sub-{{subject}}_model-{{model}}"
+
+
+def report_targets(wildcards=None):
+    """Every registered report file, in registration order."""
+    targets = []
+    for entry in REPORT_TARGETS:
+        produced = entry() if callable(entry) else entry
+        targets += [produced] if isinstance(produced, str) else list(produced)
+    return targets
+
+
+def report_figure(stem, caption, category, subcategory, labels):
+    """Outputs of a figure rule: PNG (shown in the HTML report), SVG and source table <stem>.tsv."""
+    return {
+        "png": report(f"{stem}.png", caption=caption, category=category, subcategory=subcategory, labels=labels),
+        "svg": f"{stem}.svg",
+        "tsv": f"{stem}.tsv",
+    }
+
+
+def report_figure_files(stems):
+    return [f"{stem}.{ext}" for stem in stems for ext in ("png", "svg", "tsv")]
+
+
+def report_model_sizes():
+    """Parameter count of each configured model (None when unknown), for the scaling plot."""
+    return {name: settings.get("size_params") for name, settings in config["models"].items()}
+
+
+def report_encoding_layers(subject, model, suffix):
+    """One per-layer encoding output of every layer of a model."""
+    return [encoding_file(subject, model, suffix, layer) for layer in model_layers(model)]
+
+
+def report_ground_truth(subject):
+    """Ground truth and the two masks that map it onto the analysed voxels ({} without one)."""
+    if not DATASET.get("ground_truth"):
+        return {}
+    return {
+        "truth": DATASET["ground_truth"],
+        "dataset_mask": ingest_mask(subject),
+        "analysis_mask": preprocessed_mask(subject),
+    }
+
+
+def report_encoding_figures():
+    """Encoding figures and the metrics table (when the encoding stage is in the workflow)."""
+    if not rules.has("best_layer"):
+        return []
+    stems = [f"{REPORT_DIR}/encoding/layer_curves", f"{REPORT_DIR}/encoding/roi_ranking"]
+    for subject in SUBJECTS:
+        for model in config["models"]:
+            stem = REPORT_ENCODING_STEM.format(subject=subject, model=model)
+            stems += [f"{stem}_r_histogram", f"{stem}_r_map", f"{stem}_bestlayer_map"]
+    return report_figure_files(stems) + [f"{RESULTS}/summary.tsv", f"{REPORT_DIR}/metrics.html"]
+
+
+def report_contrastive_figures():
+    """Training and retrieval figures per contrastive run (layer-NN, lora) and base vs tuned."""
+    if not (CONTRASTIVE and rules.has("contrastive")):
+        return []
+    stems = []
+    for subject in SUBJECTS:
+        for model in config["models"]:
+            stem = REPORT_CONTRASTIVE_STEM.format(subject=subject, model=model)
+            runs = [f"layer-{int(layer):02d}" for layer in CONTRASTIVE_SETTINGS["layers"]]
+            if TUNED_MODELS and rules.has("contrastive_lora"):
+                runs.append("lora")
+                stems.append(f"{stem}_base_vs_tuned")
+            stems += [f"{stem}_{run}_{name}" for run in runs for name in ("training", "retrieval")]
+    return report_figure_files(stems)
+
+
+# --- end report -------------------------------------------------------------------
+
+
+# --- align / encoding -------------------------------------------------------------
+
+ENCODING = config["encoding"]
+
+
+def aligned_features(subject, model):
+    """Word features of a model on the subject's TR grid (docs/outputs.md, alignment)."""
+    return f"{RESULTS}/align/sub-{subject}/model-{model}/features.h5"
+
+
+def encoding_file(subject, model, suffix, layer=None):
+    """R/encoding/sub-S/model-M/sub-S_model-M[_layer-NN]_<suffix> (docs/outputs.md, encoding)."""
+    stem = f"sub-{subject}_model-{model}" + ("" if layer is None else f"_layer-{int(layer):02d}")
+    return f"{RESULTS}/encoding/sub-{subject}/model-{model}/{stem}_{suffix}"
+
+
+ENCODING_RESULT_STEM = encoding_file("{subject}", "{model}", "").rstrip("_")
+
+
+def encoding_outputs(stem):
+    """Outputs of one encoding model: scores, r map, ROI table, summary (+ weights when saved)."""
+    outputs = {
+        "scores": f"{stem}_scores.tsv",
+        "r_map": f"{stem}_r.nii.gz",
+        "rois": f"{stem}_roi.tsv",
+        "summary": f"{stem}_summary.json",
+    }
+    if ENCODING.get("save_weights"):
+        outputs["weights"] = f"{stem}_weights.safetensors"
+    return outputs
+
+
+def encoding_extra_inputs(wildcards):
+    """Atlas (ROI summary) and ground truth (the demo) of a subject, when configured."""
+    extra = {}
+    if DATASET.get("atlas"):
+        extra["atlas_nii"], extra["atlas_tsv"] = atlas_files(wildcards.subject)
+    if DATASET.get("ground_truth"):
+        extra["truth"] = DATASET["ground_truth"]
+        extra["dataset_mask"] = ingest_mask(wildcards.subject)
+    return extra
+
+
+def encoding_targets():
+    """Best-layer map and layer table of every (subject, configured model), banded models when enabled."""
+    targets = []
+    for subject in SUBJECTS:
+        for model in config["models"]:
+            targets += [encoding_file(subject, model, "bestlayer.nii.gz"), encoding_file(subject, model, "layers.tsv")]
+            if ENCODING.get("banded", {}).get("enabled"):
+                targets.append(encoding_file(subject, model, "banded_summary.json"))
+    return targets
+
+
+# --- end align / encoding ---------------------------------------------------------
+
+
 def final_targets():
     targets = [words_tsv(story) for story in STORIES]
     targets += [preprocessed(subject) for subject in SUBJECTS]
+    targets += [feature_entry(model, story) for model in MODELS for story in STORIES]
+    targets += encoding_targets()
+    targets += contrastive_targets()
+    targets += [f"{RESULTS}/report/manifest.tsv"]  # report: every registered figure
     return targets

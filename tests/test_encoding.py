@@ -1,0 +1,357 @@
+"""brainllm.encoding, bootstrap_ridge and lipschitz against closed-form ridge and planted data."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from brainllm import bootstrap_ridge as br
+from brainllm import encoding, metrics
+from brainllm.align import layer_key, make_delayed, zscore_columns
+from brainllm.io import InputError
+from brainllm.lipschitz import fit_lipschitz, project_spectral_norm
+
+
+def closed_form_ridge(X, Y, alpha):
+    """(XᵀX + αI)⁻¹XᵀY in float64."""
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    return np.linalg.solve(X.T @ X + alpha * np.eye(X.shape[1]), X.T @ Y)
+
+
+def planted(n_trs, n_features, n_voxels, noise, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_trs, n_features))
+    W = rng.standard_normal((n_features, n_voxels)) / np.sqrt(n_features)
+    Y = X @ W + rng.standard_normal((n_trs, n_voxels)) * np.asarray(noise)
+    return X.astype(np.float32), Y.astype(np.float32), W
+
+
+def loso_reference(X, Y, lengths, alphas):
+    """Leave-one-story-out α choice by explicit loops: mean over folds of −SSE/n (himalaya's score)."""
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    scores = np.zeros((len(alphas), Y.shape[1]))
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        val = np.arange(start, stop)
+        train = np.setdiff1d(np.arange(len(X)), val)
+        for i, alpha in enumerate(alphas):
+            pred = X[val].astype(np.float64) @ closed_form_ridge(X[train], Y[train], alpha)
+            scores[i] += -((Y[val] - pred) ** 2).sum(0) / len(val) / len(lengths)
+    return scores
+
+
+def test_leave_one_story_out_splits():
+    splits = encoding.leave_one_story_out([5, 3, 4])
+    assert len(splits) == 3
+    covered = np.concatenate([val for _, val in splits])
+    np.testing.assert_array_equal(np.sort(covered), np.arange(12))
+    for train, val in splits:
+        assert not set(train) & set(val) and len(train) + len(val) == 12
+        assert np.all(np.diff(val) == 1)  # a whole story, contiguous
+    with pytest.raises(ValueError):
+        encoding.leave_one_story_out([10])
+
+
+@pytest.mark.parametrize("n_trs,n_features,expected_solver", [(120, 20, "RidgeCV"), (60, 90, "KernelRidgeCV")])
+def test_fit_ridge_matches_closed_form(n_trs, n_features, expected_solver):
+    noise = np.linspace(0.1, 4.0, 12)
+    X, Y, _ = planted(n_trs, n_features, 12, noise, seed=1)
+    lengths = [n_trs // 4] * 4
+    alphas = encoding.alpha_grid(-1, 4, 11)
+    fit = encoding.fit_ridge(X, Y, lengths, alphas, backend="numpy")
+    assert fit.solver == expected_solver and fit.backend == "numpy"
+    scores = loso_reference(X, Y, lengths, alphas)
+    ordered = np.sort(scores, 0)
+    clear = (ordered[-1] - ordered[-2]) > 1e-4 * np.abs(ordered[-1])  # skip near-ties float32 may flip
+    assert clear.sum() >= 6
+    np.testing.assert_allclose(fit.alphas[clear], alphas[np.argmax(scores, 0)][clear], rtol=1e-5)
+    for voxel in range(12):
+        expected = closed_form_ridge(X, Y[:, voxel : voxel + 1], fit.alphas[voxel])[:, 0]
+        np.testing.assert_allclose(fit.weights[:, voxel], expected, rtol=2e-3, atol=2e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("n_features", [20, 90])
+def test_torch_backend_matches_numpy(n_features):
+    X, Y, _ = planted(60, n_features, 6, np.linspace(0.2, 2.0, 6), seed=3)
+    alphas = encoding.alpha_grid(-1, 4, 6)
+    on_numpy = encoding.fit_ridge(X, Y, [15] * 4, alphas, backend="numpy")
+    on_torch = encoding.fit_ridge(X, Y, [15] * 4, alphas, backend="torch")
+    assert on_torch.backend == "torch" and on_torch.solver == on_numpy.solver
+    np.testing.assert_allclose(on_torch.alphas, on_numpy.alphas)
+    np.testing.assert_allclose(on_torch.weights, on_numpy.weights, rtol=1e-3, atol=1e-4)
+
+
+def test_kernel_ridge_falls_back_to_svd_when_eigh_fails(monkeypatch, caplog):
+    import himalaya.backend.numpy as numpy_backend
+
+    X, Y, _ = planted(40, 80, 5, 0.5, seed=2)
+    alphas = encoding.alpha_grid(-1, 3, 5)
+    reference = encoding.fit_ridge(X, Y, [10] * 4, alphas, backend="numpy")
+    assert reference.info["diagonalize_method"] == "eigh"
+
+    def failing_eigh(*args, **kwargs):
+        raise np.linalg.LinAlgError("Eigenvalues did not converge")
+
+    monkeypatch.setattr(numpy_backend, "eigh", failing_eigh)
+    with caplog.at_level(logging.WARNING, logger="brainllm"):
+        fit = encoding.fit_ridge(X, Y, [10] * 4, alphas, backend="numpy")
+    assert fit.solver == "KernelRidgeCV" and fit.info["diagonalize_method"] == "svd"
+    assert "diagonalize_method='svd'" in caplog.text
+    np.testing.assert_allclose(fit.weights, reference.weights, rtol=1e-3, atol=1e-4)
+
+
+def test_banded_ridge_weights_the_informative_band():
+    rng = np.random.default_rng(4)
+    informative = rng.standard_normal((160, 10)).astype(np.float32)
+    distractor = rng.standard_normal((160, 10)).astype(np.float32)
+    Y = (informative @ rng.standard_normal((10, 6)) + 0.5 * rng.standard_normal((160, 6))).astype(np.float32)
+    for Xs in ([informative, distractor], [np.hstack([informative] * 9), np.hstack([distractor] * 9)]):
+        fit = encoding.fit_banded_ridge([X[:120] for X in Xs], Y[:120], [30] * 4, encoding.alpha_grid(-2, 4, 13), backend="numpy", n_iter=20, seed=0)
+        assert fit.solver == ("BandedRidgeCV" if Xs[0].shape[1] == 10 else "MultipleKernelRidgeCV")
+        assert fit.info["band_weights"][0].mean() > 0.8
+        pred = np.hstack(Xs)[120:] @ fit.weights
+        assert metrics.pearson_r(pred, Y[120:]).mean() > 0.9
+
+
+def test_ridge_corr_and_weights_closed_form():
+    X, Y, _ = planted(100, 15, 4, 1.0, seed=5)
+    X, Y = X.astype(np.float64), Y.astype(np.float64)
+    alphas = np.array([0.5, 5.0, 50.0])
+    corrs = br.ridge_corr(X[:80], X[80:], Y[:80], Y[80:], alphas)
+    for i, alpha in enumerate(alphas):
+        # α enters squared in the reference algorithm
+        pred = X[80:] @ closed_form_ridge(X[:80], Y[:80], alpha**2)
+        np.testing.assert_allclose(corrs[i], metrics.pearson_r(pred, Y[80:]), atol=1e-10)
+    per_voxel = np.array([0.5, 50.0, 5.0, 0.5])
+    weights = br.ridge_weights(X, Y, per_voxel)
+    for voxel, alpha in enumerate(per_voxel):
+        np.testing.assert_allclose(weights[:, voxel], closed_form_ridge(X, Y[:, [voxel]], alpha**2)[:, 0], atol=1e-10)
+
+
+def test_ridge_weights_drop_null_singular_values():
+    X, Y, _ = planted(50, 6, 2, 0.3, seed=6)
+    X = np.hstack([X, X[:, :2]]).astype(np.float64)  # rank-deficient: duplicated columns
+    weights = br.ridge_weights(X, Y.astype(np.float64), np.array([0.0, 0.0]))
+    np.testing.assert_allclose(weights, np.linalg.pinv(X) @ Y, atol=1e-8)  # minimum-norm least squares
+
+
+def test_bootstrap_ridge_reproduces_loop_and_is_seeded():
+    noise = np.array([0.2, 0.5, 1.0, 2.0, 4.0, 8.0])
+    X, Y, _ = planted(400, 30, 6, noise, seed=7)
+    alphas = br.bootstrap_alphas(0, 3, 7)
+    result = br.bootstrap_ridge(X, Y, alphas, nboots=6, chunk_trs=40, nchunks=2, seed=11, progress=False)
+    again = br.bootstrap_ridge(X, Y, alphas, nboots=6, chunk_trs=40, nchunks=2, seed=11, progress=False)
+    np.testing.assert_array_equal(result.weights, again.weights)
+    # loop reference over the same held-out chunks with the closed form
+    X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
+    heldouts = br.heldout_chunks(400, 40, 2, 6, seed=11)
+    mean_corrs = np.zeros((len(alphas), 6))
+    for heldout in heldouts:
+        assert len(heldout) == 80 and all(np.all(np.diff(heldout[i : i + 40]) == 1) for i in (0, 40))
+        train = np.setdiff1d(np.arange(400), heldout)
+        for i, alpha in enumerate(alphas):
+            pred = X64[heldout] @ closed_form_ridge(X64[train], Y64[train], alpha**2)
+            mean_corrs[i] += metrics.pearson_r(pred, Y64[heldout]) / len(heldouts)
+    np.testing.assert_allclose(result.mean_corrs, mean_corrs, atol=1e-9)
+    np.testing.assert_array_equal(result.alphas, alphas[np.argmax(mean_corrs, 0)])
+    for voxel in range(6):
+        expected = closed_form_ridge(X64, Y64[:, [voxel]], result.alphas[voxel] ** 2)[:, 0]
+        np.testing.assert_allclose(result.weights[:, voxel], expected, atol=1e-8)
+    single = br.bootstrap_ridge(X, Y, alphas, nboots=6, chunk_trs=40, nchunks=2, seed=11, single_alpha=True, progress=False)
+    assert len(set(single.alphas)) == 1 and single.alphas[0] == alphas[np.argmax(mean_corrs.mean(1))]
+    other = br.bootstrap_ridge(X, Y, alphas, nboots=6, chunk_trs=40, nchunks=2, seed=12, progress=False)
+    assert not np.allclose(other.mean_corrs, result.mean_corrs)
+
+
+def test_project_spectral_norm_clips_singular_values():
+    rng = np.random.default_rng(8)
+    for shape in ((6, 9), (9, 6)):
+        W = rng.standard_normal(shape)
+        projected = project_spectral_norm(torch.as_tensor(W), 1.5).numpy()
+        U, S, Vt = np.linalg.svd(W, full_matrices=False)
+        np.testing.assert_allclose(projected, (U * np.minimum(S, 1.5)) @ Vt, atol=1e-10)
+
+
+def test_lipschitz_norm_bound_and_least_squares_limit():
+    X, Y, _ = planted(200, 12, 7, 0.3, seed=9)
+    bounded = fit_lipschitz(X, Y, max_norm=0.5, steps=300, progress=False)
+    assert bounded.spectral_norm <= 0.5 + 1e-6
+    assert np.linalg.norm(bounded.weights, 2) <= 0.5 + 1e-6
+    free = fit_lipschitz(X, Y, max_norm=1e3, steps=500, progress=False, dtype=torch.float64)
+    least_squares = np.linalg.lstsq(X.astype(np.float64), Y.astype(np.float64), rcond=None)[0]
+    np.testing.assert_allclose(free.weights, least_squares, atol=1e-6)
+    assert bounded.loss > free.loss
+
+
+# ------------------------------------------------------------------ run_encoding end to end
+
+N_VOXELS = 60
+PLANTED_LAYER = 1
+STORIES = {"s1": 90, "s2": 80, "s3": 85, "s4": 75, "test": 100}
+
+
+@pytest.fixture(scope="module")
+def synthetic_subject(tmp_path_factory):
+    """Aligned features (3 layers), responses planted from layer 1, mask, atlas, ground truth."""
+    root = tmp_path_factory.mktemp("encoding")
+    rng = np.random.default_rng(21)
+    mask = np.zeros((5, 4, 4), dtype=np.uint8)
+    mask.flat[rng.choice(mask.size, N_VOXELS, replace=False)] = 1
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    affine[:3, 3] = [-10, 20, 5]
+    nib.save(nib.Nifti1Image(mask, affine), root / "mask.nii.gz")
+    atlas = np.zeros(mask.shape, dtype=np.int16)
+    atlas[:2] = 1
+    atlas[2:] = 2
+    nib.save(nib.Nifti1Image(atlas, affine), root / "atlas.nii.gz")
+    pd.DataFrame({"index": [1, 2], "name": ["front", "back"]}).to_csv(root / "atlas.tsv", sep="\t", index=False)
+
+    hidden, delays = 8, [1, 2, 3, 4]
+    weights = rng.standard_normal((hidden * len(delays), N_VOXELS)) / np.sqrt(hidden * len(delays))
+    signal_voxels = np.arange(0, N_VOXELS, 2)
+    weights[:, 1::2] = 0.0
+    noise_sd = 0.6
+    ceiling = np.where(np.arange(N_VOXELS) % 2 == 0, 1.0, 0.0)
+    with h5py.File(root / "aligned.h5", "w") as aligned, h5py.File(root / "responses.h5", "w") as responses:
+        for story, n_trs in STORIES.items():
+            group = aligned.create_group(story)
+            layers = {layer: zscore_columns(rng.standard_normal((n_trs, hidden))).astype(np.float32) for layer in range(3)}
+            for layer, features in layers.items():
+                group.create_dataset(layer_key(layer), data=features)
+            signal = make_delayed(layers[PLANTED_LAYER], delays) @ weights
+            signal /= np.maximum(signal.std(0), 1e-12)
+            n_rep = 3 if story == "test" else 1
+            runs = signal[None] + noise_sd * rng.standard_normal((n_rep, n_trs, N_VOXELS))
+            out = responses.create_group(story)
+            out.create_dataset("data", data=runs.mean(0).astype(np.float32))
+            if n_rep > 1:
+                out.create_dataset("repeats", data=runs.astype(np.float32))
+                ceiling = np.where(np.arange(N_VOXELS) % 2 == 0, np.sqrt(1 / (1 + noise_sd**2 / n_rep)), 0.0)
+    truth = {"planted_layer": PLANTED_LAYER, "per_subject": {"S1": {"signal_voxels": signal_voxels.tolist(), "ceiling_r_test": ceiling.tolist()}}}
+    (root / "ground_truth.json").write_text(json.dumps(truth))
+    return root
+
+
+def _run(root, layer_list, method="ridge", **extra):
+    settings = {
+        "method": method, "backend": "numpy", "delays": [1, 2, 3, 4], "alphas": {"log10_min": -1, "log10_max": 4, "num": 11},
+        "fdr_q": 0.05, "seed": 0, "save_weights": True,
+        "bootstrap": {"nboots": 5, "chunk_trs": 20, "nchunks": 3, "log10_min": 0, "log10_max": 3, "num": 7},
+        "lipschitz": {"max_norm": 2.0, "steps": 200, "lr": 1.0},
+        "invariance": {"n_resamples": 5, "chunk_trs": 20, "input_noise_std": 0.1},
+        **extra,
+    }
+    tag = f"{method}-{'-'.join(map(str, layer_list))}"
+    paths = {name: root / f"{tag}_{name}" for name in ("scores.tsv", "r.nii.gz", "roi.tsv", "summary.json", "weights.safetensors")}
+    summary = encoding.run_encoding(
+        root / "aligned.h5", root / "responses.h5", root / "mask.nii.gz", layer_list, ["s1", "s2", "s3", "s4"], ["test"], settings,
+        paths["scores.tsv"], paths["r.nii.gz"], paths["roi.tsv"], paths["summary.json"], paths["weights.safetensors"],
+        root / "atlas.nii.gz", root / "atlas.tsv", root / "ground_truth.json", subject="S1", model="toy",
+    )
+    return summary, paths
+
+
+@pytest.fixture(scope="module")
+def ridge_runs(synthetic_subject):
+    return {layer: _run(synthetic_subject, [layer]) for layer in range(3)}
+
+
+def test_run_encoding_outputs(synthetic_subject, ridge_runs):
+    summary, paths = ridge_runs[PLANTED_LAYER]
+    scores = pd.read_csv(paths["scores.tsv"], sep="\t")
+    assert list(scores.columns) == ["voxel", "r", "p", "p_fdr", "significant", "alpha"]
+    assert len(scores) == N_VOXELS
+    # the NIfTI map carries r at the mask voxels on the mask's grid
+    mask_img = nib.load(synthetic_subject / "mask.nii.gz")
+    r_img = nib.load(paths["r.nii.gz"])
+    np.testing.assert_array_equal(r_img.affine, mask_img.affine)
+    np.testing.assert_allclose(np.asarray(r_img.dataobj)[np.asarray(mask_img.dataobj) > 0], scores["r"], atol=1e-6)
+    # ROI table against a hand computation from the atlas
+    rois = pd.read_csv(paths["roi.tsv"], sep="\t").set_index("roi")
+    labels = np.asarray(nib.load(synthetic_subject / "atlas.nii.gz").dataobj)[np.asarray(mask_img.dataobj) > 0]
+    for name, index in (("front", 1), ("back", 2)):
+        assert rois.loc[name, "mean_r"] == pytest.approx(scores["r"][labels == index].mean())
+        assert rois.loc[name, "frac_significant"] == pytest.approx(scores["significant"][labels == index].mean())
+    assert rois.loc["all", "n_voxels"] == N_VOXELS
+    on_disk = json.loads(paths["summary.json"].read_text())
+    assert on_disk["solver"] == "RidgeCV" and on_disk["n_train_trs"] == 330 and on_disk["n_test_trs"] == 100
+    assert on_disk["n_features"] == 32 and on_disk["n_significant"] == int(scores["significant"].sum())
+    truth = on_disk["ground_truth"]
+    assert truth["detection_sensitivity"] >= 0.9 and truth["detection_specificity"] >= 0.9
+    assert truth["mean_r_signal"] >= 0.8 * truth["mean_ceiling_r_signal"]
+    assert abs(truth["mean_r_noise"]) < 0.1
+    assert on_disk["noise_ceiling"]["n_repeats"] == 3
+    assert 0.5 < on_disk["invariance"]["test_chunks"]["mean_pairwise_r"] <= 1.0
+    assert summary["mean_r"] == pytest.approx(scores["r"].mean())
+    from safetensors.numpy import load_file
+
+    saved = load_file(paths["weights.safetensors"])
+    assert saved["weights"].shape == (32, N_VOXELS)
+    np.testing.assert_allclose(saved["alphas"], scores["alpha"], rtol=1e-6)
+
+
+def test_best_layer_finds_planted_layer(synthetic_subject, ridge_runs):
+    out_nii, out_tsv = synthetic_subject / "best.nii.gz", synthetic_subject / "layers.tsv"
+    best = encoding.best_layer({layer: run[1]["scores.tsv"] for layer, run in ridge_runs.items()}, synthetic_subject / "mask.nii.gz", out_nii, out_tsv)
+    assert best == PLANTED_LAYER
+    table = pd.read_csv(out_tsv, sep="\t")
+    assert table.loc[table["best"], "layer"].tolist() == [PLANTED_LAYER]
+    mask = np.asarray(nib.load(synthetic_subject / "mask.nii.gz").dataobj) > 0
+    volume = np.asarray(nib.load(out_nii).dataobj)
+    assert np.all(volume[~mask] == -1)
+    values = volume[mask]
+    assert np.mean(values[0::2] == PLANTED_LAYER) > 0.9  # signal voxels
+    assert np.mean(values[1::2] == -1) > 0.9  # noise voxels rarely significant
+
+
+@pytest.mark.parametrize("method", ["bootstrap_ridge", "lipschitz"])
+def test_other_methods_run(synthetic_subject, ridge_runs, method):
+    summary, _ = _run(synthetic_subject, [PLANTED_LAYER], method=method)
+    assert summary["method"] == method
+    assert summary["ground_truth"]["mean_r_signal"] > 0.7 * ridge_runs[PLANTED_LAYER][0]["ground_truth"]["mean_r_signal"]
+    if method == "lipschitz":
+        assert summary["fit_info"]["spectral_norm"] <= 2.0 + 1e-6
+        assert "input_noise" in summary["invariance"]
+
+
+def test_banded_run(synthetic_subject):
+    summary, _ = _run(synthetic_subject, [0, PLANTED_LAYER], banded={"n_iter": 10}, alphas={"log10_min": -1, "log10_max": 4, "num": 6})
+    assert summary["method"] == "banded_ridge" and summary["layers"] == [0, PLANTED_LAYER]
+    assert summary["mean_band_weights"][1] > summary["mean_band_weights"][0]
+
+
+def test_run_encoding_input_errors(synthetic_subject, tmp_path):
+    small_mask = np.zeros((5, 4, 4), np.uint8)
+    small_mask.flat[:10] = 1
+    nib.save(nib.Nifti1Image(small_mask, np.eye(4)), tmp_path / "mask.nii.gz")
+    common = dict(settings={"backend": "numpy"}, scores_tsv=tmp_path / "s.tsv", r_nii=tmp_path / "r.nii.gz", roi_tsv=tmp_path / "roi.tsv", summary_json=tmp_path / "s.json")
+    with pytest.raises(InputError, match="mask has 10 voxels"):
+        encoding.run_encoding(synthetic_subject / "aligned.h5", synthetic_subject / "responses.h5", tmp_path / "mask.nii.gz", [0], ["s1", "s2"], ["test"], **common)
+    with pytest.raises(InputError, match="at least 2 training stories"):
+        encoding.run_encoding(synthetic_subject / "aligned.h5", synthetic_subject / "responses.h5", synthetic_subject / "mask.nii.gz", [0], ["s1"], ["test"], **common)
+    with pytest.raises(InputError, match="layer_07"):
+        encoding.run_encoding(synthetic_subject / "aligned.h5", synthetic_subject / "responses.h5", synthetic_subject / "mask.nii.gz", [7], ["s1", "s2"], ["test"], **common)
+    assert not (tmp_path / "s.tsv").exists()
+
+
+def test_ground_truth_follows_dropped_voxels(synthetic_subject, tmp_path):
+    """Ground truth indexes the dataset mask; the analysis mask may have dropped voxels."""
+    dataset = nib.load(synthetic_subject / "mask.nii.gz")
+    mask = np.asarray(dataset.dataobj) > 0
+    positions = np.flatnonzero(mask)
+    analysis = mask.copy()
+    analysis.flat[positions[[0, 5, 6]]] = False  # preprocessing dropped three voxels
+    nib.save(nib.Nifti1Image(analysis.astype(np.uint8), dataset.affine), tmp_path / "analysis.nii.gz")
+    truth = encoding.load_ground_truth(synthetic_subject / "ground_truth.json", "S1", synthetic_subject / "mask.nii.gz", tmp_path / "analysis.nii.gz")
+    kept = np.setdiff1d(np.arange(N_VOXELS), [0, 5, 6])
+    np.testing.assert_array_equal(truth["signal"], kept % 2 == 0)
+    assert truth["signal"].size == N_VOXELS - 3 and truth["planted_layer"] == PLANTED_LAYER
+    with pytest.raises(InputError, match="60 ceiling values for the 57 voxels"):
+        encoding.load_ground_truth(synthetic_subject / "ground_truth.json", "S1", tmp_path / "analysis.nii.gz", synthetic_subject / "mask.nii.gz")
+

@@ -1,0 +1,46 @@
+"""The demo workflow recovers what was planted (ground_truth.json): layer, r, detected voxels."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.workflow
+
+CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+SUBJECTS = CONFIG["dataset"]["subjects"]
+MODEL = next(iter(CONFIG["models"]))
+
+
+def _encoding_file(workdir, subject, suffix, layer=None):
+    stem = f"sub-{subject}_model-{MODEL}" + ("" if layer is None else f"_layer-{layer:02d}")
+    return workdir / CONFIG["results"] / "encoding" / f"sub-{subject}" / f"model-{MODEL}" / f"{stem}_{suffix}"
+
+
+@pytest.fixture(scope="module")
+def planted_layer(demo_run):
+    truth = json.loads((demo_run / CONFIG["demo"]["out_dir"] / "ground_truth.json").read_text())
+    return int(truth["planted_layer"])
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_best_layer_is_planted_layer(demo_run, planted_layer, subject):
+    layers = pd.read_csv(_encoding_file(demo_run, subject, "layers.tsv"), sep="\t")
+    assert layers.loc[layers["best"], "layer"].tolist() == [planted_layer], layers.to_string()
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_planted_layer_reaches_ceiling_and_detects_voxels(demo_run, planted_layer, subject):
+    summary = json.loads(_encoding_file(demo_run, subject, "summary.json", planted_layer).read_text())
+    truth = summary["ground_truth"]
+    assert summary["fdr_q"] == 0.05
+    assert truth["mean_r_signal"] >= 0.8 * truth["mean_ceiling_r_signal"], truth
+    assert truth["detection_sensitivity"] >= 0.9, truth
+    assert truth["detection_specificity"] >= 0.95, truth
+    # pure-noise voxels: r centred on 0
+    assert abs(truth["mean_r_noise"]) < 0.02, truth

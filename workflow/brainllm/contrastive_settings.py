@@ -1,0 +1,159 @@
+"""Settings of the contrastive stage, story splits and recipe hashes (no torch: used when the DAG is built).
+
+:data:`DEFAULTS` mirrors the ``contrastive`` section of workflow/schemas/config.schema.yaml;
+config/README.md explains every key.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+
+from .io import InputError, sha256_text
+
+__all__ = [
+    "DEFAULTS",
+    "resolve_settings",
+    "story_split",
+    "recipe_sha256",
+    "tuned_model_name",
+    "lora_recipe_sha256",
+    "tuned_model_config",
+]
+
+DEFAULTS: dict = {
+    "layers": [3],
+    "segment_trs": 1,
+    "stride_trs": None,
+    "delays": [1, 2, 3, 4],
+    "delay_mode": "concat",
+    "validation_story": None,
+    "shared_dim": 128,
+    "brain_encoder": {"kind": "mlp", "hidden": 512, "n_blocks": 1, "dropout": 0.3},
+    "text_projector": {"kind": "linear", "hidden": 512, "n_blocks": 1, "dropout": 0.1},
+    "temperature_init": 0.07,
+    "logit_scale_max": 100.0,
+    "soft_targets": {"enabled": False, "temperature": 0.1},
+    "mixup": {"enabled": False, "beta": 0.15, "epochs_fraction": 0.33},
+    "epochs": 40,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "weight_decay": 0.05,
+    "warmup_fraction": 0.05,
+    "patience": 10,
+    "eval": {"n_candidates": 50, "n_draws": 30, "n_train_pairs": 128},
+    "seed": 0,
+    "device": "auto",
+    "lora": {
+        "enabled": False,
+        "layer": 3,
+        "context_words": 10,
+        "rank": 8,
+        "alpha": 16,
+        "dropout": 0.05,
+        "mlp": False,
+        "target_modules": None,
+        "quantization": "none",
+        "gradient_checkpointing": False,
+        "truncate_layers": True,
+        "max_tokens": 512,
+        "epochs": 4,
+        "batch_size": 32,
+        "lr": 5e-4,
+        "patience": 3,
+    },
+}
+
+# mirror of the schema's enums, checked here too so the package is safe to call directly
+_CHOICES = {
+    "delay_mode": ("concat", "mean"),
+    "device": ("auto", "cpu", "cuda"),
+    "kind": ("linear", "mlp"),
+    "quantization": ("none", "4bit"),
+}
+
+
+def _merge(defaults: Mapping, given: Mapping, where: str) -> dict:
+    merged = copy.deepcopy(dict(defaults))
+    for key, value in given.items():
+        if key not in defaults:
+            raise InputError(None, f"unknown key {where}{key} (known: {', '.join(defaults)}).", "fix its spelling in the config.")
+        if isinstance(defaults[key], dict) and isinstance(value, Mapping):
+            merged[key] = _merge(defaults[key], value, f"{where}{key}.")
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def resolve_settings(contrastive_cfg: Mapping | None) -> dict:
+    """The ``contrastive:`` config section over :data:`DEFAULTS`, checked."""
+    settings = _merge(DEFAULTS, contrastive_cfg or {}, "contrastive.")
+    checks = [
+        ("delay_mode", settings["delay_mode"], _CHOICES["delay_mode"]),
+        ("device", settings["device"], _CHOICES["device"]),
+        ("brain_encoder.kind", settings["brain_encoder"]["kind"], _CHOICES["kind"]),
+        ("text_projector.kind", settings["text_projector"]["kind"], _CHOICES["kind"]),
+        ("lora.quantization", settings["lora"]["quantization"], _CHOICES["quantization"]),
+    ]
+    for key, value, allowed in checks:
+        if value not in allowed:
+            raise InputError(None, f"contrastive.{key} is {value!r}.", f"use one of {', '.join(allowed)}.")
+    if settings["segment_trs"] < 1 or (settings["stride_trs"] is not None and settings["stride_trs"] < 1):
+        raise InputError(None, "contrastive.segment_trs and stride_trs must be >= 1.", "set positive TR counts.")
+    if not settings["delays"] or min(settings["delays"]) < 0:
+        raise InputError(None, f"contrastive.delays {settings['delays']} must be a non-empty list of TRs >= 0.", "e.g. [1, 2, 3, 4].")
+    if settings["batch_size"] < 2 or settings["lora"]["batch_size"] < 2:
+        raise InputError(None, "contrastive batch sizes must be >= 2 (a batch holds the negatives).", "raise batch_size.")
+    return settings
+
+
+def story_split(train_stories: Sequence[str], test_stories: Sequence[str], validation_story: str | None) -> dict[str, list[str]]:
+    """``{"train", "validation", "test"}`` story lists; validation = one training story (default: the last)."""
+    train_stories, test_stories = list(train_stories), list(test_stories)
+    overlap = sorted(set(train_stories) & set(test_stories))
+    if overlap:
+        raise InputError(None, f"stories {overlap} are both training and test stories.", "list each story once in dataset.train_stories or test_stories.")
+    if len(train_stories) < 2:
+        raise InputError(None, "contrastive training needs >= 2 training stories (one is the validation story).", "add training stories.")
+    validation = train_stories[-1] if validation_story is None else validation_story
+    if validation not in train_stories:
+        raise InputError(
+            None, f"contrastive.validation_story {validation!r} is not a training story.",
+            f"choose one of {', '.join(train_stories)} (or null for the last one).",
+        )
+    split = {"train": [s for s in train_stories if s != validation], "validation": [validation], "test": test_stories}
+    assert not set(split["train"]) & (set(split["validation"]) | set(split["test"]))
+    return split
+
+
+def recipe_sha256(recipe: Mapping) -> str:
+    """Hash of everything that determines a training run (settings, data identity, seed)."""
+    return sha256_text(json.dumps(recipe, sort_keys=True, default=str))
+
+
+def tuned_model_name(model: str, subject: str) -> str:
+    """Model name of the brain-tuned variant of ``model`` for ``subject``: ``<model>tuned<subject>``."""
+    return f"{model}tuned{subject}"
+
+
+def lora_recipe_sha256(model_cfg: Mapping, contrastive_cfg: Mapping | None, subject: str, dataset_cfg: Mapping) -> str:
+    """Hash of a LoRA adapter's training recipe: base model settings, contrastive settings, subject, data.
+
+    Known before training, so it keys the tuned model's feature-store entries when the
+    DAG is built (the entries record the adapter weights' sha256 in their attributes).
+    """
+    settings = resolve_settings(contrastive_cfg)
+    base = {key: value for key, value in model_cfg.items() if key not in ("adapter", "adapter_recipe")}
+    data = {key: dataset_cfg.get(key) for key in ("name", "layout", "root", "train_stories", "test_stories", "tr", "trim_start", "trim_end")}
+    shared = {key: value for key, value in settings.items() if key != "layers"}
+    return recipe_sha256({"base_model": base, "settings": shared, "subject": subject, "dataset": data})
+
+
+def tuned_model_config(model_cfg: Mapping, contrastive_cfg: Mapping | None, subject: str, dataset_cfg: Mapping, adapter_dir: str) -> dict:
+    """The base model's config plus ``adapter`` (directory) and ``adapter_recipe`` (store key)."""
+    return {
+        **copy.deepcopy(dict(model_cfg)),
+        "adapter": adapter_dir,
+        "adapter_recipe": lora_recipe_sha256(model_cfg, contrastive_cfg, subject, dataset_cfg),
+    }

@@ -1,0 +1,628 @@
+"""Voxelwise encoding models: aligned LLM features (+ FIR delays) → brain responses.
+
+Methods (config ``encoding.method``):
+- ``ridge``: himalaya, per-voxel α from ``encoding.alphas`` by leave-one-story-out
+  cross-validation over the training stories; primal ``RidgeCV`` when n_samples >
+  n_features, else ``KernelRidgeCV`` (linear kernel). Banded (several layers):
+  ``BandedRidgeCV`` or ``MultipleKernelRidgeCV``, chosen the same way.
+- ``bootstrap_ridge``: the Huth-lab algorithm (:mod:`brainllm.bootstrap_ridge`).
+- ``lipschitz``: a linear map with bounded spectral norm (:mod:`brainllm.lipschitz`).
+
+Every model is scored on the held-out test stories: per-voxel Pearson r, p-value, FDR.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .align import make_delayed, read_aligned, zscore_columns
+from .io import InputError, atomic_path, open_h5, write_json, write_tsv
+
+log = logging.getLogger(__name__)
+
+#: CPU backend used by ``backend: auto`` without a GPU (numpy measured faster than torch on CPU)
+CPU_BACKEND = "numpy"
+
+__all__ = [
+    "EncodingFit",
+    "alpha_grid",
+    "leave_one_story_out",
+    "resolve_backend",
+    "fit_ridge",
+    "fit_banded_ridge",
+    "fit_encoding",
+    "score_voxels",
+    "voxel_labels",
+    "roi_summary",
+    "vector_to_volume",
+    "build_design",
+    "run_encoding",
+    "best_layer",
+    "load_ground_truth",
+]
+
+
+@dataclass
+class EncodingFit:
+    """A fitted linear encoding model: prediction = delayed features @ weights."""
+
+    weights: np.ndarray  # (n_features, n_voxels) float32
+    alphas: np.ndarray  # (n_voxels,) chosen regularisation (NaN where the method has none)
+    method: str
+    solver: str
+    backend: str
+    info: dict = field(default_factory=dict)
+
+
+def alpha_grid(log10_min: float = -1.0, log10_max: float = 5.0, num: int = 13) -> np.ndarray:
+    """The α grid ``logspace(log10_min, log10_max, num)`` (config ``encoding.alphas``)."""
+    return np.logspace(log10_min, log10_max, num)
+
+
+def leave_one_story_out(story_lengths: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cross-validation splits ``[(train_rows, validation_rows)]``, one per story.
+
+    Rows are the concatenated training stories in order; each split validates on one whole
+    story and trains on the others (never random TR folds, which leak through autocorrelation).
+    """
+    if len(story_lengths) < 2:
+        raise ValueError(f"leave-one-story-out needs at least 2 training stories, got {len(story_lengths)}")
+    bounds = np.concatenate([[0], np.cumsum(story_lengths)])
+    all_rows = np.arange(bounds[-1])
+    splits = []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        validation = np.arange(start, stop)
+        splits.append((np.setdiff1d(all_rows, validation, assume_unique=True), validation))
+    return splits
+
+
+def resolve_backend(name: str = "auto") -> str:
+    """The himalaya backend for ``name``: ``auto`` → torch_cuda when a GPU is visible, else numpy."""
+    if name != "auto":
+        if name == "torch_cuda" and not _cuda_available():
+            raise InputError(None, "encoding.backend is torch_cuda but no CUDA GPU is visible.", "set encoding.backend: auto.")
+        return name
+    return "torch_cuda" if _cuda_available() else CPU_BACKEND
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _set_backend(name: str):
+    from himalaya.backend import set_backend
+
+    return set_backend(name, on_error="raise")
+
+
+def _is_eigh_failure(error: BaseException) -> bool:
+    """A failed eigendecomposition (numpy/torch LinAlgError or himalaya's wrapped message)."""
+    return "LinAlgError" in type(error).__name__ or "eig" in str(error).lower()
+
+
+def _fit_kernel_with_svd_fallback(make_model, fit_args: tuple, solver_params: dict):
+    """Fit a kernel model with ``eigh``; if the decomposition fails (float32 on GPU), refit with SVD."""
+    try:
+        return make_model(solver_params).fit(*fit_args), "eigh"
+    except (RuntimeError, np.linalg.LinAlgError) as error:
+        if not _is_eigh_failure(error):
+            raise
+        log.warning("eigh failed (%s); refitting with diagonalize_method='svd'", str(error).splitlines()[0])
+        return make_model({**solver_params, "diagonalize_method": "svd"}).fit(*fit_args), "svd"
+
+
+def _solver_params(settings: Mapping) -> dict:
+    return {
+        "n_targets_batch": int(settings.get("n_targets_batch", 4096)),
+        "n_alphas_batch": int(settings.get("n_alphas_batch", 13)),
+        "n_targets_batch_refit": int(settings.get("n_targets_batch_refit", 4096)),
+    }
+
+
+def fit_ridge(
+    X_train: np.ndarray,
+    Y_train: np.ndarray,
+    story_lengths: Sequence[int],
+    alphas: np.ndarray,
+    backend: str = "auto",
+    solver_params: Mapping | None = None,
+) -> EncodingFit:
+    """himalaya ridge with per-voxel α by leave-one-story-out CV (float32).
+
+    Primal ``RidgeCV`` when n_samples > n_features, else ``KernelRidgeCV`` (linear kernel,
+    eigh with an SVD fallback). Returns primal weights ``(n_features, n_voxels)``.
+    """
+    from himalaya.kernel_ridge import KernelRidgeCV
+    from himalaya.ridge import RidgeCV
+
+    backend_name = resolve_backend(backend)
+    hb = _set_backend(backend_name)
+    X_train = np.ascontiguousarray(X_train, dtype=np.float32)
+    Y_train = np.ascontiguousarray(Y_train, dtype=np.float32)
+    cv = leave_one_story_out(story_lengths)
+    params = dict(solver_params or {})
+    alphas = np.asarray(alphas, dtype=np.float32)
+    n_samples, n_features = X_train.shape
+    if n_samples > n_features:
+        solver = "RidgeCV"
+        log.info("%s (primal: %d samples > %d features), backend %s", solver, n_samples, n_features, backend_name)
+        model = RidgeCV(alphas=alphas, cv=cv, solver_params=params).fit(X_train, Y_train)
+        weights = hb.to_numpy(model.coef_)
+        diagonalize = "svd"
+    else:
+        solver = "KernelRidgeCV"
+        log.info("%s (dual: %d samples <= %d features), backend %s", solver, n_samples, n_features, backend_name)
+
+        def make_model(sp):
+            return KernelRidgeCV(alphas=alphas, kernel="linear", cv=cv, solver_params=sp)
+
+        model, diagonalize = _fit_kernel_with_svd_fallback(make_model, (X_train, Y_train), {**params, "diagonalize_method": "eigh"})
+        weights = hb.to_numpy(model.get_primal_coef())
+    best_alphas = hb.to_numpy(model.best_alphas_).astype(np.float64)
+    return EncodingFit(
+        weights=np.asarray(weights, dtype=np.float32),
+        alphas=best_alphas,
+        method="ridge",
+        solver=solver,
+        backend=backend_name,
+        info={"diagonalize_method": diagonalize, "cv_folds": len(cv)},
+    )
+
+
+def fit_banded_ridge(
+    Xs_train: Sequence[np.ndarray],
+    Y_train: np.ndarray,
+    story_lengths: Sequence[int],
+    alphas: np.ndarray,
+    backend: str = "auto",
+    solver_params: Mapping | None = None,
+    n_iter: int = 20,
+    seed: int = 0,
+) -> EncodingFit:
+    """Banded ridge over several feature spaces (one per layer): one α and band weights per voxel.
+
+    ``BandedRidgeCV`` when n_samples > total features, else ``MultipleKernelRidgeCV`` over
+    linear kernels (``ColumnKernelizer``). Random search over ``n_iter`` band weightings.
+    """
+    from himalaya.kernel_ridge import ColumnKernelizer, Kernelizer, MultipleKernelRidgeCV
+    from himalaya.ridge import BandedRidgeCV
+    from sklearn.pipeline import make_pipeline
+
+    backend_name = resolve_backend(backend)
+    hb = _set_backend(backend_name)
+    widths = [X.shape[1] for X in Xs_train]
+    X_train = np.ascontiguousarray(np.hstack(Xs_train), dtype=np.float32)
+    Y_train = np.ascontiguousarray(Y_train, dtype=np.float32)
+    cv = leave_one_story_out(story_lengths)
+    params = {**dict(solver_params or {}), "alphas": np.asarray(alphas, dtype=np.float32), "n_iter": n_iter, "progress_bar": False}
+    n_samples, n_features = X_train.shape
+    bounds = np.concatenate([[0], np.cumsum(widths)])
+    if n_samples > n_features:
+        solver = "BandedRidgeCV"
+        log.info("%s (primal: %d samples > %d features, %d bands), backend %s", solver, n_samples, n_features, len(widths), backend_name)
+        groups = np.repeat(np.arange(len(widths)), widths)
+        model = BandedRidgeCV(groups=groups, cv=cv, solver_params=params, random_state=seed).fit(X_train, Y_train)
+        weights = hb.to_numpy(model.coef_)
+        deltas = hb.to_numpy(model.deltas_)
+        diagonalize = "svd"
+    else:
+        solver = "MultipleKernelRidgeCV"
+        log.info("%s (dual: %d samples <= %d features, %d bands), backend %s", solver, n_samples, n_features, len(widths), backend_name)
+        kernelizer = ColumnKernelizer(
+            [(f"band{i}", Kernelizer(kernel="linear"), slice(int(a), int(b))) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+        )
+
+        def make_model(sp):
+            return make_pipeline(kernelizer, MultipleKernelRidgeCV(kernels="precomputed", cv=cv, solver_params=sp, random_state=seed))
+
+        pipeline, diagonalize = _fit_kernel_with_svd_fallback(make_model, (X_train, Y_train), {**params, "diagonalize_method": "eigh"})
+        ridge = pipeline[-1]
+        weights = np.vstack([hb.to_numpy(w) for w in ridge.get_primal_coef(pipeline[0].get_X_fit())])
+        deltas = hb.to_numpy(ridge.deltas_)
+        model = ridge
+    best_alphas = hb.to_numpy(model.best_alphas_).astype(np.float64)
+    band_weights = np.exp(deltas) / np.exp(deltas).sum(0, keepdims=True)  # (n_bands, n_voxels), sum to 1
+    return EncodingFit(
+        weights=np.asarray(weights, dtype=np.float32),
+        alphas=best_alphas,
+        method="banded_ridge",
+        solver=solver,
+        backend=backend_name,
+        info={"diagonalize_method": diagonalize, "cv_folds": len(cv), "band_widths": widths, "band_weights": band_weights},
+    )
+
+
+def fit_encoding(
+    X_train: np.ndarray,
+    Y_train: np.ndarray,
+    story_lengths: Sequence[int],
+    settings: Mapping,
+) -> EncodingFit:
+    """Fit the configured ``encoding.method`` on ``X_train`` ``(n_trs, n_features)``."""
+    method = settings.get("method", "ridge")
+    if method == "ridge":
+        grid = settings.get("alphas", {})
+        return fit_ridge(
+            X_train, Y_train, story_lengths, alpha_grid(**grid), settings.get("backend", "auto"), _solver_params(settings)
+        )
+    if method == "bootstrap_ridge":
+        from .bootstrap_ridge import bootstrap_alphas, bootstrap_ridge
+
+        boot = dict(settings.get("bootstrap", {}))
+        result = bootstrap_ridge(
+            X_train, Y_train,
+            alphas=bootstrap_alphas(boot.get("log10_min", 1), boot.get("log10_max", 3), boot.get("num", 10)),
+            nboots=boot.get("nboots", 50), chunk_trs=boot.get("chunk_trs", 40), nchunks=boot.get("nchunks", 5),
+            single_alpha=boot.get("single_alpha", False), seed=int(settings.get("seed", 0)),
+        )
+        return EncodingFit(result.weights.astype(np.float32), result.alphas, method, "bootstrap_ridge", "numpy", {"nboots": boot.get("nboots", 50)})
+    if method == "lipschitz":
+        from .lipschitz import fit_lipschitz
+
+        lip = dict(settings.get("lipschitz", {}))
+        device = "cuda" if resolve_backend(settings.get("backend", "auto")) == "torch_cuda" else "cpu"
+        result = fit_lipschitz(X_train, Y_train, float(lip.get("max_norm", 1.0)), int(lip.get("steps", 300)), float(lip.get("lr", 1.0)), device=device)
+        return EncodingFit(
+            result.weights, np.full(Y_train.shape[1], np.nan), method, "projected_gradient", f"torch:{device}",
+            {"spectral_norm": result.spectral_norm, "max_norm": result.max_norm, "train_loss": result.loss, "steps": result.steps},
+        )
+    raise InputError(None, f"unknown encoding.method {method!r}.", "use ridge, bootstrap_ridge or lipschitz.")
+
+
+def score_voxels(pred: np.ndarray, resp: np.ndarray, fdr_q: float = 0.05) -> pd.DataFrame:
+    """Per-voxel test scores: ``voxel, r, p, p_fdr, significant`` (two-sided t test, BH FDR)."""
+    r = metrics.pearson_r(pred, resp)
+    p = metrics.pearson_p(r, pred.shape[0])
+    p_fdr, significant = metrics.fdr_bh(p, fdr_q)
+    return pd.DataFrame({"voxel": np.arange(r.size), "r": r, "p": p, "p_fdr": p_fdr, "significant": significant})
+
+
+def _mask_indices(mask_nii: str | os.PathLike) -> tuple[nib.Nifti1Image, np.ndarray]:
+    image = nib.load(os.fspath(mask_nii))
+    mask = np.asarray(image.dataobj) > 0
+    if mask.ndim != 3:
+        raise InputError(mask_nii, f"mask must be a 3-D volume, got shape {mask.shape}.", "re-run the preprocess rule.")
+    return image, mask
+
+
+def vector_to_volume(values: np.ndarray, mask_nii: str | os.PathLike, out_nii: str | os.PathLike, fill: float = 0.0) -> None:
+    """Write per-voxel ``values`` ``(n_voxels,)`` (C order of mask > 0) as a float32 NIfTI on the mask's grid."""
+    image, mask = _mask_indices(mask_nii)
+    values = np.asarray(values, dtype=np.float32)
+    if values.shape != (int(mask.sum()),):
+        raise InputError(mask_nii, f"mask has {int(mask.sum())} voxels but the map has {values.shape}.", "use the mask written beside the responses.")
+    volume = np.full(mask.shape, fill, dtype=np.float32)
+    volume[mask] = values
+    header = image.header.copy()
+    header.set_data_dtype(np.float32)
+    out = nib.Nifti1Image(volume, image.affine, header)
+    with atomic_path(out_nii) as tmp:
+        tmp.write_bytes(gzip.compress(out.to_bytes(), mtime=0))
+
+
+def voxel_labels(mask_nii: str | os.PathLike, atlas_nii: str | os.PathLike, atlas_tsv: str | os.PathLike) -> tuple[np.ndarray, dict[int, str]]:
+    """Atlas label of every mask voxel ``(n_voxels,)`` and ``{index: name}`` from ``atlas.tsv``."""
+    _, mask = _mask_indices(mask_nii)
+    atlas = np.asarray(nib.load(os.fspath(atlas_nii)).dataobj)
+    if atlas.shape[:3] != mask.shape:
+        raise InputError(atlas_nii, f"atlas grid {atlas.shape} differs from the mask grid {mask.shape}.", "resample the atlas to the functional grid.")
+    table = pd.read_csv(atlas_tsv, sep="\t")
+    if not {"index", "name"} <= set(table.columns):
+        raise InputError(atlas_tsv, f"columns {list(table.columns)} lack 'index' and 'name'.", "write a TSV with columns index name.")
+    names = {int(i): str(n) for i, n in zip(table["index"], table["name"])}
+    return np.rint(atlas[..., 0] if atlas.ndim == 4 else atlas)[mask].astype(int), names
+
+
+def roi_summary(r: np.ndarray, significant: np.ndarray, labels: np.ndarray, names: Mapping[int, str]) -> pd.DataFrame:
+    """``roi, index, n_voxels, mean_r, median_r, frac_significant`` per atlas label (0 = background left out)."""
+    rows = []
+    for index in sorted(set(np.unique(labels)) - {0}):
+        in_roi = labels == index
+        rows.append({
+            "roi": names.get(int(index), f"label_{int(index)}"),
+            "index": int(index),
+            "n_voxels": int(in_roi.sum()),
+            "mean_r": float(r[in_roi].mean()),
+            "median_r": float(np.median(r[in_roi])),
+            "frac_significant": float(significant[in_roi].mean()),
+        })
+    return pd.DataFrame(rows, columns=["roi", "index", "n_voxels", "mean_r", "median_r", "frac_significant"])
+
+
+def _read_responses(path: str | os.PathLike, stories: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``({story: data (n_trs, n_voxels)}, {story: repeats (n_rep, n_trs, n_voxels)} where present)``."""
+    data, repeats = {}, {}
+    with open_h5(path) as h5:
+        for story in stories:
+            if story not in h5 or "data" not in h5[story]:
+                raise InputError(path, f"no responses for story {story!r}.", "check dataset.train_stories/test_stories against the ingested runs.")
+            data[story] = h5[story]["data"][()]
+            if "repeats" in h5[story]:
+                repeats[story] = h5[story]["repeats"][()]
+    return data, repeats
+
+
+def build_design(
+    aligned: Mapping[int, Mapping[str, np.ndarray]],
+    responses: Mapping[str, np.ndarray],
+    stories: Sequence[str],
+    delays: Sequence[int],
+    aligned_path: str | os.PathLike = None,
+) -> tuple[list[np.ndarray], np.ndarray, list[int]]:
+    """Per-layer delayed designs ``[(n_trs, hidden · n_delays)]``, responses ``(n_trs, n_voxels)``, story lengths.
+
+    Delays are applied within each story (no leakage across story boundaries); responses
+    are z-scored per story.
+    """
+    designs = {layer: [] for layer in aligned}
+    ys, lengths = [], []
+    for story in stories:
+        resp = responses[story]
+        for layer, per_story in aligned.items():
+            features = per_story[story]
+            if features.shape[0] != resp.shape[0]:
+                raise InputError(
+                    aligned_path,
+                    f"story {story!r}: {features.shape[0]} aligned TRs but {resp.shape[0]} response TRs.",
+                    "re-run the align rule after the responses changed.",
+                )
+            designs[layer].append(make_delayed(features, delays))
+        ys.append(zscore_columns(resp))
+        lengths.append(resp.shape[0])
+    return [np.vstack(designs[layer]).astype(np.float32) for layer in aligned], np.vstack(ys).astype(np.float32), lengths
+
+
+def load_ground_truth(
+    path: str | os.PathLike,
+    subject: str,
+    dataset_mask: str | os.PathLike,
+    analysis_mask: str | os.PathLike,
+) -> dict:
+    """Ground truth of ``subject`` on the analysed voxels (``analysis_mask`` ⊆ ``dataset_mask``).
+
+    ``ground_truth.json`` (the demo) indexes the dataset mask's voxels in C order under
+    ``per_subject.<subject>``; preprocessing may drop voxels, so values are carried over
+    by position. Returns ``planted_layer``, ``signal`` (bool) and ``ceiling_r_test``, each
+    ``(n_analysed_voxels,)``.
+    """
+    truth = json.loads(open(path).read())
+    entry = truth.get("per_subject", {}).get(subject)
+    if entry is None or not {"signal_voxels", "ceiling_r_test"} <= set(entry) or "planted_layer" not in truth:
+        raise InputError(path, f"no planted_layer, or no per_subject.{subject} with signal_voxels and ceiling_r_test.", "regenerate the demo dataset or unset dataset.ground_truth.")
+    dataset_positions = np.flatnonzero(_mask_indices(dataset_mask)[1])
+    analysis_positions = np.flatnonzero(_mask_indices(analysis_mask)[1])
+    ceiling = np.asarray(entry["ceiling_r_test"], dtype=np.float64)
+    if ceiling.size != dataset_positions.size:
+        raise InputError(path, f"subject {subject!r}: {ceiling.size} ceiling values for the {dataset_positions.size} voxels of {dataset_mask}.", "use the ground truth generated with this dataset.")
+    index = np.minimum(np.searchsorted(dataset_positions, analysis_positions), dataset_positions.size - 1)
+    if not np.array_equal(dataset_positions[index], analysis_positions):
+        raise InputError(analysis_mask, f"holds voxels outside the dataset mask {dataset_mask}.", "re-run ingest and preprocess.")
+    signal = np.zeros(dataset_positions.size, dtype=bool)
+    signal[np.asarray(entry["signal_voxels"], dtype=np.int64)] = True
+    return {"planted_layer": int(truth["planted_layer"]), "signal": signal[index], "ceiling_r_test": ceiling[index]}
+
+
+def _ground_truth_summary(truth: Mapping, scores: pd.DataFrame) -> dict:
+    signal = truth["signal"]
+    rates = metrics.detection_rates(scores["significant"].to_numpy(), signal)
+    r = scores["r"].to_numpy()
+    mean_ceiling = float(truth["ceiling_r_test"][signal].mean())
+    return {
+        "planted_layer": truth["planted_layer"],
+        "n_signal_voxels": int(signal.sum()),
+        "detection_sensitivity": rates["sensitivity"],
+        "detection_specificity": rates["specificity"],
+        "mean_r_signal": float(r[signal].mean()),
+        "mean_ceiling_r_signal": mean_ceiling,
+        "r_over_ceiling_signal": float(r[signal].mean() / mean_ceiling) if mean_ceiling > 0 else None,
+        "mean_r_noise": float(r[~signal].mean()) if (~signal).any() else None,
+    }
+
+
+def _invariance_summary(pred: np.ndarray, Y_test: np.ndarray, X_test: np.ndarray, weights: np.ndarray, settings: Mapping) -> dict:
+    inv = dict(settings.get("invariance", {}))
+    n_resamples = int(inv.get("n_resamples", 20))
+    chunk_trs = int(inv.get("chunk_trs", 40))
+    noise_std = float(inv.get("input_noise_std", 0.1))
+    seed = int(settings.get("seed", 0))
+    out = {}
+    if Y_test.shape[0] >= 2 * chunk_trs and n_resamples >= 2:
+        maps = metrics.chunk_bootstrap_scores(pred, Y_test, chunk_trs, n_resamples, seed)
+        out["test_chunks"] = metrics.invariance(maps)
+    if n_resamples >= 2 and noise_std > 0:
+        rng = np.random.default_rng(seed + 1)
+        maps = np.stack([
+            metrics.pearson_r((X_test + noise_std * rng.standard_normal(X_test.shape, dtype=np.float32)) @ weights, Y_test)
+            for _ in range(n_resamples)
+        ])
+        out["input_noise"] = {**metrics.invariance(maps), "noise_std": noise_std}
+    return out
+
+
+def run_encoding(
+    aligned_h5: str | os.PathLike,
+    responses_h5: str | os.PathLike,
+    mask_nii: str | os.PathLike,
+    layers: Sequence[int],
+    train_stories: Sequence[str],
+    test_stories: Sequence[str],
+    settings: Mapping,
+    scores_tsv: str | os.PathLike,
+    r_nii: str | os.PathLike,
+    roi_tsv: str | os.PathLike,
+    summary_json: str | os.PathLike,
+    weights_path: str | os.PathLike | None = None,
+    atlas_nii: str | os.PathLike | None = None,
+    atlas_tsv: str | os.PathLike | None = None,
+    ground_truth: str | os.PathLike | None = None,
+    dataset_mask: str | os.PathLike | None = None,
+    subject: str | None = None,
+    model: str | None = None,
+) -> dict:
+    """Fit one encoding model (one layer, or banded ridge over several) and write its outputs.
+
+    ``mask_nii`` is the analysis mask beside the responses; with ``ground_truth`` (the demo)
+    the summary compares detections with the planted voxels, indexed by ``dataset_mask``
+    (default: ``mask_nii``). Returns the summary written to ``summary_json``.
+    """
+    started = time.perf_counter()
+    layers = [int(layer) for layer in layers]
+    banded = len(layers) > 1
+    delays = [int(d) for d in settings.get("delays", [1, 2, 3, 4])]
+    stories = list(train_stories) + list(test_stories)
+    if len(train_stories) < 2:
+        raise InputError(None, "leave-one-story-out cross-validation needs at least 2 training stories.", "list more stories under dataset.train_stories.")
+    if set(train_stories) & set(test_stories):
+        raise InputError(None, f"stories {sorted(set(train_stories) & set(test_stories))} are both train and test.", "make dataset.train_stories and test_stories disjoint.")
+    aligned = {layer: read_aligned(aligned_h5, stories, layer) for layer in layers}
+    responses, repeats = _read_responses(responses_h5, stories)
+    Xs_train, Y_train, train_lengths = build_design(aligned, responses, train_stories, delays, aligned_h5)
+    Xs_test, Y_test, _ = build_design(aligned, responses, test_stories, delays, aligned_h5)
+    X_train, X_test = np.hstack(Xs_train), np.hstack(Xs_test)
+    del aligned, responses
+    _, mask = _mask_indices(mask_nii)
+    if int(mask.sum()) != Y_train.shape[1]:
+        raise InputError(mask_nii, f"mask has {int(mask.sum())} voxels, responses have {Y_train.shape[1]}.", "use the mask written beside the preprocessed responses.")
+    log.info("layers %s, delays %s: train %s, test %s; X %s, Y %s", layers, delays, train_lengths, Y_test.shape[0], X_train.shape, Y_train.shape)
+
+    fit_started = time.perf_counter()
+    if banded:
+        banded_cfg = dict(settings.get("banded", {}))
+        fit = fit_banded_ridge(
+            Xs_train, Y_train, train_lengths, alpha_grid(**settings.get("alphas", {})), settings.get("backend", "auto"),
+            _solver_params(settings), int(banded_cfg.get("n_iter", 20)), int(settings.get("seed", 0)),
+        )
+    else:
+        fit = fit_encoding(X_train, Y_train, train_lengths, settings)
+    fit_seconds = time.perf_counter() - fit_started
+    log.info("%s fitted in %.1f s (solver %s, backend %s)", fit.method, fit_seconds, fit.solver, fit.backend)
+
+    pred = X_test @ fit.weights
+    scores = score_voxels(pred, Y_test, float(settings.get("fdr_q", 0.05)))
+    scores["alpha"] = fit.alphas
+    r = scores["r"].to_numpy()
+    top = np.sort(r)[::-1][: max(1, int(np.ceil(0.1 * r.size)))]
+    summary = {
+        "subject": subject,
+        "model": model,
+        "layers": layers,
+        "method": fit.method,
+        "solver": fit.solver,
+        "backend": fit.backend,
+        "delays": delays,
+        "train_stories": list(train_stories),
+        "test_stories": list(test_stories),
+        "n_train_trs": int(X_train.shape[0]),
+        "n_test_trs": int(X_test.shape[0]),
+        "n_features": int(X_train.shape[1]),
+        "n_voxels": int(r.size),
+        "mean_r": float(r.mean()),
+        "median_r": float(np.median(r)),
+        "mean_r_top10": float(top.mean()),
+        "max_r": float(r.max()),
+        "fdr_q": float(settings.get("fdr_q", 0.05)),
+        "n_significant": int(scores["significant"].sum()),
+        "mean_mi_bits": float(metrics.gaussian_copula_mi(pred, Y_test).mean()),
+        "alpha_median": float(np.nanmedian(fit.alphas)) if np.isfinite(fit.alphas).any() else None,
+        "fit_info": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in fit.info.items() if k != "band_weights"},
+        "invariance": _invariance_summary(pred, Y_test, X_test, fit.weights, settings),
+    }
+    if banded:
+        summary["mean_band_weights"] = fit.info["band_weights"].mean(1).tolist()
+    test_repeats = [repeats.get(story) for story in test_stories]
+    if all(rep is not None for rep in test_repeats) and len({rep.shape[0] for rep in test_repeats}) == 1:
+        ev = metrics.noise_ceiling(np.concatenate(test_repeats, axis=1))
+        ceiling = metrics.ceiling_r(ev, n_averaged=test_repeats[0].shape[0])
+        summary["noise_ceiling"] = {
+            "n_repeats": int(test_repeats[0].shape[0]),
+            "mean_ceiling_r": float(np.nanmean(ceiling)) if np.isfinite(ceiling).any() else None,
+            "median_normalised_r": float(np.nanmedian(r / ceiling)) if np.isfinite(ceiling).any() else None,
+        }
+    if ground_truth:
+        truth = load_ground_truth(ground_truth, subject, dataset_mask or mask_nii, mask_nii)
+        summary["ground_truth"] = _ground_truth_summary(truth, scores)
+
+    write_tsv(scores_tsv, scores)
+    vector_to_volume(r, mask_nii, r_nii)
+    if atlas_nii and atlas_tsv:
+        labels, names = voxel_labels(mask_nii, atlas_nii, atlas_tsv)
+        rois = roi_summary(r, scores["significant"].to_numpy(), labels, names)
+    else:
+        rois = roi_summary(r, scores["significant"].to_numpy(), np.zeros(r.size, dtype=int), {})
+    rois = pd.concat([pd.DataFrame([{
+        "roi": "all", "index": -1, "n_voxels": int(r.size), "mean_r": float(r.mean()),
+        "median_r": float(np.median(r)), "frac_significant": float(scores["significant"].mean()),
+    }]), rois], ignore_index=True)
+    write_tsv(roi_tsv, rois)
+    if weights_path:
+        _save_weights(weights_path, fit, layers, delays)
+    summary["timing_s"] = {"fit": round(fit_seconds, 3), "total": round(time.perf_counter() - started, 3)}
+    write_json(summary_json, summary)
+    log.info("mean r %.4f, top-10%% r %.4f, %d significant of %d voxels", summary["mean_r"], summary["mean_r_top10"], summary["n_significant"], r.size)
+    return summary
+
+
+def _save_weights(path: str | os.PathLike, fit: EncodingFit, layers: Sequence[int], delays: Sequence[int]) -> None:
+    from safetensors.numpy import save_file
+
+    tensors = {"weights": np.ascontiguousarray(fit.weights), "alphas": np.ascontiguousarray(fit.alphas, dtype=np.float64)}
+    metadata = {"method": fit.method, "solver": fit.solver, "layers": json.dumps(list(layers)), "delays": json.dumps(list(delays)),
+                "layout": "weights (n_features = hidden x n_delays, delay-major, layers in order; n_voxels)"}
+    with atomic_path(path) as tmp:
+        save_file(tensors, os.fspath(tmp), metadata=metadata)
+
+
+def best_layer(
+    score_tsvs: Mapping[int, str | os.PathLike],
+    mask_nii: str | os.PathLike,
+    out_nii: str | os.PathLike,
+    out_tsv: str | os.PathLike,
+) -> int:
+    """Per-model layer comparison: ``layers.tsv`` and the best-layer map; returns the best layer.
+
+    The best layer has the highest mean test r over all voxels. The map holds, per voxel,
+    the layer with the highest r where that r is FDR-significant, else −1 (also outside the mask).
+    """
+    layers = sorted(int(layer) for layer in score_tsvs)
+    r_by_layer, significant_by_layer = [], []
+    for layer in layers:
+        table = pd.read_csv(score_tsvs[layer], sep="\t")
+        if not {"r", "significant"} <= set(table.columns):
+            raise InputError(score_tsvs[layer], "scores lack the r/significant columns.", "re-run the encoding rule.")
+        r_by_layer.append(table["r"].to_numpy())
+        significant_by_layer.append(table["significant"].to_numpy().astype(bool))
+    r_all = np.stack(r_by_layer)  # (n_layers, n_voxels)
+    significant = np.stack(significant_by_layer)
+    best_index = np.argmax(r_all, axis=0)
+    voxel_best = np.asarray(layers)[best_index]
+    voxel_significant = significant[best_index, np.arange(r_all.shape[1])]
+    n_top = max(1, int(np.ceil(0.1 * r_all.shape[1])))
+    table = pd.DataFrame({
+        "layer": layers,
+        "mean_r": r_all.mean(1),
+        "median_r": np.median(r_all, 1),
+        "mean_r_top10": np.sort(r_all, 1)[:, ::-1][:, :n_top].mean(1),
+        "n_significant": significant.sum(1),
+        "n_best_voxels": [int(((voxel_best == layer) & voxel_significant).sum()) for layer in layers],
+    })
+    best = int(table["layer"][table["mean_r"].idxmax()])
+    table["best"] = table["layer"] == best
+    write_tsv(out_tsv, table)
+    vector_to_volume(np.where(voxel_significant, voxel_best, -1), mask_nii, out_nii, fill=-1.0)
+    log.info("best layer %d (mean r %.4f)", best, table["mean_r"].max())
+    return best

@@ -1,0 +1,345 @@
+"""Plotting for the report: matplotlib figures built from tidy tables, no I/O besides saving.
+
+Figures are created with ``matplotlib.figure.Figure`` directly (no pyplot state, works
+headless on any backend). Colours follow the Okabe–Ito palette, which stays
+distinguishable under the common colour-vision deficiencies.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib import colors as mcolors
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from .io import atomic_path
+
+# Okabe & Ito (2008) colour-blind-safe palette; black is kept for means and references.
+OKABE_ITO = {
+    "orange": "#E69F00",
+    "sky_blue": "#56B4E9",
+    "bluish_green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "reddish_purple": "#CC79A7",
+    "black": "#000000",
+}
+SERIES_COLOURS = [OKABE_ITO[name] for name in ("blue", "orange", "bluish_green", "vermillion", "reddish_purple", "sky_blue", "yellow")]
+SERIES_MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+MEAN_COLOUR = OKABE_ITO["black"]
+
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 8.5,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "svg.hashsalt": "brainllm",
+}
+
+
+def series_style(index: int) -> dict:
+    """Colour and marker of the ``index``-th series (markers repeat once colours run out)."""
+    return {
+        "color": SERIES_COLOURS[index % len(SERIES_COLOURS)],
+        "marker": SERIES_MARKERS[(index // len(SERIES_COLOURS) + index) % len(SERIES_MARKERS)],
+    }
+
+
+def styled():
+    """Context in which figures are built and saved with the report's style."""
+    return matplotlib.rc_context(STYLE)
+
+
+def new_figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def save_figure(fig: Figure, png: str | os.PathLike, svg: str | os.PathLike, dpi: int = 150) -> None:
+    """Write ``fig`` as PNG and SVG, each atomically; SVG and PNG carry no timestamp."""
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
+    with atomic_path(svg) as tmp:
+        fig.savefig(tmp, format="svg", metadata={"Date": None, "Creator": None})
+
+
+def format_params(n_params: float | None) -> str:
+    """Parameter count as a short label: 22.7M, 7B, 125M."""
+    if n_params is None or not np.isfinite(n_params):
+        return ""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n_params >= scale:
+            return f"{n_params / scale:.3g}{suffix}"
+    return f"{n_params:.3g}"
+
+
+def model_label(model: str, n_params: float | None) -> str:
+    size = format_params(n_params)
+    return f"{model} ({size})" if size else model
+
+
+def layer_curves_figure(curves: pd.DataFrame, model_sizes: dict[str, float | None], x_column: str, x_label: str) -> Figure:
+    """Encoding accuracy per layer: all voxels, top 10 % voxels, and peak accuracy versus model size.
+
+    ``curves``: columns ``model subject <x_column> mean_r mean_r_top10``; rows with
+    ``subject == "average"`` are the across-subject means (thick lines), the others are
+    single subjects (thin lines).
+    """
+    models = list(dict.fromkeys(curves["model"]))
+    sized = [m for m in models if model_sizes.get(m)]
+    n_panels = 3 if sized else 2
+    fig = new_figure(4.2 * n_panels, 3.6)
+    axes = fig.subplots(1, n_panels)
+    top_label = "top 10% voxels"
+    panels = (("mean_r", "Mean r, all voxels"), ("mean_r_top10", f"Mean r, {top_label}"))
+    for ax, (column, title) in zip(axes, panels):
+        for index, model in enumerate(models):
+            style = series_style(index)
+            rows = curves[curves["model"] == model]
+            for subject, per_subject in rows[rows["subject"] != "average"].groupby("subject", sort=True):
+                per_subject = per_subject.sort_values(x_column)
+                ax.plot(per_subject[x_column], per_subject[column], color=style["color"], lw=0.9, alpha=0.35)
+            mean_rows = rows[rows["subject"] == "average"].sort_values(x_column)
+            ax.plot(mean_rows[x_column], mean_rows[column], color=style["color"], marker=style["marker"], lw=2.2, ms=5)
+            peak = mean_rows.loc[mean_rows[column].idxmax()]
+            ax.plot(peak[x_column], peak[column], marker="*", ms=14, color=style["color"], mec="black", mew=0.6, ls="none")
+        ax.set_title(title)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("Pearson r (held-out story)")
+        ax.axhline(0, color="0.6", lw=0.6)
+        ax.grid(alpha=0.25)
+    handles = [
+        Line2D([], [], lw=2.2, **series_style(i), label=model_label(m, model_sizes.get(m))) for i, m in enumerate(models)
+    ]
+    handles += [
+        Line2D([], [], color="0.45", lw=0.9, alpha=0.6, label="single subjects"),
+        Line2D([], [], color="0.45", marker="*", ms=11, mec="black", ls="none", label="best layer"),
+    ]
+    axes[0].legend(handles=handles, loc="best", frameon=False)
+    if sized:
+        ax = axes[2]
+        averages = curves[curves["subject"] == "average"]
+        peaks = averages[averages["model"].isin(sized)].groupby("model")[["mean_r", "mean_r_top10"]].max()
+        peaks["size"] = [model_sizes[m] for m in peaks.index]
+        peaks = peaks.sort_values("size")
+        for column in ("mean_r", "mean_r_top10"):
+            ax.plot(peaks["size"], peaks[column], color="0.6", lw=1.0, zorder=0)
+        for index, model in enumerate(models):
+            if model not in sized:
+                continue
+            style = series_style(index)
+            rows = averages[averages["model"] == model]
+            size = model_sizes[model]
+            ax.plot(size, rows["mean_r"].max(), color=style["color"], marker=style["marker"], ms=8, ls="none")
+            ax.plot(size, rows["mean_r_top10"].max(), color=style["color"], marker=style["marker"], ms=8, ls="none", mfc="white")
+        ax.set_xscale("log")
+        ax.set_xlabel("Model parameters")
+        ax.set_ylabel("Best-layer mean r")
+        ax.set_title("Scaling with model size")
+        ax.grid(alpha=0.25, which="both")
+        ax.legend(
+            handles=[
+                Line2D([], [], color="0.3", marker="o", ls="none", label="all voxels"),
+                Line2D([], [], color="0.3", marker="o", mfc="white", ls="none", label=top_label),
+            ],
+            frameon=False,
+            loc="best",
+        )
+    return fig
+
+
+def roi_ranking_figure(ranking: pd.DataFrame, mean_label: str) -> Figure:
+    """Models (at their best layer) sorted by accuracy on x; one colour per ROI plus the mean.
+
+    ``ranking``: columns ``rank model layer roi mean_r``; the row with ``roi == mean_label``
+    is the mean over all voxels.
+    """
+    order = ranking.drop_duplicates("model").sort_values("rank")
+    positions = {model: i for i, model in enumerate(order["model"])}
+    rois = [roi for roi in dict.fromkeys(ranking["roi"]) if roi != mean_label]
+    fig = new_figure(max(4.5, 1.2 * len(positions) + 3.5), 4.0)
+    ax = fig.subplots()
+    jitter = np.linspace(-0.12, 0.12, max(len(rois), 1))
+    for index, roi in enumerate(rois):
+        rows = ranking[ranking["roi"] == roi].assign(x=lambda d: d["model"].map(positions)).sort_values("x")
+        ax.plot(rows["x"] + jitter[index], rows["mean_r"], lw=1.0, ms=6, label=roi, **series_style(index))
+    mean_rows = ranking[ranking["roi"] == mean_label].assign(x=lambda d: d["model"].map(positions)).sort_values("x")
+    ax.plot(mean_rows["x"], mean_rows["mean_r"], color=MEAN_COLOUR, marker="_", ms=28, mew=3, lw=2.0, label=mean_label)
+    ax.set_xticks(range(len(positions)))
+    ax.set_xticklabels([f"{row.model}\nlayer {int(row.layer)}" for row in order.itertuples()])
+    ax.set_xlim(-0.6, len(positions) - 0.4)
+    ax.set_xlabel("Model (best layer), sorted by mean r")
+    ax.set_ylabel("Mean r in ROI (average over subjects)")
+    ax.axhline(0, color="0.6", lw=0.6)
+    ax.grid(axis="y", alpha=0.25)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="ROI")
+    return fig
+
+
+def r_histogram_figure(
+    histogram: pd.DataFrame, fdr_threshold: float | None, n_test_trs: int, title: str, noise_label: str | None
+) -> Figure:
+    """Voxel r histogram (density) with the noise voxels, the analytic null and the FDR threshold.
+
+    ``histogram``: columns ``bin_left bin_right density_all null_density`` and, when the
+    noise voxels are known, ``density_noise``.
+    """
+    fig = new_figure(6.0, 3.8)
+    ax = fig.subplots()
+    edges = np.append(histogram["bin_left"].to_numpy(), histogram["bin_right"].iloc[-1])
+    centres = (histogram["bin_left"] + histogram["bin_right"]).to_numpy() / 2
+    ax.stairs(histogram["density_all"], edges, fill=True, color=OKABE_ITO["sky_blue"], alpha=0.7, label="all voxels")
+    if "density_noise" in histogram:
+        ax.stairs(histogram["density_noise"], edges, color=OKABE_ITO["orange"], lw=1.8, label=noise_label)
+    ax.plot(centres, histogram["null_density"], color=MEAN_COLOUR, ls="--", lw=1.4, label=f"null, n = {n_test_trs} TRs")
+    if fdr_threshold is not None:
+        for sign in (-1, 1):
+            ax.axvline(sign * fdr_threshold, color=OKABE_ITO["vermillion"], ls=":", lw=1.8)
+        ax.plot([], [], color=OKABE_ITO["vermillion"], ls=":", lw=1.8, label=f"FDR threshold |r| = {fdr_threshold:.3f}")
+    else:
+        ax.plot([], [], ls="none", label="no voxel passes FDR")
+    ax.set_xlabel("Pearson r (held-out story)")
+    ax.set_ylabel("Density")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # headroom for the legend
+    ax.set_title(title)
+    ax.legend(frameon=False, loc="upper left")
+    return fig
+
+
+def mosaic_figure(
+    background: np.ndarray,
+    overlay: np.ma.MaskedArray,
+    slices: Sequence[int],
+    cmap: str | mcolors.Colormap,
+    norm: mcolors.Normalize,
+    colorbar_label: str,
+    title: str,
+    colorbar_ticks: Sequence[float] | None = None,
+) -> Figure:
+    """Axial slices (RAS volume, neurological view: left on the left) of ``overlay`` on ``background``.
+
+    ``background`` and ``overlay`` are ``(n_x, n_y, n_z)``; masked overlay voxels are transparent.
+    """
+    n_cols = min(len(slices), 6)
+    n_rows = int(np.ceil(len(slices) / n_cols))
+    aspect = background.shape[1] / background.shape[0]
+    fig = new_figure(1.6 * n_cols + 1.2, 1.6 * aspect * n_rows + 0.7)
+    axes = np.atleast_1d(fig.subplots(n_rows, n_cols)).ravel()
+    finite = background[np.isfinite(background)]
+    low, high = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
+    # the brightest background is drawn mid-grey so that pale overlay colours stay visible
+    background_max = high + 0.8 * (high - low)
+    image = None
+    for ax, k in zip(axes, slices):
+        ax.imshow(background[:, :, k].T, origin="lower", cmap="gray", vmin=low, vmax=background_max, interpolation="nearest")
+        image = ax.imshow(overlay[:, :, k].T, origin="lower", cmap=cmap, norm=norm, interpolation="nearest")
+        ax.text(0.03, 0.97, f"z={k}", transform=ax.transAxes, va="top", ha="left", color="white", fontsize=7)
+    for ax in axes:
+        ax.set_axis_off()
+    axes[0].text(0.02, 0.03, "L", transform=axes[0].transAxes, color="white", fontsize=8, weight="bold")
+    axes[0].text(0.98, 0.03, "R", transform=axes[0].transAxes, color="white", fontsize=8, weight="bold", ha="right")
+    colorbar = fig.colorbar(image, ax=list(axes), shrink=0.8, ticks=colorbar_ticks)
+    colorbar.set_label(colorbar_label)
+    fig.suptitle(title)
+    return fig
+
+
+def training_curves_figure(curves: pd.DataFrame, x_column: str, title: str) -> Figure:
+    """Contrastive training: losses (left) and retrieval accuracies with chance (right) per epoch.
+
+    Columns ending in ``loss`` are losses; columns containing ``top`` are accuracies, those
+    also containing ``chance`` are drawn as dashed chance levels.
+    """
+    loss_columns = [c for c in curves.columns if c.endswith("loss")]
+    accuracy_columns = [c for c in curves.columns if "top" in c and "chance" not in c and not c.endswith("loss")]
+    chance_columns = [c for c in curves.columns if "top" in c and "chance" in c]
+    fig = new_figure(10.0, 3.8)
+    loss_ax, accuracy_ax = fig.subplots(1, 2)
+    for index, column in enumerate(loss_columns):
+        rows = curves[[x_column, column]].dropna()
+        loss_ax.plot(rows[x_column], rows[column], lw=1.6, ms=3, label=column.replace("_", " "), **series_style(index))
+    loss_ax.set_ylabel("InfoNCE loss")
+    loss_ax.set_title("Loss")
+    for index, column in enumerate(accuracy_columns):
+        rows = curves[[x_column, column]].dropna()
+        accuracy_ax.plot(rows[x_column], rows[column], lw=1.6, ms=3, label=column.replace("_", " "), **series_style(index))
+    for column in chance_columns:
+        rows = curves[[x_column, column]].dropna()
+        accuracy_ax.plot(rows[x_column], rows[column], color=MEAN_COLOUR, ls="--", lw=1.0, label=column.replace("_", " "))
+    accuracy_ax.set_ylabel("Retrieval accuracy")
+    accuracy_ax.set_title("Retrieval during training")
+    accuracy_ax.set_ylim(0, 1)
+    for ax in (loss_ax, accuracy_ax):
+        ax.set_xlabel(x_column)
+        ax.grid(alpha=0.25)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.lines:
+            ax.legend(frameon=False, fontsize=7.5)
+    fig.suptitle(title)
+    return fig
+
+
+def retrieval_figure(retrieval: pd.DataFrame, title: str) -> Figure:
+    """Grouped bars of held-out retrieval accuracy per direction and k, chance as black ticks.
+
+    ``retrieval``: columns ``direction metric accuracy chance``.
+    """
+    directions = list(dict.fromkeys(retrieval["direction"]))
+    metrics = list(dict.fromkeys(retrieval["metric"]))
+    width = 0.8 / len(metrics)
+    fig = new_figure(max(4.5, 1.8 * len(directions) + 2), 3.6)
+    ax = fig.subplots()
+    for index, metric in enumerate(metrics):
+        rows = retrieval[retrieval["metric"] == metric].set_index("direction").loc[directions]
+        x = np.arange(len(directions)) - 0.4 + width * (index + 0.5)
+        ax.bar(x, rows["accuracy"], width=width * 0.9, color=series_style(index)["color"], label=metric)
+        ax.hlines(rows["chance"], x - width * 0.45, x + width * 0.45, color=MEAN_COLOUR, lw=2)
+        for xi, value in zip(x, rows["accuracy"]):
+            ax.text(xi, value + 0.01, f"{value:.2f}", ha="center", va="bottom", fontsize=7.5)
+    ax.plot([], [], color=MEAN_COLOUR, lw=2, label="chance")
+    ax.set_xticks(range(len(directions)))
+    ax.set_xticklabels([d.replace("_", " ") for d in directions])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("Accuracy (held-out story)")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.25)
+    ax.legend(frameon=False, loc="upper right")
+    return fig
+
+
+def base_vs_tuned_figure(comparison: pd.DataFrame, title: str) -> Figure:
+    """Held-out encoding r per layer of the base and brain-tuned model (left) and the change (right).
+
+    ``comparison``: columns ``layer mean_r_base mean_r_tuned`` and optionally
+    ``top10pct_r_base top10pct_r_tuned`` (drawn dashed).
+    """
+    comparison = comparison.sort_values("layer")
+    fig = new_figure(9.0, 3.8)
+    r_ax, diff_ax = fig.subplots(1, 2)
+    for index, (suffix, name) in enumerate((("base", "base"), ("tuned", "brain-tuned"))):
+        style = series_style(index)
+        r_ax.plot(comparison["layer"], comparison[f"mean_r_{suffix}"], lw=1.8, label=f"{name}, all voxels", **style)
+        if f"top10pct_r_{suffix}" in comparison:
+            r_ax.plot(comparison["layer"], comparison[f"top10pct_r_{suffix}"], lw=1.4, ls="--", mfc="white", label=f"{name}, top 10% voxels", **style)
+    r_ax.set_ylabel("Mean r (held-out story)")
+    r_ax.set_title("Encoding accuracy")
+    r_ax.legend(frameon=False, fontsize=7.5)
+    difference = comparison["mean_r_tuned"] - comparison["mean_r_base"]
+    diff_ax.bar(comparison["layer"], difference, color=[OKABE_ITO["bluish_green"] if d >= 0 else OKABE_ITO["vermillion"] for d in difference])
+    diff_ax.axhline(0, color=MEAN_COLOUR, lw=0.8)
+    diff_ax.set_ylabel("Δ mean r (tuned − base)")
+    diff_ax.set_title("Change after brain tuning")
+    for ax in (r_ax, diff_ax):
+        ax.set_xlabel("Layer")
+        ax.grid(alpha=0.25)
+        ax.set_xticks(comparison["layer"])
+    fig.suptitle(title)
+    return fig

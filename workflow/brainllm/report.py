@@ -1,0 +1,672 @@
+"""Report stage: figures, their source tables and the metrics summary, from stage outputs.
+
+Every ``plot_*`` function reads files written by the other stages (docs/outputs.md),
+builds a tidy table, writes it as ``<figure>.tsv`` beside the figure, then draws the
+figure as PNG and SVG (:mod:`brainllm.figures`). The subject, model and layer of a
+result are read from the BIDS-style entities of its path
+(``sub-<sub>_model-<model>_layer-<NN>_scores.tsv``, ``sub-<sub>/model-<model>/layer-<NN>/``).
+
+The best layer of a (subject, model) is the one flagged in the encoding stage's
+``_layers.tsv`` (highest mean r over all voxels); across subjects, the layer with the
+highest subject-averaged mean r.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib import colors as mcolors
+from scipy import stats
+from tqdm import tqdm
+
+from . import figures, metrics
+from .io import InputError, atomic_path, sha256_file, write_tsv
+
+logger = logging.getLogger("brainllm.report")
+
+PathLike = str | os.PathLike
+SCORE_COLUMNS = ("voxel", "r", "p", "p_fdr", "significant", "alpha")
+LAYERS_COLUMNS = ("layer", "mean_r", "mean_r_top10")
+ROI_COLUMNS = ("roi", "mean_r", "n_voxels")
+MEAN_ROI_LABEL = "mean (all voxels)"
+NO_BEST_LAYER = -1  # best-layer map value of voxels significant at no layer
+_ENTITY = re.compile(r"(?:^|_)(sub|model|layer)-([A-Za-z0-9]+)")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def path_entities(path: PathLike) -> dict[str, str]:
+    """BIDS-style entities (sub, model, layer) of a file name and its folders; the name wins.
+
+    ``sub-UTS01_model-minilm_layer-03_scores.tsv`` and ``sub-UTS01/model-minilm/layer-03/curves.tsv``
+    both give ``{"sub": "UTS01", "model": "minilm", "layer": "03"}``.
+    """
+    entities: dict[str, str] = {}
+    for part in Path(path).parts:
+        entities.update(_ENTITY.findall(part))
+    return entities
+
+
+def result_key(path: PathLike, with_layer: bool = True) -> tuple:
+    """``(subject, model, layer)`` of a per-layer result file, ``(subject, model)`` without layer."""
+    entities = path_entities(path)
+    names = ("sub", "model", "layer") if with_layer else ("sub", "model")
+    missing = [name for name in names if name not in entities]
+    if missing:
+        raise InputError(
+            path,
+            f"the path carries no {', '.join(name + '-' for name in missing)} entity.",
+            "name results sub-<subject>_model-<model>[_layer-<NN>]_<suffix> (docs/outputs.md).",
+        )
+    key = (entities["sub"], entities["model"])
+    return key + (int(entities["layer"]),) if with_layer else key
+
+
+def read_table(path: PathLike, required: Sequence[str], what: str) -> pd.DataFrame:
+    """A TSV with at least the ``required`` columns and one row, else an InputError naming them."""
+    try:
+        table = pd.read_csv(path, sep="\t")
+    except FileNotFoundError:
+        raise InputError(path, f"the {what} table does not exist.", "run the stage that writes it first.") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise InputError(path, f"the {what} table cannot be parsed as TSV ({error}).", "rerun the stage that writes it.") from None
+    missing = [column for column in required if column not in table.columns]
+    if missing:
+        raise InputError(
+            path,
+            f"the {what} table lacks column(s) {missing}; found {list(table.columns)}.",
+            f"write the columns {list(required)} (docs/outputs.md).",
+        )
+    if table.empty:
+        raise InputError(path, f"the {what} table has no rows.", "rerun the stage that writes it.")
+    return table
+
+
+def read_json(path: PathLike, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(path, f"the {what} file does not exist.", "run the stage that writes it first.") from None
+    except json.JSONDecodeError as error:
+        raise InputError(path, f"the {what} file is not valid JSON ({error}).", "rerun the stage that writes it.") from None
+
+
+def _as_bool(values: pd.Series, path: PathLike, column: str) -> np.ndarray:
+    if values.dtype == bool:
+        return values.to_numpy()
+    lowered = values.astype(str).str.strip().str.lower()
+    truth = {"true": True, "1": True, "1.0": True, "false": False, "0": False, "0.0": False}
+    unknown = sorted(set(lowered) - set(truth))
+    if unknown:
+        raise InputError(path, f"column {column!r} holds non-boolean values {unknown[:5]}.", "write True/False or 1/0.")
+    return lowered.map(truth).to_numpy(dtype=bool)
+
+
+def read_scores(path: PathLike) -> pd.DataFrame:
+    """Per-voxel scores, rows sorted by voxel; ``r`` finite in [-1, 1], ``significant`` bool."""
+    scores = read_table(path, SCORE_COLUMNS, "voxel scores").sort_values("voxel", kind="stable").reset_index(drop=True)
+    if not np.array_equal(scores["voxel"].to_numpy(), np.arange(len(scores))):
+        raise InputError(path, "the voxel column is not 0 … n_voxels−1 (a voxel is missing or repeated).", "rerun the encoding stage.")
+    r = pd.to_numeric(scores["r"], errors="coerce").to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(r)) or np.abs(r).max() > 1 + 1e-6:
+        raise InputError(path, "column 'r' holds values that are not finite correlations in [-1, 1].", "rerun the encoding stage.")
+    scores["r"] = r
+    scores["significant"] = _as_bool(scores["significant"], path, "significant")
+    return scores
+
+
+def read_layer_tables(layers_tsvs: Sequence[PathLike]) -> pd.DataFrame:
+    """The encoding stage's per-model layer tables stacked: ``subject model layer mean_r mean_r_top10 … best``."""
+    tables = []
+    for path in layers_tsvs:
+        subject, model = result_key(path, with_layer=False)
+        table = read_table(path, LAYERS_COLUMNS, "layer comparison")
+        if "best" in table:
+            table["best"] = _as_bool(table["best"], path, "best")
+        else:
+            table["best"] = table["mean_r"] == table["mean_r"].max()
+        if table["best"].sum() != 1:
+            raise InputError(path, f"{int(table['best'].sum())} rows are flagged best; exactly one must be.", "rerun best_layer.")
+        tables.append(table.assign(subject=subject, model=model))
+    if not tables:
+        raise InputError(None, "no layer tables were given to the report.", "check that the encoding stage ran.")
+    stacked = pd.concat(tables, ignore_index=True)
+    duplicated = stacked.duplicated(["subject", "model", "layer"])
+    if duplicated.any():
+        raise InputError(None, f"layer tables repeat {stacked[duplicated].iloc[0][['subject', 'model', 'layer']].to_dict()}.", "give each (subject, model) once.")
+    return stacked
+
+
+def best_layer(layers: pd.DataFrame, model: str, subject: str | None = None) -> int:
+    """Best layer of ``model`` for ``subject`` (its flagged row), or over subjects (highest mean of mean r)."""
+    rows = layers[layers["model"] == model]
+    if subject is not None:
+        return int(rows.loc[(rows["subject"] == subject) & rows["best"], "layer"].iloc[0])
+    return int(rows.groupby("layer")["mean_r"].mean().idxmax())
+
+
+def _by_layer(paths: Sequence[PathLike]) -> dict[int, PathLike]:
+    """Per-layer files of one (subject, model) keyed by layer."""
+    keys = {path: result_key(path) for path in paths}
+    if len({key[:2] for key in keys.values()}) > 1:
+        raise InputError(None, f"files of several subjects/models were mixed: {sorted({k[:2] for k in keys.values()})}.", "pass one (subject, model).")
+    return {key[2]: path for path, key in keys.items()}
+
+
+def _layer_file(paths: Mapping[int, PathLike], layer: int, what: str, subject: str, model: str) -> PathLike:
+    if layer not in paths:
+        raise InputError(None, f"no {what} for sub-{subject} model-{model} layer-{layer:02d}.", f"give every layer's {what}.")
+    return paths[layer]
+
+
+def read_volume(path: PathLike) -> nib.Nifti1Image:
+    try:
+        return nib.load(os.fspath(path))
+    except FileNotFoundError:
+        raise InputError(path, "the NIfTI image does not exist.", "run the stage that writes it first.") from None
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError) as error:
+        raise InputError(path, f"the file is not a readable NIfTI image ({error}).", "rerun the stage that writes it.") from None
+
+
+def ground_truth_voxels(
+    ground_truth_json: PathLike, subject: str, dataset_mask: PathLike, analysis_mask: PathLike
+) -> dict[str, np.ndarray]:
+    """Ground truth of ``subject`` on the analysed voxels (``analysis_mask`` ⊆ ``dataset_mask``).
+
+    The ground truth (``per_subject.<subject>``) indexes the dataset mask's voxels in C
+    order; preprocessing may drop voxels, so values are carried over by position.
+    Returns ``signal`` (bool) and ``ceiling_r_test`` (float), each ``(n_analysed_voxels,)``.
+    """
+    truth = read_json(ground_truth_json, "ground truth")
+    entry = truth.get("per_subject", {}).get(subject)
+    if entry is None:
+        raise InputError(ground_truth_json, f"no entry for subject {subject!r} under 'per_subject'.", "regenerate the demo dataset.")
+    for key in ("signal_voxels", "ceiling_r_test"):
+        if key not in entry:
+            raise InputError(ground_truth_json, f"subject {subject!r} has no {key!r}.", "regenerate the demo dataset.")
+    dataset_positions = np.flatnonzero(np.asarray(read_volume(dataset_mask).dataobj) > 0)
+    analysis_positions = np.flatnonzero(np.asarray(read_volume(analysis_mask).dataobj) > 0)
+    ceiling = np.asarray(entry["ceiling_r_test"], dtype=np.float64)
+    if ceiling.size != dataset_positions.size:
+        raise InputError(
+            ground_truth_json,
+            f"subject {subject!r}: {ceiling.size} ceiling values for {dataset_positions.size} voxels of {dataset_mask}.",
+            "use the ground truth generated with this dataset's mask.",
+        )
+    index = np.minimum(np.searchsorted(dataset_positions, analysis_positions), dataset_positions.size - 1)
+    if not np.array_equal(dataset_positions[index], analysis_positions):
+        raise InputError(analysis_mask, f"holds voxels outside the dataset mask {dataset_mask}.", "rerun ingest and preprocess.")
+    signal = np.zeros(dataset_positions.size, dtype=bool)
+    signal[np.asarray(entry["signal_voxels"], dtype=np.int64)] = True
+    return {"signal": signal[index], "ceiling_r_test": ceiling[index]}
+
+
+# --------------------------------------------------------------------------- computations
+
+
+def null_r_density(r: np.ndarray, n_samples: int) -> np.ndarray:
+    """Density of Pearson r between independent Gaussian series of ``n_samples`` points.
+
+    r is Beta(n/2 − 1, n/2 − 1) on [−1, 1] (the null behind the t-test p-values); the
+    test TRs are taken as independent, so autocorrelated data have a wider real null.
+    """
+    if n_samples < 4:
+        raise ValueError(f"the null of r needs at least 4 samples, got {n_samples}")
+    shape = n_samples / 2.0 - 1.0
+    return stats.beta(shape, shape, loc=-1.0, scale=2.0).pdf(np.asarray(r, dtype=np.float64))
+
+
+def fdr_threshold(scores: pd.DataFrame) -> float | None:
+    """Smallest |r| among FDR-significant voxels; None when no voxel is significant."""
+    significant = scores["significant"].to_numpy(dtype=bool)
+    if not significant.any():
+        return None
+    return float(np.abs(scores["r"].to_numpy()[significant]).min())
+
+
+def histogram_table(r: np.ndarray, n_samples: int, bins: int, noise_r: np.ndarray | None = None) -> pd.DataFrame:
+    """Counts and densities of r per bin (all voxels, noise voxels) and the analytic null at bin centres."""
+    null_sd = 1.0 / math.sqrt(max(n_samples - 1, 1))
+    half_width = min(1.0, max(float(np.abs(r).max()), 4.0 * null_sd) * 1.05)
+    edges = np.linspace(-half_width, half_width, bins + 1)
+    table = pd.DataFrame({"bin_left": edges[:-1], "bin_right": edges[1:]})
+    table["count_all"] = np.histogram(r, edges)[0]
+    table["density_all"] = np.histogram(r, edges, density=True)[0]
+    if noise_r is not None and noise_r.size:
+        table["count_noise"] = np.histogram(noise_r, edges)[0]
+        table["density_noise"] = np.histogram(noise_r, edges, density=True)[0]
+    table["null_density"] = null_r_density((edges[:-1] + edges[1:]) / 2, n_samples)
+    return table
+
+
+# --------------------------------------------------------------------------- volumes
+
+
+def to_ras(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Reorder the axes of ``volume`` to RAS (x: left→right, y: back→front, z: down→up)."""
+    current = nib.orientations.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(current, nib.orientations.axcodes2ornt("RAS"))
+    return nib.orientations.apply_orientation(volume, transform)
+
+
+def vector_to_volume(values: np.ndarray, mask: np.ndarray, fill: float = np.nan) -> np.ndarray:
+    """Voxel vector ``(n_voxels,)`` (C order of ``mask > 0``) → volume shaped like ``mask``."""
+    volume = np.full(mask.shape, fill, dtype=np.float64)
+    volume[mask > 0] = values
+    return volume
+
+
+def mosaic_slices(mask: np.ndarray, n_slices: int) -> list[int]:
+    """Up to ``n_slices`` evenly spaced axial (last-axis) slices that contain mask voxels."""
+    occupied = np.flatnonzero(mask.reshape(-1, mask.shape[2]).any(0))
+    if occupied.size == 0:
+        raise ValueError("the mask is empty")
+    picks = np.linspace(0, occupied.size - 1, min(n_slices, occupied.size)).round().astype(int)
+    return [int(k) for k in np.unique(occupied[picks])]
+
+
+def _overlay(volume: np.ndarray, mask: np.ndarray, shown: np.ndarray) -> np.ma.MaskedArray:
+    """``volume`` with everything masked except the mask voxels flagged ``shown`` (mask C order)."""
+    visible = np.zeros(mask.shape, dtype=bool)
+    visible[mask] = shown
+    return np.ma.masked_array(volume, mask=~visible)
+
+
+def _volume_data(image: nib.Nifti1Image, path: PathLike, reference: nib.Nifti1Image, reference_path: PathLike) -> np.ndarray:
+    """3-D data of ``image`` after checking it lies on the ``reference`` grid."""
+    if image.shape[:3] != reference.shape[:3] or not np.allclose(image.affine, reference.affine, atol=1e-3):
+        raise InputError(
+            path,
+            f"grid {image.shape[:3]} does not match {reference_path} {reference.shape[:3]} (shape or affine differs).",
+            "write every map on the analysis mask's grid (rerun the stage that wrote it).",
+        )
+    return np.asarray(image.dataobj, dtype=np.float64).reshape(reference.shape[:3])
+
+
+# --------------------------------------------------------------------------- figure builders
+
+
+def plot_layer_curves(
+    layers_tsvs: Sequence[PathLike],
+    png: PathLike,
+    svg: PathLike,
+    tsv: PathLike,
+    model_sizes: Mapping[str, float | None] | None = None,
+    dpi: int = 150,
+) -> pd.DataFrame:
+    """Layer curves of every model (the scaling-laws plot): mean r over all voxels and the top 10 %.
+
+    Per subject (thin) and averaged over subjects (thick); the x axis is the layer index
+    when all models have the same layers, else the relative depth (layer / last layer).
+    """
+    model_sizes = dict(model_sizes or {})
+    layers = read_layer_tables(layers_tsvs)
+    averages = layers.groupby(["model", "layer"], as_index=False)[["mean_r", "mean_r_top10"]].mean().assign(subject="average")
+    curves = pd.concat([layers, averages], ignore_index=True)
+    layer_sets = {model: frozenset(rows["layer"]) for model, rows in layers.groupby("model")}
+    curves["depth"] = curves["layer"] / curves["model"].map({m: max(max(s), 1) for m, s in layer_sets.items()})
+    curves["size_params"] = curves["model"].map(lambda m: model_sizes.get(m))
+    curves = curves[["model", "size_params", "subject", "layer", "depth", "mean_r", "mean_r_top10"]]
+    write_tsv(tsv, curves)
+    same_layers = len(set(layer_sets.values())) == 1
+    x_column, x_label = ("layer", "Layer (0 = embeddings)") if same_layers else ("depth", "Relative depth (layer / last layer)")
+    with figures.styled():
+        fig = figures.layer_curves_figure(curves, model_sizes, x_column, x_label)
+        figures.save_figure(fig, png, svg, dpi)
+    logger.info("layer curves of %d model(s), %d subject(s) -> %s", len(layer_sets), layers["subject"].nunique(), png)
+    return curves
+
+
+def plot_roi_ranking(
+    layers_tsvs: Sequence[PathLike],
+    roi_tsvs: Sequence[PathLike],
+    png: PathLike,
+    svg: PathLike,
+    tsv: PathLike,
+    dpi: int = 150,
+) -> pd.DataFrame:
+    """Models at their best layer ranked by mean r, with the subject-averaged mean r of each ROI.
+
+    The ROI tables' whole-brain row (``roi`` "all", ``index`` −1) is replaced by the mean
+    over all voxels from the layer tables.
+    """
+    layers = read_layer_tables(layers_tsvs)
+    rois_by_key = {result_key(path): path for path in roi_tsvs}
+    rows = []
+    for model in sorted(layers["model"].unique()):
+        layer = best_layer(layers, model)
+        at_best = layers[(layers["model"] == model) & (layers["layer"] == layer)]
+        for subject in at_best["subject"]:
+            path = _layer_file({k[2]: p for k, p in rois_by_key.items() if k[:2] == (subject, model)}, layer, "_roi.tsv", subject, model)
+            roi = read_table(path, ROI_COLUMNS, "ROI summary")
+            whole = (roi["index"] == -1) if "index" in roi else (roi["roi"].astype(str) == "all")
+            rows += [
+                {"model": model, "layer": layer, "subject": subject, "roi": str(r.roi), "mean_r": float(r.mean_r), "n_voxels": int(r.n_voxels)}
+                for r in roi[~whole].itertuples()
+            ]
+        rows += [{"model": model, "layer": layer, "subject": s.subject, "roi": MEAN_ROI_LABEL, "mean_r": s.mean_r} for s in at_best.itertuples()]
+    per_subject = pd.DataFrame(rows)
+    ranking = per_subject.groupby(["model", "layer", "roi"], as_index=False, sort=False).agg(
+        mean_r=("mean_r", "mean"), n_subjects=("subject", "nunique"), n_voxels=("n_voxels", "mean")
+    )
+    model_means = ranking[ranking["roi"] == MEAN_ROI_LABEL].set_index("model")["mean_r"]
+    ranking["rank"] = ranking["model"].map(model_means.rank(method="first").astype(int))
+    ranking = ranking.sort_values(["rank", "roi"]).reset_index(drop=True)[["rank", "model", "layer", "roi", "mean_r", "n_subjects", "n_voxels"]]
+    write_tsv(tsv, ranking)
+    with figures.styled():
+        fig = figures.roi_ranking_figure(ranking, MEAN_ROI_LABEL)
+        figures.save_figure(fig, png, svg, dpi)
+    logger.info("ROI ranking of %d model(s) over %d ROI(s) -> %s", ranking["model"].nunique(), ranking["roi"].nunique() - 1, png)
+    return ranking
+
+
+def plot_r_histogram(
+    layers_tsv: PathLike,
+    scores_tsvs: Sequence[PathLike],
+    summary_jsons: Sequence[PathLike],
+    png: PathLike,
+    svg: PathLike,
+    tsv: PathLike,
+    ground_truth: Mapping[str, PathLike] | None = None,
+    bins: int = 60,
+    dpi: int = 150,
+) -> pd.DataFrame:
+    """Histogram of voxel r at the best layer of one (subject, model), with null and FDR threshold.
+
+    ``scores_tsvs``/``summary_jsons``: every layer of that subject and model (the summary
+    gives the number of test TRs of the analytic null). ``ground_truth``: paths ``json``,
+    ``dataset_mask``, ``analysis_mask``; when given, the ground-truth noise voxels are
+    drawn as the empirical null beside the analytic one.
+    """
+    subject, model = result_key(layers_tsv, with_layer=False)
+    layer = best_layer(read_layer_tables([layers_tsv]), model, subject)
+    scores_path = _layer_file(_by_layer(scores_tsvs), layer, "_scores.tsv", subject, model)
+    summary_path = _layer_file(_by_layer(summary_jsons), layer, "_summary.json", subject, model)
+    scores = read_scores(scores_path)
+    n_test_trs = read_json(summary_path, "encoding summary").get("n_test_trs")
+    if not isinstance(n_test_trs, int) or n_test_trs < 4:
+        raise InputError(summary_path, f"'n_test_trs' is {n_test_trs!r}; the null needs the number of test TRs (≥ 4).", "rerun the encoding stage.")
+    r = scores["r"].to_numpy()
+    noise_r = None
+    if ground_truth:
+        truth = ground_truth_voxels(ground_truth["json"], subject, ground_truth["dataset_mask"], ground_truth["analysis_mask"])
+        if truth["signal"].size != r.size:
+            raise InputError(scores_path, f"{r.size} voxels, but the analysis mask has {truth['signal'].size}.", "rerun the encoding stage.")
+        noise_r = r[~truth["signal"]]
+    histogram = histogram_table(r, n_test_trs, bins, noise_r)
+    threshold = fdr_threshold(scores)
+    histogram.insert(0, "layer", layer)
+    histogram["fdr_threshold_abs_r"] = np.nan if threshold is None else threshold
+    histogram["n_test_trs"] = n_test_trs
+    write_tsv(tsv, histogram)
+    noise_label = None if noise_r is None else f"ground-truth noise voxels (n = {noise_r.size})"
+    with figures.styled():
+        fig = figures.r_histogram_figure(histogram, threshold, n_test_trs, f"sub-{subject} · {model} · layer {layer}", noise_label)
+        figures.save_figure(fig, png, svg, dpi)
+    logger.info("r histogram sub-%s model-%s layer %d (%d voxels, %d test TRs) -> %s", subject, model, layer, r.size, n_test_trs, png)
+    return histogram
+
+
+def plot_brain_maps(
+    layers_tsv: PathLike,
+    scores_tsvs: Sequence[PathLike],
+    r_maps: Sequence[PathLike],
+    bestlayer_map: PathLike,
+    mean_image: PathLike,
+    mask: PathLike,
+    r_outputs: Mapping[str, PathLike],
+    layer_outputs: Mapping[str, PathLike],
+    n_slices: int = 12,
+    dpi: int = 150,
+) -> None:
+    """Axial mosaics on the mean functional image of one (subject, model).
+
+    The r map of the best layer (voxels passing FDR; all voxels when none does) and the
+    best-layer map (the encoding stage's map: voxels significant at their best layer).
+    ``r_outputs``, ``layer_outputs``: paths ``png``, ``svg``, ``tsv``; the tables list
+    every mask voxel with its RAS display coordinates ``i j k``.
+    """
+    subject, model = result_key(layers_tsv, with_layer=False)
+    layer_table = read_layer_tables([layers_tsv])
+    layer = best_layer(layer_table, model, subject)
+    scores = read_scores(_layer_file(_by_layer(scores_tsvs), layer, "_scores.tsv", subject, model))
+    r_map = _layer_file(_by_layer(r_maps), layer, "_r.nii.gz", subject, model)
+
+    mask_img = read_volume(mask)
+    mask_data = np.asarray(mask_img.dataobj).reshape(mask_img.shape[:3]) > 0
+    n_voxels = int(mask_data.sum())
+    if len(scores) != n_voxels:
+        raise InputError(mask, f"{n_voxels} mask voxels, but the layer-{layer} scores have {len(scores)}.", "rerun the encoding stage.")
+    affine = mask_img.affine
+    background = to_ras(_volume_data(read_volume(mean_image), mean_image, mask_img, mask), affine)
+    mask_ras = to_ras(mask_data, affine)
+    slices = mosaic_slices(mask_ras, n_slices)
+    ijk = np.argwhere(mask_ras)  # display coordinates, C order of the RAS mask
+    voxel = to_ras(vector_to_volume(np.arange(n_voxels), mask_data, fill=-1), affine)[mask_ras].astype(int)
+    coordinates = {"voxel": voxel, "i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2]}
+
+    r_volume = to_ras(_volume_data(read_volume(r_map), r_map, mask_img, mask), affine)
+    r_values = r_volume[mask_ras]
+    threshold = fdr_threshold(scores)
+    shown = np.abs(r_values) >= threshold if threshold is not None else np.ones(r_values.size, dtype=bool)
+    write_tsv(r_outputs["tsv"], pd.DataFrame({"layer": layer, **coordinates, "r": r_values, "shown": shown}))
+    limit = float(np.percentile(np.abs(r_values), 99.5)) or 1.0
+    condition = f"|r| ≥ {threshold:.3f} (FDR)" if threshold is not None else "unthresholded: no voxel passes FDR"
+    with figures.styled():
+        fig = figures.mosaic_figure(
+            background, _overlay(r_volume, mask_ras, shown), slices, "RdBu_r", mcolors.Normalize(-limit, limit),
+            "Pearson r", f"sub-{subject} · {model} · layer {layer} · {condition}",
+        )
+        figures.save_figure(fig, r_outputs["png"], r_outputs["svg"], dpi)
+
+    best_volume = to_ras(_volume_data(read_volume(bestlayer_map), bestlayer_map, mask_img, mask), affine)
+    best_values = best_volume[mask_ras]
+    layers = np.array(sorted(layer_table["layer"]))
+    unknown = sorted(set(np.unique(best_values)) - set(layers.tolist()) - {NO_BEST_LAYER})
+    if unknown:
+        raise InputError(bestlayer_map, f"holds values {unknown[:5]} that are neither scored layers {layers.tolist()} nor {NO_BEST_LAYER}.", "rerun best_layer.")
+    significant_somewhere = best_values != NO_BEST_LAYER
+    write_tsv(layer_outputs["tsv"], pd.DataFrame({**coordinates, "best_layer": best_values.astype(int), "shown": significant_somewhere}))
+    boundaries = np.concatenate([[layers[0] - 0.5], (layers[:-1] + layers[1:]) / 2, [layers[-1] + 0.5]])
+    cmap = colormaps["viridis"].resampled(len(layers))
+    with figures.styled():
+        fig = figures.mosaic_figure(
+            background, _overlay(best_volume, mask_ras, significant_somewhere), slices, cmap, mcolors.BoundaryNorm(boundaries, cmap.N),
+            "Best layer", f"sub-{subject} · {model} · best layer per voxel ({int(significant_somewhere.sum())} significant voxels)",
+            colorbar_ticks=layers.tolist(),
+        )
+        figures.save_figure(fig, layer_outputs["png"], layer_outputs["svg"], dpi)
+    logger.info("brain maps sub-%s model-%s (best layer %d, %d slices) -> %s, %s", subject, model, layer, len(slices), r_outputs["png"], layer_outputs["png"])
+
+
+def run_title(path: PathLike) -> str:
+    """``sub-S · model · layer N`` of a contrastive run folder (``layer-NN`` or ``lora``)."""
+    subject, model = result_key(path, with_layer=False)
+    layer = path_entities(path).get("layer")
+    run = f"layer {int(layer)}" if layer is not None else ("LoRA" if "lora" in Path(path).parts else "")
+    return " · ".join(part for part in (f"sub-{subject}", model, run) if part)
+
+
+def plot_contrastive_training(curves_tsv: PathLike, png: PathLike, svg: PathLike, tsv: PathLike, dpi: int = 150) -> pd.DataFrame:
+    """Training and validation loss, and retrieval accuracy (with chance), per epoch of one run."""
+    curves = read_table(curves_tsv, ("epoch",), "training curves")
+    if not any(column.endswith("loss") for column in curves.columns):
+        raise InputError(curves_tsv, f"has no loss column; found {list(curves.columns)}.", "rerun the contrastive stage.")
+    write_tsv(tsv, curves)
+    with figures.styled():
+        fig = figures.training_curves_figure(curves, "epoch", run_title(curves_tsv))
+        figures.save_figure(fig, png, svg, dpi)
+    logger.info("contrastive curves (%d epochs) -> %s", len(curves), png)
+    return curves
+
+
+def retrieval_table(retrieval: Mapping) -> pd.DataFrame:
+    """``direction metric accuracy chance`` rows: every direction entry with top-k accuracies that have a chance level."""
+    chance = retrieval.get("chance", {})
+    rows = []
+    for direction, entry in retrieval.items():
+        if direction == "chance" or not isinstance(entry, Mapping):
+            continue
+        for metric, value in entry.items():
+            if metric.startswith("top") and metric in chance and isinstance(value, (int, float)):
+                rows.append({"direction": direction, "metric": metric, "accuracy": float(value), "chance": float(chance[metric])})
+    return pd.DataFrame(rows, columns=["direction", "metric", "accuracy", "chance"])
+
+
+def plot_retrieval(retrieval_json: PathLike, png: PathLike, svg: PathLike, tsv: PathLike, dpi: int = 150) -> pd.DataFrame:
+    """Held-out top-k retrieval accuracy in both directions against chance."""
+    retrieval = read_json(retrieval_json, "retrieval")
+    table = retrieval_table(retrieval)
+    if table.empty:
+        raise InputError(
+            retrieval_json,
+            "holds no top-k accuracies with a matching 'chance' entry.",
+            "write {direction: {top1, top5, mean_rank}, chance: {top1, top5}} (brainllm.metrics.retrieval_accuracy).",
+        )
+    write_tsv(tsv, table)
+    n_candidates = retrieval.get("n_candidates")
+    title = f"{run_title(retrieval_json)}: held-out retrieval" + (f" among {n_candidates}" if n_candidates else "")
+    with figures.styled():
+        fig = figures.retrieval_figure(table, title)
+        figures.save_figure(fig, png, svg, dpi)
+    logger.info("retrieval bars (%d rows) -> %s", len(table), png)
+    return table
+
+
+def plot_base_vs_tuned(comparison_tsv: PathLike, png: PathLike, svg: PathLike, tsv: PathLike, dpi: int = 150) -> pd.DataFrame:
+    """Held-out encoding r per layer of the base and the brain-tuned model of one (subject, model)."""
+    comparison = read_table(comparison_tsv, ("layer", "mean_r_base", "mean_r_tuned"), "base-versus-tuned comparison")
+    write_tsv(tsv, comparison)
+    subject, model = result_key(comparison_tsv, with_layer=False)
+    with figures.styled():
+        fig = figures.base_vs_tuned_figure(comparison, f"sub-{subject} · {model}: base vs brain-tuned")
+        figures.save_figure(fig, png, svg, dpi)
+    logger.info("base vs tuned (%d layers) -> %s", len(comparison), png)
+    return comparison
+
+
+# --------------------------------------------------------------------------- metrics table
+
+
+def _number(mapping: Mapping, *keys: str) -> float:
+    """``mapping[k1][k2]…`` as a float; NaN when a key is absent or the value is null."""
+    value = mapping
+    for key in keys:
+        if not isinstance(value, Mapping) or key not in value:
+            return float("nan")
+        value = value[key]
+    return float(value) if isinstance(value, (int, float)) else float("nan")
+
+
+def metrics_summary(
+    summary_jsons: Sequence[PathLike],
+    tsv: PathLike,
+    html: PathLike,
+    scores_tsvs: Sequence[PathLike] = (),
+    ground_truth: Mapping[str, Mapping[str, PathLike]] | None = None,
+) -> pd.DataFrame:
+    """One row per (subject, model, layer): accuracy, information, detection, stability, ceiling.
+
+    From the encoding summaries: mean and top-10 % r, significant voxels, Gaussian-copula
+    MI (bits), invariance over test-chunk bootstraps (mean pairwise r and CV of the mean),
+    noise ceiling and noise-ceiling-normalised r (median over voxels with a ceiling).
+    With ``ground_truth`` (subject → paths ``json``, ``dataset_mask``, ``analysis_mask``)
+    and the matching ``scores_tsvs``: voxel-detection sensitivity and specificity and the
+    mean r over the mean true ceiling of the signal voxels.
+    """
+    scores_by_key = {result_key(path): path for path in scores_tsvs}
+    truths: dict[str, dict[str, np.ndarray]] = {}
+    rows = []
+    for path in tqdm(list(summary_jsons), desc="metrics", unit="layer", disable=None):
+        subject, model, layer = result_key(path)
+        summary = read_json(path, "encoding summary")
+        row = {
+            "subject": subject,
+            "model": model,
+            "layer": layer,
+            "n_voxels": _number(summary, "n_voxels"),
+            "n_test_trs": _number(summary, "n_test_trs"),
+            "mean_r": _number(summary, "mean_r"),
+            "mean_r_top10": _number(summary, "mean_r_top10"),
+            "n_significant": _number(summary, "n_significant"),
+            "mi_bits": _number(summary, "mean_mi_bits"),
+            "invariance": _number(summary, "invariance", "test_chunks", "mean_pairwise_r"),
+            "invariance_cv": _number(summary, "invariance", "test_chunks", "cv_mean_score"),
+            "noise_ceiling_r": _number(summary, "noise_ceiling", "mean_ceiling_r"),
+            "normalised_r": _number(summary, "noise_ceiling", "median_normalised_r"),
+            "sensitivity": float("nan"),
+            "specificity": float("nan"),
+            "r_over_true_ceiling": float("nan"),
+        }
+        if ground_truth and subject in ground_truth:
+            if (subject, model, layer) not in scores_by_key:
+                raise InputError(path, "ground truth is given but this layer's _scores.tsv is not.", "pass the scores of every summarised layer.")
+            if subject not in truths:
+                paths = ground_truth[subject]
+                truths[subject] = ground_truth_voxels(paths["json"], subject, paths["dataset_mask"], paths["analysis_mask"])
+            scores = read_scores(scores_by_key[(subject, model, layer)])
+            signal, ceiling = truths[subject]["signal"], truths[subject]["ceiling_r_test"]
+            if signal.size != len(scores):
+                raise InputError(scores_by_key[(subject, model, layer)], f"{len(scores)} voxels, but the analysis mask has {signal.size}.", "rerun the encoding stage.")
+            rates = metrics.detection_rates(scores["significant"].to_numpy(), signal)
+            row["sensitivity"], row["specificity"] = rates["sensitivity"], rates["specificity"]
+            if signal.any() and ceiling[signal].mean() > 0:
+                row["r_over_true_ceiling"] = float(scores["r"].to_numpy()[signal].mean() / ceiling[signal].mean())
+        rows.append(row)
+    if not rows:
+        raise InputError(None, "no encoding summaries were given to the report.", "check that the encoding stage ran.")
+    table = pd.DataFrame(rows).sort_values(["subject", "model", "layer"]).reset_index(drop=True)
+    for column in ("n_voxels", "n_test_trs", "n_significant"):
+        table[column] = table[column].astype("Int64")
+    write_tsv(tsv, table)
+    write_html_table(html, table, "Metrics per subject, model and layer")
+    logger.info("metrics table: %d rows -> %s", len(table), tsv)
+    return table
+
+
+def write_html_table(path: PathLike, table: pd.DataFrame, title: str) -> None:
+    """A self-contained HTML page with ``table`` (floats to 3 decimals)."""
+    body = table.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0, classes="metrics")
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; font-size: 13px; margin: 1em; }}
+table.metrics {{ border-collapse: collapse; }}
+table.metrics th, table.metrics td {{ padding: 3px 8px; text-align: right; border-bottom: 1px solid #ddd; }}
+table.metrics th {{ background: #f0f0f0; position: sticky; top: 0; }}
+table.metrics tr:hover td {{ background: #eef6fc; }}
+</style></head>
+<body><h3>{title}</h3>
+{body}
+</body></html>
+"""
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def write_manifest(paths: Sequence[PathLike], tsv: PathLike) -> pd.DataFrame:
+    """List every report file with its size and sha256; a missing or empty file is an error."""
+    rows = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file() or path.stat().st_size == 0:
+            raise InputError(path, "this report file is missing or empty.", "rerun the rule that writes it.")
+        rows.append({"file": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+    manifest = pd.DataFrame(rows, columns=["file", "bytes", "sha256"])
+    write_tsv(tsv, manifest)
+    logger.info("report manifest: %d files -> %s", len(manifest), tsv)
+    return manifest

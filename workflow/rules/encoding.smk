@@ -1,0 +1,74 @@
+# Encoding: one model per (subject, model, layer) fitted on the training stories and
+# scored on the test stories (encoding.method: himalaya ridge, bootstrap ridge or the
+# Lipschitz-bounded map); banded ridge over encoding.banded.layers when enabled; the
+# best layer per (subject, model). Output names follow docs/outputs.md.
+
+
+rule encoding:
+    input:
+        unpack(encoding_extra_inputs),
+        aligned=aligned_features("{subject}", "{model}"),
+        responses=preprocessed("{subject}"),
+        mask=preprocessed_mask("{subject}"),
+    output:
+        **encoding_outputs(f"{ENCODING_RESULT_STEM}_layer-{{layer}}"),
+    params:
+        layers=lambda wildcards: [int(wildcards.layer)],
+        settings=ENCODING,
+        train_stories=DATASET["train_stories"],
+        test_stories=DATASET["test_stories"],
+    log:
+        f"{RESULTS}/logs/encoding/sub-{{subject}}_model-{{model}}_layer-{{layer}}.log",
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
+    conda:
+        "../../envs/gpu.yaml"
+    script:
+        "../scripts/encoding.py"
+
+
+rule encoding_banded:
+    input:
+        unpack(encoding_extra_inputs),
+        aligned=aligned_features("{subject}", "{model}"),
+        responses=preprocessed("{subject}"),
+        mask=preprocessed_mask("{subject}"),
+    output:
+        **encoding_outputs(f"{ENCODING_RESULT_STEM}_banded"),
+    params:
+        layers=ENCODING.get("banded", {}).get("layers", []),
+        settings=ENCODING,
+        train_stories=DATASET["train_stories"],
+        test_stories=DATASET["test_stories"],
+    log:
+        f"{RESULTS}/logs/encoding/sub-{{subject}}_model-{{model}}_banded.log",
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        "../../envs/gpu.yaml"
+    script:
+        "../scripts/encoding.py"
+
+
+rule best_layer:
+    input:
+        scores=lambda wildcards: [
+            encoding_file(wildcards.subject, wildcards.model, "scores.tsv", layer) for layer in model_layers(wildcards.model)
+        ],
+        mask=preprocessed_mask("{subject}"),
+    output:
+        best_map=f"{ENCODING_RESULT_STEM}_bestlayer.nii.gz",
+        layers=f"{ENCODING_RESULT_STEM}_layers.tsv",
+    params:
+        layers=lambda wildcards: model_layers(wildcards.model),
+    log:
+        f"{RESULTS}/logs/encoding/sub-{{subject}}_model-{{model}}_best_layer.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/best_layer.py"

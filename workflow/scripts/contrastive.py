@@ -1,0 +1,21 @@
+"""Snakemake adapter: frozen-feature contrastive training of one (subject, model, layer) (rule contrastive)."""
+
+from brainllm.contrastive import run_contrastive
+from brainllm.io import rule_logging
+
+with rule_logging(snakemake.log[0]):
+    run_contrastive(
+        snakemake.input.features,
+        snakemake.input.responses,
+        subject=snakemake.wildcards.subject,
+        model_name=snakemake.wildcards.model,
+        layer=int(snakemake.wildcards.layer),
+        train_stories=snakemake.params.train_stories,
+        test_stories=snakemake.params.test_stories,
+        contrastive_cfg=snakemake.params.settings,
+        curves_tsv=snakemake.output.curves,
+        config_json=snakemake.output.config,
+        weights_safetensors=snakemake.output.weights,
+        retrieval_json=snakemake.output.retrieval,
+        checkpoint_dir=snakemake.params.checkpoint_dir,
+    )

@@ -1,0 +1,10 @@
+"""Snakemake adapter: held-out encoding r of the base vs the brain-tuned model (rule contrastive_compare)."""
+
+from brainllm.brainlora import compare_base_tuned
+from brainllm.io import rule_logging
+
+with rule_logging(snakemake.log[0]):
+    layers = snakemake.params.layers
+    compare_base_tuned(
+        dict(zip(layers, snakemake.input.base)), dict(zip(layers, snakemake.input.tuned)), snakemake.output[0]
+    )

@@ -1,0 +1,15 @@
+"""Snakemake adapter: one story's hidden states into the feature store (rule features)."""
+
+import torch
+
+from brainllm.features import extract_story
+from brainllm.io import rule_logging
+
+torch.set_num_threads(snakemake.threads)
+with rule_logging(snakemake.log[0]) as log:
+    extract_story(
+        snakemake.config["models"][snakemake.params.model],
+        snakemake.input.words,
+        snakemake.output[0],
+        log=log,
+    )
