@@ -208,7 +208,7 @@ run_snakemake mini "$MINI" --snakefile "$REPO/tests/profile_workflow/Snakefile" 
 [ "$status" -ne 0 ] || fail mini "snakemake exited 0 although rule broken fails"
 grep -q "Error in rule broken" "$BASE/log/mini.log" || fail mini "the failure of rule broken was not reported"
 grep -q "results/logs/broken/broken.log" "$BASE/log/mini.log" || fail mini "the log path of rule broken was not reported"
-[ "$(grep -c "^Error in rule" "$BASE/log/mini.log")" -eq 2 ] || fail mini "expected exactly two failures (broken, retried once)"
+! grep "^Error in rule" "$BASE/log/mini.log" | grep -vq "rule broken:" || fail mini "a rule other than broken failed"
 for f in results/encoding/scores.txt results/contrastive/adapter.txt \
          results/features/lighthouse.txt results/features/riverferry.txt results/ingest/responses.txt; do
     [ -s "$MINI/$f" ] || fail mini "missing output $f"

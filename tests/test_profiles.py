@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -444,7 +445,7 @@ def test_wisteria_pjsub_options_per_rule(wisteria_run):
         "features": ["rscgrp=share-short", "gpu=1", "elapse=02:00:00"],
         "encoding": ["rscgrp=share-short", "gpu=1", "elapse=02:00:00"],
         "contrastive_lora": ["rscgrp=share", "gpu=1", "elapse=08:00:00"],
-        "ingest": ["rscgrp=share-debug", "gpu=1", "elapse=00:30:00"],
+        "ingest": ["rscgrp=share-short", "gpu=1", "elapse=01:00:00"],
         "broken": ["rscgrp=share-debug", "gpu=1", "elapse=00:30:00"],
     }
     assert sorted(submitted) == sorted(expected)  # demo_dataset and all are local rules
@@ -510,19 +511,19 @@ def test_wisteria_profile_runs_the_demo_ingest_and_preprocess(demo_run, tmp_path
     user types it, from the working directory), on the session's demo dataset; the outputs
     equal those of the plain local run."""
     workdir = make_workdir(tmp_path / "wd")
-    (workdir / "resources").symlink_to(demo_run / "resources")
+    shutil.copytree(demo_run / "resources", workdir / "resources")  # keeps mtimes: the dataset is up to date
+    targets = [f"results/preprocess/sub-{subject}/responses.h5" for subject in ("UTS01", "UTS02")]
     env = standin_env(tmp_path / "pjm", BRAINLLM_PJM_GROUP="gz00", HF_HUB_OFFLINE="1")
-    command = [sys.executable, "-m", "snakemake", "--profile", "profiles/wisteria", "--until", "preprocess",
-               "--allowed-rules", "ingest", "preprocess", "--seconds-between-status-checks", "1", "--latency-wait", "3"]
+    command = [sys.executable, "-m", "snakemake", "--profile", "profiles/wisteria",
+               "--seconds-between-status-checks", "1", "--latency-wait", "3", *targets]
     done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     submitted = by_rule(pjsub_records(tmp_path / "pjm"))
     assert sorted(submitted) == ["ingest", "preprocess"]
     for opts in submitted["ingest"] + submitted["preprocess"]:
-        assert opts["-L"] == ["rscgrp=share-debug", "gpu=1", "elapse=00:30:00"]
+        assert opts["-L"] == ["rscgrp=share-short", "gpu=1", "elapse=01:00:00"]
     assert len(submitted["preprocess"]) == 2
-    for subject in ("UTS01", "UTS02"):
-        relative = f"results/preprocess/sub-{subject}/responses.h5"
+    for relative in targets:
         with h5py.File(workdir / relative, "r") as cluster, h5py.File(demo_run / relative, "r") as local:
             assert sorted(cluster) == sorted(local)
             for story in local:
@@ -580,11 +581,17 @@ def test_conda_env_matches_pyproject(env_name, extras):
 
 
 def test_rule_conda_directives_point_to_env_files():
+    """Every `conda:` names envs/cpu.yaml or envs/gpu.yaml; GPU-heavy rules use the GPU one."""
+    rule_block = re.compile(r"^rule (\w+):(.*?)(?=^rule |^ruleorder|\Z)", re.MULTILINE | re.DOTALL)
     conda_path = re.compile(r"^\s*conda:\s*\n?\s*[\"']([^\"']+)[\"']", re.MULTILINE)
-    smk_files = sorted((REPO / "workflow" / "rules").glob("*.smk"))
-    assert smk_files
-    for smk in smk_files:
-        for relative in conda_path.findall(smk.read_text()):
-            env_file = (smk.parent / relative).resolve()
-            assert env_file.is_file(), f"{smk.name}: conda env {relative} does not exist"
-            assert env_file.parent == REPO / "envs", f"{smk.name}: {relative} is outside envs/"
+    checked = 0
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        for rule, body in rule_block.findall(smk.read_text()):
+            for relative in conda_path.findall(body):
+                checked += 1
+                env_file = (smk.parent / relative).resolve()
+                assert env_file.is_file(), f"{smk.name}: rule {rule}: conda env {relative} does not exist"
+                assert env_file.parent == REPO / "envs", f"{smk.name}: rule {rule}: {relative} is outside envs/"
+                if rule in GPU_RULES:
+                    assert env_file.name == "gpu.yaml", f"{smk.name}: GPU rule {rule} uses {relative}"
+    assert checked > 0

@@ -13,6 +13,7 @@ rule demo_dataset:
     resources:
         mem_mb=2000,
         runtime=20,
+    localrule: True
     conda:
         "../../envs/cpu.yaml"
     script:

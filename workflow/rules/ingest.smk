@@ -12,6 +12,8 @@ rule ingest_words:
     log:
         f"{RESULTS}/logs/ingest/words_{{story}}.log",
     localrule: True
+    conda:
+        "../../envs/cpu.yaml"
     script:
         "../scripts/ingest_words.py"
 
@@ -31,6 +33,8 @@ rule ingest:
     resources:
         mem_mb=16000,
         runtime=60,
+    conda:
+        "../../envs/cpu.yaml"
     script:
         "../scripts/ingest.py"
 
@@ -47,5 +51,7 @@ rule ingest_atlas:
     log:
         f"{RESULTS}/logs/ingest/atlas_sub-{{subject}}.log",
     localrule: True
+    conda:
+        "../../envs/cpu.yaml"
     script:
         "../scripts/ingest_atlas.py"

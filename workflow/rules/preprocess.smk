@@ -18,5 +18,7 @@ rule preprocess:
     resources:
         mem_mb=16000,
         runtime=60,
+    conda:
+        "../../envs/cpu.yaml"
     script:
         "../scripts/preprocess.py"
