@@ -239,9 +239,11 @@ def test_causal_chunked_equals_single_pass_over_each_words_context(tiny, name):
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
-def test_llama_batched_padding_equals_references(tiny, padding_side):
+@pytest.mark.parametrize("name", ["llama", "gpt2"])  # rotary and absolute (learned) positions
+def test_batched_padding_equals_references(tiny, name, padding_side):
     """Left or right padding (with position ids) gives the unpadded single-pass states."""
-    model, tokenizer, info = load(tiny["llama"])
+    model, tokenizer, info = load(tiny[name])
+    reference_model = AutoModelForCausalLM.from_pretrained(tiny[name]).eval()
     tokenizer.padding_side = padding_side
     try:
         words = WORDS[:40]
@@ -250,9 +252,9 @@ def test_llama_batched_padding_equals_references(tiny, padding_side):
             ({"context": "causal-chunked", "context_words": 5}, chunk_context_start(5)),
         ):
             for pooling in ("last", "mean"):
-                cfg = {"source": str(tiny["llama"]), "batch_size": 8, "pooling": pooling, **settings}
+                cfg = {"source": str(tiny[name]), "batch_size": 8, "pooling": pooling, **settings}
                 got = features.extract_words(model, tokenizer, words, cfg, info)
-                reference = reference_causal(AutoModelForCausalLM.from_pretrained(tiny["llama"]).eval(), tokenizer, words, start, pooling)
+                reference = reference_causal(reference_model, tokenizer, words, start, pooling)
                 assert np.abs(np.stack(got) - reference).max() < TOLERANCE, (settings, pooling)
     finally:
         tokenizer.padding_side = "right"
@@ -549,7 +551,7 @@ def test_rule_does_not_rerun_an_entry_already_in_the_store(tmp_path):
         )
     )
     command = [sys.executable, "-m", "snakemake", "--cores", "1", "--quiet", "rules"]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     entries = list((tmp_path / "store").rglob("tale.h5"))

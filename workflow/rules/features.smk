@@ -22,5 +22,7 @@ rule features:
     resources:
         mem_mb=16000,
         runtime=120,
+    conda:
+        "../../envs/gpu.yaml"
     script:
         "../scripts/features.py"
