@@ -24,7 +24,7 @@ def make_workdir(tmp: Path) -> Path:
     return tmp
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
+def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 2700) -> subprocess.CompletedProcess:
     """Run snakemake in ``workdir``; the combined output is in ``.stdout``."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONHASHSEED="0")
     proc = subprocess.run(

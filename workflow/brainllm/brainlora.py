@@ -43,7 +43,7 @@ from .contrastive import (
     segment_starts,
     train,
 )
-from .contrastive_settings import lora_recipe_sha256, recipe_sha256, resolve_settings, story_split
+from .contrastive_settings import lora_recipe_sha256, lora_section, recipe_sha256, resolve_settings, story_split
 from .io import InputError, open_h5, sha256_file, write_json, write_tsv
 from .models import load_model, text_tower
 
@@ -410,7 +410,7 @@ def run_contrastive_lora(
     tuned, result = train_lora(model, tokenizer, info, data, settings, Checkpoint(checkpoint_dir, recipe_hash), step_callback)
     layer = int(settings["lora"]["layer"])
     header = {"subject": subject, "model": model_name, "layer": layer, "mode": "lora"}
-    shared_settings = {key: value for key, value in settings.items() if key != "layers"}
+    shared_settings = lora_section(settings)
     config_record = {
         **header, "recipe_sha256": recipe_hash, "adapter_recipe_sha256": adapter_recipe, "settings": shared_settings,
         "split": split, "pairs": {name: pairs.n_pairs for name, pairs in data.items()}, "brain_dim": data["train"].brain_dim,

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .align import read_aligned
-from .contrastive_settings import DEFAULTS, recipe_sha256, resolve_settings, story_split
+from .contrastive_settings import DEFAULTS, frozen_section, recipe_sha256, resolve_settings, story_split
 from .io import InputError, atomic_path, open_h5, sha256_file, write_json, write_tsv
 from .metrics import retrieval_accuracy
 
@@ -571,13 +571,20 @@ class TrainResult:
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases, norms and the logit scale."""
+    """AdamW over the trainable parameters; no weight decay on biases, norms and the logit scale.
+
+    Uses the fused kernel where torch has one for the parameters' device (CUDA, and CPU
+    from torch 2.4): several times faster than the per-tensor loop on large brain encoders.
+    """
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
+    devices = {p.device.type for p in decay + no_decay}
+    torch_version = tuple(int(part) for part in torch.__version__.split(".")[:2])
+    fused = devices == {"cuda"} or (devices <= {"cpu", "cuda"} and torch_version >= (2, 4))
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr,
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, fused=fused,
     )
 
 
@@ -804,7 +811,7 @@ def run_contrastive(
     log.info("split: train %s | validation %s | test %s", split["train"], split["validation"], split["test"])
     device = pick_device(settings["device"])
     data = {name: pairs.to(device) for name, pairs in load_pairs(features_h5, responses_h5, layer, split, settings).items()}
-    shared_settings = {key: value for key, value in settings.items() if key not in ("lora", "layers")}
+    shared_settings = {key: value for key, value in frozen_section(settings).items() if key != "layers"}
     recipe = {
         "mode": "frozen", "settings": shared_settings, "subject": subject, "model": model_name, "layer": layer, "split": split,
         "features_sha256": sha256_file(features_h5), "responses_sha256": sha256_file(responses_h5),

@@ -17,6 +17,8 @@ __all__ = [
     "resolve_settings",
     "story_split",
     "recipe_sha256",
+    "frozen_section",
+    "lora_section",
     "tuned_model_name",
     "lora_recipe_sha256",
     "tuned_model_config",
@@ -30,7 +32,7 @@ DEFAULTS: dict = {
     "delay_mode": "concat",
     "validation_story": None,
     "shared_dim": 128,
-    "brain_encoder": {"kind": "mlp", "hidden": 512, "n_blocks": 1, "dropout": 0.3},
+    "brain_encoder": {"kind": "mlp", "hidden": 256, "n_blocks": 1, "dropout": 0.3},
     "text_projector": {"kind": "linear", "hidden": 512, "n_blocks": 1, "dropout": 0.1},
     "temperature_init": 0.07,
     "logit_scale_max": 100.0,
@@ -38,10 +40,10 @@ DEFAULTS: dict = {
     "mixup": {"enabled": False, "beta": 0.15, "epochs_fraction": 0.33},
     "epochs": 40,
     "batch_size": 64,
-    "lr": 1e-3,
+    "lr": 2e-3,
     "weight_decay": 0.05,
     "warmup_fraction": 0.05,
-    "patience": 10,
+    "patience": 8,
     "eval": {"n_candidates": 50, "n_draws": 30, "n_train_pairs": 128},
     "seed": 0,
     "device": "auto",
@@ -132,6 +134,24 @@ def recipe_sha256(recipe: Mapping) -> str:
     return sha256_text(json.dumps(recipe, sort_keys=True, default=str))
 
 
+# keys that only the frozen-feature mode uses (the LoRA mode has its own under `lora`)
+FROZEN_ONLY_KEYS = ("layers", "epochs", "batch_size", "lr", "patience")
+
+
+def frozen_section(contrastive_cfg: Mapping) -> dict:
+    """The settings the frozen-feature mode depends on (all but ``lora``)."""
+    return {key: value for key, value in contrastive_cfg.items() if key != "lora"}
+
+
+def lora_section(contrastive_cfg: Mapping) -> dict:
+    """The settings the LoRA mode depends on (all but the frozen-only keys)."""
+    return {key: value for key, value in contrastive_cfg.items() if key not in FROZEN_ONLY_KEYS}
+
+
+# dataset keys that identify the data a LoRA adapter was trained on
+RECIPE_DATASET_KEYS = ("name", "layout", "root", "train_stories", "test_stories", "tr", "trim_start", "trim_end")
+
+
 def tuned_model_name(model: str, subject: str) -> str:
     """Model name of the brain-tuned variant of ``model`` for ``subject``: ``<model>tuned<subject>``."""
     return f"{model}tuned{subject}"
@@ -143,11 +163,10 @@ def lora_recipe_sha256(model_cfg: Mapping, contrastive_cfg: Mapping | None, subj
     Known before training, so it keys the tuned model's feature-store entries when the
     DAG is built (the entries record the adapter weights' sha256 in their attributes).
     """
-    settings = resolve_settings(contrastive_cfg)
+    settings = lora_section(resolve_settings(contrastive_cfg))
     base = {key: value for key, value in model_cfg.items() if key not in ("adapter", "adapter_recipe")}
-    data = {key: dataset_cfg.get(key) for key in ("name", "layout", "root", "train_stories", "test_stories", "tr", "trim_start", "trim_end")}
-    shared = {key: value for key, value in settings.items() if key != "layers"}
-    return recipe_sha256({"base_model": base, "settings": shared, "subject": subject, "dataset": data})
+    data = {key: dataset_cfg.get(key) for key in RECIPE_DATASET_KEYS}
+    return recipe_sha256({"base_model": base, "settings": settings, "subject": subject, "dataset": data})
 
 
 def tuned_model_config(model_cfg: Mapping, contrastive_cfg: Mapping | None, subject: str, dataset_cfg: Mapping, adapter_dir: str) -> dict:

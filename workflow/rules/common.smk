@@ -96,8 +96,8 @@ def feature_model(slug, settings):
 # model's settings plus `adapter` (its LoRA adapter directory) and `adapter_recipe`.
 # Tuned models join MODELS (every model the DAG knows by name: feature_entry,
 # model_layers, ...) but not config["models"], which stays what the user configured
-# and is what stages enumerate; use subject_models(subject) to include that subject's
-# tuned models. The store key of a tuned model uses adapter_recipe (a hash of its
+# and is what stages enumerate (a tuned model is scored for its own subject only, as
+# requested by contrastive_compare). The store key of a tuned model uses adapter_recipe (a hash of its
 # training recipe, known before training) instead of the adapter weights, whose sha256
 # the store entry records; rule features_tuned (contrastive.smk) extracts its entries.
 
@@ -134,11 +134,6 @@ def tuned_adapter_files(settings):
     """Adapter files of the tuned model whose store entries live in <slug>/<settings>."""
     directory = lora_adapter_dir(*TUNED_MODELS[TUNED_BY_SETTINGS[settings]])
     return [f"{directory}/adapter_model.safetensors", f"{directory}/adapter_config.json"]
-
-
-def subject_models(subject):
-    """The configured models plus the subject's own brain-tuned models."""
-    return list(config["models"]) + [name for name, (owner, _) in TUNED_MODELS.items() if owner == subject]
 
 
 def contrastive_encoding_scores(subject, model):

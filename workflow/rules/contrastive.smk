@@ -18,7 +18,7 @@ rule contrastive:
         retrieval=f"{CONTRASTIVE_OUT}/layer-{{layer}}/retrieval.json",
     params:
         checkpoint_dir=lambda wildcards, output: os.path.join(os.path.dirname(output.retrieval), "checkpoint"),
-        settings=CONTRASTIVE,
+        settings=brainllm_contrastive.frozen_section(CONTRASTIVE),
         train_stories=DATASET["train_stories"],
         test_stories=DATASET["test_stories"],
     log:
@@ -48,8 +48,8 @@ rule contrastive_lora:
     params:
         checkpoint_dir=lambda wildcards, output: os.path.join(os.path.dirname(output.retrieval), "checkpoint"),
         model_cfg=lambda wildcards: config["models"][wildcards.model],
-        dataset=DATASET,
-        settings=CONTRASTIVE,
+        dataset={key: DATASET.get(key) for key in brainllm_contrastive.RECIPE_DATASET_KEYS},
+        settings=brainllm_contrastive.lora_section(CONTRASTIVE),
         stories=STORIES,
     log:
         f"{RESULTS}/logs/contrastive/sub-{{subject}}_model-{{model}}_lora.log",

@@ -1,7 +1,11 @@
 """Snakemake adapter: frozen-feature contrastive training of one (subject, model, layer) (rule contrastive)."""
 
+import torch
+
 from brainllm.contrastive import run_contrastive
 from brainllm.io import rule_logging
+
+torch.set_num_threads(snakemake.threads)
 
 with rule_logging(snakemake.log[0]):
     run_contrastive(

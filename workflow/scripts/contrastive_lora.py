@@ -2,8 +2,12 @@
 
 import os
 
+import torch
+
 from brainllm.brainlora import run_contrastive_lora
 from brainllm.io import rule_logging
+
+torch.set_num_threads(snakemake.threads)
 
 with rule_logging(snakemake.log[0]):
     run_contrastive_lora(
