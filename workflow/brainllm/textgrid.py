@@ -145,18 +145,22 @@ def _parse_ootextfile(tokens: _Tokens, text_format: str) -> TextGrid:
         tier = _read_tier_header(tokens, index)
         n_items = tokens.integer(f"the number of items of tier {tier.name!r}")
         for item in range(n_items):
-            where = f"item {item + 1} of tier {tier.name!r}"
-            if tier.kind == "IntervalTier":
-                start = tokens.real(f"xmin of {where}")
-                end = tokens.real(f"xmax of {where}")
-                tier.intervals.append((start, end, tokens.string(f"text of {where}")))
-            else:
-                time = tokens.real(f"time of {where}")
-                tier.intervals.append((time, time, tokens.string(f"mark of {where}")))
+            _read_entry(tokens, tier, f"item {item + 1} of tier {tier.name!r}")
         tiers.append(tier)
     if not tokens.at_end():
         raise InputError(tokens.path, "malformed TextGrid: unexpected content after the last tier.")
     return TextGrid(xmin=xmin, xmax=xmax, tiers=tiers, text_format=text_format)
+
+
+def _read_entry(tokens: _Tokens, tier, where: str) -> None:
+    """Append one interval (xmin, xmax, text) or point (time, time, mark) to ``tier``."""
+    if tier.kind == "IntervalTier":
+        start = tokens.real(f"xmin of {where}")
+        end = tokens.real(f"xmax of {where}")
+        tier.intervals.append((start, end, tokens.string(f"text of {where}")))
+    else:
+        time = tokens.real(f"time of {where}")
+        tier.intervals.append((time, time, tokens.string(f"mark of {where}")))
 
 
 def _parse_chronological(tokens: _Tokens) -> TextGrid:
@@ -171,14 +175,7 @@ def _parse_chronological(tokens: _Tokens) -> TextGrid:
                 tokens.path, f"malformed TextGrid: entry for tier {tier_number}, but there are {n_tiers} tiers."
             )
         tier = tiers[tier_number - 1]
-        where = f"an entry of tier {tier.name!r}"
-        if tier.kind == "IntervalTier":
-            start = tokens.real(f"xmin of {where}")
-            end = tokens.real(f"xmax of {where}")
-            tier.intervals.append((start, end, tokens.string(f"text of {where}")))
-        else:
-            time = tokens.real(f"time of {where}")
-            tier.intervals.append((time, time, tokens.string(f"mark of {where}")))
+        _read_entry(tokens, tier, f"an entry of tier {tier.name!r}")
     return TextGrid(xmin=xmin, xmax=xmax, tiers=tiers, text_format="chronological")
 
 
