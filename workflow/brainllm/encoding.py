@@ -1,10 +1,12 @@
 """Voxelwise encoding models: aligned LLM features (+ FIR delays) → brain responses.
 
 Methods (config ``encoding.method``):
-- ``ridge``: himalaya, per-voxel α from ``encoding.alphas`` by leave-one-story-out
-  cross-validation over the training stories; primal ``RidgeCV`` when n_samples >
-  n_features, else ``KernelRidgeCV`` (linear kernel). Banded (several layers):
-  ``BandedRidgeCV`` or ``MultipleKernelRidgeCV``, chosen the same way.
+- ``ridge``: per-voxel α from ``encoding.alphas`` by leave-one-story-out cross-validation
+  over the training stories, on a himalaya backend. Primal when n_samples > n_features:
+  the fold-wise eigendecomposition solver (:mod:`brainllm.ridge_cv`, same estimate as
+  himalaya's ``RidgeCV``, several times faster; ``encoding.solver: himalaya`` uses
+  ``RidgeCV`` itself); dual otherwise: ``KernelRidgeCV`` (linear kernel). Banded (several
+  layers): ``BandedRidgeCV`` or ``MultipleKernelRidgeCV``, chosen the same way.
 - ``bootstrap_ridge``: the Huth-lab algorithm (:mod:`brainllm.bootstrap_ridge`).
 - ``lipschitz``: a linear map with bounded spectral norm (:mod:`brainllm.lipschitz`).
 
@@ -126,6 +128,21 @@ def _fit_kernel_with_svd_fallback(make_model, fit_args: tuple, solver_params: di
         return make_model({**solver_params, "diagonalize_method": "svd"}).fit(*fit_args), "svd"
 
 
+#: ``encoding.solver``: ``auto`` = fold-wise eigh in the primal, himalaya KernelRidgeCV in the dual
+RIDGE_SOLVERS = ("auto", "himalaya")
+
+
+def _cv_score_function(cv_score: str):
+    """himalaya's validation score for ``encoding.cv_score``."""
+    from himalaya.scoring import correlation_score, l2_neg_loss
+
+    from .ridge_cv import CV_SCORES
+
+    if cv_score not in CV_SCORES:
+        raise InputError(None, f"unknown encoding.cv_score {cv_score!r}.", f"use one of {', '.join(CV_SCORES)}.")
+    return {"l2": l2_neg_loss, "correlation": correlation_score}[cv_score]
+
+
 def _solver_params(settings: Mapping) -> dict:
     return {
         "n_targets_batch": int(settings.get("n_targets_batch", 4096)),
@@ -141,32 +158,51 @@ def fit_ridge(
     alphas: np.ndarray,
     backend: str = "auto",
     solver_params: Mapping | None = None,
+    solver: str = "auto",
+    cv_score: str = "correlation",
 ) -> EncodingFit:
-    """himalaya ridge with per-voxel α by leave-one-story-out CV (float32).
+    """Ridge with per-voxel α by leave-one-story-out CV on a himalaya backend (float32).
 
-    Primal ``RidgeCV`` when n_samples > n_features, else ``KernelRidgeCV`` (linear kernel,
-    eigh with an SVD fallback). Returns primal weights ``(n_features, n_voxels)``.
+    Primal when n_samples > n_features: :func:`brainllm.ridge_cv.ridge_cv_eigh`, or
+    himalaya's ``RidgeCV`` with ``solver="himalaya"``; dual otherwise: ``KernelRidgeCV``
+    (linear kernel, eigh with an SVD fallback). α maximises the mean validation ``cv_score``
+    (``correlation``: Pearson r, as bootstrap ridge and the test scores; ``l2``: negative
+    squared error, himalaya's default). Returns primal
+    weights ``(n_features, n_voxels)``.
     """
     from himalaya.kernel_ridge import KernelRidgeCV
     from himalaya.ridge import RidgeCV
 
+    from .ridge_cv import ridge_cv_eigh
+
+    if solver not in RIDGE_SOLVERS:
+        raise InputError(None, f"unknown encoding.solver {solver!r}.", f"use one of {', '.join(RIDGE_SOLVERS)}.")
+    score_func = _cv_score_function(cv_score)
     backend_name = resolve_backend(backend)
     hb = _set_backend(backend_name)
     X_train = np.ascontiguousarray(X_train, dtype=np.float32)
     Y_train = np.ascontiguousarray(Y_train, dtype=np.float32)
     cv = leave_one_story_out(story_lengths)
-    params = dict(solver_params or {})
+    params = {**dict(solver_params or {}), "score_func": score_func}
     alphas = np.asarray(alphas, dtype=np.float32)
     n_samples, n_features = X_train.shape
+    if n_samples > n_features and solver == "auto":
+        solver_name = "ridge_cv_eigh"
+        log.info("%s (primal: %d samples > %d features), backend %s", solver_name, n_samples, n_features, backend_name)
+        weights, best_alphas, _ = ridge_cv_eigh(X_train, Y_train, cv, alphas.astype(np.float64), cv_score, params.get("n_targets_batch", 4096))
+        return EncodingFit(
+            weights=weights, alphas=best_alphas, method="ridge", solver=solver_name, backend=backend_name,
+            info={"diagonalize_method": "eigh", "cv_folds": len(cv), "cv_score": cv_score},
+        )
     if n_samples > n_features:
-        solver = "RidgeCV"
-        log.info("%s (primal: %d samples > %d features), backend %s", solver, n_samples, n_features, backend_name)
+        solver_name = "RidgeCV"
+        log.info("%s (primal: %d samples > %d features), backend %s", solver_name, n_samples, n_features, backend_name)
         model = RidgeCV(alphas=alphas, cv=cv, solver_params=params).fit(X_train, Y_train)
         weights = hb.to_numpy(model.coef_)
         diagonalize = "svd"
     else:
-        solver = "KernelRidgeCV"
-        log.info("%s (dual: %d samples <= %d features), backend %s", solver, n_samples, n_features, backend_name)
+        solver_name = "KernelRidgeCV"
+        log.info("%s (dual: %d samples <= %d features), backend %s", solver_name, n_samples, n_features, backend_name)
 
         def make_model(sp):
             return KernelRidgeCV(alphas=alphas, kernel="linear", cv=cv, solver_params=sp)
@@ -178,9 +214,9 @@ def fit_ridge(
         weights=np.asarray(weights, dtype=np.float32),
         alphas=best_alphas,
         method="ridge",
-        solver=solver,
+        solver=solver_name,
         backend=backend_name,
-        info={"diagonalize_method": diagonalize, "cv_folds": len(cv)},
+        info={"diagonalize_method": diagonalize, "cv_folds": len(cv), "cv_score": cv_score},
     )
 
 
@@ -193,11 +229,13 @@ def fit_banded_ridge(
     solver_params: Mapping | None = None,
     n_iter: int = 20,
     seed: int = 0,
+    cv_score: str = "correlation",
 ) -> EncodingFit:
     """Banded ridge over several feature spaces (one per layer): one α and band weights per voxel.
 
     ``BandedRidgeCV`` when n_samples > total features, else ``MultipleKernelRidgeCV`` over
-    linear kernels (``ColumnKernelizer``). Random search over ``n_iter`` band weightings.
+    linear kernels (``ColumnKernelizer``). Random search over ``n_iter`` band weightings,
+    each scored by the mean validation ``cv_score``.
     """
     from himalaya.kernel_ridge import ColumnKernelizer, Kernelizer, MultipleKernelRidgeCV
     from himalaya.ridge import BandedRidgeCV
@@ -209,7 +247,10 @@ def fit_banded_ridge(
     X_train = np.ascontiguousarray(np.hstack(Xs_train), dtype=np.float32)
     Y_train = np.ascontiguousarray(Y_train, dtype=np.float32)
     cv = leave_one_story_out(story_lengths)
-    params = {**dict(solver_params or {}), "alphas": np.asarray(alphas, dtype=np.float32), "n_iter": n_iter, "progress_bar": False}
+    params = {
+        **dict(solver_params or {}), "alphas": np.asarray(alphas, dtype=np.float32), "n_iter": n_iter, "progress_bar": False,
+        "score_func": _cv_score_function(cv_score),
+    }
     n_samples, n_features = X_train.shape
     bounds = np.concatenate([[0], np.cumsum(widths)])
     if n_samples > n_features:
@@ -243,7 +284,7 @@ def fit_banded_ridge(
         method="banded_ridge",
         solver=solver,
         backend=backend_name,
-        info={"diagonalize_method": diagonalize, "cv_folds": len(cv), "band_widths": widths, "band_weights": band_weights},
+        info={"diagonalize_method": diagonalize, "cv_folds": len(cv), "cv_score": cv_score, "band_widths": widths, "band_weights": band_weights},
     )
 
 
@@ -258,7 +299,8 @@ def fit_encoding(
     if method == "ridge":
         grid = settings.get("alphas", {})
         return fit_ridge(
-            X_train, Y_train, story_lengths, alpha_grid(**grid), settings.get("backend", "auto"), _solver_params(settings)
+            X_train, Y_train, story_lengths, alpha_grid(**grid), settings.get("backend", "auto"), _solver_params(settings),
+            settings.get("solver", "auto"), settings.get("cv_score", "correlation"),
         )
     if method == "bootstrap_ridge":
         from .bootstrap_ridge import bootstrap_alphas, bootstrap_ridge
@@ -505,7 +547,7 @@ def run_encoding(
         banded_cfg = dict(settings.get("banded", {}))
         fit = fit_banded_ridge(
             Xs_train, Y_train, train_lengths, alpha_grid(**settings.get("alphas", {})), settings.get("backend", "auto"),
-            _solver_params(settings), int(banded_cfg.get("n_iter", 20)), int(settings.get("seed", 0)),
+            _solver_params(settings), int(banded_cfg.get("n_iter", 20)), int(settings.get("seed", 0)), settings.get("cv_score", "correlation"),
         )
     else:
         fit = fit_encoding(X_train, Y_train, train_lengths, settings)

@@ -1,0 +1,36 @@
+"""The benchmark scripts run end to end at a tiny size and print their result lines."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_ridge_small(capsys):
+    load("bench_ridge").main(
+        ["--n-train-trs", "240", "--n-stories", "4", "--n-test-trs", "60", "--hidden", "12", "--n-voxels", "40", "--nboots", "3"]
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[1].startswith("default path: ridge_cv_eigh")
+    assert "bootstrap/default" in lines[-2] and "himalaya/default" in lines[-2] and "sklearn/default" in lines[-2]
+    assert lines[-1].startswith("mean |Δr|: default vs himalaya 0.0000")  # the same estimate
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_bench_features_small(capsys):
+    load("bench_features").main(["--words", "60", "--subset", "6", "--threads", "1"])
+    out = capsys.readouterr().out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("RESULT") and "minilm batched/unbatched" in last
+    assert "minilm roofline" in out and "no batching can beat unbatched by more than" in out
