@@ -184,16 +184,20 @@ def fit_ridge(
     Y_train = np.ascontiguousarray(Y_train, dtype=np.float32)
     cv = leave_one_story_out(story_lengths)
     params = {**dict(solver_params or {}), "score_func": score_func}
-    alphas = np.asarray(alphas, dtype=np.float32)
     n_samples, n_features = X_train.shape
     if n_samples > n_features and solver == "auto":
-        solver_name = "ridge_cv_eigh"
-        log.info("%s (primal: %d samples > %d features), backend %s", solver_name, n_samples, n_features, backend_name)
-        weights, best_alphas, _ = ridge_cv_eigh(X_train, Y_train, cv, alphas.astype(np.float64), cv_score, params.get("n_targets_batch", 4096))
-        return EncodingFit(
-            weights=weights, alphas=best_alphas, method="ridge", solver=solver_name, backend=backend_name,
-            info={"diagonalize_method": "eigh", "cv_folds": len(cv), "cv_score": cv_score},
-        )
+        log.info("ridge_cv_eigh (primal: %d samples > %d features), backend %s", n_samples, n_features, backend_name)
+        try:
+            weights, best_alphas, _ = ridge_cv_eigh(X_train, Y_train, cv, np.asarray(alphas, dtype=np.float64), cv_score, params.get("n_targets_batch", 4096))
+            return EncodingFit(
+                weights=weights, alphas=best_alphas, method="ridge", solver="ridge_cv_eigh", backend=backend_name,
+                info={"diagonalize_method": "eigh", "cv_folds": len(cv), "cv_score": cv_score},
+            )
+        except (RuntimeError, np.linalg.LinAlgError) as error:
+            if not _is_eigh_failure(error):
+                raise
+            log.warning("eigh failed (%s); refitting with himalaya RidgeCV (SVD)", str(error).splitlines()[0])
+    alphas = np.asarray(alphas, dtype=np.float32)
     if n_samples > n_features:
         solver_name = "RidgeCV"
         log.info("%s (primal: %d samples > %d features), backend %s", solver_name, n_samples, n_features, backend_name)
