@@ -87,10 +87,14 @@ def test_torch_backend_matches_numpy(n_features):
     np.testing.assert_allclose(on_torch.weights, on_numpy.weights, rtol=1e-3, atol=1e-4)
 
 
-def test_kernel_ridge_falls_back_to_svd_when_eigh_fails(monkeypatch, caplog):
+@pytest.mark.parametrize(
+    "n_features,solver,message",
+    [(80, "KernelRidgeCV", "diagonalize_method='svd'"), (20, "RidgeCV", "refitting with himalaya RidgeCV")],
+)
+def test_ridge_falls_back_to_svd_when_eigh_fails(monkeypatch, caplog, n_features, solver, message):
     import himalaya.backend.numpy as numpy_backend
 
-    X, Y, _ = planted(40, 80, 5, 0.5, seed=2)
+    X, Y, _ = planted(40, n_features, 5, 0.5, seed=2)
     alphas = encoding.alpha_grid(-1, 3, 5)
     reference = encoding.fit_ridge(X, Y, [10] * 4, alphas, backend="numpy")
     assert reference.info["diagonalize_method"] == "eigh"
@@ -101,8 +105,9 @@ def test_kernel_ridge_falls_back_to_svd_when_eigh_fails(monkeypatch, caplog):
     monkeypatch.setattr(numpy_backend, "eigh", failing_eigh)
     with caplog.at_level(logging.WARNING, logger="brainllm"):
         fit = encoding.fit_ridge(X, Y, [10] * 4, alphas, backend="numpy")
-    assert fit.solver == "KernelRidgeCV" and fit.info["diagonalize_method"] == "svd"
-    assert "diagonalize_method='svd'" in caplog.text
+    assert fit.solver == solver and fit.info["diagonalize_method"] == "svd"
+    assert message in caplog.text
+    np.testing.assert_allclose(fit.alphas, reference.alphas, rtol=1e-5)
     np.testing.assert_allclose(fit.weights, reference.weights, rtol=1e-3, atol=1e-4)
 
 

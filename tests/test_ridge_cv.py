@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 from himalaya.backend import set_backend
@@ -111,21 +109,3 @@ def test_fit_ridge_solver_choice_and_bad_settings():
     with pytest.raises(InputError, match="encoding.cv_score"):
         encoding.fit_ridge(X, Y, [30] * 4, alphas, backend="numpy", cv_score="r2")
 
-
-def test_primal_falls_back_to_himalaya_svd_when_eigh_fails(monkeypatch, caplog):
-    import himalaya.backend.numpy as numpy_backend
-
-    X, Y = planted(n_trs=120, n_features=20, n_voxels=6, seed=4)
-    alphas = encoding.alpha_grid(-1, 4, 6)
-    reference = encoding.fit_ridge(X, Y, [30] * 4, alphas, backend="numpy")
-
-    def failing_eigh(*args, **kwargs):
-        raise np.linalg.LinAlgError("Eigenvalues did not converge")
-
-    monkeypatch.setattr(numpy_backend, "eigh", failing_eigh)
-    with caplog.at_level(logging.WARNING, logger="brainllm"):
-        fit = encoding.fit_ridge(X, Y, [30] * 4, alphas, backend="numpy")
-    assert fit.solver == "RidgeCV" and fit.info["diagonalize_method"] == "svd"
-    assert "refitting with himalaya RidgeCV" in caplog.text
-    np.testing.assert_allclose(fit.alphas, reference.alphas, rtol=1e-5)
-    np.testing.assert_allclose(fit.weights, reference.weights, rtol=1e-3, atol=1e-5)
