@@ -167,8 +167,7 @@ def fit_ridge(
     himalaya's ``RidgeCV`` with ``solver="himalaya"``; dual otherwise: ``KernelRidgeCV``
     (linear kernel, eigh with an SVD fallback). α maximises the mean validation ``cv_score``
     (``correlation``: Pearson r, as bootstrap ridge and the test scores; ``l2``: negative
-    squared error, himalaya's default). Returns primal
-    weights ``(n_features, n_voxels)``.
+    squared error, himalaya's default). Returns primal weights ``(n_features, n_voxels)``.
     """
     from himalaya.kernel_ridge import KernelRidgeCV
     from himalaya.ridge import RidgeCV

@@ -84,11 +84,14 @@ def ridge_cv_eigh(
     device = getattr(X32, "device", None)
     X64 = backend.asarray(X32, dtype="float64")
     n_targets = Y.shape[1]
-    alphas64 = backend.asarray(np.asarray(alphas, dtype=np.float64), dtype="float64", device=device)
+    alpha_values = np.asarray(alphas, dtype=np.float64)
+    alphas64 = backend.asarray(alpha_values, dtype="float64", device=device)
     gram = backend.matmul(X64.T, X64)
     scores = np.zeros((len(alphas), n_targets), dtype=np.float64)
+    best = np.empty(n_targets, dtype=int)
+    weights = np.empty((X32.shape[1], n_targets), dtype=np.float32)
 
-    # Fold-major: each fold's decomposition is computed once and applied to every voxel batch.
+    # Each fold's decomposition is computed once and applied to every voxel batch.
     hats = []
     for train, val in splits:
         X_val = X64[backend.asarray(val, device=device)]
@@ -96,33 +99,27 @@ def ridge_cv_eigh(
         rotated = backend.matmul(X_val, V)  # (n_val, p)
         shrunk = rotated[None, :, :] * _inverse_spectrum(backend, eigenvalues, alphas64)[:, None, :]
         hat = backend.matmul(shrunk, V.T)  # (n_alphas, n_val, p)
-        hats.append((backend.asarray(hat.reshape(-1, hat.shape[-1]), dtype="float32"), val))
+        hats.append((backend.asarray(hat.reshape(-1, hat.shape[-1]), dtype="float32"), backend.asarray(val, device=device), len(val)))
+    eigenvalues, V = backend.eigh(gram)
+    inverse = _inverse_spectrum(backend, eigenvalues, alphas64)
+    V32 = backend.asarray(V, dtype="float32")
+
+    # A voxel's α depends only on its own column: score, choose and refit one batch at a time.
     for start in range(0, n_targets, n_targets_batch):
         batch = slice(start, min(start + n_targets_batch, n_targets))
         Y_batch = backend.asarray(Y[:, batch], dtype="float32", device=device)
         XtY = backend.matmul(X32.T, Y_batch)
-        for hat, val in hats:
-            val_rows = backend.asarray(val, device=device)
+        for hat, val_rows, n_val in hats:
             X_val, Y_val = X32[val_rows], Y_batch[val_rows]
-            predictions = backend.matmul(hat, XtY - backend.matmul(X_val.T, Y_val))
-            predictions = predictions.reshape(len(alphas), len(val), -1)
+            predictions = backend.matmul(hat, XtY - backend.matmul(X_val.T, Y_val)).reshape(len(alphas), n_val, -1)
             scores[:, batch] += backend.to_numpy(_validation_scores(backend, score, Y_val, predictions))
-    scores /= len(splits)
-    best = np.argmax(scores, axis=0)
-    chosen = np.asarray(alphas, dtype=np.float64)[best]
-
-    eigenvalues, V = backend.eigh(gram)
-    inverse = _inverse_spectrum(backend, eigenvalues, alphas64)
-    V32 = backend.asarray(V, dtype="float32")
-    weights = np.empty((X32.shape[1], n_targets), dtype=np.float32)
-    for start in range(0, n_targets, n_targets_batch):
-        batch = slice(start, min(start + n_targets_batch, n_targets))
-        projected = backend.matmul(V32.T, backend.matmul(X32.T, backend.asarray(Y[:, batch], dtype="float32", device=device)))
-        best_batch = best[batch]
-        for index in np.unique(best_batch):
-            voxels = np.flatnonzero(best_batch == index)
-            columns = backend.asarray(voxels, device=device)
+        best[batch] = np.argmax(scores[:, batch], axis=0)  # the sum over folds: same argmax as the mean
+        projected = backend.matmul(V32.T, XtY)
+        for index in np.unique(best[batch]):
+            voxels = np.flatnonzero(best[batch] == index)
             shrink = backend.asarray(inverse[index], dtype="float32")[:, None]
-            weights[:, start + voxels] = backend.to_numpy(backend.matmul(V32, projected[:, columns] * shrink))
+            weights[:, start + voxels] = backend.to_numpy(backend.matmul(V32, projected[:, backend.asarray(voxels, device=device)] * shrink))
+    scores /= len(splits)
+    chosen = alpha_values[best]
     log.info("ridge (fold-wise eigh, %d folds, %d alphas, score %s): α chosen in [%g, %g]", len(splits), len(alphas), score, chosen.min(), chosen.max())
     return weights, chosen, scores
