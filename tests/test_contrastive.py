@@ -482,22 +482,47 @@ def test_lora_targets_are_the_attention_projections(tmp_path):
 
 
 def test_compare_base_tuned_equals_direct_computation(tmp_path):
+    """Table columns against direct computations; Δ and its CI from the paired block bootstrap."""
+    from brainllm import encoding, metrics
+
     rng = np.random.default_rng(0)
-    base_r, tuned_r = rng.uniform(-0.1, 0.5, 30), rng.uniform(-0.1, 0.6, 30)
-    paths = {}
-    for name, r in (("base", base_r), ("tuned", tuned_r)):
-        path = tmp_path / f"{name}.tsv"
-        pd.DataFrame({"voxel": np.arange(30)[::-1], "r": r[::-1], "p": 0.5, "p_fdr": 0.5, "significant": r > 0.3, "alpha": 1.0}).to_csv(path, sep="\t", index=False)
-        paths[name] = path
-    table = brainlora.compare_base_tuned({2: paths["base"]}, {2: paths["tuned"]}, tmp_path / "out.tsv")
-    row = pd.read_csv(tmp_path / "out.tsv", sep="\t").iloc[0]
-    assert row["layer"] == 2 and len(table) == 1
+    n_trs, n_voxels = 90, 30
+    resp = rng.standard_normal((n_trs, n_voxels))
+    with h5py.File(tmp_path / "responses.h5", "w") as h5:
+        h5.create_dataset("test/data", data=resp.astype(np.float32))
+    resp = encoding.held_out_responses(tmp_path / "responses.h5", ["test"])
+    preds = {"base": resp + 3.0 * rng.standard_normal((n_trs, n_voxels)), "tuned": resp + 1.5 * rng.standard_normal((n_trs, n_voxels))}
+    paths, pred_paths, r = {}, {}, {}
+    for name, pred in preds.items():
+        pred_paths[name] = tmp_path / f"{name}_predictions.h5"
+        encoding.save_predictions(pred_paths[name], pred, ["test"], [n_trs], [2], "float32")
+        r[name] = metrics.pearson_r(pred, resp)
+        r_val = r[name] + 0.05 * rng.standard_normal(n_voxels)
+        paths[name] = tmp_path / f"{name}.tsv"
+        pd.DataFrame({"voxel": np.arange(n_voxels)[::-1], "r": r[name][::-1], "r_val": r_val[::-1], "p": 0.5, "p_fdr": 0.5,
+                      "significant": r[name][::-1] > 0.3, "alpha": 1.0}).to_csv(paths[name], sep="\t", index=False)
+    table = brainlora.compare_base_tuned(
+        {2: paths["base"], 3: paths["base"]}, {2: paths["tuned"], 3: paths["base"]}, tmp_path / "out.tsv",
+        {2: pred_paths["base"], 3: pred_paths["base"]}, {2: pred_paths["tuned"], 3: pred_paths["base"]},
+        tmp_path / "responses.h5", ["test"], {"block_trs": 10, "n_boot": 200, "seed": 4},
+    )
+    on_disk = pd.read_csv(tmp_path / "out.tsv", sep="\t")
+    assert len(table) == 2 and on_disk["layer"].tolist() == [2, 3]
+    row = on_disk.iloc[0]
+    base_r, tuned_r = r["base"], r["tuned"]
     assert row["mean_r_base"] == pytest.approx(base_r.mean()) and row["mean_r_tuned"] == pytest.approx(tuned_r.mean())
-    assert row["delta_mean_r"] == pytest.approx((tuned_r - base_r).mean())
+    expected = metrics.paired_block_bootstrap(preds["tuned"], preds["base"], resp, 10, 200, 4)
+    assert row["delta_mean_r"] == pytest.approx((tuned_r - base_r).mean(), abs=1e-6)
+    assert (row["delta_ci_low"], row["delta_ci_high"], row["p_bootstrap"]) == pytest.approx((expected["ci_low"], expected["ci_high"], expected["p"]), abs=1e-6)
+    assert row["delta_ci_low"] > 0 and row["p_bootstrap"] < 0.05
+    assert row["p_holm"] == pytest.approx(min(1.0, 2 * row["p_bootstrap"]))
     assert row["fraction_voxels_improved"] == pytest.approx(np.mean(tuned_r > base_r))
     assert row["n_significant_base"] == (base_r > 0.3).sum() and row["n_significant_tuned"] == (tuned_r > 0.3).sum()
-    top = sorted(range(30), key=lambda i: -(base_r[i] + tuned_r[i]))[:3]
-    assert row["top10pct_r_tuned"] == pytest.approx(np.mean([tuned_r[i] for i in top]))
-    from scipy.stats import wilcoxon
-
-    assert row["wilcoxon_p"] == pytest.approx(wilcoxon(tuned_r, base_r).pvalue)
+    # top 10 %: chosen by the summed validation r, reported with test r
+    scores = {name: pd.read_csv(paths[name], sep="\t").sort_values("voxel") for name in paths}
+    top = np.argsort(-(scores["base"]["r_val"].to_numpy() + scores["tuned"]["r_val"].to_numpy()), kind="stable")[:3]
+    assert row["top10pct_r_tuned"] == pytest.approx(tuned_r[top].mean())
+    same = on_disk.iloc[1]  # identical predictions: no difference, p = 1
+    assert same["delta_mean_r"] == 0 and same["p_bootstrap"] == 1 and same["p_holm"] == 1
+    with pytest.raises(InputError, match="save_predictions"):
+        brainlora.compare_base_tuned({2: paths["base"]}, {2: paths["tuned"]}, tmp_path / "x.tsv", None, None, tmp_path / "responses.h5", ["test"])

@@ -172,6 +172,43 @@ def test_bootstrap_ridge_reproduces_loop_and_is_seeded():
     assert len(set(single.alphas)) == 1 and single.alphas[0] == alphas[np.argmax(mean_corrs.mean(1))]
     other = br.bootstrap_ridge(X, Y, alphas, nboots=6, chunk_trs=40, nchunks=2, seed=12, progress=False)
     assert not np.allclose(other.mean_corrs, result.mean_corrs)
+    np.testing.assert_allclose(result.validation_r, mean_corrs[np.argmax(mean_corrs, 0), np.arange(6)], atol=1e-9)
+
+
+@pytest.mark.parametrize("n_rows, chunk_trs, expected", [(400, 40, 2), (3737, 40, 19), (30000, 40, 150), (100, 40, 1), (50, 40, 1)])
+def test_default_nchunks_holds_out_about_20_percent(n_rows, chunk_trs, expected):
+    assert br.default_nchunks(n_rows, chunk_trs) == expected
+    if n_rows >= 10 * chunk_trs:
+        assert abs(expected * chunk_trs / n_rows - 0.2) <= chunk_trs / n_rows
+    X, Y, _ = planted(400, 5, 2, 0.5, seed=3)
+    assert br.bootstrap_ridge(X, Y, br.bootstrap_alphas(0, 2, 3), nboots=2, progress=False).nchunks == 2
+
+
+def test_grid_edges_fractions_and_warning(caplog):
+    grid = np.logspace(-1, 7, 17)
+    chosen = np.array([grid[0]] * 2 + [grid[5]] * 17 + [grid[-1]] * 1)
+    with caplog.at_level(logging.WARNING, logger="brainllm.encoding"):
+        edges = encoding.grid_edges(chosen, grid)
+    assert edges == {"alpha_frac_at_min": 0.1, "alpha_frac_at_max": 0.05}
+    assert [r.message for r in caplog.records if r.levelno == logging.WARNING] == ["10.0% of voxels chose the min end of the alpha grid: widen the grid"]
+    assert encoding.alpha_grid().max() == 1e7
+
+
+def test_lipschitz_max_norm_chosen_by_story_cv():
+    from brainllm.lipschitz import cv_max_norm
+
+    X, Y, _ = planted(240, 10, 8, 1.0, seed=13)
+    splits = encoding.leave_one_story_out([60] * 4)
+    grid = [0.01, 0.3, 100.0]
+    chosen, scores, validation_r = cv_max_norm(X, Y, splits, grid, steps=150)
+    expected = np.zeros((3, Y.shape[1]))
+    for train, val in splits:
+        for i, bound in enumerate(grid):
+            fit = fit_lipschitz(X[train], Y[train], bound, 150, progress=False)
+            expected[i] += metrics.pearson_r(X[val] @ fit.weights, Y[val]) / len(splits)
+    np.testing.assert_allclose(scores, expected.mean(1), atol=1e-5)
+    assert chosen == grid[int(np.argmax(expected.mean(1)))]
+    np.testing.assert_allclose(validation_r, expected[int(np.argmax(expected.mean(1)))], atol=1e-5)
 
 
 def test_project_spectral_norm_clips_singular_values():
@@ -250,14 +287,16 @@ def _run(root, layer_list, method="ridge", **extra):
         "bootstrap": {"nboots": 5, "chunk_trs": 20, "nchunks": 3, "log10_min": 0, "log10_max": 3, "num": 7},
         "lipschitz": {"max_norm": 2.0, "steps": 200, "lr": 1.0},
         "invariance": {"n_resamples": 5, "chunk_trs": 20, "input_noise_std": 0.1},
+        "significance": {"method": "block_permutation", "block_trs": 10, "n_permutations": 500},
         **extra,
     }
     tag = f"{method}-{'-'.join(map(str, layer_list))}"
-    paths = {name: root / f"{tag}_{name}" for name in ("scores.tsv", "r.nii.gz", "roi.tsv", "summary.json", "weights.safetensors")}
+    paths = {name: root / f"{tag}_{name}" for name in ("scores.tsv", "r.nii.gz", "roi.tsv", "summary.json", "weights.safetensors", "predictions.h5")}
     summary = encoding.run_encoding(
         root / "aligned.h5", root / "responses.h5", root / "mask.nii.gz", layer_list, ["s1", "s2", "s3", "s4"], ["test"], settings,
         paths["scores.tsv"], paths["r.nii.gz"], paths["roi.tsv"], paths["summary.json"], paths["weights.safetensors"],
         root / "atlas.nii.gz", root / "atlas.tsv", root / "ground_truth.json", subject="S1", model="toy",
+        predictions_h5=paths["predictions.h5"],
     )
     return summary, paths
 
@@ -270,7 +309,20 @@ def ridge_runs(synthetic_subject):
 def test_run_encoding_outputs(synthetic_subject, ridge_runs):
     summary, paths = ridge_runs[PLANTED_LAYER]
     scores = pd.read_csv(paths["scores.tsv"], sep="\t")
-    assert list(scores.columns) == ["voxel", "r", "p", "p_fdr", "significant", "alpha"]
+    assert list(scores.columns) == ["voxel", "r", "r_val", "p", "p_fdr", "significant", "alpha"]
+    assert not (scores["significant"] & (scores["r"] <= 0)).any()
+    assert summary["significance"] == {"method": "block_permutation", "alternative": "greater", "correction": "fdr_bh",
+                                       "requires_positive_r": True, "block_trs": 10, "n_permutations": 500, "seed": 0}
+    # validation r: planted voxels well above the noise voxels, and the top-10 % set is chosen by it
+    assert scores["r_val"][0::2].mean() > 0.5 > abs(scores["r_val"][1::2].mean()) + 0.4
+    top = np.argsort(-scores["r_val"].to_numpy(), kind="stable")[:6]
+    assert summary["mean_r_top10"] == pytest.approx(scores["r"].to_numpy()[top].mean())
+    assert 0 <= summary["fit_info"]["alpha_frac_at_min"] <= 1 and 0 <= summary["fit_info"]["alpha_frac_at_max"] <= 1
+    # the saved test predictions reproduce the test r
+    pred, attrs = encoding.read_predictions(paths["predictions.h5"])
+    assert attrs["test_stories"] == ["test"] and pred.shape == (100, N_VOXELS) and attrs["layers"] == [PLANTED_LAYER]
+    resp = encoding.held_out_responses(synthetic_subject / "responses.h5", ["test"])
+    np.testing.assert_allclose(metrics.pearson_r(pred, resp), scores["r"], atol=2e-3)
     assert len(scores) == N_VOXELS
     # the NIfTI map carries r at the mask voxels on the mask's grid
     mask_img = nib.load(synthetic_subject / "mask.nii.gz")
@@ -301,12 +353,49 @@ def test_run_encoding_outputs(synthetic_subject, ridge_runs):
     np.testing.assert_allclose(saved["alphas"], scores["alpha"], rtol=1e-6)
 
 
+def test_best_layer_selects_on_validation_not_test(tmp_path):
+    """Layer 1 is better on validation, layer 2 on test: layer 1 is chosen, maps and top-10 % follow validation."""
+    mask = np.ones((2, 2, 5), dtype=np.uint8)
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "mask.nii.gz")
+    rng = np.random.default_rng(3)
+    n = 20
+    r_val = {0: np.full(n, 0.05), 1: np.linspace(0.1, 0.5, n), 2: np.full(n, 0.2)}
+    r_test = {0: np.full(n, 0.05), 1: np.full(n, 0.1), 2: np.full(n, 0.4)}
+    paths = {}
+    for layer in r_val:
+        paths[layer] = tmp_path / f"layer{layer}.tsv"
+        pd.DataFrame({"voxel": np.arange(n), "r": r_test[layer] + 0.001 * rng.standard_normal(n), "r_val": r_val[layer],
+                      "significant": True}).to_csv(paths[layer], sep="\t", index=False)
+    best = encoding.best_layer(paths, tmp_path / "mask.nii.gz", tmp_path / "best.nii.gz", tmp_path / "layers.tsv")
+    assert best == 1
+    table = pd.read_csv(tmp_path / "layers.tsv", sep="\t").set_index("layer")
+    assert table.loc[2, "mean_r"] > table.loc[1, "mean_r"]  # the test curve is only descriptive
+    # layer 1's top 10 % by validation r are its last two voxels, reported with their test r
+    scores_1 = pd.read_csv(paths[1], sep="\t")
+    assert table.loc[1, "mean_r_top10"] == pytest.approx(scores_1["r"].to_numpy()[[19, 18]].mean())
+    volume = np.asarray(nib.load(tmp_path / "best.nii.gz").dataobj)[mask > 0]
+    np.testing.assert_array_equal(volume, np.where(r_val[1] > 0.2, 1, 2))
+    pd.DataFrame({"voxel": np.arange(n), "r": 0.1, "r_val": np.nan, "significant": True}).to_csv(paths[0], sep="\t", index=False)
+    with pytest.raises(InputError, match="r_val"):
+        encoding.best_layer(paths, tmp_path / "mask.nii.gz", tmp_path / "best.nii.gz", tmp_path / "layers.tsv")
+
+
 def test_best_layer_finds_planted_layer(synthetic_subject, ridge_runs):
     out_nii, out_tsv = synthetic_subject / "best.nii.gz", synthetic_subject / "layers.tsv"
-    best = encoding.best_layer({layer: run[1]["scores.tsv"] for layer, run in ridge_runs.items()}, synthetic_subject / "mask.nii.gz", out_nii, out_tsv)
+    best = encoding.best_layer(
+        {layer: run[1]["scores.tsv"] for layer, run in ridge_runs.items()}, synthetic_subject / "mask.nii.gz", out_nii, out_tsv,
+        predictions={layer: run[1]["predictions.h5"] for layer, run in ridge_runs.items()},
+        responses_h5=synthetic_subject / "responses.h5", test_stories=["test"], comparison={"block_trs": 10, "n_boot": 300},
+    )
     assert best == PLANTED_LAYER
     table = pd.read_csv(out_tsv, sep="\t")
     assert table.loc[table["best"], "layer"].tolist() == [PLANTED_LAYER]
+    # every other layer is worse than the planted one: Δ < 0 with a CI below 0, Holm-corrected p small
+    others = table[~table["best"]]
+    assert (others["delta_ci_high"] < 0).all() and (others["p_vs_best_holm"] < 0.05).all(), table.to_string()
+    assert (others["p_vs_best_holm"] >= others["p_vs_best"]).all()
+    planted = table[table["best"]].iloc[0]
+    assert planted["delta_vs_best"] == 0 and planted["p_vs_best_holm"] == 1
     mask = np.asarray(nib.load(synthetic_subject / "mask.nii.gz").dataobj) > 0
     volume = np.asarray(nib.load(out_nii).dataobj)
     assert np.all(volume[~mask] == -1)

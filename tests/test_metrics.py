@@ -20,18 +20,22 @@ def test_pearson_r_and_p_match_scipy(rng):
     pred = rng.standard_normal((50, 6))
     resp = 0.4 * pred + rng.standard_normal((50, 6)) * np.linspace(0.2, 3.0, 6)
     r = metrics.pearson_r(pred, resp)
-    p = metrics.pearson_p(r, 50)
+    p = metrics.pearson_p(r, 50, "two-sided")
+    p_greater = metrics.pearson_p(r, 50)
     for j in range(6):
         expected = stats.pearsonr(pred[:, j], resp[:, j])
         assert r[j] == pytest.approx(expected.statistic, abs=1e-12)
         assert p[j] == pytest.approx(expected.pvalue, rel=1e-8, abs=1e-300)
+        one_sided = stats.pearsonr(pred[:, j], resp[:, j], alternative="greater").pvalue
+        assert p_greater[j] == pytest.approx(one_sided, rel=1e-8, abs=1e-300)
 
 
 def test_pearson_r_constant_column_scores_zero():
     pred = np.column_stack([np.ones(10), np.arange(10.0)])
     r = metrics.pearson_r(pred, np.arange(10.0)[:, None].repeat(2, 1))
     assert r[0] == 0.0 and r[1] == pytest.approx(1.0)
-    assert metrics.pearson_p(r, 10)[0] == pytest.approx(1.0)
+    assert metrics.pearson_p(r, 10, "two-sided")[0] == pytest.approx(1.0)
+    assert metrics.pearson_p(r, 10)[0] == pytest.approx(0.5)
 
 
 def test_fdr_bh_matches_scipy(rng):

@@ -50,9 +50,13 @@ def test_scores_alphas_and_weights_match_brute_force(score):
     splits = encoding.leave_one_story_out([50, 40, 60, 50, 40])
     alphas = np.logspace(-1, 4, 11)
     set_backend("numpy")
-    weights, chosen, scores = ridge_cv_eigh(X, Y, splits, alphas, score=score, n_targets_batch=7)
+    weights, chosen, scores, validation_r = ridge_cv_eigh(X, Y, splits, alphas, score=score, n_targets_batch=7)
     reference = brute_force_scores(X, Y, splits, alphas, score)
     np.testing.assert_allclose(scores, reference, rtol=1e-4, atol=1e-5)
+    # the validation r at each voxel's chosen α (whatever score chose it)
+    correlation = brute_force_scores(X, Y, splits, alphas, "correlation")
+    chosen_index = np.searchsorted(alphas, chosen)
+    np.testing.assert_allclose(validation_r, correlation[chosen_index, np.arange(Y.shape[1])], rtol=1e-4, atol=1e-5)
     clear = clear_winners(reference)
     assert clear.sum() >= 20  # correlation saturates at large α: near-ties there
     np.testing.assert_array_equal(chosen[clear], alphas[np.argmax(reference, 0)][clear])
@@ -68,7 +72,7 @@ def test_same_estimate_as_himalaya_ridgecv(score):
     splits = encoding.leave_one_story_out([60] * 4)
     alphas = np.logspace(-1, 5, 13)
     set_backend("numpy")
-    weights, chosen, scores = ridge_cv_eigh(X, Y, splits, alphas, score=score)
+    weights, chosen, scores, _ = ridge_cv_eigh(X, Y, splits, alphas, score=score)
     score_func = {"l2": l2_neg_loss, "correlation": correlation_score}[score]
     model = RidgeCV(alphas=alphas.astype(np.float32), cv=splits, solver_params={"score_func": score_func}).fit(X, Y)
     np.testing.assert_allclose(chosen, model.best_alphas_, rtol=1e-5)

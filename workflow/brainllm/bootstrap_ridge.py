@@ -21,7 +21,10 @@ log = logging.getLogger(__name__)
 
 SINGULAR_VALUE_MIN = 1e-10
 
-__all__ = ["BootstrapRidgeResult", "bootstrap_alphas", "heldout_chunks", "ridge_corr", "ridge_weights", "bootstrap_ridge"]
+#: fraction of training rows held out per bootstrap when ``nchunks`` is not set (the reference's ≈ 20 %)
+HELDOUT_FRACTION = 0.2
+
+__all__ = ["BootstrapRidgeResult", "HELDOUT_FRACTION", "default_nchunks", "bootstrap_alphas", "heldout_chunks", "ridge_corr", "ridge_weights", "bootstrap_ridge"]
 
 
 @dataclass
@@ -30,11 +33,23 @@ class BootstrapRidgeResult:
     alphas: np.ndarray  # (n_voxels,) chosen α per voxel
     mean_corrs: np.ndarray  # (n_alphas, n_voxels) held-out correlation averaged over bootstraps
     alpha_grid: np.ndarray  # (n_alphas,)
+    nchunks: int  # chunks held out per bootstrap
+
+    @property
+    def validation_r(self) -> np.ndarray:
+        """(n_voxels,) mean held-out correlation over bootstraps at each voxel's chosen α."""
+        return self.mean_corrs[np.searchsorted(self.alpha_grid, self.alphas), np.arange(self.alphas.size)]
 
 
 def bootstrap_alphas(log10_min: float = 1.0, log10_max: float = 3.0, num: int = 10) -> np.ndarray:
     """The reference α grid, ``logspace(1, 3, 10)`` by default."""
     return np.logspace(log10_min, log10_max, num)
+
+
+def default_nchunks(n_rows: int, chunk_trs: int, heldout_fraction: float = HELDOUT_FRACTION) -> int:
+    """Chunks to hold out so that about ``heldout_fraction`` of ``n_rows`` is held out (at least 1)."""
+    n_chunks = -(-n_rows // chunk_trs)
+    return int(min(max(1, round(heldout_fraction * n_rows / chunk_trs)), max(1, n_chunks - 1)))
 
 
 def heldout_chunks(n_rows: int, chunk_trs: int, nchunks: int, nboots: int, seed: int) -> list[np.ndarray]:
@@ -90,17 +105,24 @@ def bootstrap_ridge(
     alphas: np.ndarray | None = None,
     nboots: int = 50,
     chunk_trs: int = 40,
-    nchunks: int = 5,
+    nchunks: int | None = None,
     single_alpha: bool = False,
     seed: int = 0,
     progress: bool = True,
 ) -> BootstrapRidgeResult:
-    """Fit ``X`` ``(n_trs, n_features)`` → ``Y`` ``(n_trs, n_voxels)`` by bootstrap ridge."""
+    """Fit ``X`` ``(n_trs, n_features)`` → ``Y`` ``(n_trs, n_voxels)`` by bootstrap ridge.
+
+    ``nchunks`` None: :func:`default_nchunks` (≈ 20 % of the training rows per bootstrap).
+    """
     X = np.asarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
     if X.shape[0] != Y.shape[0]:
         raise ValueError(f"X has {X.shape[0]} rows, Y has {Y.shape[0]}")
-    alphas = bootstrap_alphas() if alphas is None else np.asarray(alphas, dtype=np.float64)
+    alphas = bootstrap_alphas() if alphas is None else np.sort(np.asarray(alphas, dtype=np.float64))
+    if nchunks is None:
+        nchunks = default_nchunks(X.shape[0], chunk_trs)
+    log.info("bootstrap ridge: %d bootstraps hold out %d chunks of %d rows (%.0f%% of %d rows)", nboots, nchunks, chunk_trs,
+             100.0 * min(nchunks * chunk_trs, X.shape[0]) / X.shape[0], X.shape[0])
     all_rows = np.arange(X.shape[0])
     corr_sum = np.zeros((len(alphas), Y.shape[1]))
     for heldout in tqdm(heldout_chunks(X.shape[0], chunk_trs, nchunks, nboots, seed), desc="bootstrap", disable=not progress):
@@ -113,4 +135,4 @@ def bootstrap_ridge(
         best = np.argmax(mean_corrs, axis=0)
     chosen = alphas[best]
     log.info("bootstrap ridge: %d boots, α chosen in [%g, %g]", nboots, chosen.min(), chosen.max())
-    return BootstrapRidgeResult(ridge_weights(X, Y, chosen), chosen, mean_corrs, alphas)
+    return BootstrapRidgeResult(ridge_weights(X, Y, chosen), chosen, mean_corrs, alphas, int(nchunks))

@@ -44,6 +44,8 @@ __all__ = [
     "fit_ridge",
     "fit_banded_ridge",
     "fit_encoding",
+    "Significance",
+    "grid_edges",
     "score_voxels",
     "voxel_labels",
     "roi_summary",
@@ -51,6 +53,11 @@ __all__ = [
     "build_design",
     "run_encoding",
     "best_layer",
+    "compare_layers",
+    "top_voxels",
+    "save_predictions",
+    "read_predictions",
+    "held_out_responses",
     "load_ground_truth",
 ]
 
@@ -65,11 +72,33 @@ class EncodingFit:
     solver: str
     backend: str
     info: dict = field(default_factory=dict)
+    # (n_voxels,) mean validation Pearson r (cross-validation within the training stories) of
+    # the chosen hyperparameters; None where the solver does not expose it
+    validation_r: np.ndarray | None = None
 
 
-def alpha_grid(log10_min: float = -1.0, log10_max: float = 5.0, num: int = 13) -> np.ndarray:
+def alpha_grid(log10_min: float = -1.0, log10_max: float = 7.0, num: int = 17) -> np.ndarray:
     """The α grid ``logspace(log10_min, log10_max, num)`` (config ``encoding.alphas``)."""
     return np.logspace(log10_min, log10_max, num)
+
+
+#: warn when more than this fraction of voxels chose an end of the α grid
+EDGE_WARN_FRACTION = 0.05
+
+
+def grid_edges(chosen: np.ndarray, grid: np.ndarray, name: str = "alpha") -> dict:
+    """Fractions of voxels whose chosen value is the lowest / highest of ``grid``; logs, warns above 5 %."""
+    chosen, grid = np.asarray(chosen, dtype=np.float64), np.asarray(grid, dtype=np.float64)
+    fractions = {
+        f"{name}_frac_at_min": float(np.isclose(chosen, grid.min(), rtol=1e-5).mean()),
+        f"{name}_frac_at_max": float(np.isclose(chosen, grid.max(), rtol=1e-5).mean()),
+    }
+    log.info("%s grid [%g, %g]: %.1f%% of voxels at the lower edge, %.1f%% at the upper edge", name, grid.min(), grid.max(),
+             100 * fractions[f"{name}_frac_at_min"], 100 * fractions[f"{name}_frac_at_max"])
+    for edge, fraction in fractions.items():
+        if fraction > EDGE_WARN_FRACTION and grid.size > 1:
+            log.warning("%.1f%% of voxels chose the %s end of the %s grid: widen the grid", 100 * fraction, edge.rsplit("_", 1)[-1], name)
+    return fractions
 
 
 def leave_one_story_out(story_lengths: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -187,10 +216,13 @@ def fit_ridge(
     if n_samples > n_features and solver == "auto":
         log.info("ridge_cv_eigh (primal: %d samples > %d features), backend %s", n_samples, n_features, backend_name)
         try:
-            weights, best_alphas, _ = ridge_cv_eigh(X_train, Y_train, cv, np.asarray(alphas, dtype=np.float64), cv_score, params.get("n_targets_batch", 4096))
+            weights, best_alphas, _, validation_r = ridge_cv_eigh(
+                X_train, Y_train, cv, np.asarray(alphas, dtype=np.float64), cv_score, params.get("n_targets_batch", 4096)
+            )
             return EncodingFit(
                 weights=weights, alphas=best_alphas, method="ridge", solver="ridge_cv_eigh", backend=backend_name,
-                info={"diagonalize_method": "eigh", "cv_folds": len(cv), "cv_score": cv_score},
+                info={"diagonalize_method": "eigh", "cv_folds": len(cv), "cv_score": cv_score, **grid_edges(best_alphas, alphas)},
+                validation_r=validation_r,
             )
         except (RuntimeError, np.linalg.LinAlgError) as error:
             if not _is_eigh_failure(error):
@@ -219,7 +251,9 @@ def fit_ridge(
         method="ridge",
         solver=solver_name,
         backend=backend_name,
-        info={"diagonalize_method": diagonalize, "cv_folds": len(cv), "cv_score": cv_score},
+        info={"diagonalize_method": diagonalize, "cv_folds": len(cv), "cv_score": cv_score, **grid_edges(best_alphas, alphas)},
+        # himalaya keeps the validation score of the chosen α: a correlation only with that score
+        validation_r=np.asarray(hb.to_numpy(model.cv_scores_), dtype=np.float64) if cv_score == "correlation" else None,
     )
 
 
@@ -281,6 +315,8 @@ def fit_banded_ridge(
         model = ridge
     best_alphas = hb.to_numpy(model.best_alphas_).astype(np.float64)
     band_weights = np.exp(deltas) / np.exp(deltas).sum(0, keepdims=True)  # (n_bands, n_voxels), sum to 1
+    # cv_scores_ (n_iter, n_voxels): the kept band weighting is the best of the random search
+    cv_scores = np.asarray(hb.to_numpy(model.cv_scores_), dtype=np.float64)
     return EncodingFit(
         weights=np.asarray(weights, dtype=np.float32),
         alphas=best_alphas,
@@ -288,6 +324,7 @@ def fit_banded_ridge(
         solver=solver,
         backend=backend_name,
         info={"diagonalize_method": diagonalize, "cv_folds": len(cv), "cv_score": cv_score, "band_widths": widths, "band_weights": band_weights},
+        validation_r=cv_scores.max(0) if cv_score == "correlation" else None,
     )
 
 
@@ -312,29 +349,73 @@ def fit_encoding(
         result = bootstrap_ridge(
             X_train, Y_train,
             alphas=bootstrap_alphas(boot.get("log10_min", 1), boot.get("log10_max", 3), boot.get("num", 10)),
-            nboots=boot.get("nboots", 50), chunk_trs=boot.get("chunk_trs", 40), nchunks=boot.get("nchunks", 5),
+            nboots=boot.get("nboots", 50), chunk_trs=boot.get("chunk_trs", 40), nchunks=boot.get("nchunks"),
             single_alpha=boot.get("single_alpha", False), seed=int(settings.get("seed", 0)),
         )
-        return EncodingFit(result.weights.astype(np.float32), result.alphas, method, "bootstrap_ridge", "numpy", {"nboots": boot.get("nboots", 50)})
+        info = {"nboots": boot.get("nboots", 50), "nchunks": result.nchunks, "chunk_trs": boot.get("chunk_trs", 40), **grid_edges(result.alphas, result.alpha_grid)}
+        return EncodingFit(result.weights.astype(np.float32), result.alphas, method, "bootstrap_ridge", "numpy", info, result.validation_r)
     if method == "lipschitz":
-        from .lipschitz import fit_lipschitz
+        from .lipschitz import MAX_NORM_GRID, cv_max_norm, fit_lipschitz
 
         lip = dict(settings.get("lipschitz", {}))
         device = "cuda" if resolve_backend(settings.get("backend", "auto")) == "torch_cuda" else "cpu"
-        result = fit_lipschitz(X_train, Y_train, float(lip.get("max_norm", 1.0)), int(lip.get("steps", 300)), float(lip.get("lr", 1.0)), device=device)
+        steps, lr = int(lip.get("steps", 300)), float(lip.get("lr", 1.0))
+        grid = [lip["max_norm"]] if lip.get("max_norm") is not None else list(lip.get("max_norm_grid") or MAX_NORM_GRID)
+        max_norm, grid_scores, validation_r = cv_max_norm(X_train, Y_train, leave_one_story_out(story_lengths), grid, steps, lr, device)
+        result = fit_lipschitz(X_train, Y_train, max_norm, steps, lr, device=device)
         return EncodingFit(
             result.weights, np.full(Y_train.shape[1], np.nan), method, "projected_gradient", f"torch:{device}",
-            {"spectral_norm": result.spectral_norm, "max_norm": result.max_norm, "train_loss": result.loss, "steps": result.steps},
+            {"spectral_norm": result.spectral_norm, "max_norm": result.max_norm, "train_loss": result.loss, "steps": result.steps,
+             "max_norm_grid": sorted(float(g) for g in grid), "max_norm_cv_mean_r": grid_scores.tolist()},
+            validation_r,
         )
     raise InputError(None, f"unknown encoding.method {method!r}.", "use ridge, bootstrap_ridge or lipschitz.")
 
 
-def score_voxels(pred: np.ndarray, resp: np.ndarray, fdr_q: float = 0.05) -> pd.DataFrame:
-    """Per-voxel test scores: ``voxel, r, p, p_fdr, significant`` (two-sided t test, BH FDR)."""
-    r = metrics.pearson_r(pred, resp)
-    p = metrics.pearson_p(r, pred.shape[0])
-    p_fdr, significant = metrics.fdr_bh(p, fdr_q)
-    return pd.DataFrame({"voxel": np.arange(r.size), "r": r, "p": p, "p_fdr": p_fdr, "significant": significant})
+@dataclass(frozen=True)
+class Significance:
+    """``encoding.significance``: how the per-voxel test p-values are computed."""
+
+    method: str = "block_permutation"  # metrics.SIGNIFICANCE_METHODS
+    block_trs: int = 20  # block length (block permutation) / smallest shift (circular shift)
+    n_permutations: int = 1000
+    seed: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Mapping) -> "Significance":
+        section = dict(settings.get("significance") or {})
+        value = cls(
+            method=str(section.get("method", cls.method)), block_trs=int(section.get("block_trs", cls.block_trs)),
+            n_permutations=int(section.get("n_permutations", cls.n_permutations)), seed=int(settings.get("seed", 0)),
+        )
+        if value.method not in metrics.SIGNIFICANCE_METHODS:
+            raise InputError(None, f"unknown encoding.significance.method {value.method!r}.", f"use one of {', '.join(metrics.SIGNIFICANCE_METHODS)}.")
+        return value
+
+    def record(self) -> dict:
+        """The method as written to summary.json: one-sided (r > 0), with its block length."""
+        record = {"method": self.method, "alternative": "greater", "correction": "fdr_bh", "requires_positive_r": True}
+        if self.method == "block_permutation":
+            record.update(block_trs=self.block_trs, n_permutations=self.n_permutations, seed=self.seed)
+        elif self.method == "circular_shift":
+            record.update(min_shift_trs=self.block_trs)
+        return record
+
+
+def score_voxels(pred: np.ndarray, resp: np.ndarray, fdr_q: float = 0.05, significance: Significance | None = None) -> pd.DataFrame:
+    """Per-voxel test scores: ``voxel, r, p, p_fdr, significant``.
+
+    p is one-sided (r > 0) by ``significance`` (default: block permutation of 20-TR blocks,
+    1 000 permutations); BH-FDR over voxels; ``significant`` = p_fdr ≤ ``fdr_q`` and r > 0.
+    """
+    significance = significance or Significance()
+    n_trs = np.asarray(pred).shape[0]
+    if significance.method != "t_test" and n_trs < 2 * significance.block_trs + 1:
+        raise InputError(None, f"{n_trs} test TRs are too few for {significance.method} with blocks of {significance.block_trs} TRs.",
+                         "lower encoding.significance.block_trs or add test stories.")
+    r, p = metrics.voxel_p_values(pred, resp, significance.method, significance.block_trs, significance.n_permutations, significance.seed)
+    p_fdr, passed = metrics.fdr_bh(p, fdr_q)
+    return pd.DataFrame({"voxel": np.arange(r.size), "r": r, "p": p, "p_fdr": p_fdr, "significant": passed & (r > 0)})
 
 
 def _mask_indices(mask_nii: str | os.PathLike) -> tuple[nib.Nifti1Image, np.ndarray]:
@@ -464,14 +545,18 @@ def load_ground_truth(
 
 def _ground_truth_summary(truth: Mapping, scores: pd.DataFrame) -> dict:
     signal = truth["signal"]
-    rates = metrics.detection_rates(scores["significant"].to_numpy(), signal)
-    r = scores["r"].to_numpy()
+    significant = scores["significant"].to_numpy()
+    rates = metrics.detection_rates(significant, signal)
+    r, p = scores["r"].to_numpy(), scores["p"].to_numpy()
     mean_ceiling = float(truth["ceiling_r_test"][signal].mean())
     return {
         "planted_layer": truth["planted_layer"],
         "n_signal_voxels": int(signal.sum()),
         "detection_sensitivity": rates["sensitivity"],
         "detection_specificity": rates["specificity"],
+        # calibration among the pure-noise voxels, and the share of FDR discoveries that are false
+        "noise_fraction_p05": float((p[~signal] < 0.05).mean()) if (~signal).any() else None,
+        "false_discovery_proportion": float((significant & ~signal).sum() / significant.sum()) if significant.any() else 0.0,
         "mean_r_signal": float(r[signal].mean()),
         "mean_ceiling_r_signal": mean_ceiling,
         "r_over_ceiling_signal": float(r[signal].mean() / mean_ceiling) if mean_ceiling > 0 else None,
@@ -518,12 +603,14 @@ def run_encoding(
     dataset_mask: str | os.PathLike | None = None,
     subject: str | None = None,
     model: str | None = None,
+    predictions_h5: str | os.PathLike | None = None,
 ) -> dict:
     """Fit one encoding model (one layer, or banded ridge over several) and write its outputs.
 
     ``mask_nii`` is the analysis mask beside the responses; with ``ground_truth`` (the demo)
     the summary compares detections with the planted voxels, indexed by ``dataset_mask``
-    (default: ``mask_nii``). Returns the summary written to ``summary_json``.
+    (default: ``mask_nii``). ``predictions_h5``: the test-TR predictions, for paired model
+    comparisons. Returns the summary written to ``summary_json``.
     """
     started = time.perf_counter()
     layers = [int(layer) for layer in layers]
@@ -537,7 +624,7 @@ def run_encoding(
     aligned = {layer: read_aligned(aligned_h5, stories, layer) for layer in layers}
     responses, repeats = _read_responses(responses_h5, stories)
     Xs_train, Y_train, train_lengths = build_design(aligned, responses, train_stories, delays, aligned_h5)
-    Xs_test, Y_test, _ = build_design(aligned, responses, test_stories, delays, aligned_h5)
+    Xs_test, Y_test, test_lengths = build_design(aligned, responses, test_stories, delays, aligned_h5)
     X_train, X_test = np.hstack(Xs_train), np.hstack(Xs_test)
     del aligned, responses
     _, mask = _mask_indices(mask_nii)
@@ -558,10 +645,15 @@ def run_encoding(
     log.info("%s fitted in %.1f s (solver %s, backend %s)", fit.method, fit_seconds, fit.solver, fit.backend)
 
     pred = X_test @ fit.weights
-    scores = score_voxels(pred, Y_test, float(settings.get("fdr_q", 0.05)))
+    significance = Significance.from_settings(settings)
+    scores = score_voxels(pred, Y_test, float(settings.get("fdr_q", 0.05)), significance)
+    scores.insert(2, "r_val", np.nan if fit.validation_r is None else np.asarray(fit.validation_r, dtype=np.float64))
     scores["alpha"] = fit.alphas
     r = scores["r"].to_numpy()
-    top = np.sort(r)[::-1][: max(1, int(np.ceil(0.1 * r.size)))]
+    r_val = scores["r_val"].to_numpy()
+    if fit.validation_r is None:
+        log.warning("solver %s with cv_score %s exposes no validation r: top-10%% voxels and layer choice need it (set encoding.cv_score: correlation)",
+                    fit.solver, settings.get("cv_score", "correlation"))
     summary = {
         "subject": subject,
         "model": model,
@@ -578,9 +670,13 @@ def run_encoding(
         "n_voxels": int(r.size),
         "mean_r": float(r.mean()),
         "median_r": float(np.median(r)),
-        "mean_r_top10": float(top.mean()),
+        "mean_r_val": float(r_val.mean()) if fit.validation_r is not None else None,
+        # the 10 % of voxels best by validation r (chosen before the test), scored by their test r
+        "mean_r_top10": float(r[top_voxels(r_val)].mean()) if fit.validation_r is not None else None,
+        "top10_selection": "validation r (cross-validation within the training stories)",
         "max_r": float(r.max()),
         "fdr_q": float(settings.get("fdr_q", 0.05)),
+        "significance": significance.record(),
         "n_significant": int(scores["significant"].sum()),
         "mean_mi_bits": float(metrics.gaussian_copula_mi(pred, Y_test).mean()),
         "alpha_median": float(np.nanmedian(fit.alphas)) if np.isfinite(fit.alphas).any() else None,
@@ -601,6 +697,8 @@ def run_encoding(
     if ground_truth:
         truth = load_ground_truth(ground_truth, subject, dataset_mask or mask_nii, mask_nii)
         summary["ground_truth"] = _ground_truth_summary(truth, scores)
+    if predictions_h5:
+        save_predictions(predictions_h5, pred, test_stories, test_lengths, layers, settings.get("predictions_dtype", "float16"))
 
     write_tsv(scores_tsv, scores)
     vector_to_volume(r, mask_nii, r_nii)
@@ -618,8 +716,42 @@ def run_encoding(
         _save_weights(weights_path, fit, layers, delays)
     summary["timing_s"] = {"fit": round(fit_seconds, 3), "total": round(time.perf_counter() - started, 3)}
     write_json(summary_json, summary)
-    log.info("mean r %.4f, top-10%% r %.4f, %d significant of %d voxels", summary["mean_r"], summary["mean_r_top10"], summary["n_significant"], r.size)
+    log.info("mean r %.4f, mean validation r %s, %d significant of %d voxels (%s)", summary["mean_r"], summary["mean_r_val"],
+             summary["n_significant"], r.size, significance.method)
     return summary
+
+
+def top_voxels(selection_scores: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """Indices of the ``fraction`` of voxels with the highest ``selection_scores`` (validation r)."""
+    scores = np.nan_to_num(np.asarray(selection_scores, dtype=np.float64), nan=-np.inf)
+    n_top = max(1, int(np.ceil(fraction * scores.size)))
+    return np.argsort(-scores, kind="stable")[:n_top]
+
+
+def save_predictions(path, pred: np.ndarray, stories: Sequence[str], lengths: Sequence[int], layers: Sequence[int], dtype: str = "float16") -> None:
+    """Test-TR predictions ``pred`` ``(n_test_trs, n_voxels)`` as HDF5 dataset ``pred`` (docs/outputs.md)."""
+    import h5py
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("pred", data=np.asarray(pred, dtype=dtype), compression="gzip", compression_opts=4, shuffle=True)
+        h5.attrs["test_stories"] = json.dumps(list(stories))
+        h5.attrs["story_lengths"] = json.dumps([int(n) for n in lengths])
+        h5.attrs["layers"] = json.dumps([int(layer) for layer in layers])
+        h5.attrs["layout"] = "pred (n_test_trs, n_voxels): delayed test features @ weights, test stories concatenated in order"
+
+
+def read_predictions(path) -> tuple[np.ndarray, dict]:
+    """``(pred (n_test_trs, n_voxels) float32, attrs)`` of a file written by :func:`save_predictions`."""
+    with open_h5(path) as h5:
+        if "pred" not in h5:
+            raise InputError(path, "no dataset 'pred'.", "re-run the encoding rule with encoding.save_predictions: true.")
+        return h5["pred"][()].astype(np.float32), {k: json.loads(v) for k, v in h5.attrs.items() if k != "layout"}
+
+
+def held_out_responses(responses_h5, test_stories: Sequence[str]) -> np.ndarray:
+    """The test responses ``(n_test_trs, n_voxels)`` exactly as scored (z-scored per story, concatenated)."""
+    data, _ = _read_responses(responses_h5, test_stories)
+    return np.vstack([zscore_columns(data[story]) for story in test_stories]).astype(np.float32)
 
 
 def _save_weights(path: str | os.PathLike, fit: EncodingFit, layers: Sequence[int], delays: Sequence[int]) -> None:
@@ -637,37 +769,87 @@ def best_layer(
     mask_nii: str | os.PathLike,
     out_nii: str | os.PathLike,
     out_tsv: str | os.PathLike,
+    predictions: Mapping[int, str | os.PathLike] | None = None,
+    responses_h5: str | os.PathLike | None = None,
+    test_stories: Sequence[str] | None = None,
+    comparison: Mapping | None = None,
 ) -> int:
     """Per-model layer comparison: ``layers.tsv`` and the best-layer map; returns the best layer.
 
-    The best layer has the highest mean test r over all voxels. The map holds, per voxel,
-    the layer with the highest r where that r is FDR-significant, else −1 (also outside the mask).
+    Selection uses validation r only (``r_val``, cross-validation within the training
+    stories): the best layer has the highest mean validation r; each voxel's best layer is
+    its highest validation r, shown in the map where that layer's test r is FDR-significant
+    (else −1, also outside the mask); ``mean_r_top10`` is the mean test r of each layer's 10 %
+    of voxels best by validation r. ``mean_r`` (test) is descriptive. With ``predictions``
+    (``{layer: predictions.h5}``) and the responses, every layer is compared with the best
+    one by a paired block bootstrap over test TRs of Δ mean r (Holm-corrected over layers).
     """
     layers = sorted(int(layer) for layer in score_tsvs)
-    r_by_layer, significant_by_layer = [], []
+    r_by_layer, r_val_by_layer, significant_by_layer = [], [], []
     for layer in layers:
         table = pd.read_csv(score_tsvs[layer], sep="\t")
-        if not {"r", "significant"} <= set(table.columns):
-            raise InputError(score_tsvs[layer], "scores lack the r/significant columns.", "re-run the encoding rule.")
+        if not {"r", "r_val", "significant"} <= set(table.columns):
+            raise InputError(score_tsvs[layer], "scores lack the r/r_val/significant columns.", "re-run the encoding rule.")
+        if not np.isfinite(table["r_val"]).all():
+            raise InputError(score_tsvs[layer], "validation r (r_val) is missing: this solver and cv_score expose none.",
+                             "set encoding.cv_score: correlation (or method ridge with solver auto) and re-run encoding.")
         r_by_layer.append(table["r"].to_numpy())
+        r_val_by_layer.append(table["r_val"].to_numpy())
         significant_by_layer.append(table["significant"].to_numpy().astype(bool))
-    r_all = np.stack(r_by_layer)  # (n_layers, n_voxels)
+    r_all, r_val = np.stack(r_by_layer), np.stack(r_val_by_layer)  # (n_layers, n_voxels)
     significant = np.stack(significant_by_layer)
-    best_index = np.argmax(r_all, axis=0)
+    best_index = np.argmax(r_val, axis=0)
     voxel_best = np.asarray(layers)[best_index]
     voxel_significant = significant[best_index, np.arange(r_all.shape[1])]
-    n_top = max(1, int(np.ceil(0.1 * r_all.shape[1])))
     table = pd.DataFrame({
         "layer": layers,
+        "mean_r_val": r_val.mean(1),
         "mean_r": r_all.mean(1),
         "median_r": np.median(r_all, 1),
-        "mean_r_top10": np.sort(r_all, 1)[:, ::-1][:, :n_top].mean(1),
+        "mean_r_top10": [r_all[i, top_voxels(r_val[i])].mean() for i in range(len(layers))],
         "n_significant": significant.sum(1),
         "n_best_voxels": [int(((voxel_best == layer) & voxel_significant).sum()) for layer in layers],
     })
-    best = int(table["layer"][table["mean_r"].idxmax()])
+    best = int(table["layer"][table["mean_r_val"].idxmax()])
     table["best"] = table["layer"] == best
+    if predictions:
+        table = pd.concat([table, compare_layers(predictions, responses_h5, test_stories, best, comparison or {})], axis=1)
     write_tsv(out_tsv, table)
     vector_to_volume(np.where(voxel_significant, voxel_best, -1), mask_nii, out_nii, fill=-1.0)
-    log.info("best layer %d (mean r %.4f)", best, table["mean_r"].max())
+    log.info("best layer %d by mean validation r %.4f (its mean test r %.4f)", best, table["mean_r_val"].max(), table.loc[table["best"], "mean_r"].iloc[0])
     return best
+
+
+def compare_layers(
+    predictions: Mapping[int, str | os.PathLike],
+    responses_h5: str | os.PathLike,
+    test_stories: Sequence[str],
+    reference_layer: int,
+    comparison: Mapping,
+) -> pd.DataFrame:
+    """Each layer vs ``reference_layer``: paired block bootstrap of Δ mean test r, Holm over the other layers.
+
+    Columns ``delta_vs_best, delta_ci_low, delta_ci_high, p_vs_best, p_vs_best_holm`` (the
+    reference row: Δ = 0, p = 1). ``comparison``: ``block_trs`` (20), ``n_boot`` (1000), ``seed``.
+    """
+    resp = held_out_responses(responses_h5, test_stories)
+    reference, _ = read_predictions(predictions[reference_layer])
+    block_trs, n_boot, seed = int(comparison.get("block_trs", 20)), int(comparison.get("n_boot", 1000)), int(comparison.get("seed", 0))
+    rows = []
+    for layer in sorted(int(layer) for layer in predictions):
+        if layer == reference_layer:
+            rows.append({"delta_vs_best": 0.0, "delta_ci_low": 0.0, "delta_ci_high": 0.0, "p_vs_best": 1.0})
+            continue
+        pred, _ = read_predictions(predictions[layer])
+        if pred.shape != resp.shape:
+            raise InputError(predictions[layer], f"predictions {pred.shape} differ from the test responses {resp.shape}.", "re-run the encoding rule.")
+        result = metrics.paired_block_bootstrap(pred, reference, resp, block_trs, n_boot, seed)
+        rows.append({"delta_vs_best": result["delta"], "delta_ci_low": result["ci_low"], "delta_ci_high": result["ci_high"], "p_vs_best": result["p"]})
+    out = pd.DataFrame(rows)
+    others = out["p_vs_best"].to_numpy().copy()
+    is_other = np.array(sorted(int(layer) for layer in predictions)) != reference_layer
+    holm = np.ones(len(out))
+    if is_other.any():
+        holm[is_other] = metrics.holm(others[is_other])
+    out["p_vs_best_holm"] = holm
+    return out

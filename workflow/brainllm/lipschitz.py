@@ -1,7 +1,9 @@
 """Lipschitz-constrained linear encoding: min ||XW − Y||²/(2n) subject to ||W||₂ ≤ L.
 
 The spectral norm of W bounds how much any input perturbation can change the predicted
-response (||ΔX·W|| ≤ L·||ΔX||). Solved by accelerated projected gradient in torch: a
+response (||ΔX·W|| ≤ L·||ΔX||). The bound is joint over all voxels (one matrix norm), so a
+voxel's fit depends on which other voxels are in the mask; L is one number per model,
+chosen by :func:`cv_max_norm` (leave-one-story-out, like ridge's α). Solved by accelerated projected gradient in torch: a
 gradient step of size ``lr``/β (β = σ_max(X)²/n, the gradient's Lipschitz constant; lr ≤ 1
 guarantees descent), then projection onto the norm ball by clipping singular values at L.
 """
@@ -17,7 +19,10 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LipschitzResult", "project_spectral_norm", "fit_lipschitz"]
+__all__ = ["LipschitzResult", "project_spectral_norm", "fit_lipschitz", "MAX_NORM_GRID", "cv_max_norm"]
+
+#: default bounds searched by :func:`cv_max_norm` (``encoding.lipschitz.max_norm_grid``)
+MAX_NORM_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 
 
 @dataclass
@@ -79,3 +84,37 @@ def fit_lipschitz(
     norm = float(torch.linalg.matrix_norm(W.double(), ord=2))
     log.info("lipschitz: ||W||₂ = %.6g (bound %g), loss %.6g after %d steps", norm, max_norm, loss, steps)
     return LipschitzResult(W.cpu().numpy(), norm, float(max_norm), loss, steps)
+
+
+def cv_max_norm(
+    X: np.ndarray,
+    Y: np.ndarray,
+    splits,
+    grid=MAX_NORM_GRID,
+    steps: int = 300,
+    lr: float = 1.0,
+    device: str = "cpu",
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """The bound L of ``grid`` with the best mean (over voxels and folds) validation Pearson r.
+
+    ``splits``: ``[(train_rows, validation_rows)]`` (leave-one-story-out). Returns ``(L,
+    mean validation r per grid value (n_grid,), per-voxel mean validation r at L (n_voxels,))``.
+    """
+    from .metrics import pearson_r
+
+    grid = np.asarray(sorted(float(g) for g in grid))
+    if grid.size < 1 or (grid <= 0).any():
+        raise ValueError(f"max_norm grid must hold positive values, got {grid.tolist()}")
+    X, Y = np.asarray(X), np.asarray(Y)
+    per_voxel = np.zeros((grid.size, Y.shape[1]))
+    for train, val in splits:
+        for i, bound in enumerate(grid):
+            fit = fit_lipschitz(X[train], Y[train], bound, steps, lr, device=device, progress=False)
+            per_voxel[i] += pearson_r(X[val] @ fit.weights, Y[val])
+    per_voxel /= len(splits)
+    scores = per_voxel.mean(1)
+    best = int(np.argmax(scores))
+    log.info("lipschitz CV over max_norm %s: mean validation r %s → max_norm %g", grid.tolist(), np.round(scores, 4).tolist(), grid[best])
+    if grid.size > 1 and best in (0, grid.size - 1):
+        log.warning("the chosen max_norm %g is an end of the grid %s: widen encoding.lipschitz.max_norm_grid", grid[best], grid.tolist())
+    return float(grid[best]), scores, per_voxel[best]

@@ -17,7 +17,16 @@ from scipy.spatial import cKDTree
 __all__ = [
     "pearson_r",
     "pearson_p",
+    "SIGNIFICANCE_METHODS",
+    "block_permutations",
+    "permutation_p",
+    "circular_shift_p",
+    "voxel_p_values",
     "fdr_bh",
+    "holm",
+    "block_bootstrap_counts",
+    "paired_block_bootstrap",
+    "sign_flip_p",
     "gaussian_copula_mi",
     "knn_mi",
     "mutual_information",
@@ -53,15 +62,160 @@ def pearson_r(pred: np.ndarray, resp: np.ndarray) -> np.ndarray:
     return np.clip(r, -1.0, 1.0)
 
 
-def pearson_p(r: np.ndarray, n_samples: int) -> np.ndarray:
-    """Two-sided p-value of Pearson correlations ``r`` over ``n_samples`` (t distribution, n−2 dof)."""
+def pearson_p(r: np.ndarray, n_samples: int, alternative: str = "greater") -> np.ndarray:
+    """p-value of Pearson correlations ``r`` over ``n_samples`` from the t distribution (n−2 dof).
+
+    ``alternative``: ``greater`` (one-sided, r > 0) or ``two-sided``. Assumes independent
+    samples: for autocorrelated series it overstates significance (use :func:`permutation_p`).
+    """
     if n_samples < 3:
         raise ValueError(f"a p-value needs at least 3 samples, got {n_samples}")
+    if alternative not in ("greater", "two-sided"):
+        raise ValueError(f"alternative must be 'greater' or 'two-sided', got {alternative!r}")
     r = np.asarray(r, dtype=np.float64)
     dof = n_samples - 2
-    with np.errstate(divide="ignore"):
-        t = np.abs(r) * np.sqrt(dof / np.maximum(1.0 - r**2, 0.0))
-    return np.clip(2.0 * stats.t.sf(t, dof), 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = r * np.sqrt(dof / np.maximum(1.0 - r**2, 0.0))
+    t = np.nan_to_num(t, nan=0.0)
+    p = stats.t.sf(t, dof) if alternative == "greater" else 2.0 * stats.t.sf(np.abs(t), dof)
+    return np.clip(p, 0.0, 1.0)
+
+
+#: ``encoding.significance.method``: block permutation (default), circular shift, analytic t-test
+SIGNIFICANCE_METHODS = ("block_permutation", "circular_shift", "t_test")
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    """Columns centred and scaled to unit norm (zero-variance columns stay 0), float64."""
+    x = _as_2d(x)
+    x = x - x.mean(0)
+    norm = np.sqrt((x**2).sum(0))
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+
+def _block_classes(n_trs: int, block_trs: int) -> list[np.ndarray]:
+    """Consecutive blocks ``(n_blocks, length)`` of row indices, grouped by length.
+
+    ``n_trs`` rows make ``n_trs // block_trs`` blocks; the remainder lengthens the last ones
+    by one row each, so there are at most two lengths (L and L + 1). Blocks are exchanged
+    only with blocks of their own length.
+    """
+    n_blocks = n_trs // block_trs
+    if n_blocks < 2:
+        raise ValueError(f"{n_trs} rows give fewer than 2 blocks of {block_trs} rows; lower the block length")
+    lengths = np.full(n_blocks, block_trs)
+    lengths[n_blocks - n_trs % block_trs:] += 1
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    classes = []
+    for length in np.unique(lengths):
+        chosen = starts[lengths == length]
+        classes.append(chosen[:, None] + np.arange(length)[None, :])
+    return classes
+
+
+def block_permutations(n_trs: int, block_trs: int, n_permutations: int, seed: int = 0) -> np.ndarray:
+    """``(n_permutations, n_trs)`` row orders that shuffle consecutive ``block_trs``-row blocks (seeded).
+
+    Each row of the result lists, for every position, the row placed there: blocks keep their
+    internal order (and so the autocorrelation within them) and change places at random
+    among blocks of the same length (see :func:`_block_classes`).
+    """
+    rng = np.random.default_rng(seed)
+    classes = _block_classes(n_trs, block_trs)
+    orders = np.empty((n_permutations, n_trs), dtype=np.int64)
+    for i in range(n_permutations):
+        for blocks in classes:
+            orders[i, blocks.ravel()] = blocks[rng.permutation(len(blocks))].ravel()
+    return orders
+
+
+def permutation_p(
+    pred: np.ndarray,
+    resp: np.ndarray,
+    n_permutations: int = 1000,
+    block_trs: int = 10,
+    seed: int = 0,
+    n_voxels_batch: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided (r > 0) block-permutation p-values of Pearson r per column: ``(r, p)``.
+
+    The null pairs the response with the prediction's blocks of ``block_trs`` consecutive
+    rows in a shuffled order (the same ``n_permutations`` orders for every voxel, seeded),
+    which keeps each series' autocorrelation within blocks. p = (1 + #{null r ≥ r}) /
+    (1 + n_permutations). Batched: with z the unit-norm columns, the products of every
+    (response block a, prediction block b) pair ``C[a, b] = Σ_i z_resp[a_i]·z_pred[b_i]`` are
+    computed once per voxel batch; a permutation's r is the sum of its pairs, so all null r
+    are one matrix product ``indicator (n_perm, n_pairs) @ C (n_pairs, n_voxels)``.
+    """
+    z_pred, z_resp = _standardise(pred), _standardise(resp)
+    if z_pred.shape != z_resp.shape:
+        raise ValueError(f"pred {z_pred.shape} and resp {z_resp.shape} differ in shape")
+    n_trs, n_voxels = z_pred.shape
+    classes = _block_classes(n_trs, block_trs)
+    orders = block_permutations(n_trs, block_trs, n_permutations, seed)
+    # per class: indicator (n_perm, n_blocks²) of the (position block, source block) pairs used
+    indicators = []
+    for blocks in classes:
+        n_blocks = len(blocks)
+        block_of_start = np.full(n_trs, -1)
+        block_of_start[blocks[:, 0]] = np.arange(n_blocks)
+        sources = block_of_start[orders[:, blocks[:, 0]]]  # (n_perm, n_blocks)
+        indicator = np.zeros((n_permutations, n_blocks * n_blocks))
+        indicator[np.arange(n_permutations)[:, None], np.arange(n_blocks)[None, :] * n_blocks + sources] = 1.0
+        indicators.append(indicator)
+    r = (z_pred * z_resp).sum(0)
+    exceed = np.zeros(n_voxels)
+    for start in range(0, n_voxels, n_voxels_batch):
+        batch = slice(start, min(start + n_voxels_batch, n_voxels))
+        null = np.zeros((n_permutations, batch.stop - batch.start))
+        for blocks, indicator in zip(classes, indicators):
+            resp_blocks = z_resp[blocks, batch]  # (n_blocks, length, n_batch)
+            pred_blocks = z_pred[blocks, batch]
+            pairs = np.einsum("aiv,biv->abv", resp_blocks, pred_blocks).reshape(len(blocks) ** 2, -1)
+            null += indicator @ pairs
+        exceed[batch] = (null >= r[batch] - 1e-12).sum(0)
+    p = (1.0 + exceed) / (1.0 + n_permutations)
+    return np.clip(r, -1.0, 1.0), p
+
+
+def circular_shift_p(pred: np.ndarray, resp: np.ndarray, min_shift_trs: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided (r > 0) p-values of Pearson r against every circular shift of the prediction: ``(r, p)``.
+
+    Shifts of ``min_shift_trs`` … n − ``min_shift_trs`` rows (exhaustive; all voxels at once by
+    FFT cross-correlation); p = (1 + #{shifted r ≥ r}) / (1 + n_shifts). Resolution 1/(n − 2·shift + 2).
+    """
+    z_pred, z_resp = _standardise(pred), _standardise(resp)
+    if z_pred.shape != z_resp.shape:
+        raise ValueError(f"pred {z_pred.shape} and resp {z_resp.shape} differ in shape")
+    n_trs = z_pred.shape[0]
+    shifts = np.arange(min_shift_trs, n_trs - min_shift_trs + 1)
+    if shifts.size < 1:
+        raise ValueError(f"{n_trs} rows allow no circular shift of at least {min_shift_trs} rows")
+    # corr[k] = Σ_t z_pred[(t + k) mod n] · z_resp[t]
+    spectrum = np.fft.rfft(z_pred, axis=0) * np.conj(np.fft.rfft(z_resp, axis=0))
+    shifted = np.fft.irfft(spectrum, n=n_trs, axis=0)[shifts]
+    r = (z_pred * z_resp).sum(0)
+    p = (1.0 + (shifted >= r - 1e-12).sum(0)) / (1.0 + shifts.size)
+    return np.clip(r, -1.0, 1.0), p
+
+
+def voxel_p_values(
+    pred: np.ndarray,
+    resp: np.ndarray,
+    method: str = "block_permutation",
+    block_trs: int = 10,
+    n_permutations: int = 1000,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson r and its one-sided (r > 0) p-value per column by ``method`` (:data:`SIGNIFICANCE_METHODS`)."""
+    if method == "block_permutation":
+        return permutation_p(pred, resp, n_permutations, block_trs, seed)
+    if method == "circular_shift":
+        return circular_shift_p(pred, resp, block_trs)
+    if method == "t_test":
+        r = pearson_r(pred, resp)
+        return r, pearson_p(r, _as_2d(pred).shape[0], "greater")
+    raise ValueError(f"unknown significance method {method!r}; use one of {SIGNIFICANCE_METHODS}")
 
 
 def fdr_bh(p_values: np.ndarray, q: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +233,111 @@ def fdr_bh(p_values: np.ndarray, q: float = 0.05) -> tuple[np.ndarray, np.ndarra
     adjusted = np.empty_like(p)
     adjusted[order] = np.clip(ranked, 0.0, 1.0)
     return adjusted, adjusted <= q
+
+
+def holm(p_values: np.ndarray) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values (family-wise error control) of a 1-D array."""
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"p-values must be 1-D, got shape {p.shape}")
+    order = np.argsort(p)
+    stepped = np.maximum.accumulate(p[order] * (p.size - np.arange(p.size)))
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.clip(stepped, 0.0, 1.0)
+    return adjusted
+
+
+def _consecutive_blocks(n_trs: int, block_trs: int) -> list[np.ndarray]:
+    blocks = [np.arange(start, min(start + block_trs, n_trs)) for start in range(0, n_trs, block_trs)]
+    if len(blocks) < 2:
+        raise ValueError(f"{n_trs} rows give fewer than 2 blocks of {block_trs} rows; lower the block length")
+    return blocks
+
+
+def block_bootstrap_counts(n_trs: int, block_trs: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """``(n_boot, n_blocks)``: how often each consecutive ``block_trs``-row block is drawn per resample.
+
+    Each resample draws n_blocks blocks with replacement (seeded); the last block may be shorter.
+    """
+    n_blocks = len(_consecutive_blocks(n_trs, block_trs))
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_blocks, size=(n_boot, n_blocks))
+    counts = np.zeros((n_boot, n_blocks))
+    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1.0)
+    return counts
+
+
+def _resampled_mean_r(counts: np.ndarray, lengths: np.ndarray, block_sums: dict) -> np.ndarray:
+    """Mean over voxels of Pearson r on each resample, from per-block moment sums ``(n_blocks, n_voxels)``."""
+    n = (counts @ lengths)[:, None]
+    sx, sy = counts @ block_sums["x"], counts @ block_sums["y"]
+    cov = counts @ block_sums["xy"] - sx * sy / n
+    var_x = counts @ block_sums["xx"] - sx * sx / n
+    var_y = counts @ block_sums["yy"] - sy * sy / n
+    denom = np.sqrt(np.clip(var_x, 0, None) * np.clip(var_y, 0, None))
+    r = np.divide(cov, denom, out=np.zeros_like(cov), where=denom > 1e-12)
+    return r.mean(1)
+
+
+def paired_block_bootstrap(
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    resp: np.ndarray,
+    block_trs: int = 10,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+    n_voxels_batch: int = 2048,
+) -> dict:
+    """Paired block bootstrap over test rows of Δ = mean r(pred_a) − mean r(pred_b) (mean over voxels).
+
+    Both models are scored on the same resampled rows (:func:`block_bootstrap_counts`), so
+    the test is paired and keeps the autocorrelation within blocks and the dependence
+    between voxels. Returns ``delta``, percentile ``ci_low``/``ci_high`` and a two-sided
+    ``p`` = (1 + #{|Δ* − Δ| ≥ |Δ|}) / (1 + n_boot). Batched: per-block sums of x, y, x², y²,
+    xy give every resample's r as matrix products ``counts @ block_sums``.
+    """
+    pred_a, pred_b, resp = _as_2d(pred_a), _as_2d(pred_b), _as_2d(resp)
+    if not pred_a.shape == pred_b.shape == resp.shape:
+        raise ValueError(f"pred_a {pred_a.shape}, pred_b {pred_b.shape} and resp {resp.shape} differ in shape")
+    n_trs, n_voxels = resp.shape
+    blocks = _consecutive_blocks(n_trs, block_trs)
+    lengths = np.array([len(b) for b in blocks], dtype=np.float64)
+    counts = block_bootstrap_counts(n_trs, block_trs, n_boot, seed)
+    boot = np.zeros(n_boot)
+    for start in range(0, n_voxels, n_voxels_batch):
+        batch = slice(start, min(start + n_voxels_batch, n_voxels))
+        y = resp[:, batch]
+        y = y - y.mean(0)  # centring does not change r and keeps the moment sums well conditioned
+        for sign, pred in ((1.0, pred_a), (-1.0, pred_b)):
+            x = pred[:, batch] - pred[:, batch].mean(0)
+            sums = {name: np.stack([value[rows].sum(0) for rows in blocks]) for name, value in
+                    (("x", x), ("y", y), ("xx", x * x), ("yy", y * y), ("xy", x * y))}
+            boot += sign * _resampled_mean_r(counts, lengths, sums) * (batch.stop - batch.start)
+    boot /= n_voxels
+    delta = float(pearson_r(pred_a, resp).mean() - pearson_r(pred_b, resp).mean())
+    tail = (1.0 - ci) / 2.0
+    return {
+        "delta": delta,
+        "ci_low": float(np.quantile(boot, tail)),
+        "ci_high": float(np.quantile(boot, 1.0 - tail)),
+        "p": float((1.0 + (np.abs(boot - delta) >= abs(delta) - 1e-12).sum()) / (1.0 + n_boot)),
+        "n_boot": int(n_boot),
+        "block_trs": int(block_trs),
+        "ci": float(ci),
+    }
+
+
+def sign_flip_p(differences: np.ndarray, n_flips: int = 10000, seed: int = 0) -> float:
+    """Two-sided sign-flip test of mean(differences) = 0 across subjects (exact up to 2^12 subjects)."""
+    d = np.asarray(differences, dtype=np.float64)
+    if d.ndim != 1 or d.size < 2:
+        raise ValueError(f"need a 1-D array of at least 2 differences, got shape {d.shape}")
+    if d.size <= 12:
+        signs = 1.0 - 2.0 * ((np.arange(2**d.size)[:, None] >> np.arange(d.size)) & 1)
+        return float((np.abs(signs @ d) >= abs(d.sum()) - 1e-12).mean())
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_flips, d.size))
+    return float((1.0 + (np.abs(signs @ d) >= abs(d.sum()) - 1e-12).sum()) / (1.0 + n_flips))
 
 
 def _copula_normal_scores(x: np.ndarray) -> np.ndarray:
@@ -215,17 +474,21 @@ def chunk_bootstrap_scores(
 def noise_ceiling(repeats: np.ndarray) -> np.ndarray:
     """Bias-corrected explainable variance per voxel from ``repeats`` ``(n_rep, n_trs, n_voxels)``.
 
-    ev = var(mean over repeats) / mean over repeats of var(repeat); returned as
-    ev − (1 − ev)/(n_rep − 1), the fraction of single-repeat variance that is signal
-    (0 in expectation for pure noise; may be slightly negative).
+    Each repeat is z-scored over time first (so repeats of unequal scale weigh equally);
+    then ev = var over time of the mean over repeats (the mean variance of a z-scored
+    repeat being 1), returned as ev − (1 − ev)/(n_rep − 1), the fraction of single-repeat
+    variance that is signal (0 in expectation for pure noise; may be slightly negative).
+    A voxel constant in any repeat gets 0.
     """
     repeats = np.asarray(repeats, dtype=np.float64)
     if repeats.ndim != 3 or repeats.shape[0] < 2:
         raise ValueError(f"repeats must be (n_rep >= 2, n_trs, n_voxels), got shape {repeats.shape}")
     n_rep = repeats.shape[0]
-    mean_var = repeats.var(axis=1).mean(0)
-    ev = np.divide(repeats.mean(0).var(0), mean_var, out=np.zeros_like(mean_var), where=mean_var > 0)
-    return ev - (1.0 - ev) / (n_rep - 1)
+    std = repeats.std(axis=1, keepdims=True)
+    constant = (std <= 0).any(axis=0)[0]
+    z = np.divide(repeats - repeats.mean(axis=1, keepdims=True), std, out=np.zeros_like(repeats), where=std > 0)
+    ev = z.mean(0).var(0)
+    return np.where(constant, 0.0, ev - (1.0 - ev) / (n_rep - 1))
 
 
 def ceiling_r(explainable_variance: np.ndarray, n_averaged: int = 1) -> np.ndarray:

@@ -67,13 +67,13 @@ def ridge_cv_eigh(
     alphas: np.ndarray,
     score: str = "correlation",
     n_targets_batch: int = 4096,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fit ``X`` (n, p) → ``Y`` (n, v) by ridge with a per-voxel α from ``alphas``.
 
     ``splits``: ``[(train_rows, validation_rows)]`` whose validation rows partition the
     rows (e.g. leave-one-story-out). Returns numpy ``(weights (p, v) float32, chosen α (v,),
-    mean validation score (n_alphas, v))``; the α of a voxel maximises the mean score over
-    folds (first of ties).
+    mean validation score (n_alphas, v), mean validation Pearson r at the chosen α (v,))``;
+    the α of a voxel maximises the mean score over folds (first of ties).
     """
     from himalaya.backend import get_backend
 
@@ -88,6 +88,8 @@ def ridge_cv_eigh(
     alphas64 = backend.asarray(alpha_values, dtype="float64", device=device)
     gram = backend.matmul(X64.T, X64)
     scores = np.zeros((len(alphas), n_targets), dtype=np.float64)
+    # with the l2 score, the validation correlation is accumulated beside it (for selection downstream)
+    correlations = scores if score == "correlation" else np.zeros_like(scores)
     best = np.empty(n_targets, dtype=int)
     weights = np.empty((X32.shape[1], n_targets), dtype=np.float32)
 
@@ -113,6 +115,8 @@ def ridge_cv_eigh(
             X_val, Y_val = X32[val_rows], Y_batch[val_rows]
             predictions = backend.matmul(hat, XtY - backend.matmul(X_val.T, Y_val)).reshape(len(alphas), n_val, -1)
             scores[:, batch] += backend.to_numpy(_validation_scores(backend, score, Y_val, predictions))
+            if score != "correlation":
+                correlations[:, batch] += backend.to_numpy(_validation_scores(backend, "correlation", Y_val, predictions))
         best[batch] = np.argmax(scores[:, batch], axis=0)  # the sum over folds: same argmax as the mean
         projected = backend.matmul(V32.T, XtY)
         for index in np.unique(best[batch]):
@@ -120,6 +124,8 @@ def ridge_cv_eigh(
             shrink = backend.asarray(inverse[index], dtype="float32")[:, None]
             weights[:, start + voxels] = backend.to_numpy(backend.matmul(V32, projected[:, backend.asarray(voxels, device=device)] * shrink))
     scores /= len(splits)
+    if score != "correlation":
+        correlations /= len(splits)
     chosen = alpha_values[best]
     log.info("ridge (fold-wise eigh, %d folds, %d alphas, score %s): α chosen in [%g, %g]", len(splits), len(alphas), score, chosen.min(), chosen.max())
-    return weights, chosen, scores
+    return weights, chosen, scores, correlations[best, np.arange(n_targets)]

@@ -93,10 +93,20 @@ rule contrastive_compare:
     input:
         base=lambda wildcards: contrastive_encoding_scores(wildcards.subject, wildcards.model),
         tuned=lambda wildcards: contrastive_encoding_scores(wildcards.subject, tuned_model_name(wildcards.model, wildcards.subject)),
+        base_predictions=lambda wildcards: [
+            encoding_file(wildcards.subject, wildcards.model, "predictions.h5", layer) for layer in model_layers(wildcards.model)
+        ],
+        tuned_predictions=lambda wildcards: [
+            encoding_file(wildcards.subject, tuned_model_name(wildcards.model, wildcards.subject), "predictions.h5", layer)
+            for layer in model_layers(wildcards.model)
+        ],
+        responses=preprocessed("{subject}"),
     output:
         f"{CONTRASTIVE_OUT}/base_vs_tuned.tsv",
     params:
         layers=lambda wildcards: model_layers(wildcards.model),
+        test_stories=DATASET["test_stories"],
+        comparison={**ENCODING.get("comparison", {}), "seed": ENCODING.get("seed", 0)},
     log:
         f"{RESULTS}/logs/contrastive/sub-{{subject}}_model-{{model}}_base_vs_tuned.log",
     localrule: True

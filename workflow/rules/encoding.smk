@@ -1,7 +1,23 @@
 # Encoding: one model per (subject, model, layer) fitted on the training stories and
 # scored on the test stories (encoding.method: himalaya ridge, bootstrap ridge or the
 # Lipschitz-bounded map); banded ridge over encoding.banded.layers when enabled; the
-# best layer per (subject, model). Output names follow docs/outputs.md.
+# best layer per (subject, model), chosen on validation r, with every layer compared with
+# it over the test TRs. Output names follow docs/outputs.md.
+
+
+def prediction_output(stem):
+    """The test-TR predictions of one encoding model, when encoding.save_predictions."""
+    return {"predictions": f"{stem}_predictions.h5"} if ENCODING.get("save_predictions", True) else {}
+
+
+def layer_predictions(wildcards):
+    """Test predictions of every layer and the responses (paired layer comparison), when saved."""
+    if not ENCODING.get("save_predictions", True):
+        return {}
+    return {
+        "predictions": [encoding_file(wildcards.subject, wildcards.model, "predictions.h5", layer) for layer in model_layers(wildcards.model)],
+        "responses": preprocessed(wildcards.subject),
+    }
 
 
 rule encoding:
@@ -12,6 +28,7 @@ rule encoding:
         mask=preprocessed_mask("{subject}"),
     output:
         **encoding_outputs(f"{ENCODING_RESULT_STEM}_layer-{{layer}}"),
+        **prediction_output(f"{ENCODING_RESULT_STEM}_layer-{{layer}}"),
     params:
         layers=lambda wildcards: [int(wildcards.layer)],
         settings=ENCODING,
@@ -37,6 +54,7 @@ rule encoding_banded:
         mask=preprocessed_mask("{subject}"),
     output:
         **encoding_outputs(f"{ENCODING_RESULT_STEM}_banded"),
+        **prediction_output(f"{ENCODING_RESULT_STEM}_banded"),
     params:
         layers=ENCODING.get("banded", {}).get("layers", []),
         settings=ENCODING,
@@ -56,6 +74,7 @@ rule encoding_banded:
 
 rule best_layer:
     input:
+        unpack(layer_predictions),
         scores=lambda wildcards: [
             encoding_file(wildcards.subject, wildcards.model, "scores.tsv", layer) for layer in model_layers(wildcards.model)
         ],
@@ -65,6 +84,8 @@ rule best_layer:
         layers=f"{ENCODING_RESULT_STEM}_layers.tsv",
     params:
         layers=lambda wildcards: model_layers(wildcards.model),
+        test_stories=DATASET["test_stories"],
+        comparison={**ENCODING.get("comparison", {}), "seed": ENCODING.get("seed", 0)},
     log:
         f"{RESULTS}/logs/encoding/sub-{{subject}}_model-{{model}}_best_layer.log",
     localrule: True

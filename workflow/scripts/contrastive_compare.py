@@ -6,5 +6,12 @@ from brainllm.io import rule_logging
 with rule_logging(snakemake.log[0]):
     layers = snakemake.params.layers
     compare_base_tuned(
-        dict(zip(layers, snakemake.input.base)), dict(zip(layers, snakemake.input.tuned)), snakemake.output[0]
+        dict(zip(layers, snakemake.input.base)),
+        dict(zip(layers, snakemake.input.tuned)),
+        snakemake.output[0],
+        dict(zip(layers, snakemake.input.base_predictions)),
+        dict(zip(layers, snakemake.input.tuned_predictions)),
+        snakemake.input.responses,
+        snakemake.params.test_stories,
+        snakemake.params.comparison,
     )

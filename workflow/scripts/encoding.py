@@ -25,4 +25,5 @@ with rule_logging(snakemake.log[0]), threadpool_limits(snakemake.threads):
         dataset_mask=snakemake.input.get("dataset_mask"),
         subject=snakemake.wildcards.subject,
         model=snakemake.wildcards.model,
+        predictions_h5=snakemake.output.get("predictions"),
     )

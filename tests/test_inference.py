@@ -1,0 +1,156 @@
+"""Voxel tests and model comparisons (brainllm.metrics) against slow loops and simulated nulls."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import signal, stats
+
+from brainllm import metrics
+
+
+def ar1(rng, n_trs, n_columns, phi, burn_in=200):
+    """Unit-variance AR(1) series ``(n_trs, n_columns)`` with coefficient ``phi``."""
+    white = rng.standard_normal((n_trs + burn_in, n_columns)) * np.sqrt(1.0 - phi**2)
+    return signal.lfilter([1.0], [1.0, -phi], white, axis=0)[burn_in:]
+
+
+def test_block_permutations_shuffle_whole_blocks():
+    orders = metrics.block_permutations(53, 10, 40, seed=3)
+    assert orders.shape == (40, 53)
+    for order in orders:
+        assert sorted(order) == list(range(53))
+        # 53 rows: blocks of 10, 10, 11, 11, 11 — each position block holds one source block in order
+        starts = [0, 10, 20, 31, 42]
+        lengths = [10, 10, 11, 11, 11]
+        for start, length in zip(starts, lengths):
+            source = order[start : start + length]
+            assert source[0] in starts and lengths[starts.index(source[0])] == length
+            np.testing.assert_array_equal(source, np.arange(source[0], source[0] + length))
+    assert 10 <= len({tuple(o) for o in orders}) <= 12  # of 2! orders of the 10-row blocks × 3! of the 11-row ones
+
+
+def test_permutation_p_matches_slow_loop():
+    rng = np.random.default_rng(0)
+    n_trs, n_voxels, n_perm = 97, 7, 300
+    pred = ar1(rng, n_trs, n_voxels, 0.6)
+    resp = 0.3 * pred * np.linspace(0, 1, n_voxels) + ar1(rng, n_trs, n_voxels, 0.5)
+    pred[:, 0] = 1.0  # constant prediction: r = 0, p = 1
+    r, p = metrics.permutation_p(pred, resp, n_permutations=n_perm, block_trs=8, seed=11, n_voxels_batch=3)
+    orders = metrics.block_permutations(n_trs, 8, n_perm, seed=11)
+    for v in range(n_voxels):
+        observed = stats.pearsonr(pred[:, v], resp[:, v]).statistic if v else 0.0
+        null = [stats.pearsonr(pred[order, v], resp[:, v]).statistic if v else 0.0 for order in orders]
+        assert r[v] == pytest.approx(observed, abs=1e-10)
+        assert p[v] == pytest.approx((1 + sum(x >= observed - 1e-9 for x in null)) / (1 + n_perm))
+    assert p[0] == 1.0
+
+
+def test_circular_shift_p_matches_slow_loop():
+    rng = np.random.default_rng(1)
+    pred, resp = rng.standard_normal((60, 4)), rng.standard_normal((60, 4))
+    resp[:, 1] += pred[:, 1]
+    r, p = metrics.circular_shift_p(pred, resp, min_shift_trs=10)
+    for v in range(4):
+        null = [stats.pearsonr(np.roll(pred[:, v], -k), resp[:, v]).statistic for k in range(10, 51)]
+        assert p[v] == pytest.approx((1 + sum(x >= r[v] - 1e-9 for x in null)) / (1 + len(null)))
+    assert p[1] == pytest.approx(1 / 42)
+
+
+@pytest.mark.parametrize("phi_pred, phi_resp", [(0.8, 0.5), (0.9, 0.7)])
+def test_permutation_p_is_calibrated_on_null_ar1(phi_pred, phi_resp):
+    rng = np.random.default_rng(7)
+    n_trs, n_voxels = 291, 3000
+    pred, resp = ar1(rng, n_trs, n_voxels, phi_pred), ar1(rng, n_trs, n_voxels, phi_resp)
+    r, p = metrics.permutation_p(pred, resp, n_permutations=500, block_trs=10, seed=0)
+    assert np.mean(p < 0.05) <= 0.07
+    # the analytic test on the same data is anti-conservative: this is what the permutation fixes
+    assert np.mean(metrics.pearson_p(r, n_trs) < 0.05) > 0.09
+    # and p stays uniform-ish: not a test that never rejects
+    assert np.mean(p < 0.5) == pytest.approx(0.5, abs=0.05)
+
+
+def test_voxel_p_values_dispatch_and_one_sided():
+    rng = np.random.default_rng(2)
+    pred = rng.standard_normal((120, 3))
+    resp = np.column_stack([pred[:, 0], -pred[:, 1], rng.standard_normal(120)])
+    for method in metrics.SIGNIFICANCE_METHODS:
+        r, p = metrics.voxel_p_values(pred, resp, method=method, block_trs=10, n_permutations=200)
+        assert p[0] < 0.01 and p[1] > 0.9, (method, p)  # a strong negative r is not significant
+    with pytest.raises(ValueError, match="unknown significance method"):
+        metrics.voxel_p_values(pred, resp, method="wilcoxon")
+
+
+def test_holm_matches_step_down_definition():
+    p = np.array([0.01, 0.04, 0.03, 0.005, 0.5])
+    adjusted = metrics.holm(p)
+    order = np.argsort(p)
+    expected = np.empty(5)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (5 - rank) * p[index]))
+        expected[index] = running
+    np.testing.assert_allclose(adjusted, expected)
+
+
+def test_paired_block_bootstrap_matches_brute_force():
+    rng = np.random.default_rng(4)
+    n_trs, n_voxels, n_boot = 83, 5, 200
+    resp = ar1(rng, n_trs, n_voxels, 0.5)
+    pred_a = resp + 1.0 * rng.standard_normal((n_trs, n_voxels))
+    pred_b = resp + 10.0 * rng.standard_normal((n_trs, n_voxels))
+    result = metrics.paired_block_bootstrap(pred_a, pred_b, resp, block_trs=10, n_boot=n_boot, seed=9, n_voxels_batch=2)
+    counts = metrics.block_bootstrap_counts(n_trs, 10, n_boot, seed=9)
+    blocks = [np.arange(s, min(s + 10, n_trs)) for s in range(0, n_trs, 10)]
+    boot = []
+    for draw in counts:
+        rows = np.concatenate([blocks[j] for j, c in enumerate(draw.astype(int)) for _ in range(c)])
+        boot.append(np.mean([stats.pearsonr(pred_a[rows, v], resp[rows, v]).statistic - stats.pearsonr(pred_b[rows, v], resp[rows, v]).statistic for v in range(n_voxels)]))
+    boot = np.array(boot)
+    delta = np.mean([stats.pearsonr(pred_a[:, v], resp[:, v]).statistic - stats.pearsonr(pred_b[:, v], resp[:, v]).statistic for v in range(n_voxels)])
+    assert result["delta"] == pytest.approx(delta, abs=1e-12)
+    assert result["ci_low"] == pytest.approx(np.quantile(boot, 0.025), abs=1e-9)
+    assert result["ci_high"] == pytest.approx(np.quantile(boot, 0.975), abs=1e-9)
+    assert result["p"] == pytest.approx((1 + np.sum(np.abs(boot - delta) >= abs(delta) - 1e-12)) / (1 + n_boot))
+    assert result["delta"] > 0 and result["ci_low"] > 0 and result["p"] < 0.05
+
+
+def test_paired_block_bootstrap_null_is_calibrated():
+    """Two equally good predictions: the 95 % CI covers 0 in about 95 % of simulated datasets."""
+    rng = np.random.default_rng(5)
+    covered = []
+    for _ in range(60):
+        resp = ar1(rng, 200, 20, 0.6)
+        pred_a = resp + ar1(rng, 200, 20, 0.6) * 3
+        pred_b = resp + ar1(rng, 200, 20, 0.6) * 3
+        result = metrics.paired_block_bootstrap(pred_a, pred_b, resp, block_trs=10, n_boot=300, seed=1)
+        covered.append(result["ci_low"] <= 0 <= result["ci_high"])
+    assert 0.85 <= np.mean(covered) <= 1.0
+
+
+def test_sign_flip_p_exact_enumeration():
+    d = np.array([0.02, 0.03, -0.01, 0.04, 0.05])
+    flips = [np.dot(s, d) for s in itertools.product([-1, 1], repeat=5)]
+    assert metrics.sign_flip_p(d) == pytest.approx(np.mean(np.abs(flips) >= abs(d.sum()) - 1e-12))
+    assert metrics.sign_flip_p(np.array([0.1, 0.1, 0.1])) == pytest.approx(2 / 8)
+
+
+def test_noise_ceiling_z_scores_each_repeat():
+    rng = np.random.default_rng(6)
+    n_rep, n_trs, n_voxels = 3, 2000, 4
+    signal_var = np.array([0.0, 0.5, 1.0, 4.0])
+    shared = rng.standard_normal((n_trs, n_voxels)) * np.sqrt(signal_var)
+    scales = np.array([0.5, 1.0, 3.0])[:, None, None]  # repeats of unequal scale
+    repeats = scales * (shared[None] + rng.standard_normal((n_rep, n_trs, n_voxels))) + 7.0
+    ev = metrics.noise_ceiling(repeats)
+    # direct computation: z-score each repeat, explainable variance of the mean, bias correction
+    z = [(rep - rep.mean(0)) / rep.std(0) for rep in repeats]
+    direct = np.var(np.mean(z, axis=0), axis=0)
+    direct = direct - (1 - direct) / (n_rep - 1)
+    np.testing.assert_allclose(ev, direct, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ev, signal_var / (signal_var + 1.0), atol=0.05)
+    constant = repeats.copy()
+    constant[1, :, 2] = 1.0
+    assert metrics.noise_ceiling(constant)[2] == 0.0
