@@ -10,8 +10,10 @@ The planted signal of a voxel is ONE layer of the packaged MiniLM, computed here
 plain path (one unbatched forward pass per word over its own window of the previous
 ``CONTEXT_WORDS`` words, the state of the word's last sub-token), Lanczos-resampled to the
 TR grid, z-scored over the kept TRs, delayed by 1–4 TRs with fixed weights and mixed by
-a random rank-8 map inside the features' leading principal subspace. Noise is Gaussian with a per-voxel SNR defined on the data as it
-is evaluated: detrended, trimmed and z-scored by ``brainllm.preprocess.clean_run``.
+a random rank-8 map inside the features' leading principal subspace. Noise is Gaussian and
+autocorrelated (AR(1), coefficient drawn per voxel in ``NOISE_AR1_RANGE``, as in fMRI),
+with a per-voxel SNR defined on the data as it is evaluated: detrended, trimmed and
+z-scored by ``brainllm.preprocess.clean_run``. Some voxels are pure noise.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ ROIS = (
     Roi(5, "visual", ((8.5, 2.0, 8.5),), 3.5, 0.0),
 )
 NOISE_FRACTION_IN_ROI = 0.1  # voxels inside signal ROIs left as pure noise
+NOISE_AR1_RANGE = (0.3, 0.7)  # per-voxel AR(1) coefficient of the noise (TR-to-TR autocorrelation)
 
 # Random streams: every draw comes from default_rng([seed, stream, ...]).
 _STREAM_TIMING, _STREAM_MIXING, _STREAM_SUBJECT, _STREAM_RUN = 1, 2, 3, 4
@@ -412,6 +415,7 @@ class SubjectVolume:
     snr: np.ndarray  # (n_voxels,) in mask C order
     baseline: np.ndarray  # (n_voxels,)
     mixing: np.ndarray  # (rank, n_voxels) voxel loadings of the shared latent responses
+    noise_ar1: np.ndarray  # (n_voxels,) AR(1) coefficient of the voxel's noise
 
 
 def demo_affine() -> np.ndarray:
@@ -446,7 +450,8 @@ def make_subject_volume(subject: str, rng: np.random.Generator) -> SubjectVolume
     brightness = 0.85 + 0.3 * np.exp(-(radius[mask] ** 2))
     baseline = 1000.0 * brightness * (1.0 + 0.02 * rng.standard_normal(mask.sum()))
     mixing = rng.standard_normal((MIXING_RANK, int(mask.sum())))
-    return SubjectVolume(mask=mask, rois=rois, snr=snr, baseline=baseline, mixing=mixing)
+    noise_ar1 = rng.uniform(*NOISE_AR1_RANGE, size=int(mask.sum()))
+    return SubjectVolume(mask=mask, rois=rois, snr=snr, baseline=baseline, mixing=mixing, noise_ar1=noise_ar1)
 
 
 def ceiling_r(snr: np.ndarray, n_repeats: int) -> np.ndarray:
@@ -455,13 +460,37 @@ def ceiling_r(snr: np.ndarray, n_repeats: int) -> np.ndarray:
     return np.sqrt(effective / (1.0 + effective))
 
 
+def ar1_noise(n_trs: int, phi: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Stationary unit-variance AR(1) series ``(n_trs, n_columns)``, coefficient ``phi`` per column."""
+    phi = np.asarray(phi, dtype=np.float64)
+    innovations = rng.standard_normal((n_trs, phi.size))
+    noise = np.empty_like(innovations)
+    noise[0] = innovations[0]
+    scale = np.sqrt(1.0 - phi**2)
+    for t in range(1, n_trs):
+        noise[t] = phi * noise[t - 1] + scale * innovations[t]
+    return noise
+
+
+def ar1_noise_gain(cleaning: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """Expected variance over the kept TRs of ``cleaning`` @ unit-variance AR(1) noise, per ``phi``.
+
+    E‖C·D·e‖²/n_kept = Σ_ij (DᵀCD)_ij·φ^|i−j| / n_kept (C: centring), summed by lag.
+    """
+    centred = cleaning - cleaning.mean(axis=0)
+    gram = centred.T @ centred  # (n_trs, n_trs)
+    by_lag = np.array([np.trace(gram, offset=k) * (1 if k == 0 else 2) for k in range(gram.shape[0])])
+    lags = np.arange(gram.shape[0])
+    return (np.asarray(phi, dtype=np.float64)[:, None] ** lags[None, :]) @ by_lag / cleaning.shape[0]
+
+
 def simulate_run(
     latent: np.ndarray, volume: SubjectVolume, cleaning: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
     """Raw BOLD ``(n_trs, n_voxels)`` float32 of one run.
 
     ``latent`` (n_trs, rank) is the delayed planted feature response. After ``cleaning``
-    (detrend + trim), a voxel's signal has variance SNR/(1+SNR) and its noise expected
+    (detrend + trim), a voxel's signal has variance SNR/(1+SNR) and its AR(1) noise expected
     variance 1/(1+SNR), so corr(signal, response) = sqrt(SNR/(1+SNR)).
     """
     n_trs, n_voxels = latent.shape[0], volume.snr.size
@@ -471,10 +500,8 @@ def simulate_run(
     signal_var = volume.snr / (1.0 + volume.snr)
     signal *= np.sqrt(signal_var) / cleaned_std
 
-    # expected variance over kept TRs of cleaned white noise of unit variance
-    centred = cleaning - cleaning.mean(axis=0)
-    noise_gain = (centred**2).sum() / cleaning.shape[0]
-    noise = rng.standard_normal((n_trs, n_voxels)) * np.sqrt((1.0 - signal_var) / noise_gain)
+    noise_gain = ar1_noise_gain(cleaning, volume.noise_ar1)
+    noise = ar1_noise(n_trs, volume.noise_ar1, rng) * np.sqrt((1.0 - signal_var) / noise_gain)
 
     # slow drift: quadratic trend + a sinusoid with a period of 250–400 s
     time_s = tr_centres_s(n_trs, TR)
@@ -554,7 +581,7 @@ brainllm demo dataset (synthetic)
 
 Two simulated subjects (UTS01, UTS02) listen to six short stories written for this
 dataset; the story `riverferry` is heard three times (runs 1-3). The BOLD series are
-simulated: responses to one layer of a small language model, Gaussian noise with a
+simulated: responses to one layer of a small language model, autocorrelated (AR(1)) Gaussian noise with a
 per-voxel signal-to-noise ratio, and slow scanner drift. `events.tsv` lists every spoken
 word (trial_type `word`). Masks and a region atlas are in derivatives/demo. The planted
 ground truth is in ../ground_truth.json. Regenerate with `snakemake demo_dataset`.
@@ -700,6 +727,7 @@ def generate_demo(
             "n_voxels": n_voxels,
             "rank": MIXING_RANK,
             "snr": np.round(volume.snr, 6).tolist(),
+            "noise_ar1": np.round(volume.noise_ar1, 6).tolist(),
             "signal_voxels": np.flatnonzero(volume.snr > 0).tolist(),
             "ceiling_r_single_run": np.round(ceiling_r(volume.snr, 1), 6).tolist(),
             "ceiling_r_test": np.round(ceiling_r(volume.snr, TEST_REPEATS), 6).tolist(),
