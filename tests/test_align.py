@@ -30,8 +30,8 @@ def lanczos_matrix_reference(tr_times, word_times, window, cutoff_mult, tr, norm
     for i, t_new in enumerate(tr_times):
         for j, t_old in enumerate(word_times):
             matrix[i, j] = lanczos_reference((t_new - t_old) * cutoff, window)
-        if normalise and abs(matrix[i].sum()) > 1e-12:
-            matrix[i] /= matrix[i].sum()
+        if normalise and np.abs(matrix[i]).sum() > 1e-12:
+            matrix[i] /= np.abs(matrix[i]).sum()
     return matrix
 
 
@@ -102,7 +102,22 @@ def test_align_story_recovers_slow_signal_at_tr_centres():
     aligned = align.align_story(signal, onsets, offsets, n_raw, 2.0, 10, 10, normalise=True, zscore=False)
     centres = align.tr_times(n_raw, 2.0)[10 : n_raw - 10]
     inside = (centres > 20) & (centres < 290)
-    np.testing.assert_allclose(aligned[inside, 0], np.sin(2 * np.pi * centres[inside] / 60.0), atol=0.02)
+    # rows normalised by Σ|L| carry the sinusoid scaled by the constant ΣL/Σ|L| of dense words
+    expected = np.sin(2 * np.pi * centres[inside] / 60.0)
+    gain = float(aligned[inside, 0] @ expected / (expected @ expected))
+    assert 0.7 < gain <= 1.0
+    np.testing.assert_allclose(aligned[inside, 0], gain * expected, atol=0.02)
+
+
+def test_normalised_lanczos_weights_are_bounded():
+    # two close words on either side of the kernel's first zero: ΣL ≈ 0 would blow the weights up
+    times = np.array([10.0])
+    words = np.array([10.0 - 2.0 * 0.9, 10.0 - 2.0 * 1.14])
+    raw = align.lanczos_matrix(times, words, tr=2.0)
+    normalised = align.lanczos_matrix(times, words, tr=2.0, normalise=True)
+    assert abs(raw.sum()) < 0.1 * np.abs(raw).sum()
+    np.testing.assert_allclose(normalised, raw / np.abs(raw).sum())
+    assert np.abs(normalised).max() <= 1.0
 
 
 def test_make_delayed_matches_loops():

@@ -72,14 +72,17 @@ def lanczos_matrix(
 
     x = (t_tr − t_word)·cutoff with cutoff = cutoff_mult / tr. Rows are unnormalised by
     default (each TR is a word-rate-weighted sum, as in the reference); ``normalise``
-    divides each row by its sum (rows without words stay zero).
+    divides each row by the sum of its absolute weights, Σ|L| (rows without words stay
+    zero). The plain sum ΣL is not used: the kernel's negative lobes can make it
+    arbitrarily close to zero (two close words at a lobe edge gave weights of ±352),
+    whereas with Σ|L| every weight is in [−1, 1].
     """
     cutoff = cutoff_mult / tr
     x = (np.asarray(tr_times, np.float64)[:, None] - np.asarray(word_times, np.float64)[None, :]) * cutoff
     matrix = lanczos_kernel(x, window)
     if normalise:
-        sums = matrix.sum(1, keepdims=True)
-        matrix = np.divide(matrix, sums, out=np.zeros_like(matrix), where=np.abs(sums) > 1e-12)
+        mass = np.abs(matrix).sum(1, keepdims=True)
+        matrix = np.divide(matrix, mass, out=np.zeros_like(matrix), where=mass > 1e-12)
     return matrix
 
 

@@ -55,6 +55,7 @@ DATASET_DEFAULTS = {
     "atlas_labels": None,
     "wordcsv": None,
     "segments": None,
+    "repeats_dir": None,
 }
 BIDS_DEFAULTS = {
     "space": None,
@@ -549,6 +550,18 @@ def ds003020_hf5(root: Path, subject: str, story: str) -> Path:
     return root / "derivative" / "preprocessed_data" / subject / f"{story}.hf5"
 
 
+def ds003020_repeat_files(options: dict, subject: str, story: str) -> list[Path]:
+    """Per-repeat hf5 files of ``story`` in ``dataset.repeats_dir`` ({subject}, {story} filled in,
+    relative to root), sorted by name; [] when the key is unset or the directory is absent."""
+    if not options.get("repeats_dir"):
+        return []
+    folder = _root(options) / str(options["repeats_dir"]).format(subject=subject, story=story)
+    files = sorted(folder.glob("*.hf5")) if folder.is_dir() else []
+    if len(files) == 1:
+        raise InputError(folder, "holds one repeat; a noise ceiling needs at least 2.", "add the other repeats or remove the folder.")
+    return files
+
+
 def read_ds003020_responses(path: Path, n_trs_raw: int, trim_start: int, trim_end: int) -> np.ndarray:
     """(n_trs_raw − trim_start − trim_end, n_voxels) float32 from a ds003020 hf5."""
     expected = n_trs_raw - trim_start - trim_end
@@ -926,6 +939,7 @@ def _ingest_ds003020(options: dict, subject: str, out_responses, out_mask, out_m
     stories = _run_stories(options)
     check_segment_names_free(options, ds003020_respdict(root), root / "derivative" / "respdict.json")
     responses: dict[str, tuple[np.ndarray, int, Path]] = {}
+    repeats: dict[str, list[np.ndarray]] = {}  # stories with per-repeat files (dataset.repeats_dir)
     for story in tqdm(stories, desc=f"ingest {subject}", unit="story"):
         path = ds003020_hf5(root, subject, story)
         if not path.is_file():
@@ -933,6 +947,12 @@ def _ingest_ds003020(options: dict, subject: str, out_responses, out_mask, out_m
                              "remove the story from the config or add the file.")
         n_trs_raw = ds003020_n_trs_raw(root, story)
         responses[story] = (read_ds003020_responses(path, n_trs_raw, trim_start, trim_end), n_trs_raw, path)
+        repeat_files = [] if story in segment_specs(options) else ds003020_repeat_files(options, subject, story)
+        if repeat_files:
+            repeats[story] = [read_ds003020_responses(f, n_trs_raw, trim_start, trim_end) for f in repeat_files]
+            if {run.shape[1] for run in repeats[story]} != {responses[story][0].shape[1]}:
+                raise InputError(repeat_files[0].parent, f"repeats of {story!r} differ in voxel count from {path}.", "use repeats extracted with the same mask.")
+            logger.info("story %s: %d repeats from %s (data = their mean)", story, len(repeat_files), repeat_files[0].parent)
     n_voxels = {data.shape[1] for data, _, _ in responses.values()}
     if len(n_voxels) != 1:
         raise InputError(subject_dir, f"stories have different voxel counts {sorted(n_voxels)}.")
@@ -953,7 +973,7 @@ def _ingest_ds003020(options: dict, subject: str, out_responses, out_mask, out_m
             attrs = dict(tr=tr, trim_start=trim_start, trim_end=trim_end, n_trs_raw=n_trs_raw, preprocessed=True,
                          source=str(path))
             if story not in split:
-                _write_story(handle, story, [data], attrs)
+                _write_story(handle, story, repeats.get(story, [data]), attrs)
                 continue
             # Already cleaned and trimmed as a whole: cut, each segment with its share of the trims.
             segments = plan_segments(options, story, n_trs_raw, n_trs_raw, root / "derivative" / "respdict.json")
