@@ -449,3 +449,28 @@ def test_ground_truth_follows_dropped_voxels(synthetic_subject, tmp_path):
     with pytest.raises(InputError, match="60 ceiling values for the 57 voxels"):
         encoding.load_ground_truth(synthetic_subject / "ground_truth.json", "S1", tmp_path / "analysis.nii.gz", synthetic_subject / "mask.nii.gz")
 
+
+
+def test_segment_buffers_drop_training_trs_next_to_test_segments(tmp_path):
+    path = tmp_path / "responses.h5"
+    with h5py.File(path, "w") as h5:
+        for index in (1, 2, 3):
+            group = h5.create_group(f"runseg{index}")
+            group.create_dataset("data", data=np.arange(60.0)[:, None] * np.ones((1, 3)) + index)
+            group.attrs.update(segment_of="run", segment_index=index, n_segments=3)
+        h5.create_group("other").create_dataset("data", data=np.ones((30, 3)))
+    drops = encoding.segment_buffers(path, ["runseg1", "runseg3", "other"], ["runseg2"], 7)
+    assert drops == {"runseg1": (0, 7), "runseg3": (7, 0)}
+    assert encoding.segment_buffers(path, ["runseg2", "other"], ["runseg1"], 7) == {"runseg2": (7, 0)}
+    assert encoding.default_segment_buffer({"delays": [1, 2, 3, 4], "lanczos_window": 3, "lanczos_cutoff_mult": 1.0}) == 7
+    assert encoding.default_segment_buffer({"segment_buffer_trs": 2}) == 2
+    features = {0: {f"runseg{i}": np.tile(np.arange(60.0)[:, None], (1, 2)) for i in (1, 3)}}
+    responses = {f"runseg{i}": np.tile(np.arange(60.0)[:, None], (1, 3)) for i in (1, 3)}
+    (X,), Y, lengths = encoding.build_design(features, responses, ["runseg1", "runseg3"], [1], drop=drops)
+    assert lengths == [53, 53]
+    # runseg1 keeps rows 0..52 (delayed by one TR: features 0..51 after a zero row); runseg3 rows 7..59
+    np.testing.assert_array_equal(X[:53, 0], np.concatenate([[0.0], np.arange(52.0)]))
+    np.testing.assert_array_equal(X[53:, 0], np.arange(6.0, 59.0))
+    np.testing.assert_allclose(Y[53:, 0], zscore_columns(np.arange(7.0, 60.0)[:, None])[:, 0], atol=1e-6)
+    with pytest.raises(InputError, match="segment buffer"):
+        encoding.build_design(features, responses, ["runseg1"], [1], drop={"runseg1": (30, 30)})

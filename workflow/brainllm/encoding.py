@@ -483,22 +483,64 @@ def _read_responses(path: str | os.PathLike, stories: Sequence[str]) -> tuple[di
     return data, repeats
 
 
+def segment_buffers(
+    responses_h5: str | os.PathLike, train_stories: Sequence[str], test_stories: Sequence[str], buffer_trs: int
+) -> dict[str, tuple[int, int]]:
+    """TRs to drop ``{story: (at_start, at_end)}`` from training segments next to a test segment.
+
+    Segments of one split run (group attrs ``segment_of``, ``segment_index``) are contiguous
+    in time: delays, the Lanczos kernel and detrending spread each side into the other, so
+    the ``buffer_trs`` training TRs at a train/test boundary are left out of the fit.
+    """
+    position = {}
+    with open_h5(responses_h5) as h5:
+        for story in list(train_stories) + list(test_stories):
+            if story in h5 and "segment_of" in h5[story].attrs:
+                attrs = h5[story].attrs
+                position[story] = (str(attrs["segment_of"]), int(attrs["segment_index"]))
+    tested = {position[story] for story in test_stories if story in position}
+    drops = {}
+    for story in train_stories:
+        if story in position:
+            run, index = position[story]
+            drop = (buffer_trs if (run, index - 1) in tested else 0, buffer_trs if (run, index + 1) in tested else 0)
+            if any(drop):
+                drops[story] = drop
+    return drops
+
+
+def default_segment_buffer(settings: Mapping) -> int:
+    """``encoding.segment_buffer_trs``, default max delay + the Lanczos half-width in TRs."""
+    if settings.get("segment_buffer_trs") is not None:
+        return int(settings["segment_buffer_trs"])
+    delays = [int(d) for d in settings.get("delays", [1, 2, 3, 4])]
+    half_width = int(np.ceil(int(settings.get("lanczos_window", 3)) / float(settings.get("lanczos_cutoff_mult", 1.0))))
+    return max(max(delays), 0) + half_width
+
+
 def build_design(
     aligned: Mapping[int, Mapping[str, np.ndarray]],
     responses: Mapping[str, np.ndarray],
     stories: Sequence[str],
     delays: Sequence[int],
     aligned_path: str | os.PathLike = None,
+    drop: Mapping[str, tuple[int, int]] | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray, list[int]]:
     """Per-layer delayed designs ``[(n_trs, hidden · n_delays)]``, responses ``(n_trs, n_voxels)``, story lengths.
 
-    Delays are applied within each story (no leakage across story boundaries); responses
-    are z-scored per story.
+    Delays are applied within each story (no leakage across story boundaries); then the
+    ``drop`` rows ``{story: (at_start, at_end)}`` are removed; responses are z-scored per story.
     """
     designs = {layer: [] for layer in aligned}
     ys, lengths = [], []
+    drop = drop or {}
     for story in stories:
         resp = responses[story]
+        head, tail = drop.get(story, (0, 0))
+        keep = slice(head, resp.shape[0] - tail)
+        if head + tail >= resp.shape[0]:
+            raise InputError(aligned_path, f"story {story!r}: the segment buffer of {head}+{tail} TRs leaves none of its {resp.shape[0]} TRs.",
+                             "lower encoding.segment_buffer_trs or use longer segments.")
         for layer, per_story in aligned.items():
             features = per_story[story]
             if features.shape[0] != resp.shape[0]:
@@ -507,9 +549,9 @@ def build_design(
                     f"story {story!r}: {features.shape[0]} aligned TRs but {resp.shape[0]} response TRs.",
                     "re-run the align rule after the responses changed.",
                 )
-            designs[layer].append(make_delayed(features, delays))
-        ys.append(zscore_columns(resp))
-        lengths.append(resp.shape[0])
+            designs[layer].append(make_delayed(features, delays)[keep])
+        ys.append(zscore_columns(resp[keep]))
+        lengths.append(keep.stop - keep.start)
     return [np.vstack(designs[layer]).astype(np.float32) for layer in aligned], np.vstack(ys).astype(np.float32), lengths
 
 
@@ -623,7 +665,10 @@ def run_encoding(
         raise InputError(None, f"stories {sorted(set(train_stories) & set(test_stories))} are both train and test.", "make dataset.train_stories and test_stories disjoint.")
     aligned = {layer: read_aligned(aligned_h5, stories, layer) for layer in layers}
     responses, repeats = _read_responses(responses_h5, stories)
-    Xs_train, Y_train, train_lengths = build_design(aligned, responses, train_stories, delays, aligned_h5)
+    buffers = segment_buffers(responses_h5, train_stories, test_stories, default_segment_buffer(settings))
+    for story, (head, tail) in buffers.items():
+        log.info("training segment %s: %d TRs dropped at its start, %d at its end (next to a test segment)", story, head, tail)
+    Xs_train, Y_train, train_lengths = build_design(aligned, responses, train_stories, delays, aligned_h5, buffers)
     Xs_test, Y_test, test_lengths = build_design(aligned, responses, test_stories, delays, aligned_h5)
     X_train, X_test = np.hstack(Xs_train), np.hstack(Xs_test)
     del aligned, responses
@@ -665,6 +710,7 @@ def run_encoding(
         "train_stories": list(train_stories),
         "test_stories": list(test_stories),
         "n_train_trs": int(X_train.shape[0]),
+        "segment_buffer_trs": {story: list(drop) for story, drop in buffers.items()},
         "n_test_trs": int(X_test.shape[0]),
         "n_features": int(X_train.shape[1]),
         "n_voxels": int(r.size),
