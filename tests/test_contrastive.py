@@ -483,7 +483,7 @@ def test_lora_targets_are_the_attention_projections(tmp_path):
 
 def test_compare_base_tuned_equals_direct_computation(tmp_path):
     """Table columns against direct computations; Δ and its CI from the paired block bootstrap."""
-    from brainllm import encoding, metrics
+    from brainllm import encoding, inference, metrics
 
     rng = np.random.default_rng(0)
     n_trs, n_voxels = 90, 30
@@ -495,7 +495,7 @@ def test_compare_base_tuned_equals_direct_computation(tmp_path):
     paths, pred_paths, r = {}, {}, {}
     for name, pred in preds.items():
         pred_paths[name] = tmp_path / f"{name}_predictions.h5"
-        encoding.save_predictions(pred_paths[name], pred, ["test"], [n_trs], [2], "float32")
+        inference.save_predictions(pred_paths[name], pred, ["test"], [n_trs], [2], "float32")
         r[name] = metrics.pearson_r(pred, resp)
         r_val = r[name] + 0.05 * rng.standard_normal(n_voxels)
         paths[name] = tmp_path / f"{name}.tsv"

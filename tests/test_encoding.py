@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from brainllm import bootstrap_ridge as br
-from brainllm import encoding, metrics
+from brainllm import encoding, inference, metrics
 from brainllm.align import layer_key, make_delayed, zscore_columns
 from brainllm.io import InputError
 from brainllm.lipschitz import fit_lipschitz, project_spectral_norm
@@ -319,7 +319,7 @@ def test_run_encoding_outputs(synthetic_subject, ridge_runs):
     assert summary["mean_r_top10"] == pytest.approx(scores["r"].to_numpy()[top].mean())
     assert 0 <= summary["fit_info"]["alpha_frac_at_min"] <= 1 and 0 <= summary["fit_info"]["alpha_frac_at_max"] <= 1
     # the saved test predictions reproduce the test r
-    pred, attrs = encoding.read_predictions(paths["predictions.h5"])
+    pred, attrs = inference.read_predictions(paths["predictions.h5"])
     assert attrs["test_stories"] == ["test"] and pred.shape == (100, N_VOXELS) and attrs["layers"] == [PLANTED_LAYER]
     resp = encoding.held_out_responses(synthetic_subject / "responses.h5", ["test"])
     np.testing.assert_allclose(metrics.pearson_r(pred, resp), scores["r"], atol=2e-3)
@@ -366,7 +366,7 @@ def test_best_layer_selects_on_validation_not_test(tmp_path):
         paths[layer] = tmp_path / f"layer{layer}.tsv"
         pd.DataFrame({"voxel": np.arange(n), "r": r_test[layer] + 0.001 * rng.standard_normal(n), "r_val": r_val[layer],
                       "significant": True}).to_csv(paths[layer], sep="\t", index=False)
-    best = encoding.best_layer(paths, tmp_path / "mask.nii.gz", tmp_path / "best.nii.gz", tmp_path / "layers.tsv")
+    best = inference.best_layer(paths, tmp_path / "mask.nii.gz", tmp_path / "best.nii.gz", tmp_path / "layers.tsv")
     assert best == 1
     table = pd.read_csv(tmp_path / "layers.tsv", sep="\t").set_index("layer")
     assert table.loc[2, "mean_r"] > table.loc[1, "mean_r"]  # the test curve is only descriptive
@@ -377,12 +377,12 @@ def test_best_layer_selects_on_validation_not_test(tmp_path):
     np.testing.assert_array_equal(volume, np.where(r_val[1] > 0.2, 1, 2))
     pd.DataFrame({"voxel": np.arange(n), "r": 0.1, "r_val": np.nan, "significant": True}).to_csv(paths[0], sep="\t", index=False)
     with pytest.raises(InputError, match="r_val"):
-        encoding.best_layer(paths, tmp_path / "mask.nii.gz", tmp_path / "best.nii.gz", tmp_path / "layers.tsv")
+        inference.best_layer(paths, tmp_path / "mask.nii.gz", tmp_path / "best.nii.gz", tmp_path / "layers.tsv")
 
 
 def test_best_layer_finds_planted_layer(synthetic_subject, ridge_runs):
     out_nii, out_tsv = synthetic_subject / "best.nii.gz", synthetic_subject / "layers.tsv"
-    best = encoding.best_layer(
+    best = inference.best_layer(
         {layer: run[1]["scores.tsv"] for layer, run in ridge_runs.items()}, synthetic_subject / "mask.nii.gz", out_nii, out_tsv,
         predictions={layer: run[1]["predictions.h5"] for layer, run in ridge_runs.items()},
         responses_h5=synthetic_subject / "responses.h5", test_stories=["test"], comparison={"block_trs": 10, "n_boot": 300},

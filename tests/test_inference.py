@@ -154,3 +154,37 @@ def test_noise_ceiling_z_scores_each_repeat():
     constant = repeats.copy()
     constant[1, :, 2] = 1.0
     assert metrics.noise_ceiling(constant)[2] == 0.0
+
+
+def test_group_comparison_sign_flip_across_subjects(tmp_path):
+    import pandas as pd
+
+    from brainllm import inference
+    from brainllm.io import InputError
+
+    rng = np.random.default_rng(8)
+    subjects = ["S1", "S2", "S3", "S4", "S5"]
+    paths, tuned_paths = {}, {}
+    for subject in subjects:
+        r_val = np.array([0.05, 0.2, 0.15])
+        mean_r = np.array([0.04, 0.18, 0.12]) + 0.005 * rng.standard_normal(3)
+        paths[subject] = tmp_path / f"{subject}_layers.tsv"
+        pd.DataFrame({"layer": [0, 1, 2], "mean_r_val": r_val + 0.01 * rng.standard_normal(3), "mean_r": mean_r}).to_csv(paths[subject], sep="\t", index=False)
+        tuned_paths[subject] = tmp_path / f"{subject}_bvt.tsv"
+        pd.DataFrame({"layer": [0, 1], "delta_mean_r": [0.0, 0.01 + 0.002 * rng.standard_normal()]}).to_csv(tuned_paths[subject], sep="\t", index=False)
+    table = inference.group_comparison(paths, "layers", tmp_path / "group.tsv")
+    assert table.loc[table["best"], "layer"].tolist() == [1]
+    frames = {s: pd.read_csv(p, sep="\t").set_index("layer") for s, p in paths.items()}
+    deltas = np.array([frames[s].loc[0, "mean_r"] - frames[s].loc[1, "mean_r"] for s in subjects])
+    row = table.set_index("layer").loc[0]
+    assert row["delta"] == pytest.approx(deltas.mean())
+    half = stats.t.ppf(0.975, 4) * deltas.std(ddof=1) / np.sqrt(5)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((deltas.mean() - half, deltas.mean() + half))
+    assert row["p_sign_flip"] == pytest.approx(2 / 32)  # all five subjects agree: the most extreme of 2^5 flips
+    assert row["p_holm"] == pytest.approx(min(1.0, 2 * row["p_sign_flip"]))
+    assert table.set_index("layer").loc[1, "p_holm"] == 1.0
+    tuned = inference.group_comparison(tuned_paths, "base_vs_tuned", tmp_path / "group_bvt.tsv").set_index("layer")
+    assert tuned.loc[0, "p_sign_flip"] == 1.0 and tuned.loc[1, "p_sign_flip"] == pytest.approx(2 / 32)
+    assert tuned.loc[1, "p_holm"] == pytest.approx(2 / 32)  # one layer tested: layer 0 is no comparison
+    with pytest.raises(InputError, match="at least 3"):
+        inference.group_comparison(dict(list(paths.items())[:2]), "layers", tmp_path / "x.tsv")

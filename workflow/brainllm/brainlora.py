@@ -460,7 +460,8 @@ def compare_base_tuned(
     (descriptive: voxels are not independent samples). ``comparison``: ``block_trs``,
     ``n_boot``, ``seed`` of :func:`brainllm.metrics.paired_block_bootstrap`.
     """
-    from .encoding import held_out_responses, read_predictions, top_voxels
+    from .encoding import held_out_responses
+    from .inference import read_predictions, top_voxels
     from .metrics import holm, paired_block_bootstrap
 
     if set(base_scores) != set(tuned_scores):

@@ -10,7 +10,9 @@ Methods (config ``encoding.method``):
 - ``bootstrap_ridge``: the Huth-lab algorithm (:mod:`brainllm.bootstrap_ridge`).
 - ``lipschitz``: a linear map with bounded spectral norm (:mod:`brainllm.lipschitz`).
 
-Every model is scored on the held-out test stories: per-voxel Pearson r, p-value, FDR.
+Every model is scored on the held-out test stories (:mod:`brainllm.inference`): per-voxel
+Pearson r, one-sided block-permutation p-value, FDR; beside it the validation r of the
+chosen hyperparameters, on which every later selection is made.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import pandas as pd
 
 from . import metrics
 from .align import make_delayed, read_aligned, zscore_columns
+from .inference import Significance, save_predictions, score_voxels, top_voxels
 from .io import InputError, atomic_path, open_h5, write_json, write_tsv
 
 log = logging.getLogger(__name__)
@@ -44,19 +47,12 @@ __all__ = [
     "fit_ridge",
     "fit_banded_ridge",
     "fit_encoding",
-    "Significance",
     "grid_edges",
-    "score_voxels",
     "voxel_labels",
     "roi_summary",
     "vector_to_volume",
     "build_design",
     "run_encoding",
-    "best_layer",
-    "compare_layers",
-    "top_voxels",
-    "save_predictions",
-    "read_predictions",
     "held_out_responses",
     "load_ground_truth",
 ]
@@ -370,52 +366,6 @@ def fit_encoding(
             validation_r,
         )
     raise InputError(None, f"unknown encoding.method {method!r}.", "use ridge, bootstrap_ridge or lipschitz.")
-
-
-@dataclass(frozen=True)
-class Significance:
-    """``encoding.significance``: how the per-voxel test p-values are computed."""
-
-    method: str = "block_permutation"  # metrics.SIGNIFICANCE_METHODS
-    block_trs: int = 20  # block length (block permutation) / smallest shift (circular shift)
-    n_permutations: int = 1000
-    seed: int = 0
-
-    @classmethod
-    def from_settings(cls, settings: Mapping) -> "Significance":
-        section = dict(settings.get("significance") or {})
-        value = cls(
-            method=str(section.get("method", cls.method)), block_trs=int(section.get("block_trs", cls.block_trs)),
-            n_permutations=int(section.get("n_permutations", cls.n_permutations)), seed=int(settings.get("seed", 0)),
-        )
-        if value.method not in metrics.SIGNIFICANCE_METHODS:
-            raise InputError(None, f"unknown encoding.significance.method {value.method!r}.", f"use one of {', '.join(metrics.SIGNIFICANCE_METHODS)}.")
-        return value
-
-    def record(self) -> dict:
-        """The method as written to summary.json: one-sided (r > 0), with its block length."""
-        record = {"method": self.method, "alternative": "greater", "correction": "fdr_bh", "requires_positive_r": True}
-        if self.method == "block_permutation":
-            record.update(block_trs=self.block_trs, n_permutations=self.n_permutations, seed=self.seed)
-        elif self.method == "circular_shift":
-            record.update(min_shift_trs=self.block_trs)
-        return record
-
-
-def score_voxels(pred: np.ndarray, resp: np.ndarray, fdr_q: float = 0.05, significance: Significance | None = None) -> pd.DataFrame:
-    """Per-voxel test scores: ``voxel, r, p, p_fdr, significant``.
-
-    p is one-sided (r > 0) by ``significance`` (default: block permutation of 20-TR blocks,
-    1 000 permutations); BH-FDR over voxels; ``significant`` = p_fdr ≤ ``fdr_q`` and r > 0.
-    """
-    significance = significance or Significance()
-    n_trs = np.asarray(pred).shape[0]
-    if significance.method != "t_test" and n_trs < 2 * significance.block_trs + 1:
-        raise InputError(None, f"{n_trs} test TRs are too few for {significance.method} with blocks of {significance.block_trs} TRs.",
-                         "lower encoding.significance.block_trs or add test stories.")
-    r, p = metrics.voxel_p_values(pred, resp, significance.method, significance.block_trs, significance.n_permutations, significance.seed)
-    p_fdr, passed = metrics.fdr_bh(p, fdr_q)
-    return pd.DataFrame({"voxel": np.arange(r.size), "r": r, "p": p, "p_fdr": p_fdr, "significant": passed & (r > 0)})
 
 
 def _mask_indices(mask_nii: str | os.PathLike) -> tuple[nib.Nifti1Image, np.ndarray]:
@@ -767,33 +717,6 @@ def run_encoding(
     return summary
 
 
-def top_voxels(selection_scores: np.ndarray, fraction: float = 0.1) -> np.ndarray:
-    """Indices of the ``fraction`` of voxels with the highest ``selection_scores`` (validation r)."""
-    scores = np.nan_to_num(np.asarray(selection_scores, dtype=np.float64), nan=-np.inf)
-    n_top = max(1, int(np.ceil(fraction * scores.size)))
-    return np.argsort(-scores, kind="stable")[:n_top]
-
-
-def save_predictions(path, pred: np.ndarray, stories: Sequence[str], lengths: Sequence[int], layers: Sequence[int], dtype: str = "float16") -> None:
-    """Test-TR predictions ``pred`` ``(n_test_trs, n_voxels)`` as HDF5 dataset ``pred`` (docs/outputs.md)."""
-    import h5py
-
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
-        h5.create_dataset("pred", data=np.asarray(pred, dtype=dtype), compression="gzip", compression_opts=4, shuffle=True)
-        h5.attrs["test_stories"] = json.dumps(list(stories))
-        h5.attrs["story_lengths"] = json.dumps([int(n) for n in lengths])
-        h5.attrs["layers"] = json.dumps([int(layer) for layer in layers])
-        h5.attrs["layout"] = "pred (n_test_trs, n_voxels): delayed test features @ weights, test stories concatenated in order"
-
-
-def read_predictions(path) -> tuple[np.ndarray, dict]:
-    """``(pred (n_test_trs, n_voxels) float32, attrs)`` of a file written by :func:`save_predictions`."""
-    with open_h5(path) as h5:
-        if "pred" not in h5:
-            raise InputError(path, "no dataset 'pred'.", "re-run the encoding rule with encoding.save_predictions: true.")
-        return h5["pred"][()].astype(np.float32), {k: json.loads(v) for k, v in h5.attrs.items() if k != "layout"}
-
-
 def held_out_responses(responses_h5, test_stories: Sequence[str]) -> np.ndarray:
     """The test responses ``(n_test_trs, n_voxels)`` exactly as scored (z-scored per story, concatenated)."""
     data, _ = _read_responses(responses_h5, test_stories)
@@ -808,94 +731,3 @@ def _save_weights(path: str | os.PathLike, fit: EncodingFit, layers: Sequence[in
                 "layout": "weights (n_features = hidden x n_delays, delay-major, layers in order; n_voxels)"}
     with atomic_path(path) as tmp:
         save_file(tensors, os.fspath(tmp), metadata=metadata)
-
-
-def best_layer(
-    score_tsvs: Mapping[int, str | os.PathLike],
-    mask_nii: str | os.PathLike,
-    out_nii: str | os.PathLike,
-    out_tsv: str | os.PathLike,
-    predictions: Mapping[int, str | os.PathLike] | None = None,
-    responses_h5: str | os.PathLike | None = None,
-    test_stories: Sequence[str] | None = None,
-    comparison: Mapping | None = None,
-) -> int:
-    """Per-model layer comparison: ``layers.tsv`` and the best-layer map; returns the best layer.
-
-    Selection uses validation r only (``r_val``, cross-validation within the training
-    stories): the best layer has the highest mean validation r; each voxel's best layer is
-    its highest validation r, shown in the map where that layer's test r is FDR-significant
-    (else −1, also outside the mask); ``mean_r_top10`` is the mean test r of each layer's 10 %
-    of voxels best by validation r. ``mean_r`` (test) is descriptive. With ``predictions``
-    (``{layer: predictions.h5}``) and the responses, every layer is compared with the best
-    one by a paired block bootstrap over test TRs of Δ mean r (Holm-corrected over layers).
-    """
-    layers = sorted(int(layer) for layer in score_tsvs)
-    r_by_layer, r_val_by_layer, significant_by_layer = [], [], []
-    for layer in layers:
-        table = pd.read_csv(score_tsvs[layer], sep="\t")
-        if not {"r", "r_val", "significant"} <= set(table.columns):
-            raise InputError(score_tsvs[layer], "scores lack the r/r_val/significant columns.", "re-run the encoding rule.")
-        if not np.isfinite(table["r_val"]).all():
-            raise InputError(score_tsvs[layer], "validation r (r_val) is missing: this solver and cv_score expose none.",
-                             "set encoding.cv_score: correlation (or method ridge with solver auto) and re-run encoding.")
-        r_by_layer.append(table["r"].to_numpy())
-        r_val_by_layer.append(table["r_val"].to_numpy())
-        significant_by_layer.append(table["significant"].to_numpy().astype(bool))
-    r_all, r_val = np.stack(r_by_layer), np.stack(r_val_by_layer)  # (n_layers, n_voxels)
-    significant = np.stack(significant_by_layer)
-    best_index = np.argmax(r_val, axis=0)
-    voxel_best = np.asarray(layers)[best_index]
-    voxel_significant = significant[best_index, np.arange(r_all.shape[1])]
-    table = pd.DataFrame({
-        "layer": layers,
-        "mean_r_val": r_val.mean(1),
-        "mean_r": r_all.mean(1),
-        "median_r": np.median(r_all, 1),
-        "mean_r_top10": [r_all[i, top_voxels(r_val[i])].mean() for i in range(len(layers))],
-        "n_significant": significant.sum(1),
-        "n_best_voxels": [int(((voxel_best == layer) & voxel_significant).sum()) for layer in layers],
-    })
-    best = int(table["layer"][table["mean_r_val"].idxmax()])
-    table["best"] = table["layer"] == best
-    if predictions:
-        table = pd.concat([table, compare_layers(predictions, responses_h5, test_stories, best, comparison or {})], axis=1)
-    write_tsv(out_tsv, table)
-    vector_to_volume(np.where(voxel_significant, voxel_best, -1), mask_nii, out_nii, fill=-1.0)
-    log.info("best layer %d by mean validation r %.4f (its mean test r %.4f)", best, table["mean_r_val"].max(), table.loc[table["best"], "mean_r"].iloc[0])
-    return best
-
-
-def compare_layers(
-    predictions: Mapping[int, str | os.PathLike],
-    responses_h5: str | os.PathLike,
-    test_stories: Sequence[str],
-    reference_layer: int,
-    comparison: Mapping,
-) -> pd.DataFrame:
-    """Each layer vs ``reference_layer``: paired block bootstrap of Δ mean test r, Holm over the other layers.
-
-    Columns ``delta_vs_best, delta_ci_low, delta_ci_high, p_vs_best, p_vs_best_holm`` (the
-    reference row: Δ = 0, p = 1). ``comparison``: ``block_trs`` (20), ``n_boot`` (1000), ``seed``.
-    """
-    resp = held_out_responses(responses_h5, test_stories)
-    reference, _ = read_predictions(predictions[reference_layer])
-    block_trs, n_boot, seed = int(comparison.get("block_trs", 20)), int(comparison.get("n_boot", 1000)), int(comparison.get("seed", 0))
-    rows = []
-    for layer in sorted(int(layer) for layer in predictions):
-        if layer == reference_layer:
-            rows.append({"delta_vs_best": 0.0, "delta_ci_low": 0.0, "delta_ci_high": 0.0, "p_vs_best": 1.0})
-            continue
-        pred, _ = read_predictions(predictions[layer])
-        if pred.shape != resp.shape:
-            raise InputError(predictions[layer], f"predictions {pred.shape} differ from the test responses {resp.shape}.", "re-run the encoding rule.")
-        result = metrics.paired_block_bootstrap(pred, reference, resp, block_trs, n_boot, seed)
-        rows.append({"delta_vs_best": result["delta"], "delta_ci_low": result["ci_low"], "delta_ci_high": result["ci_high"], "p_vs_best": result["p"]})
-    out = pd.DataFrame(rows)
-    others = out["p_vs_best"].to_numpy().copy()
-    is_other = np.array(sorted(int(layer) for layer in predictions)) != reference_layer
-    holm = np.ones(len(out))
-    if is_other.any():
-        holm[is_other] = metrics.holm(others[is_other])
-    out["p_vs_best_holm"] = holm
-    return out

@@ -152,6 +152,8 @@ def contrastive_targets():
             targets += [f"{directory}/layer-{int(layer):02d}/retrieval.json" for layer in CONTRASTIVE_SETTINGS["layers"]]
             if TUNED_MODELS:
                 targets += [f"{directory}/lora/retrieval.json", f"{directory}/base_vs_tuned.tsv"]
+    if TUNED_MODELS and len(SUBJECTS) >= 3:  # base vs tuned across subjects (sign-flip test)
+        targets += [f"{RESULTS}/contrastive/group/model-{model}_base_vs_tuned.tsv" for model in config["models"]]
     return targets
 
 
@@ -295,6 +297,8 @@ def encoding_targets():
             targets += [encoding_file(subject, model, "bestlayer.nii.gz"), encoding_file(subject, model, "layers.tsv")]
             if ENCODING.get("banded", {}).get("enabled"):
                 targets.append(encoding_file(subject, model, "banded_summary.json"))
+    if len(SUBJECTS) >= 3:  # layer comparison across subjects (sign-flip test)
+        targets += [f"{RESULTS}/encoding/group/model-{model}_layers.tsv" for model in config["models"]]
     return targets
 
 

@@ -114,3 +114,19 @@ rule contrastive_compare:
         "../../envs/cpu.yaml"
     script:
         "../scripts/contrastive_compare.py"
+
+
+rule contrastive_compare_group:
+    input:
+        layers=lambda wildcards: [f"{RESULTS}/contrastive/sub-{subject}/model-{wildcards.model}/base_vs_tuned.tsv" for subject in SUBJECTS],
+    output:
+        f"{RESULTS}/contrastive/group/model-{{model}}_base_vs_tuned.tsv",
+    params:
+        subjects=SUBJECTS,
+    log:
+        f"{RESULTS}/logs/contrastive/group_model-{{model}}_base_vs_tuned.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/group_comparison.py"

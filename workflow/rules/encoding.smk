@@ -93,3 +93,19 @@ rule best_layer:
         "../../envs/cpu.yaml"
     script:
         "../scripts/best_layer.py"
+
+
+rule encoding_group:
+    input:
+        layers=lambda wildcards: [encoding_file(subject, wildcards.model, "layers.tsv") for subject in SUBJECTS],
+    output:
+        f"{RESULTS}/encoding/group/model-{{model}}_layers.tsv",
+    params:
+        subjects=SUBJECTS,
+    log:
+        f"{RESULTS}/logs/encoding/group_model-{{model}}_layers.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/group_comparison.py"

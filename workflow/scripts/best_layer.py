@@ -1,6 +1,6 @@
 """Snakemake adapter: compare a model's layers, write the best-layer map (rule best_layer)."""
 
-from brainllm.encoding import best_layer
+from brainllm.inference import best_layer
 from brainllm.io import rule_logging
 
 with rule_logging(snakemake.log[0]):
