@@ -98,8 +98,9 @@ def layer_curves_figure(curves: pd.DataFrame, model_sizes: dict[str, float | Non
     n_panels = 3 if sized else 2
     fig = new_figure(4.2 * n_panels, 3.6)
     axes = fig.subplots(1, n_panels)
-    top_label = "top 10% voxels"
-    panels = (("mean_r", "Mean r, all voxels"), ("mean_r_top10", f"Mean r, {top_label}"))
+    top_label = "top 10% voxels by validation r"
+    # descriptive: test-story r per layer; layers are chosen on validation r (layers.tsv `best`)
+    panels = (("mean_r", "Mean test r, all voxels (descriptive)"), ("mean_r_top10", f"Mean test r, {top_label}"))
     for ax, (column, title) in zip(axes, panels):
         for index, model in enumerate(models):
             style = series_style(index)
@@ -121,7 +122,7 @@ def layer_curves_figure(curves: pd.DataFrame, model_sizes: dict[str, float | Non
     ]
     handles += [
         Line2D([], [], color="0.45", lw=0.9, alpha=0.6, label="single subjects"),
-        Line2D([], [], color="0.45", marker="*", ms=11, mec="black", ls="none", label="best layer"),
+        Line2D([], [], color="0.45", marker="*", ms=11, mec="black", ls="none", label="peak of the test curve"),
     ]
     axes[0].legend(handles=handles, loc="best", frameon=False)
     if sized:
