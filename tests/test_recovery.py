@@ -33,6 +33,8 @@ def planted_layer(demo_run):
 def test_best_layer_is_planted_layer(demo_run, planted_layer, subject):
     layers = pd.read_csv(_encoding_file(demo_run, subject, "layers.tsv"), sep="\t")
     assert layers.loc[layers["best"], "layer"].tolist() == [planted_layer], layers.to_string()
+    # chosen on validation r, not on the test story
+    assert int(layers.loc[layers["mean_r_val"].idxmax(), "layer"]) == planted_layer, layers.to_string()
 
 
 @pytest.mark.parametrize("subject", SUBJECTS)
@@ -43,6 +45,10 @@ def test_planted_layer_reaches_ceiling_and_detects_voxels(demo_run, planted_laye
     assert truth["mean_r_signal"] >= 0.8 * truth["mean_ceiling_r_signal"], truth
     assert truth["detection_sensitivity"] >= 0.9, truth
     assert truth["detection_specificity"] >= 0.95, truth
+    # AR(1) noise: the block-permutation p-values stay calibrated on the pure-noise voxels
+    assert summary["significance"]["method"] == "block_permutation"
+    assert truth["noise_fraction_p05"] <= 0.07, truth
+    assert truth["false_discovery_proportion"] <= 0.05, truth
     # pure-noise voxels: r centred on 0
     assert abs(truth["mean_r_noise"]) < 0.02, truth
 

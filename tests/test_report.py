@@ -225,7 +225,7 @@ def test_null_r_density_matches_t_test_and_simulation():
     # tail mass beyond r0 equals the two-sided t-test p-value (an independent formula)
     for r0 in (0.1, 0.3, 0.5):
         tail = 2 * np.trapezoid(density[grid >= r0], grid[grid >= r0])
-        assert tail == pytest.approx(float(metrics.pearson_p(np.array([r0]), n)[0]), abs=2e-4)
+        assert tail == pytest.approx(float(metrics.pearson_p(np.array([r0]), n, "two-sided")[0]), abs=2e-4)
     # and the correlations of independent Gaussian series follow it
     x, y = np.random.default_rng(1).normal(size=(2, 20000, n))
     simulated = np.array([np.corrcoef(a, b)[0, 1] for a, b in zip(x, y)])
@@ -344,7 +344,7 @@ def test_brain_maps(stage_outputs, tmp_path):
     world_x = (stage_outputs["affine"] @ np.c_[coords, np.ones(len(coords))].T)[0][r_table["voxel"]]
     assert np.corrcoef(r_table["i"], world_x)[0, 1] == pytest.approx(1.0)
     threshold = min(abs(r) for r, s in zip(scores[best]["r"], scores[best]["significant"]) if s)
-    assert r_table["shown"].tolist() == [abs(r) >= threshold - 1e-6 for r in r_table["r"]]
+    assert r_table["shown"].tolist() == [r >= threshold - 1e-6 for r in r_table["r"]]
     for row in best_table.itertuples():
         per_layer = {layer: scores[layer].loc[row.voxel, "r"] for layer in scores}
         winner = max(per_layer, key=per_layer.get)

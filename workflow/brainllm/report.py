@@ -459,10 +459,11 @@ def plot_brain_maps(
     r_volume = to_ras(_volume_data(read_volume(r_map), r_map, mask_img, mask), affine)
     r_values = r_volume[mask_ras]
     threshold = fdr_threshold(scores)
-    shown = np.abs(r_values) >= threshold if threshold is not None else np.ones(r_values.size, dtype=bool)
+    # the voxel test is one-sided (r > 0): the shown voxels are the significant ones, r ≥ threshold
+    shown = scores["significant"].to_numpy(dtype=bool)[voxel] if threshold is not None else np.ones(r_values.size, dtype=bool)
     write_tsv(r_outputs["tsv"], pd.DataFrame({"layer": layer, **coordinates, "r": r_values, "shown": shown}))
     limit = float(np.percentile(np.abs(r_values), 99.5)) or 1.0
-    condition = f"|r| ≥ {threshold:.3f} (FDR)" if threshold is not None else "unthresholded: no voxel passes FDR"
+    condition = f"r ≥ {threshold:.3f} (FDR)" if threshold is not None else "unthresholded: no voxel passes FDR"
     with figures.styled():
         fig = figures.mosaic_figure(
             background, _overlay(r_volume, mask_ras, shown), slices, "RdBu_r", mcolors.Normalize(-limit, limit),
