@@ -5,21 +5,6 @@
 # it over the test TRs. Output names follow docs/outputs.md.
 
 
-def prediction_output(stem):
-    """The test-TR predictions of one encoding model, when encoding.save_predictions."""
-    return {"predictions": f"{stem}_predictions.h5"} if ENCODING.get("save_predictions", True) else {}
-
-
-def layer_predictions(wildcards):
-    """Test predictions of every layer and the responses (paired layer comparison), when saved."""
-    if not ENCODING.get("save_predictions", True):
-        return {}
-    return {
-        "predictions": [encoding_file(wildcards.subject, wildcards.model, "predictions.h5", layer) for layer in model_layers(wildcards.model)],
-        "responses": preprocessed(wildcards.subject),
-    }
-
-
 rule encoding:
     input:
         unpack(encoding_extra_inputs),
