@@ -188,3 +188,16 @@ def test_group_comparison_sign_flip_across_subjects(tmp_path):
     assert tuned.loc[1, "p_holm"] == pytest.approx(2 / 32)  # one layer tested: layer 0 is no comparison
     with pytest.raises(InputError, match="at least 3"):
         inference.group_comparison(dict(list(paths.items())[:2]), "layers", tmp_path / "x.tsv")
+
+
+def test_bench_voxel_tests_small(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_voxel_tests.py"
+    spec = importlib.util.spec_from_file_location("bench_voxel_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--n-voxels", "300", "--n-permutations", "50", "--threads", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 11 and lines[-1].startswith("RESULT block permutation 300 voxels x 50 permutations")
