@@ -319,7 +319,8 @@ def fit_banded_ridge(
         method="banded_ridge",
         solver=solver,
         backend=backend_name,
-        info={"diagonalize_method": diagonalize, "cv_folds": len(cv), "cv_score": cv_score, "band_widths": widths, "band_weights": band_weights},
+        info={"diagonalize_method": diagonalize, "cv_folds": len(cv), "cv_score": cv_score, "band_widths": widths, "band_weights": band_weights,
+              **grid_edges(best_alphas, alphas)},
         validation_r=cv_scores.max(0) if cv_score == "correlation" else None,
     )
 
