@@ -131,3 +131,28 @@ def test_concurrent_checkouts_share_one_store(tmp_path):
     assert len(store.iter_entries(shared)) == len(STORIES) + 1
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert manifests(third)["orchard"]["entry"] != manifests(first)["orchard"]["entry"]
+
+
+def test_plain_command_resumes_after_kill_9(tmp_path):
+    """profiles/default (read by every run) sets rerun-incomplete; stale temporaries go."""
+    import signal
+
+    root = checkout(tmp_path / "wd", tmp_path / "store")
+    (root / "profiles").symlink_to(REPO / "profiles")
+    target = "results/features/minilm/lighthouse.json"
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", target], cwd=root, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (root / ".snakemake/incomplete").is_dir() or not any((root / ".snakemake/incomplete").iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the job never started"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    left = root / "results/align/.features.h5.0123abcd.tmp"  # as a killed writer leaves it
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"half")
+    # Snakemake keeps its directory lock after a kill -9 of itself: --unlock is its own step
+    subprocess.run([sys.executable, "-m", "snakemake", "--unlock"], cwd=root, env=ENV, check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", target], cwd=root, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "IncompleteFilesException" not in done.stderr and not left.exists()
+    assert store.read_manifest(root / target)["n_words"] == len(TEXT)

@@ -188,6 +188,7 @@ def write_entry(
     """Write one entry atomically: ``layers[i]`` (n_words, hidden) becomes ``layer_ii``.
 
     Adds the content hashes and provenance to ``attrs``; returns the entry's metadata.
+    Non-finite states are refused, so a layer whose hash matches on read is finite.
     """
     n_words = len(words)
     if not layers:
@@ -198,6 +199,9 @@ def write_entry(
     onset = np.asarray(onset, dtype=np.float64)
     offset = np.asarray(offset, dtype=np.float64)
     stored = [np.asarray(states, dtype=store_dtype) for states in layers]
+    for index, states in enumerate(stored):
+        if not np.isfinite(states).all():
+            raise InputError(path, f"{layer_name(index)} holds non-finite values.", "Use dtype float32 or bfloat16 (float16 overflows for some models) and rerun.")
     hashes = [layer_hash(states) for states in stored]
     words_hash = words_sha256(words, onset, offset)
     metadata = {
@@ -284,8 +288,6 @@ def _read(path: Path, layers: list[int] | None, keep: bool) -> FeatureEntry:
                 width = array.shape[1]
                 if layer_hash(array) != dataset.attrs.get("xxh3_128"):
                     raise InputError(path, f"{layer_name(index)}: its bytes do not match the stored hash (the file was modified or damaged).", RECOMPUTE)
-                if not np.isfinite(array).all():
-                    raise InputError(path, f"{layer_name(index)} holds non-finite values.", "Delete the entry and rerun (use dtype float32 or bfloat16 if float16 overflows).")
                 hashes.append(dataset.attrs["xxh3_128"])
                 if keep:
                     states[index] = array.astype(np.float32, copy=False)
@@ -328,7 +330,7 @@ def read_entry(
     ``path`` is an entry or a features manifest naming one (its content id must match).
     Each layer read is checked against its stored hash; when ``words_tsv`` is given, its
     words must be the ones the entry was computed from. Raises InputError for a missing,
-    corrupt, modified, incomplete, non-finite or mismatched entry.
+    corrupt, modified, incomplete or mismatched entry.
     """
     path = Path(path)
     manifest = read_manifest(path) if path.suffix == ".json" else None
@@ -538,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("ls", help="list entries with every setting of their key")
     ls.add_argument("path", help="store directory or one entry file")
-    verify = sub.add_parser("verify", help="check entries: structure, every layer's hash, words, shapes, finite")
+    verify = sub.add_parser("verify", help="check entries: structure, every layer's hash, words, shapes, place in the store")
     verify.add_argument("path", help="store directory or one entry file")
     verify.add_argument("--words", help="words.tsv the entry (or entries) must have been computed from")
     gc = sub.add_parser("gc", help="remove stale temporary files; list entries no manifest names")
