@@ -22,6 +22,25 @@ def dataset_ready():
     return []
 
 
+# Every dataset file an ingest rule reads is one of its inputs (brainllm.sources), so
+# editing one reruns exactly the jobs downstream of it. A generated demo dataset is
+# represented by its ground_truth.json, written last (its files do not exist when the
+# first run is planned, and a changed input list would rerun ingestion once).
+from brainllm import sources as brainllm_sources
+
+
+def story_sources(wildcards):
+    return dataset_ready() or brainllm_sources.story_sources(DATASET, wildcards.story)
+
+
+def subject_sources(wildcards):
+    return dataset_ready() or brainllm_sources.subject_sources(DATASET, wildcards.subject)
+
+
+def atlas_sources(wildcards):
+    return dataset_ready() or brainllm_sources.atlas_sources(DATASET, wildcards.subject)
+
+
 def words_tsv(story):
     return f"{RESULTS}/ingest/stories/{story}/words.tsv"
 
