@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from brainllm.ingest import _entities_of, _run_stories, dataset_options, resolve_story
+from brainllm.io import InputError
 
 
 def _root(options: dict) -> Path | None:
@@ -88,3 +89,40 @@ def atlas_sources(dataset: dict, subject: str) -> list[str]:
     if options["atlas_labels"]:
         files.append(root / options["atlas_labels"])
     return [str(path) for path in files if path.is_file()]
+
+
+def check_plan(dataset: dict, delays: list[int]) -> None:
+    """Config mistakes that would run to a silently wrong result, caught before any job.
+
+    A story in both train_stories and test_stories; FIR delays not shorter than the
+    shortest story (after trimming), when the dataset's run lengths can be read cheaply
+    (ds003020's respdict.json; a BIDS BOLD header).
+    """
+    from brainllm.ingest import bold_header, ds003020_respdict
+
+    options = dataset_options(dataset)
+    both = sorted(set(options["train_stories"]) & set(options["test_stories"]))
+    if both:
+        raise InputError(None, f"dataset: stories {both} are in both train_stories and test_stories.",
+                         "a test story must be held out: list each story once.")
+    root = _root(options)
+    if root is None or not delays:
+        return
+    longest = max(abs(int(delay)) for delay in delays)
+    trims = int(options["trim_start"]) + int(options["trim_end"])
+    for run_story in _run_stories(options):
+        if options["layout"] == "ds003020":
+            source = root / "derivative" / "respdict.json"
+            if not source.is_file() or run_story not in ds003020_respdict(root):
+                continue
+            n_trs = int(ds003020_respdict(root)[run_story]) - trims
+        else:
+            bolds = [path for path in story_sources(dataset, run_story) if _is_bold(Path(path))]
+            if not bolds:
+                continue
+            source = bolds[0]
+            n_trs = bold_header(Path(source)).shape[3] - trims
+        if longest >= n_trs:
+            raise InputError(source, f"story {run_story!r} has {n_trs} TRs but encoding.delays reaches {longest} TRs: "
+                             "its delayed features would be all zero.",
+                             "use delays shorter than the shortest story (typically 1-4 TRs), or drop the story.")

@@ -29,6 +29,9 @@ def dataset_ready():
 from brainllm import sources as brainllm_sources
 
 
+brainllm_sources.check_plan(DATASET, config["encoding"]["delays"])
+
+
 def story_sources(wildcards):
     return dataset_ready() or brainllm_sources.story_sources(DATASET, wildcards.story)
 
