@@ -59,5 +59,6 @@ def test_edited_events_file_reruns_its_story_only(demo_run, tmp_path):
     assert by_rule["ingest"] == [{"subject": "UTS01"}]
     assert [w["subject"] for w in by_rule["preprocess"]] == ["UTS01"]
     assert [w["story"] for w in by_rule["features"]] == ["orchard"]
-    assert "ingest_atlas" not in by_rule and "demo_dataset" not in by_rule
+    assert [w["subject"] for w in by_rule.get("ingest_atlas", [])] == ["UTS01"]  # reads that subject's new mask
+    assert "demo_dataset" not in by_rule
     assert len(by_rule["align"]) == 4 and "encoding" in by_rule  # every alignment uses orchard's words
