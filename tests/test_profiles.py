@@ -534,7 +534,7 @@ def test_wisteria_profile_runs_the_demo_ingest_and_preprocess(demo_run, tmp_path
 
 # pyproject name -> names accepted for it in an environment file (conda or pip)
 CONDA_NAMES = {"torch": {"torch", "pytorch", "pytorch-cpu", "pytorch-gpu"}, "matplotlib": {"matplotlib", "matplotlib-base"},
-               "mne": {"mne", "mne-base"}, "snakemake": {"snakemake", "snakemake-minimal"}}
+               "mne": {"mne", "mne-base"}, "snakemake": {"snakemake", "snakemake-minimal"}, "xxhash": {"xxhash", "python-xxhash"}}
 REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9_.\-]+)(\[[^\]]*\])?\s*(.*)$")
 
 

@@ -136,6 +136,9 @@ def make_delayed(X: np.ndarray, delays: Sequence[int]) -> np.ndarray:
     """
     X = np.asarray(X)
     n_trs, n_features = X.shape
+    if delays and max(abs(int(delay)) for delay in delays) >= n_trs:
+        raise InputError(None, f"a delay of {max(abs(int(d)) for d in delays)} TRs is not shorter than a story of {n_trs} TRs "
+                         "(its delayed features would be all zero).", "use encoding.delays shorter than the shortest story.")
     delayed = np.zeros((n_trs, n_features * len(delays)), dtype=X.dtype)
     for i, delay in enumerate(delays):
         block = delayed[:, i * n_features : (i + 1) * n_features]

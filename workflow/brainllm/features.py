@@ -26,17 +26,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from brainllm import __version__
-from brainllm.io import InputError, sha256_file
+from brainllm.io import InputError, read_words, sha256_file
 from brainllm.models import (
     ModelInfo,
     build_quantization_config,
@@ -45,7 +45,7 @@ from brainllm.models import (
     n_hidden_states,
     text_tower,
 )
-from brainllm.store import settings_hash, write_entry
+from brainllm import store
 
 __all__ = [
     "ModelInfo",
@@ -61,6 +61,7 @@ __all__ = [
     "per_word_windows",
     "read_words",
     "run_windows",
+    "store_story",
     "word_token_spans",
 ]
 
@@ -382,24 +383,6 @@ def extract_words(model, tokenizer, words: list[str], settings: dict, info: Mode
     return outputs
 
 
-def read_words(words_tsv: str | Path) -> pd.DataFrame:
-    """A story's ``words.tsv`` (columns word, onset, offset) with words kept verbatim."""
-    try:
-        frame = pd.read_csv(words_tsv, sep="\t", dtype={"word": str}, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise InputError(words_tsv, f"cannot read the words table ({error}).", "Rerun the ingest rule for this story.") from error
-    missing = {"word", "onset", "offset"} - set(frame.columns)
-    if missing:
-        raise InputError(words_tsv, f"missing columns {sorted(missing)}.", "words.tsv needs tab-separated columns word, onset, offset.")
-    for column in ("onset", "offset"):
-        values = pd.to_numeric(frame[column], errors="coerce")
-        if values.isna().any():
-            row = int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise InputError(words_tsv, f"column {column}, row {row + 1}: {frame[column].iloc[row]!r} is not a number.", "Fix the timing in words.tsv.")
-        frame[column] = values.astype(float)
-    return frame
-
-
 def _library_version(name: str) -> str | None:
     try:
         return importlib_metadata.version(name)
@@ -407,7 +390,7 @@ def _library_version(name: str) -> str | None:
         return None
 
 
-def extract_story(model_cfg: dict, words_tsv: str | Path, out_path: str | Path, log: logging.Logger | None = None, loaded=None) -> dict:
+def extract_story(model_cfg: dict, words_tsv: str | Path, out_path: str | Path, log: logging.Logger | None = None, loaded=None, story: str | None = None) -> dict:
     """Extract one story's states for every hidden state and write the store entry.
 
     ``loaded`` may pass an already loaded ``(model, tokenizer, info)``. Returns the
@@ -429,12 +412,13 @@ def extract_story(model_cfg: dict, words_tsv: str | Path, out_path: str | Path, 
             if np.abs(array).max() > FLOAT16_MAX:
                 raise InputError(out_path, f"hidden state {layer} exceeds the float16 range.", "Set store_dtype: float32 for this model.")
     attrs = {
+        "story": story,
         "model_id": info.model_id,
         "slug": info.slug,
         "source_kind": info.source_kind,
         "revision": info.revision,
         "weights_sha256": info.weights_sha256,
-        "adapter": info.adapter,
+        "adapter": None if info.adapter is None else os.path.abspath(info.adapter),
         "adapter_sha256": info.adapter_sha256,
         "adapter_recipe": settings["adapter_recipe"],
         "family": info.family,
@@ -444,21 +428,37 @@ def extract_story(model_cfg: dict, words_tsv: str | Path, out_path: str | Path, 
         "context": settings["context"],
         "context_words": settings["context_words"],
         "pooling": settings["pooling"],
-        "settings_hash": settings_hash(settings),
+        "store_key": store.entry_settings(settings),
+        "settings_hash": store.settings_hash(settings),
         "hidden_size": info.hidden_size,
         "n_hidden_states": info.n_hidden_states,
         "words_sha256": sha256_file(words_tsv),
-        "words_source": str(words_tsv),
+        "words_source": os.path.abspath(words_tsv),
         "torch_version": torch.__version__,
         "transformers_version": _library_version("transformers"),
         "peft_version": _library_version("peft") if info.adapter else None,
         "brainllm_version": __version__,
         **{key: stats[key] for key in ("story_tokens", "forward_tokens", "forward_tokens_per_word")},
     }
-    write_entry(out_path, states, words, frame["onset"].to_numpy(), frame["offset"].to_numpy(), attrs, settings["store_dtype"])
+    store.write_entry(out_path, states, words, frame["onset"].to_numpy(), frame["offset"].to_numpy(), attrs, settings["store_dtype"])
     log.info(
         "%s: %d words, %d tokens, %d forward tokens (%.2f per word, %.2f per story token), %.1f s",
         Path(out_path).stem, stats["n_words"], stats["story_tokens"], stats["forward_tokens"],
         stats["forward_tokens_per_word"], stats["forward_tokens_per_story_token"], stats["seconds"],
     )
     return attrs
+
+
+def store_story(model_name: str, model_cfg: dict, story: str, words_tsv: str | Path, store_dir: str | Path, manifest: str | Path, log: logging.Logger | None = None) -> dict:
+    """Reuse the store's entry of (model settings, story words) or extract it once; write the manifest.
+
+    The model is loaded only when the entry has to be computed. Returns the manifest.
+    """
+    log = log or logger
+
+    def compute(path: Path) -> None:
+        log.info("extracting %s into %s", story, path)
+        extract_story(model_cfg, words_tsv, path, log=log, story=story)
+
+    path, metadata, reused = store.obtain_entry(store_dir, model_cfg, story, words_tsv, compute, log=log)
+    return store.write_manifest(manifest, path, metadata, model_name, reused)

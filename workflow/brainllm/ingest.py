@@ -114,7 +114,8 @@ def is_silence(token: str) -> bool:
 
 
 def clean_words(words: pd.DataFrame, path: str | os.PathLike) -> pd.DataFrame:
-    """Drop silence tokens, check times, sort by onset: columns ``word onset offset``."""
+    """Drop silence tokens, check times: columns ``word onset offset`` in the file's order
+    (onsets out of order are logged, not re-sorted: re-sorting would scramble the text)."""
     words = words.loc[:, WORD_COLUMNS].copy()
     words["word"] = words["word"].fillna("").astype(str).str.strip()
     words = words[~words["word"].map(is_silence)]
@@ -135,7 +136,13 @@ def clean_words(words: pd.DataFrame, path: str | os.PathLike) -> pd.DataFrame:
         raise InputError(path, f"word {row['word']!r} ends ({row['offset']}) before it starts ({row['onset']}).")
     if words.empty:
         raise InputError(path, "no words left after dropping silence and noise tokens.")
-    return words.sort_values("onset", kind="stable").reset_index(drop=True)
+    backwards = np.flatnonzero(np.diff(words["onset"].to_numpy()) < 0)
+    if backwards.size:  # the file's order is the text's order: kept, not re-sorted
+        row = backwards[0] + 1
+        logger.warning("%s: %d word onset(s) earlier than the word before (first: %r at %.3f s after %r at %.3f s); "
+                       "keeping the file's word order", path, backwards.size, words["word"].iloc[row],
+                       words["onset"].iloc[row], words["word"].iloc[row - 1], words["onset"].iloc[row - 1])
+    return words.reset_index(drop=True)
 
 
 def offsets_from_next_onset(onsets: np.ndarray) -> np.ndarray:
@@ -149,7 +156,16 @@ def offsets_from_next_onset(onsets: np.ndarray) -> np.ndarray:
 
 
 def check_words_within_run(words: pd.DataFrame, run_duration_s: float, path: str | os.PathLike) -> None:
-    """Raise if a word ends after the run (scan) ends."""
+    """Raise if a word starts before the scan starts or ends after the run (scan) ends."""
+    early = words["onset"] < 0
+    if early.any():
+        first = words[early].iloc[0]
+        raise InputError(
+            path,
+            f"{int(early.sum())} word(s) start before the scan starts (first: {first['word']!r} at {first['onset']:.3f} s).",
+            "word times are seconds from the start of the scan run: check dataset.audio_onset_s / "
+            "wordcsv.onset_shift_s, or drop words spoken before the scan.",
+        )
     late = words["offset"] > run_duration_s + RUN_END_TOLERANCE_S
     if late.any():
         first = words[late].iloc[0]
@@ -160,6 +176,21 @@ def check_words_within_run(words: pd.DataFrame, run_duration_s: float, path: str
             "check that word times are seconds from the start of the scan run "
             "(dataset.audio_onset_s / wordcsv.onset_shift_s) and that the run is complete.",
         )
+
+
+def check_same_words(first: pd.DataFrame, repeat: pd.DataFrame, first_path, path, tolerance_s: float = 0.1) -> None:
+    """A repeat of a story must present the same words as its first run (whose words.tsv all runs share)."""
+    if len(first) != len(repeat) or (first["word"].to_numpy() != repeat["word"].to_numpy()).any():
+        n = min(len(first), len(repeat))
+        differs = np.flatnonzero(first["word"].to_numpy()[:n] != repeat["word"].to_numpy()[:n])
+        where = (f"word {differs[0] + 1} is {repeat['word'].iloc[differs[0]]!r} here, {first['word'].iloc[differs[0]]!r} there"
+                 if differs.size else f"{len(repeat)} words here, {len(first)} there")
+        raise InputError(path, f"this repeat run's words differ from the first run's ({first_path}): {where}.",
+                         "repeats must present the same story; give a different stimulus its own task name.")
+    shift = np.abs(first["onset"].to_numpy() - repeat["onset"].to_numpy())
+    if shift.max() > tolerance_s:
+        logger.warning("%s: word onsets differ from the first run's (%s) by up to %.3f s; the first run's "
+                       "timings are used for every run of this story", path, first_path, shift.max())
 
 
 def words_from_textgrid(path: str | os.PathLike, audio_onset_s: float) -> pd.DataFrame:
@@ -176,7 +207,14 @@ def words_from_events(path: str | os.PathLike, word_column: str, trial_type: str
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "events file not found.", "add the run's _events.tsv with one row per word.")
-    events = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False, dtype={word_column: str})
+    try:
+        events = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False, dtype={word_column: str})
+    except pd.errors.EmptyDataError as error:
+        raise InputError(path, "the events file is empty.", "write a tab-separated header (onset, duration, word) and one row per word.") from error
+    except UnicodeDecodeError as error:
+        raise InputError(path, f"not UTF-8 text ({error.reason}: {error.object[error.start:error.end]!r}).", "save the events file as UTF-8.") from error
+    except pd.errors.ParserError as error:
+        raise InputError(path, f"not a tab-separated table ({error}).", "write one tab-separated row per event.") from error
     for column in ("onset", word_column):
         if column not in events.columns:
             raise InputError(
@@ -194,7 +232,12 @@ def words_from_events(path: str | os.PathLike, word_column: str, trial_type: str
                 "set dataset.bids.events_trial_type: null to use every row.",
             )
         events = events[events["trial_type"].astype(str) == trial_type]
-    events = events.assign(onset=pd.to_numeric(events["onset"], errors="coerce")).sort_values("onset", kind="stable")
+    numeric = pd.to_numeric(events["onset"], errors="coerce")
+    if numeric.isna().any():
+        row = int(np.flatnonzero(numeric.isna().to_numpy())[0])
+        raise InputError(path, f"row {events.index[row] + 2} (line of the file), column onset: {events['onset'].iloc[row]!r} is not a number.",
+                         "give every word row a numeric onset in seconds.")
+    events = events.assign(onset=numeric)
     onsets = events["onset"].to_numpy(dtype=np.float64)
     if "duration" in events.columns:
         durations = pd.to_numeric(events["duration"], errors="coerce").to_numpy(dtype=np.float64)
@@ -565,10 +608,14 @@ def ds003020_repeat_files(options: dict, subject: str, story: str) -> list[Path]
 def read_ds003020_responses(path: Path, n_trs_raw: int, trim_start: int, trim_end: int) -> np.ndarray:
     """(n_trs_raw − trim_start − trim_end, n_voxels) float32 from a ds003020 hf5."""
     expected = n_trs_raw - trim_start - trim_end
-    with open_h5(path) as handle:
-        if "data" not in handle:
-            raise InputError(path, f"no dataset 'data' (keys: {', '.join(handle.keys())}).")
-        data = handle["data"][()]
+    try:
+        with open_h5(path) as handle:
+            if "data" not in handle:
+                raise InputError(path, f"no dataset 'data' (keys: {', '.join(handle.keys())}).")
+            data = handle["data"][()]
+    except OSError as error:
+        raise InputError(path, f"unreadable HDF5 file ({error}); it may be truncated or not HDF5.",
+                         "download or copy the file again (e.g. datalad get) and rerun.") from error
     if data.ndim != 2:
         raise InputError(path, f"'data' must be 2-D (n_trs, n_voxels); found shape {data.shape}.")
     if data.shape[0] != expected:
@@ -1029,6 +1076,10 @@ def _ingest_bids(options: dict, subject: str, confound_names: list[str], out_res
                     run_words = words_from_events(run.events, options["bids"]["word_column"],
                                                   options["bids"]["events_trial_type"])
                     check_words_within_run(run_words, data.shape[3] * tr, run.events)
+                    if run is runs[0]:
+                        first_words = run_words
+                    else:
+                        check_same_words(first_words, run_words, runs[0].events, run.events)
                 mean_sum += data.mean(axis=3)
                 series.append(data[mask].T)  # (n_trs, n_voxels), voxels in C order of the mask
                 if confound_names:

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -47,6 +48,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def remove_stale_temporaries(root: str | os.PathLike, shared: str | os.PathLike | None = None, shared_age_s: float = 24 * 3600.0) -> list[Path]:
+    """Remove the temporaries (``.<name>.<hex>.tmp``) that killed jobs left under ``root``.
+
+    Only call it while no job of this workflow runs (Snakemake's ``onstart``). Under the
+    ``shared`` directory (a feature store other checkouts may be writing to) only
+    temporaries older than ``shared_age_s`` are removed.
+    """
+    root = Path(root)
+    shared = None if shared is None else Path(os.path.abspath(shared))
+    removed = []
+    now = time.time()
+    for tmp in root.rglob(".*.tmp") if root.is_dir() else []:
+        with contextlib.suppress(FileNotFoundError):
+            in_shared = shared is not None and Path(os.path.abspath(tmp)).is_relative_to(shared)
+            if not tmp.is_file() or (in_shared and now - tmp.stat().st_mtime < shared_age_s):
+                continue
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     """Write ``obj`` as indented JSON atomically."""
     with atomic_path(path) as tmp:
@@ -74,6 +96,27 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_words(words_tsv: str | Path) -> pandas.DataFrame:
+    """A story's ``words.tsv`` (columns word, onset, offset) with words kept verbatim."""
+    import numpy
+    import pandas
+
+    try:
+        frame = pandas.read_csv(words_tsv, sep="\t", dtype={"word": str}, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pandas.errors.ParserError, pandas.errors.EmptyDataError) as error:
+        raise InputError(words_tsv, f"cannot read the words table ({error}).", "Rerun the ingest rule for this story.") from error
+    missing = {"word", "onset", "offset"} - set(frame.columns)
+    if missing:
+        raise InputError(words_tsv, f"missing columns {sorted(missing)}.", "words.tsv needs tab-separated columns word, onset, offset.")
+    for column in ("onset", "offset"):
+        values = pandas.to_numeric(frame[column], errors="coerce")
+        if values.isna().any():
+            row = int(numpy.flatnonzero(values.isna().to_numpy())[0])
+            raise InputError(words_tsv, f"column {column}, row {row + 1}: {frame[column].iloc[row]!r} is not a number.", "Fix the timing in words.tsv.")
+        frame[column] = values.astype(float)
+    return frame
 
 
 def setup_logging(log_path: str | os.PathLike | None = None, level: int = logging.INFO) -> logging.Logger:

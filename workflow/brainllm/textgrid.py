@@ -26,7 +26,8 @@ _TOKEN = re.compile(
     r"|!(?P<comment>[^\n]*)"
     r"|\[[^\]\n]*\]"  # index brackets of the long format
     r"|<(?P<flag>[A-Za-z]+)>"
-    r"|(?P<number>(?<![A-Za-z_])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+    r"|(?P<number>(?<![\w.])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![\w.]))"
+    r"|(?P<bad>[-+]?[A-Za-z_]+\d[\w.]*|[-+]?\.?\d[\w.]*[A-Za-z_.][\w.]*)"  # e.g. zero1.772, 1.7x2, 1.2.3
     r'|(?P<stray>")'
 )
 
@@ -50,8 +51,16 @@ class TextGrid:
     text_format: str  # "long" | "short" | "chronological"
 
 
-def decode_praat_bytes(raw: bytes) -> str:
+def decode_praat_bytes(raw: bytes, path: str | os.PathLike | None = None) -> str:
     """Decode a Praat text file: UTF-16 (BOM or NUL bytes), UTF-8 with optional BOM, else Latin-1."""
+    try:
+        return _decode(raw)
+    except UnicodeDecodeError as error:
+        raise InputError(path, f"not a text file: undecodable bytes at byte {error.start} ({error.reason}).",
+                         "give the Praat TextGrid (text, not binary) of this story.") from error
+
+
+def _decode(raw: bytes) -> str:
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         return raw.decode("utf-16")
     if b"\x00" in raw[:200]:
@@ -72,6 +81,9 @@ class _Tokens:
         for match in _TOKEN.finditer(text):
             if match.group("stray") is not None:
                 raise InputError(path, f"malformed TextGrid: unterminated string on line {self.line(match.start())}.")
+            if match.group("bad") is not None:
+                raise InputError(path, f"malformed TextGrid: {match.group('bad')!r} on line {self.line(match.start())} is not a number.",
+                                 "correct the value (Praat writes plain decimals such as 1.772) or re-export the TextGrid.")
             if match.group("string") is not None:
                 self.items.append(("string", match.group("string").replace('""', '"'), match.start()))
             elif match.group("flag") is not None:
@@ -201,7 +213,7 @@ def read_textgrid(path: str | os.PathLike) -> TextGrid:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "TextGrid file not found.", "check dataset.root and the story name.")
-    return parse_textgrid(decode_praat_bytes(path.read_bytes()), path)
+    return parse_textgrid(decode_praat_bytes(path.read_bytes(), path), path)
 
 
 def word_tier(grid: TextGrid, path: str | os.PathLike | None = None) -> Tier:
@@ -217,7 +229,11 @@ def word_tier(grid: TextGrid, path: str | os.PathLike | None = None) -> Tier:
             chosen = grid.tiers[0]
         else:
             raise InputError(path, "the TextGrid has no tiers.", "provide a TextGrid with a word tier.")
-        logger.info("%s: no tier named word(s); using tier %r by position", path, chosen.name)
+        if "phon" in chosen.name.strip().lower():
+            names = ", ".join(repr(tier.name) for tier in grid.tiers)
+            raise InputError(path, f"no word tier: the tier used by position, {chosen.name!r}, holds phones (tiers: {names}).",
+                             "provide the TextGrid with its word tier (named \"words\", or second after the phones).")
+        logger.warning("%s: no tier named word(s); using tier %r by position", path, chosen.name)
     if chosen.kind != "IntervalTier":
         raise InputError(path, f"the word tier {chosen.name!r} is a point tier, not an interval tier.")
     return chosen

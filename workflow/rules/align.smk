@@ -1,14 +1,14 @@
 # Alignment: every layer's word features of a model → the subject's TR grid (Lanczos on
 # word midpoints, trimmed like the responses, z-scored per story); FIR delays are applied
-# at fit time. words.tsv is ancient() as in rule features: the store entry carries its
-# sha256, which brainllm.store.read_entry verifies.
+# at fit time. Entries are read through the features manifests; brainllm.store.read_entry
+# checks each layer's hash, the manifest's content id and the words' sha256.
 
 
 rule align:
     input:
         responses=preprocessed("{subject}"),
-        entries=lambda wildcards: [feature_entry(wildcards.model, story) for story in STORIES],
-        words=[ancient(words_tsv(story)) for story in STORIES],
+        entries=lambda wildcards: [feature_manifest(wildcards.model, story) for story in STORIES],
+        words=[words_tsv(story) for story in STORIES],
     output:
         aligned_features("{subject}", "{model}"),
     params:

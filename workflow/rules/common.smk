@@ -22,6 +22,28 @@ def dataset_ready():
     return []
 
 
+# Every dataset file an ingest rule reads is one of its inputs (brainllm.sources), so
+# editing one reruns exactly the jobs downstream of it. A generated demo dataset is
+# represented by its ground_truth.json, written last (its files do not exist when the
+# first run is planned, and a changed input list would rerun ingestion once).
+from brainllm import sources as brainllm_sources
+
+
+brainllm_sources.check_plan(DATASET, config["encoding"]["delays"])
+
+
+def story_sources(wildcards):
+    return dataset_ready() or brainllm_sources.story_sources(DATASET, wildcards.story)
+
+
+def subject_sources(wildcards):
+    return dataset_ready() or brainllm_sources.subject_sources(DATASET, wildcards.subject)
+
+
+def atlas_sources(wildcards):
+    return dataset_ready() or brainllm_sources.atlas_sources(DATASET, wildcards.subject)
+
+
 def words_tsv(story):
     return f"{RESULTS}/ingest/stories/{story}/words.tsv"
 
@@ -60,15 +82,28 @@ def atlas_files(subject):
 
 # --- features (feature store) ------------------------------------------------------
 
-from brainllm import store as brainllm_store
 
 FEATURE_STORE = os.path.normpath(config["feature_store"])
 MODELS = config["models"]
 
 
-def feature_entry(model, story):
-    """Store entry of (model, story): FEATURE_STORE/<model-slug>/<settings-hash>/<story>.h5."""
-    return str(brainllm_store.entry_path(FEATURE_STORE, MODELS[model], story))
+onstart:
+    # Temporaries of jobs killed in an earlier run (no job runs yet; in the shared store
+    # only day-old ones, a concurrent run elsewhere may be writing).
+    from brainllm.io import remove_stale_temporaries
+
+    for _tmp in remove_stale_temporaries(RESULTS, shared=FEATURE_STORE):
+        print(f"removed {_tmp}, left by a killed job")
+
+
+def feature_manifest(model, story):
+    """This checkout's record of the store entry of (model, story): R/features/<model>/<story>.json.
+
+    The store itself is a cache, not a Snakemake output (docs/outputs.md, feature store):
+    the features job reuses or computes the entry and writes this manifest; align reads
+    the entry through it.
+    """
+    return f"{RESULTS}/features/{model}/{story}.json"
 
 
 def model_layers(model):
@@ -78,13 +113,11 @@ def model_layers(model):
     return configured_layers(MODELS[model])
 
 
-def feature_model(slug, settings):
-    """Name of the first configured model whose entries live in <slug>/<settings>."""
-    for name, model_cfg in MODELS.items():
-        directory = brainllm_store.entry_dir(FEATURE_STORE, model_cfg)
-        if (directory.parent.name, directory.name) == (slug, settings):
-            return name
-    raise ValueError(f"no configured model stores its features in {FEATURE_STORE}/{slug}/{settings}")
+def names_pattern(names):
+    """A wildcard constraint matching exactly these names (none: matches nothing)."""
+    import re
+
+    return "|".join(re.escape(name) for name in names) or "(?!)"
 
 
 # --- end features -----------------------------------------------------------------
@@ -94,12 +127,11 @@ def feature_model(slug, settings):
 # The stage runs when the config has a `contrastive` section. With `lora.enabled`, every
 # (subject, configured model) gets a brain-tuned model <model>tuned<subject>: the base
 # model's settings plus `adapter` (its LoRA adapter directory) and `adapter_recipe`.
-# Tuned models join MODELS (every model the DAG knows by name: feature_entry,
+# Tuned models join MODELS (every model the DAG knows by name: feature_manifest,
 # model_layers, ...) but not config["models"], which stays what the user configured
 # and is what stages enumerate (a tuned model is scored for its own subject only, as
-# requested by contrastive_compare). The store key of a tuned model uses adapter_recipe (a hash of its
-# training recipe, known before training) instead of the adapter weights, whose sha256
-# the store entry records; rule features_tuned (contrastive.smk) extracts its entries.
+# requested by contrastive_compare). Rule features_tuned (contrastive.smk) extracts its
+# entries; their store key holds the trained adapter's content hash.
 
 from brainllm import contrastive_settings as brainllm_contrastive
 
@@ -122,17 +154,15 @@ if CONTRASTIVE and CONTRASTIVE_SETTINGS["lora"]["enabled"]:
                 config["models"][_model], CONTRASTIVE, _subject, DATASET, lora_adapter_dir(_subject, _model)
             )
             TUNED_MODELS[_name] = (_subject, _model)
-TUNED_BY_SETTINGS = {brainllm_store.entry_dir(FEATURE_STORE, MODELS[name]).name: name for name in TUNED_MODELS}
-TUNED_SETTINGS_PATTERN = "|".join(TUNED_BY_SETTINGS) or "(?!)"  # (?!) matches nothing
 
 
 def tuned_model_name(model, subject):
     return brainllm_contrastive.tuned_model_name(model, subject)
 
 
-def tuned_adapter_files(settings):
-    """Adapter files of the tuned model whose store entries live in <slug>/<settings>."""
-    directory = lora_adapter_dir(*TUNED_MODELS[TUNED_BY_SETTINGS[settings]])
+def tuned_adapter_files(model):
+    """Adapter files of a tuned model."""
+    directory = lora_adapter_dir(*TUNED_MODELS[model])
     return [f"{directory}/adapter_model.safetensors", f"{directory}/adapter_config.json"]
 
 
@@ -323,7 +353,7 @@ def encoding_targets():
 def final_targets():
     targets = [words_tsv(story) for story in STORIES]
     targets += [preprocessed(subject) for subject in SUBJECTS]
-    targets += [feature_entry(model, story) for model in MODELS for story in STORIES]
+    targets += [feature_manifest(model, story) for model in MODELS for story in STORIES]
     targets += encoding_targets()
     targets += contrastive_targets()
     targets += [f"{RESULTS}/report/manifest.tsv"]  # report: every registered figure

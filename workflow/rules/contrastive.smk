@@ -1,7 +1,7 @@
 # Contrastive brain↔text training (brainllm.contrastive, brainllm.brainlora); outputs in
 # docs/outputs.md. `contrastive`: frozen LLM features per (subject, model, layer).
 # `contrastive_lora`: LoRA adapters on the LLM per (subject, model); `features_tuned`
-# re-extracts the store entries of the tuned model <model>tuned<subject> through the
+# extracts (or reuses) the store entries of the tuned model <model>tuned<subject> through the
 # adapter, the usual align/encoding rules score it, and `contrastive_compare` sets its
 # held-out encoding r beside the base model's. Both training rules resume from their
 # checkpoint/ directory (not a declared output, so a failed job keeps it).
@@ -65,17 +65,17 @@ rule contrastive_lora:
 
 rule features_tuned:
     input:
-        words=lambda wildcards: ancient(words_tsv(wildcards.story)),
-        adapter=lambda wildcards: tuned_adapter_files(wildcards.settings),
+        words=words_tsv("{story}"),
+        adapter=lambda wildcards: tuned_adapter_files(wildcards.model),
     output:
-        f"{FEATURE_STORE}/{{slug}}/{{settings}}/{{story}}.h5",
+        feature_manifest("{model}", "{story}"),
     params:
-        model_cfg=lambda wildcards: MODELS[TUNED_BY_SETTINGS[wildcards.settings]],
+        model_cfg=lambda wildcards: MODELS[wildcards.model],
+        store=FEATURE_STORE,
     log:
-        f"{RESULTS}/logs/features/{{slug}}/{{settings}}/{{story}}.log",
+        f"{RESULTS}/logs/features/model-{{model}}/{{story}}.log",
     wildcard_constraints:
-        slug="[A-Za-z0-9._-]+",
-        settings=TUNED_SETTINGS_PATTERN,
+        model=names_pattern(TUNED_MODELS),
     threads: 2
     resources:
         mem_mb=16000,
@@ -83,10 +83,7 @@ rule features_tuned:
     conda:
         "../../envs/gpu.yaml"
     script:
-        "../scripts/contrastive_features_tuned.py"
-
-
-ruleorder: features_tuned > features
+        "../scripts/features.py"
 
 
 rule contrastive_compare:

@@ -1,23 +1,22 @@
-# Feature store: hidden states of every layer of a model, one vector per story word, one
-# HDF5 entry per (model, extraction settings, story) at
-# FEATURE_STORE/<model-slug>/<settings-hash>/<story>.h5 (see docs/outputs.md).
-# The store can be shared between users and runs: words.tsv is an ancient() input, so a
-# regenerated words.tsv with a newer mtime does not recompute an entry that exists;
-# brainllm.store.read_entry verifies the words' sha256 instead and refuses a stale entry.
+# Feature store: hidden states of every layer of a model, one vector per story word. The
+# store (FEATURE_STORE, shareable between checkouts and users) is a cache, not a Snakemake
+# output: the job reuses the entry of (model settings, story words) when one exists and
+# verifies it, else computes it once under a lock beside it; it never replaces an entry.
+# The rule's output is this checkout's manifest naming the entry (docs/outputs.md).
 
 
 rule features:
     input:
-        words=lambda wildcards: ancient(words_tsv(wildcards.story)),
+        words=words_tsv("{story}"),
     output:
-        f"{FEATURE_STORE}/{{slug}}/{{settings}}/{{story}}.h5",
+        feature_manifest("{model}", "{story}"),
     params:
-        model=lambda wildcards: feature_model(wildcards.slug, wildcards.settings),
+        model_cfg=lambda wildcards: MODELS[wildcards.model],
+        store=FEATURE_STORE,
     log:
-        f"{RESULTS}/logs/features/{{slug}}/{{settings}}/{{story}}.log",
+        f"{RESULTS}/logs/features/model-{{model}}/{{story}}.log",
     wildcard_constraints:
-        slug="[A-Za-z0-9._-]+",
-        settings="[0-9a-f]{12}",
+        model=names_pattern(config["models"]),
     threads: 2
     resources:
         mem_mb=16000,

@@ -1,10 +1,11 @@
 # Ingestion: story words and per-subject responses, mask and mean image from the
-# configured dataset (layouts ds003020, bids, wordcsv; see docs/outputs.md).
+# configured dataset (layouts ds003020, bids, wordcsv; see docs/outputs.md). Inputs: every
+# dataset file a rule reads (common.smk, brainllm.sources), so an edited one reruns its jobs.
 
 
 rule ingest_words:
     input:
-        dataset_ready(),
+        story_sources,
     output:
         words_tsv("{story}"),
     params:
@@ -20,7 +21,7 @@ rule ingest_words:
 
 rule ingest:
     input:
-        dataset_ready(),
+        subject_sources,
     output:
         responses=ingested("{subject}"),
         mask=ingest_mask("{subject}"),
@@ -41,7 +42,7 @@ rule ingest:
 
 rule ingest_atlas:
     input:
-        dataset_ready(),
+        atlas_sources,
         mask=ingest_mask("{subject}"),
     output:
         atlas=f"{RESULTS}/ingest/sub-{{subject}}/atlas.nii.gz",
