@@ -91,7 +91,8 @@ def feature_model(slug, settings):
 
 
 # --- contrastive (brain↔text training, BrainLLM) ------------------------------------
-# The stage runs when the config has a `contrastive` section. With `lora.enabled`, every
+# The stage runs when the config has a `contrastive` section (not null, not
+# `enabled: false`). With `lora.enabled`, every
 # (subject, configured model) gets a brain-tuned model <model>tuned<subject>: the base
 # model's settings plus `adapter` (its LoRA adapter directory) and `adapter_recipe`.
 # Tuned models join MODELS (every model the DAG knows by name: feature_entry,
@@ -103,7 +104,8 @@ def feature_model(slug, settings):
 
 from brainllm import contrastive_settings as brainllm_contrastive
 
-CONTRASTIVE = config.get("contrastive") or {}
+CONTRASTIVE = brainllm_configuration.stage_settings(config, "contrastive")  # {} = stage off
+CONTRASTIVE_ENABLED = brainllm_configuration.stage_enabled(config, "contrastive")
 CONTRASTIVE_SETTINGS = brainllm_contrastive.resolve_settings(CONTRASTIVE)
 CONTRASTIVE_OUT = f"{RESULTS}/contrastive/sub-{{subject}}/model-{{model}}"
 
@@ -113,7 +115,7 @@ def lora_adapter_dir(subject, model):
 
 
 TUNED_MODELS = {}  # tuned model name -> (subject, base model)
-if CONTRASTIVE and CONTRASTIVE_SETTINGS["lora"]["enabled"]:
+if CONTRASTIVE_ENABLED and CONTRASTIVE_SETTINGS["lora"]["enabled"]:
     MODELS = dict(config["models"])
     for _subject in SUBJECTS:
         for _model in config["models"]:
@@ -143,7 +145,7 @@ def contrastive_encoding_scores(subject, model):
 
 def contrastive_targets():
     """Retrieval of every (subject, model, contrastive layer); with LoRA, its retrieval and base_vs_tuned."""
-    if not CONTRASTIVE:
+    if not CONTRASTIVE_ENABLED:
         return []
     targets = []
     for subject in SUBJECTS:
@@ -227,7 +229,7 @@ def report_encoding_figures():
 
 def report_contrastive_figures():
     """Training and retrieval figures per contrastive run (layer-NN, lora) and base vs tuned."""
-    if not (CONTRASTIVE and rules.has("contrastive")):
+    if not (CONTRASTIVE_ENABLED and rules.has("contrastive")):
         return []
     stems = []
     for subject in SUBJECTS:

@@ -11,8 +11,8 @@ rule preprocess:
         mask=preprocessed_mask("{subject}"),
     params:
         preprocess=config["preprocess"],
-        trim_start=DATASET.get("trim_start", 10),
-        trim_end=DATASET.get("trim_end", 10),
+        trim_start=DATASET["trim_start"],
+        trim_end=DATASET["trim_end"],
     log:
         f"{RESULTS}/logs/preprocess/sub-{{subject}}.log",
     resources:
