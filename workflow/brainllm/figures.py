@@ -156,11 +156,11 @@ def layer_curves_figure(curves: pd.DataFrame, model_sizes: dict[str, float | Non
     return fig
 
 
-def roi_ranking_figure(ranking: pd.DataFrame, mean_label: str) -> Figure:
+def roi_ranking_figure(ranking: pd.DataFrame, mean_label: str, note: str | None = None) -> Figure:
     """Models (at their best layer) sorted by accuracy on x; one colour per ROI plus the mean.
 
     ``ranking``: columns ``rank model layer roi mean_r``; the row with ``roi == mean_label``
-    is the mean over all voxels.
+    is the mean over all voxels. ``note`` (e.g. that there is no atlas) becomes the title.
     """
     order = ranking.drop_duplicates("model").sort_values("rank")
     positions = {model: i for i, model in enumerate(order["model"])}
@@ -181,6 +181,8 @@ def roi_ranking_figure(ranking: pd.DataFrame, mean_label: str) -> Figure:
     ax.axhline(0, color="0.6", lw=0.6)
     ax.grid(axis="y", alpha=0.25)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="ROI")
+    if note:
+        ax.set_title(note, fontsize="medium")
     return fig
 
 

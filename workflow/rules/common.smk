@@ -45,6 +45,10 @@ def preprocessed_mask(subject):
     return f"{RESULTS}/preprocess/sub-{subject}/mask.nii.gz"
 
 
+def trimming_checks(subject):
+    return f"{RESULTS}/preprocess/sub-{subject}/trimming.tsv"
+
+
 def atlas_files(subject):
     """[atlas.nii.gz, atlas.tsv] of a subject when dataset.atlas is set, else []."""
     if not DATASET.get("atlas"):
