@@ -307,6 +307,43 @@ def encoding_targets():
 # --- end align / encoding ---------------------------------------------------------
 
 
+# --- BIDS derivative ------------------------------------------------------------------
+
+from brainllm import derivatives as brainllm_derivatives
+
+
+def derivative_maps():
+    """Every NIfTI map of the run → what its sidecar describes (brainllm.derivatives)."""
+    maps = {}
+    for subject in SUBJECTS:
+        ingest_dir = os.path.dirname(ingested(subject))
+        maps[ingest_mask(subject)] = {"kind": "mask", "subject": subject, "sources": []}
+        maps[f"{ingest_dir}/mean.nii.gz"] = {"kind": "mean", "subject": subject, "sources": []}
+        if DATASET.get("atlas"):
+            maps[atlas_files(subject)[0]] = {"kind": "atlas", "subject": subject, "sources": [ingest_mask(subject)]}
+        maps[preprocessed_mask(subject)] = {"kind": "analysis_mask", "subject": subject, "sources": [ingest_mask(subject)]}
+        models = [(model, model) for model in config["models"]]
+        models += [(name, base) for name, (tuned_subject, base) in TUNED_MODELS.items() if tuned_subject == subject]
+        for model, _ in models:
+            encoding = {"subject": subject, "model": model, "model_cfg": MODELS[model]}
+            layers = model_layers(model)
+            for layer in layers:
+                maps[encoding_file(subject, model, "r.nii.gz", layer)] = {
+                    **encoding, "kind": "r", "layer": int(layer),
+                    "summary": encoding_file(subject, model, "summary.json", layer),
+                    "sources": [aligned_features(subject, model), preprocessed(subject), preprocessed_mask(subject)],
+                }
+            if model in config["models"]:
+                maps[encoding_file(subject, model, "bestlayer.nii.gz")] = {
+                    **encoding, "kind": "bestlayer",
+                    "sources": [encoding_file(subject, model, "scores.tsv", layer) for layer in layers],
+                }
+    return maps
+
+
+# --- end BIDS derivative --------------------------------------------------------------
+
+
 def final_targets():
     targets = [words_tsv(story) for story in STORIES]
     targets += [preprocessed(subject) for subject in SUBJECTS]
@@ -314,4 +351,5 @@ def final_targets():
     targets += encoding_targets()
     targets += contrastive_targets()
     targets += [f"{RESULTS}/report/manifest.tsv"]  # report: every registered figure
+    targets += [f"{RESULTS}/dataset_description.json"]  # results/ as a BIDS derivative
     return targets
