@@ -319,6 +319,18 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(dataset, frozen_run,
     assert not list((tmp_path / "resumed" / "checkpoint").glob("*.pkl")) and not list((tmp_path / "resumed" / "checkpoint").glob("*.pt"))
 
 
+def test_finished_run_discards_its_checkpoint(tmp_path):
+    from brainllm.contrastive import discard_checkpoint
+
+    checkpoint = tmp_path / "layer-03" / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "epoch-0004.optimizer.safetensors").write_bytes(b"0" * 1000)
+    (tmp_path / "layer-03" / "model.safetensors").write_bytes(b"weights")
+    discard_checkpoint(checkpoint)
+    assert not checkpoint.exists() and (tmp_path / "layer-03" / "model.safetensors").exists()
+    discard_checkpoint(checkpoint)  # nothing left: no error
+
+
 def test_optimizer_state_round_trips_through_safetensors():
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)

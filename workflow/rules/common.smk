@@ -109,6 +109,7 @@ def feature_model(slug, settings):
 from brainllm import contrastive_settings as brainllm_contrastive
 
 CONTRASTIVE = brainllm_configuration.stage_settings(config, "contrastive")  # {} = stage off
+CONTRASTIVE_KEEP_CHECKPOINTS = bool(CONTRASTIVE.pop("keep_checkpoints", False))  # not part of any recipe
 CONTRASTIVE_ENABLED = brainllm_configuration.stage_enabled(config, "contrastive")
 CONTRASTIVE_SETTINGS = brainllm_contrastive.resolve_settings(CONTRASTIVE)
 CONTRASTIVE_OUT = f"{RESULTS}/contrastive/sub-{{subject}}/model-{{model}}"
