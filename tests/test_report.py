@@ -644,6 +644,24 @@ def test_ground_truth_without_subject_is_rejected(stage_outputs):
         report.ground_truth_voxels(stage_outputs["ground_truth"], "UTS09", stage_outputs["dataset_mask"]["S01"], stage_outputs["mask"]["S01"])
 
 
+def test_retrieval_legend_covers_no_bar_label():
+    from brainllm import figures
+
+    table = pd.DataFrame([
+        {"direction": d, "metric": m, "accuracy": a, "chance": c}
+        for d in ("brain_to_text", "text_to_brain") for m, a, c in (("top1", 0.3, 0.02), ("top5", 0.97, 0.1))
+    ])
+    fig = figures.retrieval_figure(table, "sub-A · m · lora")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    (ax,) = fig.axes
+    legend = ax.get_legend().get_window_extent(renderer)
+    labels = [text.get_window_extent(renderer) for text in ax.texts]
+    assert len(labels) == 4 and not any(legend.overlaps(label) for label in labels)
+
+
 def test_retrieval_without_chance_is_rejected(tmp_path):
     path = tmp_path / "sub-A" / "model-m" / "layer-01" / "retrieval.json"
     path.parent.mkdir(parents=True)

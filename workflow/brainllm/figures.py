@@ -299,7 +299,7 @@ def retrieval_figure(retrieval: pd.DataFrame, title: str) -> Figure:
     directions = list(dict.fromkeys(retrieval["direction"]))
     metrics = list(dict.fromkeys(retrieval["metric"]))
     width = 0.8 / len(metrics)
-    fig = new_figure(max(4.5, 1.8 * len(directions) + 2), 3.6)
+    fig = new_figure(max(5.5, 1.8 * len(directions) + 3), 3.6)
     ax = fig.subplots()
     for index, metric in enumerate(metrics):
         rows = retrieval[retrieval["metric"] == metric].set_index("direction").loc[directions]
@@ -315,7 +315,7 @@ def retrieval_figure(retrieval: pd.DataFrame, title: str) -> Figure:
     ax.set_ylabel("Accuracy (held-out story)")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.25)
-    ax.legend(frameon=False, loc="upper right")
+    ax.legend(frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))  # outside: never over a bar label
     return fig
 
 
