@@ -40,7 +40,7 @@ def encoding_jobs(subjects, stories, n_layers, atlas=False):
         "ingest": subjects, "ingest_words": stories, "features": stories, "preprocess": subjects,
         "align": subjects, "encoding": subjects * n_layers, "best_layer": subjects, "report_metrics": 1,
         "report_brain_maps": subjects, "report_layer_curves": 1, "report_r_histogram": subjects,
-        "report_roi_ranking": 1, "report": 1, "all": 1,
+        "report_roi_ranking": 1, "report": 1, "bids_derivative": 1, "all": 1,
     }
     if atlas:
         jobs["ingest_atlas"] = subjects

@@ -234,6 +234,8 @@ def test_schema_defaults_equal_package_defaults():
                 for key, spec in properties.items() if "$ref" not in spec}
 
     expected = {key: value for key, value in DEFAULTS.items() if key not in ("brain_encoder", "text_projector")}
+    # workflow switches, stripped before the settings reach the package (common.smk)
+    expected.update(enabled=True, keep_checkpoints=False)
     assert defaults(schema["properties"]["contrastive"]["properties"]) == expected
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     assert resolve_settings(config["contrastive"])["lora"]["enabled"]
