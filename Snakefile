@@ -1,15 +1,29 @@
 # brainllm: brain-activity encoding and decoding models from large language models.
 # Run the embedded demo:  snakemake --cores all       (see README.md)
+#
+# The config is the user's (--configfile a.yaml [b.yaml …], later files update earlier
+# ones; --config key=value on top) or, when no --configfile is given, config/config.yaml:
+# never a merge of the two. Defaults come from the schema; brainllm.configuration checks
+# what the schema cannot before any job runs.
 
 from snakemake.utils import min_version, validate
+
+from brainllm import configuration as brainllm_configuration
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
 
 
+brainllm_configuration.check_files(workflow.configfiles)
+brainllm_configuration.prepare(config, workflow.config_settings.config)
 validate(config, "workflow/schemas/config.schema.yaml")
+brainllm_configuration.finish(
+    config, check_inputs=workflow.is_main_process and not config["demo"]["generate"]
+)
 
 
 include: "workflow/rules/common.smk"
@@ -21,6 +35,7 @@ include: "workflow/rules/contrastive.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/align.smk"
 include: "workflow/rules/encoding.smk"
+include: "workflow/rules/derivatives.smk"
 
 
 report: "workflow/report/workflow.rst"

@@ -234,6 +234,8 @@ def test_schema_defaults_equal_package_defaults():
                 for key, spec in properties.items() if "$ref" not in spec}
 
     expected = {key: value for key, value in DEFAULTS.items() if key not in ("brain_encoder", "text_projector")}
+    # workflow switches, stripped before the settings reach the package (common.smk)
+    expected.update(enabled=True, keep_checkpoints=False)
     assert defaults(schema["properties"]["contrastive"]["properties"]) == expected
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     assert resolve_settings(config["contrastive"])["lora"]["enabled"]
@@ -317,6 +319,18 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(dataset, frozen_run,
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "reference" / "curves.tsv", sep="\t"), pd.read_csv(tmp_path / "resumed" / "curves.tsv", sep="\t"))
     assert resumed["brain_to_text"] == reference["brain_to_text"]
     assert not list((tmp_path / "resumed" / "checkpoint").glob("*.pkl")) and not list((tmp_path / "resumed" / "checkpoint").glob("*.pt"))
+
+
+def test_finished_run_discards_its_checkpoint(tmp_path):
+    from brainllm.contrastive import discard_checkpoint
+
+    checkpoint = tmp_path / "layer-03" / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "epoch-0004.optimizer.safetensors").write_bytes(b"0" * 1000)
+    (tmp_path / "layer-03" / "model.safetensors").write_bytes(b"weights")
+    discard_checkpoint(checkpoint)
+    assert not checkpoint.exists() and (tmp_path / "layer-03" / "model.safetensors").exists()
+    discard_checkpoint(checkpoint)  # nothing left: no error
 
 
 def test_optimizer_state_round_trips_through_safetensors():

@@ -270,3 +270,42 @@ def test_preprocess_split_run_incomplete(split_ingested, tmp_path):
                            out / "mask.nii.gz", OPTIONS, trim_start=3, trim_end=4)
     assert caught.value.path == str(folder / "responses.h5")
     assert not out.exists() or not list(out.iterdir())
+
+
+def _trim_story(handle, story, n_trs_raw, trim_start, trim_end, **attrs):
+    group = handle.create_group(story)
+    group.create_dataset("data", data=np.zeros((n_trs_raw - trim_start - trim_end, 3), np.float32))
+    group.attrs.update(tr=TR, n_trs_raw=n_trs_raw, trim_start=trim_start, trim_end=trim_end, preprocessed=True,
+                       cleaning="{}", **attrs)
+
+
+def _words(path, onset, offset):
+    path.write_text(f"word\tonset\toffset\nfirst\t{onset}\t{onset + 0.3}\nlast\t{offset - 0.3}\t{offset}\n")
+    return path
+
+
+def test_trim_checks_warn_on_large_trims_and_cut_stimuli(tmp_path, caplog):
+    from brainllm.preprocess import trim_checks
+
+    responses = tmp_path / "responses.h5"
+    with h5py.File(responses, "w") as handle:
+        _trim_story(handle, "long", 200, 10, 10)       # 10 % trimmed, words inside the kept TRs [20 s, 380 s)
+        _trim_story(handle, "short", 65, 10, 10)       # 31 % trimmed
+        _trim_story(handle, "early", 200, 10, 10)      # first word at 12 s < 20 s
+        # a run split in two segments: 20 of 100 raw TRs trimmed over the run (20 %: no warning);
+        # the last segment's words end after its kept TRs
+        _trim_story(handle, "runseg1", 50, 10, 0, segment_of="run")
+        _trim_story(handle, "runseg2", 50, 0, 10, segment_of="run")
+    words = {"long": _words(tmp_path / "a.tsv", 25.0, 370.0), "short": _words(tmp_path / "b.tsv", 25.0, 100.0),
+             "early": _words(tmp_path / "c.tsv", 12.0, 300.0), "runseg1": _words(tmp_path / "d.tsv", 30.0, 90.0),
+             "runseg2": _words(tmp_path / "e.tsv", 1.0, 85.0)}
+    with caplog.at_level("WARNING", logger="brainllm"):
+        table = trim_checks(responses, words).set_index("story")
+    assert table.loc["long", "warning"] == "" and table.loc["runseg1", "warning"] == ""
+    assert table.loc["short", "trimmed_fraction"] == pytest.approx(20 / 65)
+    assert "removes 31% of the TRs of run short" in table.loc["short", "warning"]
+    assert "trim_start (20 s) cuts into the stimulus (first word at 12 s)" in table.loc["early", "warning"]
+    assert table.loc["runseg2", "trimmed_fraction"] == pytest.approx(0.2)
+    assert "trim_end cuts into the stimulus (kept TRs end at 80 s, last word ends at 85 s)" in table.loc["runseg2", "warning"]
+    assert "removes" not in table.loc["runseg2", "warning"]
+    assert sum("cuts into the stimulus" in r.message or "removes" in r.message for r in caplog.records) == 3

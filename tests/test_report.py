@@ -297,6 +297,25 @@ def test_roi_ranking(stage_outputs, tmp_path):
         assert ranking[(ranking.model == model) & (ranking.roi == report.MEAN_ROI_LABEL)].mean_r.iloc[0] == pytest.approx(expected_mean, abs=1e-12)
 
 
+def test_roi_ranking_without_atlas(stage_outputs, tmp_path):
+    """ROI tables holding only the whole-brain row (dataset.atlas: null): the mean alone, no failure."""
+    roi_tsvs = []
+    for key in sorted(stage_outputs["roi"]):
+        table = pd.read_csv(stage_outputs["roi"][key], sep="\t")
+        path = tmp_path / "rois" / Path(stage_outputs["roi"][key]).name
+        path.parent.mkdir(exist_ok=True)
+        table[table["index"] == -1].to_csv(path, sep="\t", index=False)
+        roi_tsvs.append(path)
+    paths = _figure_paths(tmp_path, "roi_ranking")
+    layers = [stage_outputs["layers"][k] for k in sorted(stage_outputs["layers"])]
+    ranking = report.plot_roi_ranking(layers, roi_tsvs, paths["png"], paths["svg"], paths["tsv"])
+    _assert_figure(paths)
+    assert set(ranking["roi"]) == {report.MEAN_ROI_LABEL}
+    assert ranking.drop_duplicates("model").sort_values("rank")["model"].tolist() == ["small", "large"]
+    assert (ranking["n_voxels"] == stage_outputs["n_voxels"]).all()
+    assert "no atlas" in Path(paths["svg"]).read_text()  # the figure says why there are no ROIs
+
+
 def test_r_histogram_with_ground_truth(stage_outputs, tmp_path):
     subject, model = "S02", "large"
     paths = _figure_paths(tmp_path, "hist")
@@ -397,6 +416,34 @@ def test_metrics_summary_without_ground_truth(stage_outputs, tmp_path):
     summaries = [stage_outputs["summaries"][key] for key in sorted(stage_outputs["summaries"])]
     table = report.metrics_summary(summaries, tmp_path / "s.tsv", tmp_path / "s.html")
     assert table[["sensitivity", "specificity", "r_over_true_ceiling"]].isna().all().all()
+    assert table["notes"].str.contains("no ground truth").all()
+    # the model without repeats says so; the one with a ceiling does not
+    assert table[table.model == "small"]["notes"].str.contains("noise ceiling: the test stories have no repeats").all()
+    assert not table[table.model == "large"]["notes"].str.contains("noise ceiling").any()
+
+
+def test_metrics_summary_notes_every_missing_metric(stage_outputs, tmp_path):
+    """A summary without invariance (too few test TRs) and a trimming warning: NaN + reason in notes and HTML."""
+    key = sorted(stage_outputs["summaries"])[0]
+    summary = json.loads(Path(stage_outputs["summaries"][key]).read_text())
+    summary.pop("invariance")
+    summary["n_test_trs"] = 57
+    short = tmp_path / "encoding" / Path(stage_outputs["summaries"][key]).name
+    short.parent.mkdir()
+    short.write_text(json.dumps(summary))
+    trimming = tmp_path / "trimming.tsv"
+    pd.DataFrame([{"story": "tidepool", "warning": "trimming removes 31% of the TRs of run tidepool (20 of 65)"},
+                  {"story": "orchard", "warning": ""}]).to_csv(trimming, sep="\t", index=False)
+    html = tmp_path / "s.html"
+    table = report.metrics_summary([short], tmp_path / "s.tsv", html, trimming_tsvs={key[0]: trimming},
+                                   invariance={"chunk_trs": 40, "n_resamples": 20})
+    row = table.iloc[0]
+    assert math.isnan(row.invariance) and math.isnan(row.invariance_cv)
+    assert "invariance: 57 test TRs < 2 × encoding.invariance.chunk_trs (80)" in row.notes
+    assert "trimming: tidepool: trimming removes 31%" in row.notes and "orchard" not in row.notes
+    assert "Warnings" in html.read_text() and "tidepool" in html.read_text()
+    written = pd.read_csv(tmp_path / "s.tsv", sep="\t")
+    assert written["notes"].iloc[0] == row.notes
 
 
 def test_manifest(stage_outputs, tmp_path):
@@ -595,6 +642,24 @@ def test_map_on_another_grid_is_rejected(stage_outputs, tmp_path):
 def test_ground_truth_without_subject_is_rejected(stage_outputs):
     with pytest.raises(InputError, match="UTS09"):
         report.ground_truth_voxels(stage_outputs["ground_truth"], "UTS09", stage_outputs["dataset_mask"]["S01"], stage_outputs["mask"]["S01"])
+
+
+def test_retrieval_legend_covers_no_bar_label():
+    from brainllm import figures
+
+    table = pd.DataFrame([
+        {"direction": d, "metric": m, "accuracy": a, "chance": c}
+        for d in ("brain_to_text", "text_to_brain") for m, a, c in (("top1", 0.3, 0.02), ("top5", 0.97, 0.1))
+    ])
+    fig = figures.retrieval_figure(table, "sub-A · m · lora")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    (ax,) = fig.axes
+    legend = ax.get_legend().get_window_extent(renderer)
+    labels = [text.get_window_extent(renderer) for text in ax.texts]
+    assert len(labels) == 4 and not any(legend.overlaps(label) for label in labels)
 
 
 def test_retrieval_without_chance_is_rejected(tmp_path):

@@ -44,13 +44,9 @@ def test_wrong_type_names_the_key(workdir):
 
 
 def test_missing_required_key_names_it(workdir):
-    # --configfile is merged over the default config, so replace the default itself
-    (workdir / "config").unlink()
-    (workdir / "config").mkdir()
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["dataset"].pop("subjects")
-    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    proc = run_snakemake(workdir, "-n", check=False)
+    # the user's config is the whole config: nothing of config/config.yaml fills the gap
+    path = _write_config(workdir, lambda c: c["dataset"].pop("subjects"))
+    proc = run_snakemake(workdir, "-n", "--configfile", str(path), check=False)
     assert proc.returncode != 0
     assert "subjects" in proc.stdout
 

@@ -18,7 +18,8 @@ validation top-1 brain→text retrieval) and the rest train.
 Checkpoints are safetensors + JSON only. A run writes its resumable state to
 ``checkpoint/`` after every epoch (weights, optimizer moments, best weights, curves) and
 a rerun with the same recipe continues from there; random draws are seeded per epoch
-from ``seed`` so a resumed run reproduces an uninterrupted one.
+from ``seed`` so a resumed run reproduces an uninterrupted one. A finished run's rule
+removes ``checkpoint/`` (:func:`discard_checkpoint`) unless ``keep_checkpoints`` is set.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import platform
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -492,6 +494,15 @@ class Checkpoint:
         load_trainable_state(model, load_file(str(self.dir / files["model"])), self.dir / files["model"])
         optimizer_from_files(optimizer, load_file(str(self.dir / files["optimizer"])), state["optimizer_groups"])
         return load_file(str(self.dir / files["best"])) if "best" in files else None
+
+
+def discard_checkpoint(directory: str | os.PathLike) -> None:
+    """Remove a finished run's ``checkpoint/`` (its final weights are the rule's outputs)."""
+    directory = Path(directory)
+    if directory.is_dir():
+        size = sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+        shutil.rmtree(directory)
+        log.info("removed %s (%.1f MB; contrastive.keep_checkpoints: true keeps it)", directory, size / 1e6)
 
 
 # ----------------------------------------------------------------------------- training

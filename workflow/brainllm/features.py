@@ -362,7 +362,9 @@ def extract_words_with_stats(model, tokenizer, words: list[str], settings: dict,
     outputs, filled, stats = run_windows(model, windows, len(words), settings, info, padding_side, desc)
     if not filled.all():
         raise RuntimeError(f"words {np.flatnonzero(~filled)[:5].tolist()} received no state")
-    story_tokens = len(tokenizer(" ".join(words), add_special_tokens=False)["input_ids"])
+    # story length in tokens (for the stats only; the model reads windows): through the fast
+    # tokenizer's backend, which does not warn that a whole story exceeds the model's length
+    story_tokens = len(tokenizer.backend_tokenizer.encode(" ".join(words), add_special_tokens=False).ids)
     stats.update(
         n_words=len(words),
         story_tokens=story_tokens,

@@ -157,11 +157,11 @@ def layer_curves_figure(curves: pd.DataFrame, model_sizes: dict[str, float | Non
     return fig
 
 
-def roi_ranking_figure(ranking: pd.DataFrame, mean_label: str) -> Figure:
+def roi_ranking_figure(ranking: pd.DataFrame, mean_label: str, note: str | None = None) -> Figure:
     """Models (at their best layer) sorted by accuracy on x; one colour per ROI plus the mean.
 
     ``ranking``: columns ``rank model layer roi mean_r``; the row with ``roi == mean_label``
-    is the mean over all voxels.
+    is the mean over all voxels. ``note`` (e.g. that there is no atlas) becomes the title.
     """
     order = ranking.drop_duplicates("model").sort_values("rank")
     positions = {model: i for i, model in enumerate(order["model"])}
@@ -182,6 +182,8 @@ def roi_ranking_figure(ranking: pd.DataFrame, mean_label: str) -> Figure:
     ax.axhline(0, color="0.6", lw=0.6)
     ax.grid(axis="y", alpha=0.25)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="ROI")
+    if note:
+        ax.set_title(note, fontsize="medium")
     return fig
 
 
@@ -298,7 +300,7 @@ def retrieval_figure(retrieval: pd.DataFrame, title: str) -> Figure:
     directions = list(dict.fromkeys(retrieval["direction"]))
     metrics = list(dict.fromkeys(retrieval["metric"]))
     width = 0.8 / len(metrics)
-    fig = new_figure(max(4.5, 1.8 * len(directions) + 2), 3.6)
+    fig = new_figure(max(5.5, 1.8 * len(directions) + 3), 3.6)
     ax = fig.subplots()
     for index, metric in enumerate(metrics):
         rows = retrieval[retrieval["metric"] == metric].set_index("direction").loc[directions]
@@ -314,7 +316,7 @@ def retrieval_figure(retrieval: pd.DataFrame, title: str) -> Figure:
     ax.set_ylabel("Accuracy (held-out story)")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.25)
-    ax.legend(frameon=False, loc="upper right")
+    ax.legend(frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))  # outside: never over a bar label
     return fig
 
 

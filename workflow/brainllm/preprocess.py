@@ -371,3 +371,61 @@ def preprocess_subject(
         len(summary["cleaned"]), len(summary["passed_through"]), summary["voxels_dropped"], summary["voxels_kept"],
     )
     return summary
+
+
+# --------------------------------------------------------------------------- trimming checks
+
+MAX_TRIMMED_FRACTION = 0.2  # a run losing more of its TRs to trimming is warned about
+TRIM_CHECK_COLUMNS = ["story", "run", "n_trs_raw", "trim_start", "trim_end", "trimmed_fraction",
+                      "kept_start_s", "kept_end_s", "first_word_onset_s", "last_word_offset_s", "warning"]
+
+
+def trim_checks(responses_h5: str | os.PathLike, words_tsvs: dict[str, str | os.PathLike]) -> "pd.DataFrame":
+    """One row per story of a preprocessed ``responses.h5``: what trimming removed, and warnings.
+
+    A run (a story, or the whole run of split segments) that loses more than
+    ``MAX_TRIMMED_FRACTION`` of its TRs, and a story whose kept TRs
+    ``[trim_start·TR, (n_trs_raw − trim_end)·TR)`` miss its first word's onset or its last
+    word's offset (``words_tsvs``: story → words.tsv, times from the story's start), get a
+    ``warning`` (logged too). Already-preprocessed responses (ds003020) carry the dataset's
+    own trims; their warning says so.
+    """
+    import pandas as pd
+
+    rows = []
+    with open_h5(responses_h5) as handle:
+        stories = {story: dict(handle[story].attrs) for story in handle.keys()}
+    runs: dict[str, list[str]] = {}
+    for story, attrs in stories.items():
+        runs.setdefault(str(attrs.get("segment_of", story)), []).append(story)
+    for run, members in runs.items():
+        n_raw = sum(int(stories[s]["n_trs_raw"]) for s in members)
+        n_trimmed = sum(int(stories[s].get("trim_start", 0)) + int(stories[s].get("trim_end", 0)) for s in members)
+        fraction = n_trimmed / n_raw if n_raw else float("nan")
+        for story in members:
+            attrs = stories[story]
+            tr, n_trs_raw = float(attrs["tr"]), int(attrs["n_trs_raw"])
+            trim_start, trim_end = int(attrs.get("trim_start", 0)), int(attrs.get("trim_end", 0))
+            kept_start, kept_end = trim_start * tr, (n_trs_raw - trim_end) * tr
+            first = last = float("nan")
+            if story in words_tsvs:
+                words = pd.read_csv(words_tsvs[story], sep="\t")
+                if len(words):
+                    first, last = float(words["onset"].min()), float(words["offset"].max())
+            problems = []
+            if fraction > MAX_TRIMMED_FRACTION:
+                problems.append(f"trimming removes {fraction:.0%} of the TRs of run {run} ({n_trimmed} of {n_raw})")
+            if trim_start and first < kept_start:
+                problems.append(f"trim_start ({kept_start:g} s) cuts into the stimulus (first word at {first:g} s)")
+            if trim_end and last > kept_end:
+                problems.append(f"trim_end cuts into the stimulus (kept TRs end at {kept_end:g} s, last word ends at {last:g} s)")
+            warning = "; ".join(problems)
+            if warning and bool(attrs.get("preprocessed", False)) and "cleaning" not in attrs:
+                warning += " (trims fixed by the dataset's own preprocessing)"
+            if warning:
+                logger.warning("story %s: %s. Fix: lower dataset.trim_start/trim_end or give them in seconds "
+                               "(trim_start_s/trim_end_s).", story, warning)
+            rows.append({"story": story, "run": run, "n_trs_raw": n_trs_raw, "trim_start": trim_start, "trim_end": trim_end,
+                         "trimmed_fraction": fraction, "kept_start_s": kept_start, "kept_end_s": kept_end,
+                         "first_word_onset_s": first, "last_word_offset_s": last, "warning": warning})
+    return pd.DataFrame(rows, columns=TRIM_CHECK_COLUMNS)

@@ -39,6 +39,7 @@ SCORE_COLUMNS = ("voxel", "r", "p", "p_fdr", "significant", "alpha")
 LAYERS_COLUMNS = ("layer", "mean_r", "mean_r_top10")
 ROI_COLUMNS = ("roi", "mean_r", "n_voxels")
 MEAN_ROI_LABEL = "mean (all voxels)"
+NO_ATLAS_NOTE = "no atlas (dataset.atlas: null): whole-brain mean only"
 NO_BEST_LAYER = -1  # best-layer map value of voxels significant at no layer
 _ENTITY = re.compile(r"(?:^|_)(sub|model|layer)-([A-Za-z0-9]+)")
 
@@ -339,7 +340,8 @@ def plot_roi_ranking(
     """Models at their best layer ranked by mean r, with the subject-averaged mean r of each ROI.
 
     The ROI tables' whole-brain row (``roi`` "all", ``index`` −1) is replaced by the mean
-    over all voxels from the layer tables.
+    over all voxels from the layer tables. Without an atlas (ROI tables holding only that
+    row) the ranking holds the whole-brain mean alone and the figure says so.
     """
     layers = read_layer_tables(layers_tsvs)
     rois_by_key = {result_key(path): path for path in roi_tsvs}
@@ -347,16 +349,20 @@ def plot_roi_ranking(
     for model in sorted(layers["model"].unique()):
         layer = best_layer(layers, model)
         at_best = layers[(layers["model"] == model) & (layers["layer"] == layer)]
-        for subject in at_best["subject"]:
-            path = _layer_file({k[2]: p for k, p in rois_by_key.items() if k[:2] == (subject, model)}, layer, "_roi.tsv", subject, model)
+        for s in at_best.itertuples():
+            path = _layer_file({k[2]: p for k, p in rois_by_key.items() if k[:2] == (s.subject, model)}, layer, "_roi.tsv", s.subject, model)
             roi = read_table(path, ROI_COLUMNS, "ROI summary")
             whole = (roi["index"] == -1) if "index" in roi else (roi["roi"].astype(str) == "all")
             rows += [
-                {"model": model, "layer": layer, "subject": subject, "roi": str(r.roi), "mean_r": float(r.mean_r), "n_voxels": int(r.n_voxels)}
+                {"model": model, "layer": layer, "subject": s.subject, "roi": str(r.roi), "mean_r": float(r.mean_r), "n_voxels": int(r.n_voxels)}
                 for r in roi[~whole].itertuples()
             ]
-        rows += [{"model": model, "layer": layer, "subject": s.subject, "roi": MEAN_ROI_LABEL, "mean_r": s.mean_r} for s in at_best.itertuples()]
+            n_voxels = int(roi.loc[whole, "n_voxels"].iloc[0]) if whole.any() else np.nan
+            rows.append({"model": model, "layer": layer, "subject": s.subject, "roi": MEAN_ROI_LABEL, "mean_r": s.mean_r, "n_voxels": n_voxels})
     per_subject = pd.DataFrame(rows)
+    has_atlas = bool((per_subject["roi"] != MEAN_ROI_LABEL).any())
+    if not has_atlas:
+        logger.info("no ROI rows (dataset.atlas: null): the ranking shows the whole-brain mean only")
     ranking = per_subject.groupby(["model", "layer", "roi"], as_index=False, sort=False).agg(
         mean_r=("mean_r", "mean"), n_subjects=("subject", "nunique"), n_voxels=("n_voxels", "mean")
     )
@@ -365,7 +371,7 @@ def plot_roi_ranking(
     ranking = ranking.sort_values(["rank", "roi"]).reset_index(drop=True)[["rank", "model", "layer", "roi", "mean_r", "n_subjects", "n_voxels"]]
     write_tsv(tsv, ranking)
     with figures.styled():
-        fig = figures.roi_ranking_figure(ranking, MEAN_ROI_LABEL)
+        fig = figures.roi_ranking_figure(ranking, MEAN_ROI_LABEL, note=None if has_atlas else NO_ATLAS_NOTE)
         figures.save_figure(fig, png, svg, dpi)
     logger.info("ROI ranking of %d model(s) over %d ROI(s) -> %s", ranking["model"].nunique(), ranking["roi"].nunique() - 1, png)
     return ranking
@@ -570,14 +576,45 @@ def _number(mapping: Mapping, *keys: str) -> float:
     return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
+def trimming_warnings(trimming_tsv: PathLike) -> list[str]:
+    """``story: warning`` of every story with a trimming warning (brainllm.preprocess.trim_checks)."""
+    table = read_table(trimming_tsv, ("story", "warning"), "trimming checks")
+    return [f"{row.story}: {row.warning}" for row in table.itertuples() if isinstance(row.warning, str) and row.warning]
+
+
+def _missing_metric_notes(row: Mapping, summary: Mapping, invariance: Mapping, trim_warnings: Sequence[str]) -> list[str]:
+    """Why each NaN metric of a summary row is NaN, then the subject's trimming warnings."""
+    notes = []
+    if math.isnan(row["invariance"]):
+        chunk_trs, n_test = invariance.get("chunk_trs"), row["n_test_trs"]
+        if chunk_trs is not None and not math.isnan(n_test) and n_test < 2 * chunk_trs:
+            notes.append(f"invariance: {int(n_test)} test TRs < 2 × encoding.invariance.chunk_trs ({2 * int(chunk_trs)})")
+        else:
+            notes.append("invariance: not computed (encoding.invariance.n_resamples < 2 or missing from the summary)")
+    if math.isnan(row["noise_ceiling_r"]):
+        notes.append("noise ceiling: the test stories have no repeats (or different numbers of them)")
+    if math.isnan(row["sensitivity"]):
+        notes.append("sensitivity, specificity, r_over_true_ceiling: no ground truth (dataset.ground_truth: null)")
+    return notes + [f"trimming: {w}" for w in trim_warnings]
+
+
 def metrics_summary(
     summary_jsons: Sequence[PathLike],
     tsv: PathLike,
     html: PathLike,
     scores_tsvs: Sequence[PathLike] = (),
     ground_truth: Mapping[str, Mapping[str, PathLike]] | None = None,
+    trimming_tsvs: Mapping[str, PathLike] | None = None,
+    invariance: Mapping | None = None,
 ) -> pd.DataFrame:
     """One row per (subject, model, layer): accuracy, information, detection, stability, ceiling.
+
+    A metric that cannot be computed is NaN and its reason is in the row's ``notes``
+    (``; ``-separated) and in the log: invariance without enough test TRs
+    (``invariance``: the ``encoding.invariance`` settings), no noise ceiling without
+    repeats of the test story, no detection rates without ground truth; with
+    ``trimming_tsvs`` (subject → preprocess trimming.tsv) a subject's trimming warnings too
+    (they are also listed under the HTML table).
 
     From the encoding summaries: mean and top-10 % r, significant voxels, Gaussian-copula
     MI (bits), invariance over test-chunk bootstraps (mean pairwise r and CV of the mean),
@@ -587,6 +624,7 @@ def metrics_summary(
     mean r over the mean true ceiling of the signal voxels.
     """
     scores_by_key = {result_key(path): path for path in scores_tsvs}
+    trim_warnings = {subject: trimming_warnings(path) for subject, path in (trimming_tsvs or {}).items()}
     truths: dict[str, dict[str, np.ndarray]] = {}
     rows = []
     for path in tqdm(list(summary_jsons), desc="metrics", unit="layer", disable=None):
@@ -624,21 +662,30 @@ def metrics_summary(
             row["sensitivity"], row["specificity"] = rates["sensitivity"], rates["specificity"]
             if signal.any() and ceiling[signal].mean() > 0:
                 row["r_over_true_ceiling"] = float(scores["r"].to_numpy()[signal].mean() / ceiling[signal].mean())
+        row["notes"] = "; ".join(_missing_metric_notes(row, summary, invariance or {}, trim_warnings.get(subject, [])))
         rows.append(row)
     if not rows:
         raise InputError(None, "no encoding summaries were given to the report.", "check that the encoding stage ran.")
     table = pd.DataFrame(rows).sort_values(["subject", "model", "layer"]).reset_index(drop=True)
     for column in ("n_voxels", "n_test_trs", "n_significant"):
         table[column] = table[column].astype("Int64")
+    for note in dict.fromkeys(n for notes in table["notes"] for n in notes.split("; ") if n):
+        logger.warning("summary: %s", note)
     write_tsv(tsv, table)
-    write_html_table(html, table, "Metrics per subject, model and layer")
+    warnings = [f"sub-{subject}: {w}" for subject, ws in trim_warnings.items() for w in ws]
+    write_html_table(html, table, "Metrics per subject, model and layer", warnings)
     logger.info("metrics table: %d rows -> %s", len(table), tsv)
     return table
 
 
-def write_html_table(path: PathLike, table: pd.DataFrame, title: str) -> None:
-    """A self-contained HTML page with ``table`` (floats to 3 decimals)."""
+def write_html_table(path: PathLike, table: pd.DataFrame, title: str, warnings: Sequence[str] = ()) -> None:
+    """A self-contained HTML page with ``table`` (floats to 3 decimals) and a list of ``warnings``."""
+    import html as html_lib
+
     body = table.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0, classes="metrics")
+    if warnings:
+        items = "".join(f"<li>{html_lib.escape(w)}</li>" for w in warnings)
+        body += f"\n<h4>Warnings</h4>\n<ul class=\"warnings\">{items}</ul>"
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>

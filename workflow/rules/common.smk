@@ -67,6 +67,10 @@ def preprocessed_mask(subject):
     return f"{RESULTS}/preprocess/sub-{subject}/mask.nii.gz"
 
 
+def trimming_checks(subject):
+    return f"{RESULTS}/preprocess/sub-{subject}/trimming.tsv"
+
+
 def atlas_files(subject):
     """[atlas.nii.gz, atlas.tsv] of a subject when dataset.atlas is set, else []."""
     if not DATASET.get("atlas"):
@@ -124,7 +128,8 @@ def names_pattern(names):
 
 
 # --- contrastive (brain↔text training, BrainLLM) ------------------------------------
-# The stage runs when the config has a `contrastive` section. With `lora.enabled`, every
+# The stage runs when the config has a `contrastive` section (not null, not
+# `enabled: false`). With `lora.enabled`, every
 # (subject, configured model) gets a brain-tuned model <model>tuned<subject>: the base
 # model's settings plus `adapter` (its LoRA adapter directory) and `adapter_recipe`.
 # Tuned models join MODELS (every model the DAG knows by name: feature_manifest,
@@ -135,7 +140,9 @@ def names_pattern(names):
 
 from brainllm import contrastive_settings as brainllm_contrastive
 
-CONTRASTIVE = config.get("contrastive") or {}
+CONTRASTIVE = brainllm_configuration.stage_settings(config, "contrastive")  # {} = stage off
+CONTRASTIVE_KEEP_CHECKPOINTS = bool(CONTRASTIVE.pop("keep_checkpoints", False))  # not part of any recipe
+CONTRASTIVE_ENABLED = brainllm_configuration.stage_enabled(config, "contrastive")
 CONTRASTIVE_SETTINGS = brainllm_contrastive.resolve_settings(CONTRASTIVE)
 CONTRASTIVE_OUT = f"{RESULTS}/contrastive/sub-{{subject}}/model-{{model}}"
 
@@ -145,7 +152,7 @@ def lora_adapter_dir(subject, model):
 
 
 TUNED_MODELS = {}  # tuned model name -> (subject, base model)
-if CONTRASTIVE and CONTRASTIVE_SETTINGS["lora"]["enabled"]:
+if CONTRASTIVE_ENABLED and CONTRASTIVE_SETTINGS["lora"]["enabled"]:
     MODELS = dict(config["models"])
     for _subject in SUBJECTS:
         for _model in config["models"]:
@@ -173,7 +180,7 @@ def contrastive_encoding_scores(subject, model):
 
 def contrastive_targets():
     """Retrieval of every (subject, model, contrastive layer); with LoRA, its retrieval and base_vs_tuned."""
-    if not CONTRASTIVE:
+    if not CONTRASTIVE_ENABLED:
         return []
     targets = []
     for subject in SUBJECTS:
@@ -259,7 +266,7 @@ def report_encoding_figures():
 
 def report_contrastive_figures():
     """Training and retrieval figures per contrastive run (layer-NN, lora) and base vs tuned."""
-    if not (CONTRASTIVE and rules.has("contrastive")):
+    if not (CONTRASTIVE_ENABLED and rules.has("contrastive")):
         return []
     stems = []
     for subject in SUBJECTS:
@@ -350,6 +357,43 @@ def encoding_targets():
 # --- end align / encoding ---------------------------------------------------------
 
 
+# --- BIDS derivative ------------------------------------------------------------------
+
+from brainllm import derivatives as brainllm_derivatives
+
+
+def derivative_maps():
+    """Every NIfTI map of the run → what its sidecar describes (brainllm.derivatives)."""
+    maps = {}
+    for subject in SUBJECTS:
+        ingest_dir = os.path.dirname(ingested(subject))
+        maps[ingest_mask(subject)] = {"kind": "mask", "subject": subject, "sources": []}
+        maps[f"{ingest_dir}/mean.nii.gz"] = {"kind": "mean", "subject": subject, "sources": []}
+        if DATASET.get("atlas"):
+            maps[atlas_files(subject)[0]] = {"kind": "atlas", "subject": subject, "sources": [ingest_mask(subject)]}
+        maps[preprocessed_mask(subject)] = {"kind": "analysis_mask", "subject": subject, "sources": [ingest_mask(subject)]}
+        models = [(model, model) for model in config["models"]]
+        models += [(name, base) for name, (tuned_subject, base) in TUNED_MODELS.items() if tuned_subject == subject]
+        for model, _ in models:
+            encoding = {"subject": subject, "model": model, "model_cfg": MODELS[model]}
+            layers = model_layers(model)
+            for layer in layers:
+                maps[encoding_file(subject, model, "r.nii.gz", layer)] = {
+                    **encoding, "kind": "r", "layer": int(layer),
+                    "summary": encoding_file(subject, model, "summary.json", layer),
+                    "sources": [aligned_features(subject, model), preprocessed(subject), preprocessed_mask(subject)],
+                }
+            if model in config["models"]:
+                maps[encoding_file(subject, model, "bestlayer.nii.gz")] = {
+                    **encoding, "kind": "bestlayer",
+                    "sources": [encoding_file(subject, model, "scores.tsv", layer) for layer in layers],
+                }
+    return maps
+
+
+# --- end BIDS derivative --------------------------------------------------------------
+
+
 def final_targets():
     targets = [words_tsv(story) for story in STORIES]
     targets += [preprocessed(subject) for subject in SUBJECTS]
@@ -357,4 +401,5 @@ def final_targets():
     targets += encoding_targets()
     targets += contrastive_targets()
     targets += [f"{RESULTS}/report/manifest.tsv"]  # report: every registered figure
+    targets += [f"{RESULTS}/dataset_description.json"]  # results/ as a BIDS derivative
     return targets

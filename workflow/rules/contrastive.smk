@@ -4,7 +4,8 @@
 # extracts (or reuses) the store entries of the tuned model <model>tuned<subject> through the
 # adapter, the usual align/encoding rules score it, and `contrastive_compare` sets its
 # held-out encoding r beside the base model's. Both training rules resume from their
-# checkpoint/ directory (not a declared output, so a failed job keeps it).
+# checkpoint/ directory (not a declared output, so a failed job keeps it); a finished
+# job removes it unless contrastive.keep_checkpoints.
 
 
 rule contrastive:
@@ -19,6 +20,7 @@ rule contrastive:
     params:
         checkpoint_dir=lambda wildcards, output: os.path.join(os.path.dirname(output.retrieval), "checkpoint"),
         settings=brainllm_contrastive.frozen_section(CONTRASTIVE),
+        keep_checkpoints=CONTRASTIVE_KEEP_CHECKPOINTS,
         train_stories=DATASET["train_stories"],
         test_stories=DATASET["test_stories"],
     log:
@@ -50,6 +52,7 @@ rule contrastive_lora:
         model_cfg=lambda wildcards: config["models"][wildcards.model],
         dataset={key: DATASET.get(key) for key in brainllm_contrastive.RECIPE_DATASET_KEYS},
         settings=brainllm_contrastive.lora_section(CONTRASTIVE),
+        keep_checkpoints=CONTRASTIVE_KEEP_CHECKPOINTS,
         stories=STORIES,
     log:
         f"{RESULTS}/logs/contrastive/sub-{{subject}}_model-{{model}}_lora.log",

@@ -140,6 +140,7 @@ rule report_metrics:
         scores=lambda wildcards: [
             path for s in SUBJECTS for m in config["models"] for path in report_encoding_layers(s, m, "scores.tsv")
         ],
+        trimming=[trimming_checks(subject) for subject in SUBJECTS],
     output:
         tsv=report(
             f"{RESULTS}/summary.tsv",
@@ -157,6 +158,7 @@ rule report_metrics:
         ),
     params:
         subjects=SUBJECTS,
+        invariance=ENCODING["invariance"],
     log:
         f"{RESULTS}/logs/report/metrics.log",
     localrule: True

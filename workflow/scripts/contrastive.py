@@ -3,6 +3,7 @@
 import torch
 
 from brainllm.contrastive import run_contrastive
+from brainllm.contrastive import discard_checkpoint
 from brainllm.io import rule_logging
 
 torch.set_num_threads(snakemake.threads)
@@ -23,3 +24,5 @@ with rule_logging(snakemake.log[0]):
         retrieval_json=snakemake.output.retrieval,
         checkpoint_dir=snakemake.params.checkpoint_dir,
     )
+    if not snakemake.params.keep_checkpoints:
+        discard_checkpoint(snakemake.params.checkpoint_dir)

@@ -5,6 +5,7 @@ import os
 import torch
 
 from brainllm.brainlora import run_contrastive_lora
+from brainllm.contrastive import discard_checkpoint
 from brainllm.io import rule_logging
 
 torch.set_num_threads(snakemake.threads)
@@ -25,3 +26,5 @@ with rule_logging(snakemake.log[0]):
         retrieval_json=snakemake.output.retrieval,
         checkpoint_dir=snakemake.params.checkpoint_dir,
     )
+    if not snakemake.params.keep_checkpoints:
+        discard_checkpoint(snakemake.params.checkpoint_dir)

@@ -1,7 +1,7 @@
-"""Snakemake adapter: cleaned responses.h5 and mask of one subject (rule preprocess)."""
+"""Snakemake adapter: cleaned responses.h5 and mask of one subject, trimming checks (rule preprocess)."""
 
-from brainllm.io import rule_logging
-from brainllm.preprocess import preprocess_subject
+from brainllm.io import rule_logging, write_tsv
+from brainllm.preprocess import preprocess_subject, trim_checks
 
 with rule_logging(snakemake.log[0]):
     preprocess_subject(
@@ -13,3 +13,5 @@ with rule_logging(snakemake.log[0]):
         trim_start=snakemake.params.trim_start,
         trim_end=snakemake.params.trim_end,
     )
+    words = dict(zip(snakemake.params.stories, snakemake.input.words))
+    write_tsv(snakemake.output.trimming, trim_checks(snakemake.output.responses, words))

@@ -20,4 +20,6 @@ with rule_logging(snakemake.log[0]):
         snakemake.output.html,
         scores_tsvs=snakemake.input.scores if truth else (),
         ground_truth=truth or None,
+        trimming_tsvs=dict(zip(snakemake.params.subjects, snakemake.input.trimming)),
+        invariance=snakemake.params.invariance,
     )

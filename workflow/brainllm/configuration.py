@@ -1,0 +1,309 @@
+"""The run's configuration, checked before any job runs (called by the Snakefile; no torch).
+
+One config describes a run: the user's files (``--configfile a.yaml [b.yaml …]``, later
+files updating earlier ones) or, when none is given, ``config/config.yaml``; never a merge
+of the two. ``--config key=value`` updates either. Defaults come from the schema
+(``default:`` values, filled in by validation). Order, as the Snakefile calls it:
+
+1. :func:`check_files`: every config file parses and holds no key twice (YAML otherwise
+   keeps the last silently, e.g. a model listed twice).
+2. :func:`prepare`: unknown top-level sections, keys given twice (``trim_start`` and
+   ``trim_start_s``), ``--config`` strings coerced where the schema wants numbers/booleans.
+3. ``snakemake.utils.validate`` (schema defaults + types).
+4. :func:`finish`: trims in seconds → TRs, settings that only make sense together
+   (models with identical settings, trims vs delays), configured files that are missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import yaml
+
+from .io import InputError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+# model settings that do not change the extracted numbers (two models differing only in them are one model)
+MODEL_RUNTIME_KEYS = ("batch_size", "device", "layers", "size_params", "trust_remote_code")
+
+
+# --------------------------------------------------------------------------- files
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping holding the same key twice."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise InputError(
+                loader.name,
+                f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                "YAML would silently keep the last.",
+                "keep one entry (give each model its own name).",
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_strict(path: str | Path) -> dict:
+    """A YAML config file as a dict; a duplicated key or a non-mapping top level is an error."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        loader = _StrictLoader(handle)
+        loader.name = str(path)
+        try:
+            data = loader.get_single_data()
+        except yaml.YAMLError as error:
+            raise InputError(path, f"not valid YAML: {error}", "fix the syntax at the line shown.") from None
+        finally:
+            loader.dispose()
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(path, "a config file must be a mapping of sections (results:, dataset:, models:, …).", None)
+    return data
+
+
+def check_files(paths: Sequence[str | Path]) -> None:
+    for path in paths:
+        load_strict(path)
+
+
+# --------------------------------------------------------------------------- before validation
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+
+
+def _leaf_paths(tree, prefix=()):
+    if isinstance(tree, Mapping):
+        for key, value in tree.items():
+            yield from _leaf_paths(value, (*prefix, key))
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            yield from _leaf_paths(value, (*prefix, index))
+    else:
+        yield prefix, tree
+
+
+def _type_errors(errors):
+    for error in errors:
+        if error.validator == "type":
+            yield error
+        yield from _type_errors(error.context or ())
+
+
+def coerce_cli_values(config: dict, cli_config: Mapping, schema: Mapping) -> None:
+    """Turn strings set by ``--config`` into numbers, booleans or null where the schema wants one.
+
+    Snakemake parses nested ``--config`` values (``encoding={alphas: {log10_min: -2}}``) as
+    strings; a string stays a string wherever the schema accepts one (subject labels).
+    """
+    import jsonschema
+
+    cli_paths = {path for path, value in _leaf_paths(dict(cli_config)) if isinstance(value, str)}
+    validator = jsonschema.Draft202012Validator(schema)
+    for _ in range(len(cli_paths) + 1):
+        changed = False
+        for error in _type_errors(validator.iter_errors(config)):
+            path = tuple(error.absolute_path)
+            wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+            if path not in cli_paths or not isinstance(error.instance, str) or "string" in wanted:
+                continue
+            value = yaml.safe_load(error.instance)
+            kinds = {"number": (int, float), "integer": (int,), "boolean": (bool,), "null": (type(None),)}
+            if any(isinstance(value, kinds.get(kind, ())) and not (kind != "boolean" and isinstance(value, bool)) for kind in wanted):
+                parent = config
+                for key in path[:-1]:
+                    parent = parent[key]
+                parent[path[-1]] = value
+                changed = True
+        if not changed:
+            return
+
+
+def prepare(config: dict, cli_config: Mapping, schema: Mapping | None = None) -> None:
+    """Checks and coercions that must happen before the schema fills in defaults."""
+    schema = load_schema() if schema is None else schema
+    known = list(schema["properties"])
+    unknown = [key for key in config if key not in known]
+    if unknown:
+        raise InputError(
+            None,
+            f"config section(s) {', '.join(map(repr, unknown))} are not part of brainllm (sections: {', '.join(known)}).",
+            "remove the section or fix its spelling (config/README.md lists every key).",
+        )
+    for key in [key for key, value in config.items() if value is None]:
+        del config[key]  # a null section is an absent one (an optional stage is off)
+    dataset = config.get("dataset") or {}
+    for name in ("trim_start", "trim_end"):
+        if name in dataset and f"{name}_s" in dataset and dataset[f"{name}_s"] is not None:
+            raise InputError(
+                None, f"dataset.{name} (TRs) and dataset.{name}_s (seconds) are both set.", f"keep one of the two."
+            )
+    coerce_cli_values(config, cli_config, schema)
+
+
+# --------------------------------------------------------------------------- after validation
+
+
+def trs_from_seconds(seconds: float, tr: float) -> int:
+    """TRs that cover ``seconds`` (rounded up: at least that much is removed)."""
+    return int(math.ceil(seconds / tr - 1e-6))
+
+
+def resolve_trims(dataset: dict) -> None:
+    """``trim_start_s``/``trim_end_s`` (seconds) → ``trim_start``/``trim_end`` (TRs), in place."""
+    for name in ("trim_start", "trim_end"):
+        seconds = dataset.get(f"{name}_s")
+        if seconds is not None:
+            dataset[name] = trs_from_seconds(seconds, dataset["tr"])
+            logger.info("dataset.%s_s = %g s -> %s = %d TRs of %g s", name, seconds, name, dataset[name], dataset["tr"])
+
+
+def max_delay(config: Mapping) -> int:
+    """Largest FIR delay in TRs over the stages that use delays."""
+    delays = list(config["encoding"]["delays"])
+    contrastive = config.get("contrastive")
+    if contrastive and contrastive.get("enabled", True):
+        delays += list(contrastive.get("delays") or [])
+    return max(delays)
+
+
+def min_kept_trs(config: Mapping) -> int:
+    """Fewest TRs a run may keep after trimming: two of the longest delay (docs: config/README.md)."""
+    return 2 * max_delay(config)
+
+
+def check_models(models: Mapping[str, Mapping]) -> None:
+    """Two model names with the same source and extraction settings are one model listed twice."""
+    seen: dict = {}
+    for name, settings in models.items():
+        key = repr(sorted((k, repr(v)) for k, v in settings.items() if k not in MODEL_RUNTIME_KEYS))
+        if key in seen:
+            raise InputError(
+                None,
+                f"models.{seen[key]} and models.{name} have the same source and extraction settings: the model is listed twice.",
+                f"remove one of them (or change a setting such as context_words).",
+            )
+        seen[key] = name
+
+
+def check_run_lengths(config: Mapping, n_trs_by_run: Mapping[tuple[str, str], int]) -> None:
+    """Every run keeps at least :func:`min_kept_trs` TRs after ``trim_start`` + ``trim_end``."""
+    dataset = config["dataset"]
+    trim_start, trim_end, needed = dataset["trim_start"], dataset["trim_end"], min_kept_trs(config)
+    for (subject, story), n_trs in sorted(n_trs_by_run.items()):
+        if n_trs - trim_start - trim_end < needed:
+            raise InputError(
+                None,
+                f"dataset.trim_start = {trim_start} and dataset.trim_end = {trim_end} TRs leave "
+                f"{n_trs - trim_start - trim_end} of the {n_trs} TRs of run {story!r} (subject {subject}); "
+                f"at least {needed} (2 × the longest delay) are needed.",
+                "lower dataset.trim_start / trim_end (or give them in seconds: trim_start_s / trim_end_s).",
+            )
+
+
+def _dataset_files(dataset: Mapping) -> list[tuple[str, str]]:
+    """(key, path) of every configured file inside the dataset, ``{subject}`` filled in."""
+    root = Path(dataset["root"])
+    files = []
+    for key in ("mask", "atlas"):
+        if dataset.get(key):
+            files += [(f"dataset.{key}", str(root / dataset[key].format(subject=s))) for s in dataset["subjects"]]
+    if dataset.get("atlas_labels"):
+        files.append(("dataset.atlas_labels", str(root / dataset["atlas_labels"])))
+    if dataset.get("atlas") and not dataset.get("atlas_labels"):
+        raise InputError(None, "dataset.atlas is set but dataset.atlas_labels is not.", "give the TSV with columns index name.")
+    if (dataset.get("wordcsv") or {}).get("words"):
+        files.append(("dataset.wordcsv.words", str(root / dataset["wordcsv"]["words"])))
+    if dataset.get("ground_truth"):
+        files.append(("dataset.ground_truth", dataset["ground_truth"]))
+    return files
+
+
+def check_dataset_files(dataset: Mapping) -> None:
+    """The dataset root and every configured file in it exist (call when the dataset is not generated by the run)."""
+    root = Path(dataset["root"])
+    if not root.is_dir():
+        raise InputError(root, "dataset.root is not a folder.", "set dataset.root to your copy of the dataset.")
+    for key, path in _dataset_files(dataset):
+        if not Path(path).is_file():
+            raise InputError(path, f"{key} is set but this file does not exist.", f"fix {key} (relative to dataset.root) or set it to null.")
+
+
+def ds003020_run_lengths(dataset: Mapping) -> dict[tuple[str, str], int]:
+    """Raw TRs per (subject, story) from respdict.json (the same for every subject)."""
+    import json
+
+    path = Path(dataset["root"]) / "derivative" / "respdict.json"
+    if not path.is_file():
+        return {}
+    respdict = json.loads(path.read_text())
+    runs = set(dataset["train_stories"]) | set(dataset["test_stories"]) | set(dataset.get("segments") or {})
+    return {(subject, story): int(respdict[story]) for subject in dataset["subjects"] for story in runs if story in respdict}
+
+
+def bids_run_lengths(dataset: Mapping) -> dict[tuple[str, str], int]:
+    """Raw TRs per (subject, task) of raw BIDS BOLD runs, read from the NIfTI headers (shortest run)."""
+    import nibabel as nib
+
+    root = Path(dataset["root"])
+    bids = dataset.get("bids") or {}
+    if bids.get("space") or bids.get("desc"):
+        return {}  # fMRIPrep derivatives: checked at preprocessing
+    runs = set(dataset["train_stories"]) | set(dataset["test_stories"]) | set(dataset.get("segments") or {})
+    lengths: dict[tuple[str, str], int] = {}
+    for subject in dataset["subjects"]:
+        for story in runs:
+            for path in root.glob(f"sub-{subject}/**/func/sub-{subject}_*task-{story}_*bold.nii*"):
+                shape = nib.load(path).shape
+                n_trs = shape[3] if len(shape) == 4 else 1
+                lengths[(subject, story)] = min(n_trs, lengths.get((subject, story), n_trs))
+    return lengths
+
+
+def finish(config: dict, check_inputs: bool = True) -> dict:
+    """Resolve and cross-check the validated config in place; returns it.
+
+    ``check_inputs``: also check the dataset's files and run lengths (the Snakefile does
+    it once, in the main process, and skips it when the run generates the dataset).
+    """
+    dataset = config["dataset"]
+    resolve_trims(dataset)
+    check_models(config["models"])
+    overlap = sorted(set(dataset["train_stories"]) & set(dataset["test_stories"]))
+    if overlap:
+        raise InputError(None, f"stories {overlap} are in both dataset.train_stories and dataset.test_stories.", "list each story once.")
+    if check_inputs:
+        check_dataset_files(dataset)
+        lengths = ds003020_run_lengths(dataset) if dataset["layout"] == "ds003020" else bids_run_lengths(dataset)
+        check_run_lengths(config, lengths)
+    return config
+
+
+def stage_enabled(config: Mapping, section: str) -> bool:
+    """An optional stage runs exactly when its section is present (not null) and not ``enabled: false``."""
+    settings = config.get(section)
+    return settings is not None and bool(settings.get("enabled", True))
+
+
+def stage_settings(config: Mapping, section: str) -> dict:
+    """The section of an enabled optional stage without its ``enabled`` switch ({} when off)."""
+    if not stage_enabled(config, section):
+        return {}
+    return {key: copy.deepcopy(value) for key, value in config[section].items() if key != "enabled"}
