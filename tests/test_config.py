@@ -44,6 +44,8 @@ def encoding_jobs(subjects, stories, n_layers, atlas=False):
     }
     if atlas:
         jobs["ingest_atlas"] = subjects
+    if subjects >= 3:  # group comparisons across subjects
+        jobs["encoding_group"] = 1
     return jobs
 
 
