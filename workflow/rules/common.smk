@@ -138,6 +138,7 @@ def names_pattern(names):
 # requested by contrastive_compare). Rule features_tuned (contrastive.smk) extracts its
 # entries; their store key holds the trained adapter's content hash.
 
+from brainllm import configuration as brainllm_configuration
 from brainllm import contrastive_settings as brainllm_contrastive
 
 CONTRASTIVE = brainllm_configuration.stage_settings(config, "contrastive")  # {} = stage off
