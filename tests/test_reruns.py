@@ -42,7 +42,7 @@ def test_edited_events_file_reruns_its_story_only(demo_run, tmp_path):
     outputs += [f"results/ingest/sub-{subject}/{name}" for subject in config["dataset"]["subjects"] for name in ("responses.h5", "mask.nii.gz", "mean.nii.gz", "atlas.nii.gz", "atlas.tsv")]
     run_snakemake(scratch, "--configfile", "user.yaml", "--cleanup-metadata", *outputs)
     # the derivative's description records the config's hash, which demo.generate changes
-    run_snakemake(scratch, "--cores", "1", "--configfile", "user.yaml", "results/dataset_description.json")
+    run_snakemake(scratch, "results/dataset_description.json", "--cores", "1", "--configfile", "user.yaml")
     before = run_snakemake(scratch, "-n", "--cores", "1", "--configfile", "user.yaml")
     assert "Nothing to be done" in before.stdout, before.stdout[-3000:]
 
