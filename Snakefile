@@ -35,6 +35,7 @@ include: "workflow/rules/contrastive.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/align.smk"
 include: "workflow/rules/encoding.smk"
+include: "workflow/rules/decoding.smk"
 include: "workflow/rules/derivatives.smk"
 
 

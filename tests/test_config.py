@@ -34,7 +34,7 @@ def shipped(name):
     return yaml.safe_load((REPO / "config" / name).read_text())
 
 
-def encoding_jobs(subjects, stories, n_layers, atlas=False):
+def encoding_jobs(subjects, stories, n_layers, atlas=False, decoding=False):
     """Jobs of a run without contrastive stage (every layer of MiniLM: 7 hidden states)."""
     jobs = {
         "ingest": subjects, "ingest_words": stories, "features": stories, "preprocess": subjects,
@@ -46,6 +46,9 @@ def encoding_jobs(subjects, stories, n_layers, atlas=False):
         jobs["ingest_atlas"] = subjects
     if subjects >= 3:  # group comparisons across subjects
         jobs["encoding_group"] = 1
+    if decoding:  # segment identification per (subject, model) and its figure
+        jobs["decoding_identification"] = subjects
+        jobs["report_identification"] = 1
     return jobs
 
 
@@ -77,7 +80,7 @@ def test_ds003020_dry_run_lists_exactly_its_jobs(workdir, ds003020_config):
     path, config = ds003020_config
     proc = dry_run(workdir, "--configfile", str(path))
     stories = len(config["dataset"]["train_stories"]) + len(config["dataset"]["test_stories"])
-    assert job_counts(proc.stdout) == encoding_jobs(8, stories, 7)
+    assert job_counts(proc.stdout) == encoding_jobs(8, stories, 7, decoding=True)
     assert "minilmtuned" not in proc.stdout and "resources/demo" not in proc.stdout
 
 
@@ -88,7 +91,7 @@ def test_alice_dry_run_lists_exactly_its_jobs(workdir, tmp_path):
     (root / "stimuli" / "AliceChapterOne-words.csv").write_text("word,onset,offset\nalice,1.0,1.4\n")
     config["dataset"]["root"] = str(root)
     proc = dry_run(workdir, "--configfile", str(write_yaml(workdir / "alice.yaml", config)))
-    assert job_counts(proc.stdout) == encoding_jobs(10, 6, 7)
+    assert job_counts(proc.stdout) == encoding_jobs(10, 6, 7, decoding=True)
 
 
 def test_minimal_bids_config_runs_only_its_own_model(workdir, tmp_path):
@@ -109,6 +112,17 @@ def test_contrastive_runs_exactly_when_its_section_is_present(workdir, tmp_path)
     counts = job_counts(dry_run(workdir, "--config", "contrastive={enabled: false}").stdout)
     assert not {"contrastive", "contrastive_lora", "features_tuned"} & set(counts)
     assert counts["encoding"] == 2 * 7
+
+
+def test_decoding_runs_when_its_section_is_present_and_predictions_are_saved(workdir, tmp_path):
+    path, config = minimal_bids(workdir, tmp_path)
+    config["decoding"] = {}
+    assert job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout) == encoding_jobs(1, 3, 7, decoding=True)
+    config["encoding"] = {"save_predictions": False}  # nothing to decode from
+    assert "decoding_identification" not in job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
+    config["encoding"], config["decoding"] = {}, {"identification": {"segment_trs": [0]}}
+    proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
+    assert proc.returncode != 0 and "segment_trs" in proc.stdout
 
 
 def test_override_file_and_nested_config_values(workdir, tmp_path):
@@ -137,9 +151,9 @@ def test_trims_in_seconds_become_whole_trs():
 
 def test_unknown_stage_section_stops_before_any_job(workdir, tmp_path):
     path, config = minimal_bids(workdir, tmp_path)
-    config["decoding"] = {"method": "identification"}
+    config["generation"] = {"method": "beam_search"}
     proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
-    assert proc.returncode != 0 and "'decoding'" in proc.stdout and "not part of brainllm" in proc.stdout
+    assert proc.returncode != 0 and "'generation'" in proc.stdout and "not part of brainllm" in proc.stdout
 
 
 def test_model_listed_twice_stops_before_any_job(workdir, tmp_path):

@@ -348,3 +348,36 @@ def base_vs_tuned_figure(comparison: pd.DataFrame, title: str) -> Figure:
         ax.set_xticks(comparison["layer"])
     fig.suptitle(title)
     return fig
+
+
+def identification_figure(curves: pd.DataFrame) -> Figure:
+    """Segment identification against segment length: top-1 accuracy and mean percentile rank, chance dashed.
+
+    ``curves``: columns ``subject model layer segment_trs direction top1 chance_top1
+    mean_percentile_rank`` (one row per series point, at each model's validation-chosen layer).
+    """
+    fig = new_figure(10.5, 3.8)
+    axes = fig.subplots(1, 2)
+    chance = curves.groupby("segment_trs")["chance_top1"].mean()
+    for index, ((subject, model, layer), rows) in enumerate(curves.groupby(["subject", "model", "layer"], sort=True)):
+        style = series_style(index)
+        for direction, line in (("observed_to_predicted", "-"), ("predicted_to_observed", ":")):
+            series = rows[rows["direction"] == direction].sort_values("segment_trs")
+            label = f"sub-{subject} · {model} · layer {layer}" if direction == "observed_to_predicted" else None
+            axes[0].plot(series["segment_trs"], series["top1"], ls=line, label=label, **style)
+            axes[1].plot(series["segment_trs"], series["mean_percentile_rank"], ls=line, **style)
+    axes[0].plot(chance.index, chance.to_numpy(), ls="--", color=MEAN_COLOUR, label="chance")
+    axes[1].axhline(0.5, ls="--", color=MEAN_COLOUR)
+    axes[0].plot([], [], ls=":", color=MEAN_COLOUR, label="predicted → observed")
+    axes[0].set_ylabel("Top-1 accuracy (held-out story)")
+    axes[1].set_ylabel("Mean percentile rank")
+    axes[0].set_ylim(0, 1.05)
+    axes[1].set_ylim(0.4, 1.02)
+    for ax in axes:
+        ax.set_xlabel("Segment length (TRs)")
+        ax.set_xticks(sorted(curves["segment_trs"].unique()))
+        ax.grid(alpha=0.25)
+    axes[0].set_title("Semantic identification: observed → predicted (solid)")
+    axes[1].set_title("Mean percentile rank (chance 0.5)")
+    axes[0].legend(frameon=False, fontsize=7.5, loc="best")
+    return fig

@@ -718,3 +718,21 @@ def write_manifest(paths: Sequence[PathLike], tsv: PathLike) -> pd.DataFrame:
     write_tsv(tsv, manifest)
     logger.info("report manifest: %d files -> %s", len(manifest), tsv)
     return manifest
+
+
+def plot_identification(identification_tsvs: Sequence[PathLike], layers_tsvs: Sequence[PathLike], png: PathLike, svg: PathLike, tsv: PathLike, dpi: int = 150) -> pd.DataFrame:
+    """Identification curves of every (subject, model) at its best layer (chosen on validation r)."""
+    layers = read_layer_tables(layers_tsvs)
+    curves = []
+    for path in identification_tsvs:
+        subject, model = result_key(path, with_layer=False)
+        table = read_table(path, ("layer", "segment_trs", "direction", "top1", "chance_top1", "mean_percentile_rank", "p"), "identification")
+        chosen = best_layer(layers, model, subject)
+        curves.append(table[table["layer"] == chosen].assign(subject=subject, model=model))
+    curves = pd.concat(curves, ignore_index=True)
+    write_tsv(tsv, curves)
+    with figures.styled():
+        fig = figures.identification_figure(curves)
+        figures.save_figure(fig, png, svg, dpi)
+    logger.info("identification curves (%d rows) -> %s", len(curves), png)
+    return curves

@@ -358,6 +358,36 @@ def encoding_targets():
 # --- end align / encoding ---------------------------------------------------------
 
 
+# --- decoding ---------------------------------------------------------------------
+# Runs when the config has a `decoding:` section (config/README.md) and the encoding
+# stage saves its test predictions.
+
+DECODING_ENABLED = brainllm_configuration.stage_enabled(config, "decoding") and ENCODING.get("save_predictions", True)
+DECODING = brainllm_configuration.stage_settings(config, "decoding")
+
+
+def decoding_file(subject, model, suffix):
+    """R/decoding/sub-S/model-M/sub-S_model-M_<suffix> (docs/outputs.md, decoding)."""
+    return f"{RESULTS}/decoding/sub-{subject}/model-{model}/sub-{subject}_model-{model}_{suffix}"
+
+
+def decoding_targets():
+    """Segment identification of every (subject, configured model)."""
+    if not DECODING_ENABLED:
+        return []
+    return [decoding_file(subject, model, "identification.tsv") for subject in SUBJECTS for model in config["models"]]
+
+
+def report_decoding_figures():
+    """The identification curves (when the decoding stage is in the workflow)."""
+    if not (DECODING_ENABLED and rules.has("decoding_identification")):
+        return []
+    return report_figure_files([f"{REPORT_DIR}/decoding/identification"])
+
+
+# --- end decoding -----------------------------------------------------------------
+
+
 # --- BIDS derivative ------------------------------------------------------------------
 
 from brainllm import derivatives as brainllm_derivatives
@@ -401,6 +431,7 @@ def final_targets():
     targets += [feature_manifest(model, story) for model in MODELS for story in STORIES]
     targets += encoding_targets()
     targets += contrastive_targets()
+    targets += decoding_targets()
     targets += [f"{RESULTS}/report/manifest.tsv"]  # report: every registered figure
     targets += [f"{RESULTS}/dataset_description.json"]  # results/ as a BIDS derivative
     return targets

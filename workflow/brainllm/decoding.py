@@ -1,0 +1,212 @@
+"""Decoding: reading the brain out from the fitted encoding models.
+
+Semantic identification (:func:`identify_segments`): the held-out stories are cut into
+segments of k TRs (never across a story boundary); each observed response segment is
+matched against every predicted segment by Pearson correlation over (TRs × voxels), on
+voxels chosen by validation r only (:func:`brainllm.inference.top_voxels`). Reported in
+both directions — observed → predicted (which prediction is this brain segment?) and
+predicted → observed — as top-1 / top-5 accuracy, mean percentile rank (1 = always
+first, chance 0.5), the macro sensitivity and specificity of the per-segment decision
+(each segment a class), chance beside each, and a one-sided permutation p-value of the
+mean percentile rank against random pairings of observed and predicted segments.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .io import InputError, write_tsv
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "IdentificationSettings",
+    "segment_slices",
+    "segment_similarity",
+    "percentile_ranks",
+    "identification_scores",
+    "identify_segments",
+    "identification_table",
+]
+
+DIRECTIONS = ("observed_to_predicted", "predicted_to_observed")
+
+
+@dataclass(frozen=True)
+class IdentificationSettings:
+    """``decoding.identification`` (config/README.md)."""
+
+    segment_trs: tuple[int, ...] = (10,)
+    voxel_fraction: float = 0.1
+    top_k: tuple[int, ...] = (1, 5)
+    n_permutations: int = 1000
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, section: Mapping | None, seed: int = 0) -> "IdentificationSettings":
+        section = dict(section or {})
+        return cls(
+            segment_trs=tuple(int(k) for k in section.get("segment_trs", cls.segment_trs)),
+            voxel_fraction=float(section.get("voxel_fraction", cls.voxel_fraction)),
+            top_k=tuple(int(k) for k in section.get("top_k", cls.top_k)),
+            n_permutations=int(section.get("n_permutations", cls.n_permutations)),
+            seed=int(section.get("seed", seed)),
+        )
+
+
+def segment_slices(story_lengths: Sequence[int], segment_trs: int, source: str | os.PathLike = "predictions") -> list[slice]:
+    """Consecutive non-overlapping ``segment_trs``-TR slices of the concatenated test stories.
+
+    Segments never cross a story boundary; a story's last TRs that do not fill a segment are
+    left out. At least two segments are needed for identification.
+    """
+    segment_trs = int(segment_trs)
+    lengths = [int(n) for n in story_lengths]
+    if segment_trs < 1:
+        raise InputError(source, f"decoding.identification.segment_trs {segment_trs} is below 1 TR.", "use segment lengths ≥ 1 TR.")
+    slices, start = [], 0
+    for n_trs in lengths:
+        slices += [slice(start + offset, start + offset + segment_trs) for offset in range(0, n_trs - segment_trs + 1, segment_trs)]
+        start += n_trs
+    if len(slices) < 2:
+        raise InputError(
+            source,
+            f"decoding.identification.segment_trs {segment_trs} leaves {len(slices)} segment(s) in test stories of {lengths} TRs.",
+            f"use segment_trs ≤ {max(lengths) // 2} (two segments at least).",
+        )
+    return slices
+
+
+def segment_similarity(observed: np.ndarray, predicted: np.ndarray, slices: Sequence[slice]) -> np.ndarray:
+    """``(n_segments, n_segments)`` Pearson r of observed segment i with predicted segment j.
+
+    Each segment is its ``(k, n_voxels)`` block flattened; observed and predicted are
+    ``(n_trs, n_voxels)`` on the same TRs and voxels.
+    """
+    def flattened(x):
+        blocks = np.stack([np.asarray(x[s], dtype=np.float64).ravel() for s in slices])
+        blocks -= blocks.mean(1, keepdims=True)
+        norms = np.linalg.norm(blocks, axis=1, keepdims=True)
+        return np.divide(blocks, norms, out=np.zeros_like(blocks), where=norms > 0)
+
+    return flattened(observed) @ flattened(predicted).T
+
+
+def percentile_ranks(similarity: np.ndarray) -> np.ndarray:
+    """Per row, the fraction of wrong candidates scored strictly below the correct one (the diagonal).
+
+    1 = the correct candidate first, 0 = last, chance 0.5; ties count against it.
+    """
+    similarity = np.asarray(similarity, dtype=np.float64)
+    n_items = similarity.shape[0]
+    correct = np.diag(similarity)[:, None]
+    return (similarity < correct).sum(1) / (n_items - 1)
+
+
+def _direction_scores(similarity: np.ndarray, top_k: Sequence[int], n_permutations: int, rng) -> dict:
+    n_items = similarity.shape[0]
+    rank = (similarity >= np.diag(similarity)[:, None]).sum(1)  # 1 = best; ties count against
+    scores = {f"top{k}": float((rank <= k).mean()) for k in top_k}
+    scores["mean_percentile_rank"] = float(percentile_ranks(similarity).mean())
+    decision = metrics.sensitivity_specificity(np.arange(n_items), np.argmax(similarity, axis=1), labels=np.arange(n_items))
+    scores["sensitivity"] = decision["sensitivity_macro"]
+    scores["specificity"] = decision["specificity_macro"]
+    # null: random pairings of rows with candidate columns (the permuted matrix's diagonal)
+    observed = scores["mean_percentile_rank"]
+    exceed = 0
+    for _ in range(n_permutations):
+        permuted = similarity[:, rng.permutation(n_items)]
+        exceed += percentile_ranks(permuted).mean() >= observed - 1e-12
+    scores["p"] = (1 + exceed) / (1 + n_permutations)
+    return scores
+
+
+def identification_scores(similarity: np.ndarray, top_k: Sequence[int] = (1, 5), n_permutations: int = 1000, seed: int = 0) -> dict:
+    """Scores in both directions of ``similarity`` (rows observed, columns predicted) with chance levels.
+
+    ``{direction: {top<k>, mean_percentile_rank, sensitivity, specificity, p}, "chance": {...}, "n_segments"}``;
+    chance: top-k = k / N, percentile rank 0.5, sensitivity 1 / N, specificity 1 − 1 / N.
+    """
+    similarity = np.asarray(similarity, dtype=np.float64)
+    n_items = similarity.shape[0]
+    rng = np.random.default_rng(seed)
+    result = {
+        "observed_to_predicted": _direction_scores(similarity, top_k, n_permutations, rng),
+        "predicted_to_observed": _direction_scores(similarity.T, top_k, n_permutations, rng),
+    }
+    chance = {f"top{k}": min(k, n_items) / n_items for k in top_k}
+    chance.update({"mean_percentile_rank": 0.5, "sensitivity": 1 / n_items, "specificity": 1 - 1 / n_items})
+    result["chance"] = chance
+    result["n_segments"] = n_items
+    return result
+
+
+def identify_segments(
+    observed: np.ndarray,
+    predicted: np.ndarray,
+    story_lengths: Sequence[int],
+    selection_scores: np.ndarray,
+    settings: IdentificationSettings,
+    source: str | os.PathLike = "predictions",
+) -> list[dict]:
+    """One row per (segment length k, direction) for one encoding model's test predictions.
+
+    ``selection_scores`` ``(n_voxels,)`` are validation r: the ``voxel_fraction`` best voxels
+    are used, never chosen on the test stories.
+    """
+    if observed.shape != predicted.shape:
+        raise InputError(source, f"predictions {predicted.shape} differ from the test responses {observed.shape}.", "re-run the encoding rule.")
+    if sum(story_lengths) != observed.shape[0]:
+        raise InputError(source, f"story lengths {list(story_lengths)} do not add up to {observed.shape[0]} test TRs.", "re-run the encoding rule.")
+    from .inference import top_voxels
+
+    voxels = top_voxels(selection_scores, settings.voxel_fraction)
+    rows = []
+    for segment_trs in settings.segment_trs:
+        slices = segment_slices(story_lengths, segment_trs, source)
+        similarity = segment_similarity(observed[:, voxels], predicted[:, voxels], slices)
+        scores = identification_scores(similarity, settings.top_k, settings.n_permutations, settings.seed)
+        for direction in DIRECTIONS:
+            row = {"segment_trs": segment_trs, "direction": direction, "n_segments": scores["n_segments"], "n_voxels": len(voxels)}
+            for name, value in scores[direction].items():
+                row[name] = value
+                if name in scores["chance"]:
+                    row[f"chance_{name}"] = scores["chance"][name]
+            rows.append(row)
+    return rows
+
+
+def identification_table(
+    predictions: Mapping[int, str | os.PathLike],
+    score_tsvs: Mapping[int, str | os.PathLike],
+    responses_h5: str | os.PathLike,
+    test_stories: Sequence[str],
+    settings: IdentificationSettings,
+    out_tsv: str | os.PathLike,
+) -> pd.DataFrame:
+    """Identification for every layer of a (subject, model): ``identification.tsv`` (docs/outputs.md)."""
+    from .encoding import held_out_responses
+    from .inference import read_predictions
+
+    observed = held_out_responses(responses_h5, test_stories)
+    rows = []
+    for layer in sorted(int(layer) for layer in predictions):
+        predicted, attrs = read_predictions(predictions[layer])
+        scores = pd.read_csv(score_tsvs[layer], sep="\t")
+        if "r_val" not in scores or not np.isfinite(scores["r_val"]).all():
+            raise InputError(score_tsvs[layer], "validation r (r_val) is missing: voxels cannot be chosen without the test stories.",
+                             "set encoding.cv_score: correlation and re-run encoding.")
+        layer_rows = identify_segments(observed, predicted, attrs["story_lengths"], scores["r_val"].to_numpy(), settings, predictions[layer])
+        rows += [{"layer": layer, **row} for row in layer_rows]
+        best = max(r["top1"] / r["chance_top1"] for r in layer_rows)
+        log.info("layer %d: identification top-1 up to %.1f× chance over k = %s", layer, best, list(settings.segment_trs))
+    table = pd.DataFrame(rows)
+    write_tsv(out_tsv, table)
+    return table
