@@ -676,3 +676,33 @@ def test_retrieval_without_chance_is_rejected(tmp_path):
     path.write_text(json.dumps({"brain_to_text": {"top1": 0.5}}))
     with pytest.raises(InputError, match="chance"):
         report.plot_retrieval(path, tmp_path / "a.png", tmp_path / "a.svg", tmp_path / "a.tsv")
+
+
+def _identification_tables(stage_outputs, tmp_path):
+    """An identification table per (subject, model): top-1 = layer / 10 at k = 10, rank 0.5 elsewhere."""
+    paths = []
+    for subject in SUBJECTS:
+        for model, spec in MODELS.items():
+            rows = [
+                {"layer": layer, "segment_trs": k, "direction": direction, "n_segments": 20, "n_voxels": 5,
+                 "top1": layer / 10 if k == 10 else 0.05, "chance_top1": 0.05, "mean_percentile_rank": 0.5 + layer / 20, "p": 0.5 / (1 + layer)}
+                for layer in spec["layers"] for k in (5, 10) for direction in ("observed_to_predicted", "predicted_to_observed")
+            ]
+            path = tmp_path / f"sub-{subject}_model-{model}_identification.tsv"
+            pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
+            paths.append(path)
+    return paths
+
+
+def test_identification_in_summary_and_figure(stage_outputs, tmp_path):
+    summaries = [stage_outputs["summaries"][key] for key in sorted(stage_outputs["summaries"])]
+    tables = _identification_tables(stage_outputs, tmp_path)
+    table = report.metrics_summary(summaries, tmp_path / "s.tsv", tmp_path / "s.html", identification_tsvs=tables)
+    assert (table["ident_segment_trs"] == 10).all()
+    assert np.allclose(table["ident_top1"], table["layer"] / 10) and np.allclose(table["ident_p"], 0.5 / (1 + table["layer"]))
+    paths = _figure_paths(tmp_path, "identification")
+    curves = report.plot_identification(tables, list(stage_outputs["layers"].values()), paths["png"], paths["svg"], paths["tsv"])
+    _assert_figure(paths)
+    layers = report.read_layer_tables(list(stage_outputs["layers"].values()))
+    for (subject, model), rows in curves.groupby(["subject", "model"]):
+        assert set(rows["layer"]) == {report.best_layer(layers, model, subject)}

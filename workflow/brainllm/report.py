@@ -598,6 +598,26 @@ def _missing_metric_notes(row: Mapping, summary: Mapping, invariance: Mapping, t
     return notes + [f"trimming: {w}" for w in trim_warnings]
 
 
+def _identification_rows(identification_tsvs: Sequence[PathLike]) -> dict[tuple, dict]:
+    """``{(subject, model, layer): summary columns}`` of the identification tables (see :func:`metrics_summary`)."""
+    rows = {}
+    for path in identification_tsvs:
+        subject, model = result_key(path, with_layer=False)
+        table = read_table(path, ("layer", "segment_trs", "direction", "top1", "chance_top1", "mean_percentile_rank", "p"), "identification")
+        lengths = sorted(set(table["segment_trs"]))
+        segment_trs = 10 if 10 in lengths else lengths[0]
+        chosen = table[(table["segment_trs"] == segment_trs) & (table["direction"] == "observed_to_predicted")]
+        for _, entry in chosen.iterrows():
+            rows[(subject, model, int(entry["layer"]))] = {
+                "ident_segment_trs": int(segment_trs),
+                "ident_top1": float(entry["top1"]),
+                "ident_chance_top1": float(entry["chance_top1"]),
+                "ident_percentile_rank": float(entry["mean_percentile_rank"]),
+                "ident_p": float(entry["p"]),
+            }
+    return rows
+
+
 def metrics_summary(
     summary_jsons: Sequence[PathLike],
     tsv: PathLike,
@@ -606,8 +626,9 @@ def metrics_summary(
     ground_truth: Mapping[str, Mapping[str, PathLike]] | None = None,
     trimming_tsvs: Mapping[str, PathLike] | None = None,
     invariance: Mapping | None = None,
+    identification_tsvs: Sequence[PathLike] = (),
 ) -> pd.DataFrame:
-    """One row per (subject, model, layer): accuracy, information, detection, stability, ceiling.
+    """One row per (subject, model, layer): accuracy, information, detection, stability, ceiling, decoding.
 
     A metric that cannot be computed is NaN and its reason is in the row's ``notes``
     (``; ``-separated) and in the log: invariance without enough test TRs
@@ -621,9 +642,13 @@ def metrics_summary(
     noise ceiling and noise-ceiling-normalised r (median over voxels with a ceiling).
     With ``ground_truth`` (subject → paths ``json``, ``dataset_mask``, ``analysis_mask``)
     and the matching ``scores_tsvs``: voxel-detection sensitivity and specificity and the
-    mean r over the mean true ceiling of the signal voxels.
+    mean r over the mean true ceiling of the signal voxels. With ``identification_tsvs``
+    (decoding stage): segment identification, observed → predicted, at 10-TR segments (or
+    the shortest configured length): ``ident_segment_trs``, ``ident_top1``,
+    ``ident_chance_top1``, ``ident_percentile_rank``, ``ident_p``.
     """
     scores_by_key = {result_key(path): path for path in scores_tsvs}
+    identification = _identification_rows(identification_tsvs)
     trim_warnings = {subject: trimming_warnings(path) for subject, path in (trimming_tsvs or {}).items()}
     truths: dict[str, dict[str, np.ndarray]] = {}
     rows = []
@@ -662,6 +687,7 @@ def metrics_summary(
             row["sensitivity"], row["specificity"] = rates["sensitivity"], rates["specificity"]
             if signal.any() and ceiling[signal].mean() > 0:
                 row["r_over_true_ceiling"] = float(scores["r"].to_numpy()[signal].mean() / ceiling[signal].mean())
+        row.update(identification.get((subject, model, layer), {}))
         row["notes"] = "; ".join(_missing_metric_notes(row, summary, invariance or {}, trim_warnings.get(subject, [])))
         rows.append(row)
     if not rows:

@@ -141,6 +141,7 @@ rule report_metrics:
             path for s in SUBJECTS for m in config["models"] for path in report_encoding_layers(s, m, "scores.tsv")
         ],
         trimming=[trimming_checks(subject) for subject in SUBJECTS],
+        identification=lambda wildcards: decoding_targets(),
     output:
         tsv=report(
             f"{RESULTS}/summary.tsv",

@@ -22,4 +22,5 @@ with rule_logging(snakemake.log[0]):
         ground_truth=truth or None,
         trimming_tsvs=dict(zip(snakemake.params.subjects, snakemake.input.trimming)),
         invariance=snakemake.params.invariance,
+        identification_tsvs=snakemake.input.get("identification", ()),
     )
