@@ -76,6 +76,8 @@ def truncated_hf5(tmp_path: Path) -> Path:
     return path
 
 
+WORDCSV = {"word_column": "word", "onset_column": "onset", "offset_column": "offset", "run_column": None, "story_map": None}
+
 CASES = {
     # config
     "story twice in train_stories": (lambda tmp: validate(config_with(lambda c: c["dataset"]["train_stories"].append("orchard")), SCHEMA), "non-unique|unique"),
@@ -92,6 +94,8 @@ CASES = {
     # events and timings
     "empty events.tsv": (lambda tmp: ingest.words_from_events(write(tmp / "e_events.tsv", ""), "word", None), r"e_events.tsv: the events file is empty"),
     "non-UTF-8 bytes in events.tsv": (lambda tmp: ingest.words_from_events(write(tmp / "e_events.tsv", b"onset\tduration\tword\n0.5\t0.2\tcaf\xe9\n"), "word", None), r"e_events.tsv: not UTF-8 text \(.*xe9'\)"),
+    "non-UTF-8 bytes in a word table": (lambda tmp: ingest.words_from_wordcsv(write(tmp / "w.csv", b"word,onset,offset\ncaf\xe9,0.5,0.9\n"), WORDCSV, "alice", ["alice"]), r"w.csv: is not UTF-8 text \(line 2\).*UTF-8"),
+    "empty word table": (lambda tmp: ingest.words_from_wordcsv(write(tmp / "w.csv", ""), WORDCSV, "alice", ["alice"]), r"w.csv: the word-onset table is empty"),
     "bad onset reported with its row": (lambda tmp: ingest.words_from_events(events(tmp / "e_events.tsv", "0.5\t0.2\tword\tso\nsoon\t0.2\tword\tthere\n"), "word", "word"), r"e_events.tsv: row 3 .*column onset: 'soon' is not a number"),
     "words before the scan start": (lambda tmp: ingest.check_words_within_run(ingest.words_from_events(events(tmp / "e_events.tsv", "-0.5\t0.2\tword\tso\n1.0\t0.2\tword\tthere\n"), "word", "word"), 100.0, tmp / "e_events.tsv"), r"e_events.tsv: 1 word\(s\) start before the scan starts \(first: 'so' at -0.500 s\)"),
     "repeat run with other words": (lambda tmp: ingest.check_same_words(

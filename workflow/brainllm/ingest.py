@@ -254,7 +254,23 @@ def _read_table(path: Path, word_column: str) -> pd.DataFrame:
     if not path.is_file():
         raise InputError(path, "word-onset table not found.", "set dataset.wordcsv.words (relative to dataset.root).")
     sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    return pd.read_csv(path, sep=sep, na_values=["n/a", ""], keep_default_na=False, dtype={word_column: str})
+    try:
+        return pd.read_csv(path, sep=sep, na_values=["n/a", ""], keep_default_na=False, dtype={word_column: str})
+    except pd.errors.EmptyDataError as error:
+        raise InputError(path, "the word-onset table is empty.", "write a header (word, onset, offset) and one row per word.") from error
+    except UnicodeDecodeError as error:
+        line = _first_non_utf8_line(path)
+        raise InputError(path, f"is not UTF-8 text (line {line}).", "save the table as UTF-8 (e.g. iconv -f latin1 -t utf-8).") from error
+
+
+def _first_non_utf8_line(path: Path) -> int:
+    """1-based number of the first line that is not valid UTF-8 (0 when every line is)."""
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return number
+    return 0
 
 
 def words_from_wordcsv(path: str | os.PathLike, options: dict, story: str, stories: list[str]) -> pd.DataFrame:
