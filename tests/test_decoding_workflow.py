@@ -3,6 +3,8 @@ best layer, in both directions; on the demo's pure-noise voxels identification i
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -37,6 +39,10 @@ def test_segments_identified_far_above_chance(demo_run, subject):
         assert row["top1"] >= 5 * row["chance_top1"], row.to_dict()
         assert row["mean_percentile_rank"] > 0.9 and row["p"] < 0.01, row.to_dict()
         assert row["sensitivity"] > row["chance_sensitivity"] and row["specificity"] > row["chance_specificity"]
+    # single TRs among all test TRs: identification is best at the planted layer
+    single = table[(table["segment_trs"] == 1) & (table["direction"] == "observed_to_predicted")]
+    truth = json.loads((demo_run / CONFIG["demo"]["out_dir"] / "ground_truth.json").read_text())
+    assert int(single.loc[single["top1"].idxmax(), "layer"]) == int(truth["planted_layer"]), single.to_string()
     figure = demo_run / RESULTS / "report" / "decoding" / "identification.tsv"
     assert set(pd.read_csv(figure, sep="\t")["subject"].astype(str)) == set(SUBJECTS)
 
