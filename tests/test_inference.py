@@ -201,3 +201,48 @@ def test_bench_voxel_tests_small(capsys):
     module.main(["--n-voxels", "300", "--n-permutations", "50", "--threads", "1"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 11 and lines[-1].startswith("RESULT block permutation 300 voxels x 50 permutations")
+
+
+def test_compare_models_at_their_validation_best_layers(tmp_path):
+    """Three models, each at the layer its table flags best (not the test-best one): Δ, CI and p match
+    the paired bootstrap of those predictions; the planted better model wins; Holm over 3 pairs."""
+    import h5py
+    import pandas as pd
+
+    from brainllm import inference
+    from brainllm.io import InputError
+
+    rng = np.random.default_rng(9)
+    n_trs, n_voxels = 200, 40
+    resp = rng.standard_normal((n_trs, n_voxels)).astype(np.float32)
+    responses_h5 = tmp_path / "responses.h5"
+    with h5py.File(responses_h5, "w") as h5:
+        h5.create_group("test").create_dataset("data", data=resp)
+    quality = {"good": {0: 0.1, 1: 1.0}, "fair": {0: 0.5, 1: 3.0}, "poor": {0: 4.0, 1: 0.1}}  # noise scale per layer
+    best = {"good": 1, "fair": 0, "poor": 0}  # "poor": its validation choice is not its test-best layer
+    tables, predictions, pred = {}, {}, {}
+    z = (resp - resp.mean(0)) / resp.std(0)
+    for model, layers in quality.items():
+        predictions[model] = {}
+        for layer, noise in layers.items():
+            path = tmp_path / f"{model}_layer-{layer}_predictions.h5"
+            values = z + noise * rng.standard_normal(z.shape)
+            inference.save_predictions(path, values, ["test"], [n_trs], [layer], dtype="float32")
+            predictions[model][layer] = path
+            if layer == best[model]:
+                pred[model] = values.astype(np.float32)
+        tables[model] = tmp_path / f"{model}_layers.tsv"
+        pd.DataFrame({"layer": [0, 1], "best": [best[model] == 0, best[model] == 1]}).to_csv(tables[model], sep="\t", index=False)
+    comparison = {"block_trs": 20, "n_boot": 300, "seed": 0}
+    table = inference.compare_models(tables, predictions, responses_h5, ["test"], comparison, tmp_path / "models.tsv")
+    assert [(a, b) for a, b in zip(table["model_a"], table["model_b"])] == [("fair", "good"), ("fair", "poor"), ("good", "poor")]
+    for row in table.itertuples():
+        assert (row.layer_a, row.layer_b) == (best[row.model_a], best[row.model_b])
+        expected = metrics.paired_block_bootstrap(pred[row.model_a], pred[row.model_b], z, 20, 300, 0)
+        assert row.delta == pytest.approx(expected["delta"], abs=1e-5) and row.p == pytest.approx(expected["p"])
+        assert (row.ci_low, row.ci_high) == pytest.approx((expected["ci_low"], expected["ci_high"]), abs=1e-5)
+    assert np.allclose(table["p_holm"], metrics.holm(table["p"].to_numpy()))
+    good_vs_poor = table[(table.model_a == "good") & (table.model_b == "poor")].iloc[0]
+    assert good_vs_poor.delta > 0 and good_vs_poor.ci_low > 0 and good_vs_poor.p_holm < 0.05
+    with pytest.raises(InputError, match="at least 2 models"):
+        inference.compare_models({"good": tables["good"]}, predictions, responses_h5, ["test"], comparison, tmp_path / "x.tsv")

@@ -35,6 +35,7 @@ __all__ = [
     "read_predictions",
     "best_layer",
     "compare_layers",
+    "compare_models",
     "group_comparison",
 ]
 
@@ -205,6 +206,57 @@ def compare_layers(
         holm[is_other] = metrics.holm(others[is_other])
     out["p_vs_best_holm"] = holm
     return out
+
+
+def compare_models(
+    layer_tables: Mapping[str, str | os.PathLike],
+    predictions: Mapping[str, Mapping[int, str | os.PathLike]],
+    responses_h5: str | os.PathLike,
+    test_stories: Sequence[str],
+    comparison: Mapping,
+    out_tsv: str | os.PathLike,
+) -> pd.DataFrame:
+    """Every pair of models of one subject, each at its best layer (chosen on validation r).
+
+    ``layer_tables``: ``{model: _layers.tsv}`` (the ``best`` row is the model's layer);
+    ``predictions``: ``{model: {layer: _predictions.h5}}``. Per pair (model_a, model_b): Δ mean
+    test r (a − b) with a paired block bootstrap over test TRs (95 % CI, two-sided p), Holm
+    over the pairs. Columns ``model_a layer_a model_b layer_b mean_r_a mean_r_b delta
+    ci_low ci_high p p_holm block_trs n_boot``.
+    """
+    from itertools import combinations
+
+    from .encoding import held_out_responses
+
+    if len(layer_tables) < 2:
+        raise InputError(None, f"a model comparison needs at least 2 models, got {len(layer_tables)}.", "list two or more models under models:.")
+    best = {}
+    for model, path in layer_tables.items():
+        table = pd.read_csv(path, sep="\t")
+        if not {"layer", "best"} <= set(table.columns) or int(table["best"].astype(bool).sum()) != 1:
+            raise InputError(path, "needs layer and best columns with exactly one best layer.", "re-run the best_layer rule.")
+        best[model] = int(table.loc[table["best"].astype(bool), "layer"].iloc[0])
+    resp = held_out_responses(responses_h5, test_stories)
+    block_trs, n_boot, seed = int(comparison.get("block_trs", 20)), int(comparison.get("n_boot", 1000)), int(comparison.get("seed", 0))
+    pred = {}
+    for model, layer in best.items():
+        pred[model], _ = read_predictions(predictions[model][layer])
+        if pred[model].shape != resp.shape:
+            raise InputError(predictions[model][layer], f"predictions {pred[model].shape} differ from the test responses {resp.shape}.", "re-run the encoding rule.")
+    rows = []
+    for model_a, model_b in combinations(sorted(best), 2):
+        result = metrics.paired_block_bootstrap(pred[model_a], pred[model_b], resp, block_trs, n_boot, seed)
+        rows.append({
+            "model_a": model_a, "layer_a": best[model_a], "model_b": model_b, "layer_b": best[model_b],
+            "mean_r_a": float(metrics.pearson_r(pred[model_a], resp).mean()), "mean_r_b": float(metrics.pearson_r(pred[model_b], resp).mean()),
+            "delta": result["delta"], "ci_low": result["ci_low"], "ci_high": result["ci_high"], "p": result["p"],
+        })
+    table = pd.DataFrame(rows)
+    table["p_holm"] = metrics.holm(table["p"].to_numpy())
+    table["block_trs"], table["n_boot"] = block_trs, n_boot
+    write_tsv(out_tsv, table)
+    log.info("models compared at their best layers: %s", table.to_dict("records"))
+    return table
 
 
 #: a group test across subjects needs at least this many

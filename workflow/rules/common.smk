@@ -350,6 +350,8 @@ def encoding_targets():
             targets += [encoding_file(subject, model, "bestlayer.nii.gz"), encoding_file(subject, model, "layers.tsv")]
             if ENCODING.get("banded", {}).get("enabled"):
                 targets.append(encoding_file(subject, model, "banded_summary.json"))
+    if len(config["models"]) >= 2 and ENCODING.get("save_predictions", True):  # models at their best layers, paired
+        targets += [f"{RESULTS}/encoding/sub-{subject}/sub-{subject}_models.tsv" for subject in SUBJECTS]
     if len(SUBJECTS) >= 3:  # layer comparison across subjects (sign-flip test)
         targets += [f"{RESULTS}/encoding/group/model-{model}_layers.tsv" for model in config["models"]]
     return targets

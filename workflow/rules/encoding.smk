@@ -80,6 +80,29 @@ rule best_layer:
         "../scripts/best_layer.py"
 
 
+rule encoding_compare_models:
+    input:
+        layers=lambda wildcards: [encoding_file(wildcards.subject, model, "layers.tsv") for model in config["models"]],
+        predictions=lambda wildcards: [
+            encoding_file(wildcards.subject, model, "predictions.h5", layer) for model in config["models"] for layer in model_layers(model)
+        ],
+        responses=preprocessed("{subject}"),
+    output:
+        f"{RESULTS}/encoding/sub-{{subject}}/sub-{{subject}}_models.tsv",
+    params:
+        models=list(config["models"]),
+        layers={model: model_layers(model) for model in config["models"]},
+        test_stories=DATASET["test_stories"],
+        comparison={**ENCODING.get("comparison", {}), "seed": ENCODING.get("seed", 0)},
+    log:
+        f"{RESULTS}/logs/encoding/sub-{{subject}}_models.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/compare_models.py"
+
+
 rule encoding_group:
     input:
         layers=lambda wildcards: [encoding_file(subject, wildcards.model, "layers.tsv") for subject in SUBJECTS],
