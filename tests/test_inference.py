@@ -30,6 +30,10 @@ def test_block_permutations_shuffle_whole_blocks():
             assert source[0] in starts and lengths[starts.index(source[0])] == length
             np.testing.assert_array_equal(source, np.arange(source[0], source[0] + length))
     assert 10 <= len({tuple(o) for o in orders}) <= 12  # of 2! orders of the 10-row blocks × 3! of the 11-row ones
+    # a remainder longer than the number of blocks (154 rows, 20-row blocks: 7 blocks of 22) still covers every row
+    for n_trs, block_trs in ((154, 20), (147, 20), (159, 20), (41, 20), (300, 7)):
+        for order in metrics.block_permutations(n_trs, block_trs, 5, seed=1):
+            assert sorted(order) == list(range(n_trs)), (n_trs, block_trs)
 
 
 def test_permutation_p_matches_slow_loop():
@@ -246,3 +250,17 @@ def test_compare_models_at_their_validation_best_layers(tmp_path):
     assert good_vs_poor.delta > 0 and good_vs_poor.ci_low > 0 and good_vs_poor.p_holm < 0.05
     with pytest.raises(InputError, match="at least 2 models"):
         inference.compare_models({"good": tables["good"]}, predictions, responses_h5, ["test"], comparison, tmp_path / "x.tsv")
+
+
+def test_block_permutation_null_r_matches_loop_and_is_wider_than_analytic_under_ar1():
+    rng = np.random.default_rng(10)
+    n_trs, n_voxels = 300, 500
+    pred, resp = ar1(rng, n_trs, n_voxels, 0.8), ar1(rng, n_trs, n_voxels, 0.7)
+    null = metrics.block_permutation_null_r(pred, resp, block_trs=20, n_permutations=20, max_voxels=100, seed=3)
+    voxels = np.sort(np.random.default_rng(3).choice(n_voxels, 100, replace=False))
+    orders = metrics.block_permutations(n_trs, 20, 20, seed=3)
+    loop = [stats.pearsonr(pred[order, v], resp[:, v])[0] for order in orders for v in voxels]
+    assert np.allclose(null, loop, atol=1e-10)
+    # autocorrelated series: the permutation null is wider than the analytic one (1 / sqrt(n))
+    sd_true = np.sqrt((1 + 0.8 * 0.7) / (1 - 0.8 * 0.7) / n_trs)
+    assert np.std(null) > 1.3 / np.sqrt(n_trs) and np.std(null) == pytest.approx(sd_true, rel=0.25)

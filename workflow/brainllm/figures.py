@@ -202,7 +202,9 @@ def r_histogram_figure(
     ax.stairs(histogram["density_all"], edges, fill=True, color=OKABE_ITO["sky_blue"], alpha=0.7, label="all voxels")
     if "density_noise" in histogram:
         ax.stairs(histogram["density_noise"], edges, color=OKABE_ITO["orange"], lw=1.8, label=noise_label)
-    ax.plot(centres, histogram["null_density"], color=MEAN_COLOUR, ls="--", lw=1.4, label=f"null, n = {n_test_trs} TRs")
+    ax.plot(centres, histogram["null_density"], color=MEAN_COLOUR, ls="--", lw=1.4, label=f"analytic null, n = {n_test_trs} independent TRs")
+    if "perm_null_density" in histogram:
+        ax.stairs(histogram["perm_null_density"], edges, color=OKABE_ITO["bluish_green"], lw=1.6, label="block-permutation null")
     if fdr_threshold is not None:
         for sign in (-1, 1):
             ax.axvline(sign * fdr_threshold, color=OKABE_ITO["vermillion"], ls=":", lw=1.8)

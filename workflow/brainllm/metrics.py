@@ -96,15 +96,16 @@ def _standardise(x: np.ndarray) -> np.ndarray:
 def _block_classes(n_trs: int, block_trs: int) -> list[np.ndarray]:
     """Consecutive blocks ``(n_blocks, length)`` of row indices, grouped by length.
 
-    ``n_trs`` rows make ``n_trs // block_trs`` blocks; the remainder lengthens the last ones
-    by one row each, so there are at most two lengths (L and L + 1). Blocks are exchanged
-    only with blocks of their own length.
+    ``n_trs`` rows make ``n_trs // block_trs`` blocks of equal length L ≥ ``block_trs`` but
+    for the last ``n_trs % n_blocks``, one row longer, so every row is in a block and there
+    are at most two lengths (L and L + 1). Blocks are exchanged only with blocks of their
+    own length.
     """
     n_blocks = n_trs // block_trs
     if n_blocks < 2:
         raise ValueError(f"{n_trs} rows give fewer than 2 blocks of {block_trs} rows; lower the block length")
-    lengths = np.full(n_blocks, block_trs)
-    lengths[n_blocks - n_trs % block_trs:] += 1
+    lengths = np.full(n_blocks, n_trs // n_blocks)
+    lengths[n_blocks - n_trs % n_blocks:] += 1
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     classes = []
     for length in np.unique(lengths):
@@ -176,6 +177,22 @@ def permutation_p(
         exceed[batch] = (null >= r[batch] - 1e-12).sum(0)
     p = (1.0 + exceed) / (1.0 + n_permutations)
     return np.clip(r, -1.0, 1.0), p
+
+
+def block_permutation_null_r(
+    pred: np.ndarray, resp: np.ndarray, block_trs: int, n_permutations: int = 50, max_voxels: int = 2000, seed: int = 0
+) -> np.ndarray:
+    """Pearson r of block-permuted predictions with the responses, pooled over voxels and permutations.
+
+    The empirical null of r behind the block-permutation p-values (:func:`permutation_p`):
+    ``(n_permutations × n_sampled_voxels,)``, at most ``max_voxels`` voxels drawn (seeded).
+    """
+    pred, resp = _as_2d(pred), _as_2d(resp)
+    rng = np.random.default_rng(seed)
+    voxels = np.sort(rng.choice(resp.shape[1], min(max_voxels, resp.shape[1]), replace=False))
+    pred, resp = pred[:, voxels], resp[:, voxels]
+    orders = block_permutations(resp.shape[0], block_trs, n_permutations, seed)
+    return np.concatenate([pearson_r(pred[order], resp) for order in orders])
 
 
 def circular_shift_p(pred: np.ndarray, resp: np.ndarray, min_shift_trs: int = 10) -> tuple[np.ndarray, np.ndarray]:

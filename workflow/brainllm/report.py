@@ -236,8 +236,11 @@ def fdr_threshold(scores: pd.DataFrame) -> float | None:
     return float(np.abs(scores["r"].to_numpy()[significant]).min())
 
 
-def histogram_table(r: np.ndarray, n_samples: int, bins: int, noise_r: np.ndarray | None = None) -> pd.DataFrame:
-    """Counts and densities of r per bin (all voxels, noise voxels) and the analytic null at bin centres."""
+def histogram_table(
+    r: np.ndarray, n_samples: int, bins: int, noise_r: np.ndarray | None = None, permutation_null_r: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Counts and densities of r per bin (all voxels, noise voxels), the analytic null at bin
+    centres and, with ``permutation_null_r``, the block-permutation null (``perm_null_density``)."""
     null_sd = 1.0 / math.sqrt(max(n_samples - 1, 1))
     half_width = min(1.0, max(float(np.abs(r).max()), 4.0 * null_sd) * 1.05)
     edges = np.linspace(-half_width, half_width, bins + 1)
@@ -248,6 +251,8 @@ def histogram_table(r: np.ndarray, n_samples: int, bins: int, noise_r: np.ndarra
         table["count_noise"] = np.histogram(noise_r, edges)[0]
         table["density_noise"] = np.histogram(noise_r, edges, density=True)[0]
     table["null_density"] = null_r_density((edges[:-1] + edges[1:]) / 2, n_samples)
+    if permutation_null_r is not None and permutation_null_r.size:
+        table["perm_null_density"] = np.histogram(np.clip(permutation_null_r, edges[0], edges[-1]), edges, density=True)[0]
     return table
 
 
@@ -387,8 +392,16 @@ def plot_r_histogram(
     ground_truth: Mapping[str, PathLike] | None = None,
     bins: int = 60,
     dpi: int = 150,
+    predictions: Sequence[PathLike] = (),
+    responses_h5: PathLike | None = None,
+    test_stories: Sequence[str] = (),
+    significance: Mapping | None = None,
 ) -> pd.DataFrame:
     """Histogram of voxel r at the best layer of one (subject, model), with null and FDR threshold.
+
+    With the layers' ``predictions`` and the responses, the block-permutation null of r
+    (blocks of ``significance.block_trs`` test TRs, the null behind the voxel p-values) is
+    drawn beside the analytic one, which takes the test TRs as independent.
 
     ``scores_tsvs``/``summary_jsons``: every layer of that subject and model (the summary
     gives the number of test TRs of the analytic null). ``ground_truth``: paths ``json``,
@@ -410,7 +423,15 @@ def plot_r_histogram(
         if truth["signal"].size != r.size:
             raise InputError(scores_path, f"{r.size} voxels, but the analysis mask has {truth['signal'].size}.", "rerun the encoding stage.")
         noise_r = r[~truth["signal"]]
-    histogram = histogram_table(r, n_test_trs, bins, noise_r)
+    permutation_null = None
+    if predictions and responses_h5 is not None:
+        from .encoding import held_out_responses
+        from .inference import read_predictions
+
+        pred, _ = read_predictions(_layer_file(_by_layer(predictions), layer, "_predictions.h5", subject, model))
+        block_trs = int((significance or {}).get("block_trs", 20))
+        permutation_null = metrics.block_permutation_null_r(pred, held_out_responses(responses_h5, test_stories), block_trs)
+    histogram = histogram_table(r, n_test_trs, bins, noise_r, permutation_null)
     threshold = fdr_threshold(scores)
     histogram.insert(0, "layer", layer)
     histogram["fdr_threshold_abs_r"] = np.nan if threshold is None else threshold

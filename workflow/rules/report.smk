@@ -63,6 +63,7 @@ rule report_roi_ranking:
 rule report_r_histogram:
     input:
         unpack(lambda wildcards: report_ground_truth(wildcards.subject)),
+        unpack(layer_predictions),
         layers=encoding_file("{subject}", "{model}", "layers.tsv"),
         scores=lambda wildcards: report_encoding_layers(wildcards.subject, wildcards.model, "scores.tsv"),
         summaries=lambda wildcards: report_encoding_layers(wildcards.subject, wildcards.model, "summary.json"),
@@ -77,6 +78,8 @@ rule report_r_histogram:
     params:
         bins=REPORT["histogram_bins"],
         dpi=REPORT["dpi"],
+        test_stories=DATASET["test_stories"],
+        significance=ENCODING.get("significance", {}),
     log:
         f"{RESULTS}/logs/report/sub-{{subject}}_model-{{model}}_r_histogram.log",
     localrule: True

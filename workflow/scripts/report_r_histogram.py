@@ -21,4 +21,8 @@ with rule_logging(snakemake.log[0]):
         ground_truth=truth,
         bins=snakemake.params.bins,
         dpi=snakemake.params.dpi,
+        predictions=snakemake.input.get("predictions", ()),
+        responses_h5=snakemake.input.get("responses"),
+        test_stories=snakemake.params.test_stories,
+        significance=snakemake.params.significance,
     )
