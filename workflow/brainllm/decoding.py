@@ -106,13 +106,12 @@ def percentile_ranks(similarity: np.ndarray) -> np.ndarray:
     """
     similarity = np.asarray(similarity, dtype=np.float64)
     n_items = similarity.shape[0]
-    correct = np.diag(similarity)[:, None]
-    return (similarity < correct).sum(1) / (n_items - 1)
+    return (n_items - metrics._ranks_of_diagonal(similarity)) / (n_items - 1)
 
 
 def _direction_scores(similarity: np.ndarray, top_k: Sequence[int], n_permutations: int, rng) -> dict:
     n_items = similarity.shape[0]
-    rank = (similarity >= np.diag(similarity)[:, None]).sum(1)  # 1 = best; ties count against
+    rank = metrics._ranks_of_diagonal(similarity)  # 1 = best; ties count against
     scores = {f"top{k}": float((rank <= k).mean()) for k in top_k}
     scores["mean_percentile_rank"] = float(percentile_ranks(similarity).mean())
     decision = metrics.sensitivity_specificity(np.arange(n_items), np.argmax(similarity, axis=1), labels=np.arange(n_items))
