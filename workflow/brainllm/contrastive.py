@@ -70,6 +70,7 @@ __all__ = [
     "train",
     "evaluate",
     "run_contrastive",
+    "load_frozen_model",
 ]
 
 
@@ -853,3 +854,18 @@ def run_contrastive(
     )
     write_json(retrieval_json, summary)
     return summary
+
+
+def load_frozen_model(config_json: str | os.PathLike, weights_safetensors: str | os.PathLike, device: torch.device | None = None) -> tuple[ContrastiveModel, dict]:
+    """A trained frozen-feature model (rule ``contrastive``) in eval mode, and its config.json record (settings with defaults filled in)."""
+    try:
+        record = json.loads(Path(config_json).read_text())
+        brain_dim, text_dim, mode = int(record["brain_dim"]), int(record["text_dim"]), record["mode"]
+    except (OSError, ValueError, KeyError) as error:
+        raise InputError(config_json, f"not a contrastive run's config.json ({error}).", "re-run the contrastive rule.") from error
+    if mode != "frozen":
+        raise InputError(config_json, f"mode {mode!r}: only frozen-feature runs are loaded here.", "point to a layer-NN run of the contrastive rule.")
+    record["settings"] = resolve_settings(record["settings"])
+    model = ContrastiveModel(brain_dim, text_dim, record["settings"])
+    load_trainable_state(model, load_file(str(weights_safetensors)), weights_safetensors)
+    return model.to(device or torch.device("cpu")).eval(), record

@@ -1,6 +1,6 @@
 """Decoding: reading the brain out from the fitted encoding models.
 
-Semantic identification (:func:`identify_segments`): the held-out stories are cut into
+Semantic identification from the encoding models (:func:`identify_segments`): the held-out stories are cut into
 segments of k TRs (never across a story boundary); each observed response segment is
 matched against every predicted segment by Pearson correlation over (TRs × voxels), on
 voxels chosen by validation r only (:func:`brainllm.inference.top_voxels`). Reported in
@@ -9,6 +9,11 @@ predicted → observed — as top-1 / top-5 accuracy, mean percentile rank (1 = 
 first, chance 0.5), the macro sensitivity and specificity of the per-segment decision
 (each segment a class), chance beside each, and a one-sided permutation p-value of the
 mean percentile rank against random pairings of observed and predicted segments.
+
+Through a frozen contrastive run (:func:`contrastive_decoding`): the same identification
+with segments of k consecutive pairs, brain and text segments each the mean of their
+pairs' unit embeddings, matched by cosine (``brain_to_text``, ``text_to_brain``); and
+whole-vocabulary word classification (:mod:`brainllm.word_decoding`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ __all__ = [
     "identification_scores",
     "identify_segments",
     "identification_table",
+    "segment_embedding_similarity",
+    "identify_contrastive_segments",
+    "contrastive_decoding",
 ]
 
 DIRECTIONS = ("observed_to_predicted", "predicted_to_observed")
@@ -209,3 +217,103 @@ def identification_table(
     table = pd.DataFrame(rows)
     write_tsv(out_tsv, table)
     return table
+
+
+# ----------------------------------------------------------------------------- through a contrastive model
+
+
+def segment_embedding_similarity(brain: np.ndarray, text: np.ndarray, slices: Sequence[slice]) -> np.ndarray:
+    """``(n_segments, n_segments)`` cosine of brain segment i with text segment j.
+
+    A segment's embedding is the mean of its pairs' unit embeddings ``(n_pairs, dim)``.
+    """
+    def pooled(x):
+        means = np.stack([np.asarray(x[s], dtype=np.float64).mean(0) for s in slices])
+        norms = np.linalg.norm(means, axis=1, keepdims=True)
+        return np.divide(means, norms, out=np.zeros_like(means), where=norms > 0)
+
+    return pooled(brain) @ pooled(text).T
+
+
+def identify_contrastive_segments(brain: np.ndarray, text: np.ndarray, pairs_per_story: Sequence[int], settings: IdentificationSettings,
+                                  source: str | os.PathLike = "contrastive model") -> list[dict]:
+    """Identification rows per (k, direction): k consecutive pairs per segment, brain ↔ text by cosine.
+
+    Directions: ``brain_to_text`` (which text is this brain segment?) and ``text_to_brain``.
+    """
+    rows = []
+    for segment_trs in settings.segment_trs:
+        slices = segment_slices(pairs_per_story, segment_trs, source)
+        scores = identification_scores(segment_embedding_similarity(brain, text, slices), settings.top_k, settings.n_permutations, settings.seed)
+        for direction, name in zip(DIRECTIONS, ("brain_to_text", "text_to_brain")):
+            row = {"segment_trs": segment_trs, "direction": name, "n_segments": scores["n_segments"]}
+            for key, value in scores[direction].items():
+                row[key] = value
+                if key in scores["chance"]:
+                    row[f"chance_{key}"] = scores["chance"][key]
+            rows.append(row)
+    return rows
+
+
+def contrastive_decoding(
+    *,
+    config_json: str | os.PathLike,
+    weights: str | os.PathLike,
+    features_h5: str | os.PathLike,
+    responses_h5: str | os.PathLike,
+    words_tsvs: Mapping[str, str | os.PathLike],
+    vocabulary_tsv: str | os.PathLike,
+    vocabulary_manifest: str | os.PathLike,
+    train_entries: Mapping[str, str | os.PathLike],
+    identification: IdentificationSettings,
+    words: "WordDecodingSettings",
+    out: Mapping[str, str | os.PathLike],
+) -> dict:
+    """Segment identification and whole-vocabulary word classification through one frozen contrastive run.
+
+    ``out``: ``identification`` (TSV), ``words``, ``vocabulary`` (TSV) and ``summary`` (JSON),
+    see docs/outputs.md. The split (validation, test) is the run's own.
+    """
+    import torch
+
+    from .align import read_aligned
+    from .contrastive import build_pair_data, embed, load_frozen_model, read_responses
+    from .io import open_h5, read_words
+    from .word_decoding import SplitEmbeddings, classify_words, normalise_word, read_vocabulary, vocabulary_features, word_rows
+
+    model, record = load_frozen_model(config_json, weights)
+    settings, layer, split = record["settings"], int(record["layer"]), record["split"]
+    vocabulary = read_vocabulary(vocabulary_tsv)
+    index = {word: i for i, word in enumerate(vocabulary["word"])}
+    embeddings = {}
+    for name in ("validation", "test"):
+        stories = list(split[name])
+        data = build_pair_data(read_responses(responses_h5, stories), stories, settings, text=read_aligned(features_h5, stories, layer),
+                               source=f"{features_h5} + {responses_h5}").to(torch.device("cpu"))
+        brain, text, _ = embed(model, data, int(settings["batch_size"]))
+        frames, offset = [], 0
+        with open_h5(responses_h5) as h5:
+            grids = {story: dict(h5[story].attrs) for story in stories}
+        for story in stories:
+            starts = data.pair_start[data.pair_story == story]
+            if story not in words_tsvs:
+                raise InputError(config_json, f"no words.tsv given for story {story!r} of the run's {name} split.", "pass every validation and test story's words.")
+            frame = read_words(words_tsvs[story])
+            pair = word_rows(frame, float(grids[story]["tr"]), int(grids[story]["trim_start"]), starts, int(settings["segment_trs"]))
+            frame = frame.assign(story=story, pair=np.where(pair >= 0, pair + offset, -1),
+                                 vocabulary_index=[index.get(normalise_word(w), -1) for w in frame["word"]])
+            frames.append(frame)
+            offset += len(starts)
+        embeddings[name] = SplitEmbeddings(brain.numpy().astype(np.float64), pd.concat(frames, ignore_index=True))
+        if name == "test":
+            pairs_per_story = [int((data.pair_story == story).sum()) for story in stories]
+            id_rows = identify_contrastive_segments(brain.numpy(), text.numpy(), pairs_per_story, identification, config_json)
+    write_tsv(out["identification"], pd.DataFrame([{"layer": layer, **row} for row in id_rows]))
+    best = max(r["top1"] / r["chance_top1"] for r in id_rows)
+    log.info("contrastive layer %d: identification top-1 up to %.1f× chance over k = %s", layer, best, list(identification.segment_trs))
+
+    features = vocabulary_features(vocabulary_manifest, vocabulary_tsv, layer, words.embedding, train_entries)
+    with torch.no_grad():
+        text_embeddings = model.encode_text(torch.as_tensor(features, dtype=torch.float32)).numpy().astype(np.float64)
+    summary = classify_words(embeddings, vocabulary, text_embeddings, model.scale_value(), words, out)
+    return summary

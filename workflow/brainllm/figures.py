@@ -355,22 +355,23 @@ def base_vs_tuned_figure(comparison: pd.DataFrame, title: str) -> Figure:
 def identification_figure(curves: pd.DataFrame) -> Figure:
     """Segment identification against segment length: top-1 accuracy and mean percentile rank, chance dashed.
 
-    ``curves``: columns ``subject model layer segment_trs direction top1 chance_top1
-    mean_percentile_rank`` (one row per series point, at each model's validation-chosen layer).
+    ``curves``: columns ``subject model method layer segment_trs direction top1 chance_top1
+    mean_percentile_rank`` (one row per series point); ``method`` ``encoding`` (observed →
+    predicted solid) or ``contrastive`` (brain → text solid).
     """
     fig = new_figure(10.5, 3.8)
     axes = fig.subplots(1, 2)
     chance = curves.groupby("segment_trs")["chance_top1"].mean()
-    for index, ((subject, model, layer), rows) in enumerate(curves.groupby(["subject", "model", "layer"], sort=True)):
+    for index, ((subject, model, method, layer), rows) in enumerate(curves.groupby(["subject", "model", "method", "layer"], sort=True)):
         style = series_style(index)
-        for direction, line in (("observed_to_predicted", "-"), ("predicted_to_observed", ":")):
-            series = rows[rows["direction"] == direction].sort_values("segment_trs")
-            label = f"sub-{subject} · {model} · layer {layer}" if direction == "observed_to_predicted" else None
+        for directions, line in ((("observed_to_predicted", "brain_to_text"), "-"), (("predicted_to_observed", "text_to_brain"), ":")):
+            series = rows[rows["direction"].isin(directions)].sort_values("segment_trs")
+            label = f"sub-{subject} · {model} · {method} · layer {layer}" if line == "-" else None
             axes[0].plot(series["segment_trs"], series["top1"], ls=line, label=label, **style)
             axes[1].plot(series["segment_trs"], series["mean_percentile_rank"], ls=line, **style)
     axes[0].plot(chance.index, chance.to_numpy(), ls="--", color=MEAN_COLOUR, label="chance")
     axes[1].axhline(0.5, ls="--", color=MEAN_COLOUR)
-    axes[0].plot([], [], ls=":", color=MEAN_COLOUR, label="predicted → observed")
+    axes[0].plot([], [], ls=":", color=MEAN_COLOUR, label="predicted → observed / text → brain")
     axes[0].set_ylabel("Top-1 accuracy (held-out story)")
     axes[1].set_ylabel("Mean percentile rank")
     axes[0].set_ylim(0, 1.05)
@@ -379,7 +380,46 @@ def identification_figure(curves: pd.DataFrame) -> Figure:
         ax.set_xlabel("Segment length (TRs)")
         ax.set_xticks(sorted(curves["segment_trs"].unique()))
         ax.grid(alpha=0.25)
-    axes[0].set_title("Semantic identification: observed → predicted (solid)")
+    axes[0].set_title("Semantic identification: brain → candidates (solid)")
     axes[1].set_title("Mean percentile rank (chance 0.5)")
     axes[0].legend(frameon=False, fontsize=7.5, loc="best")
+    return fig
+
+
+WORD_PREDICTORS = {"brain": "brain", "frequency": "frequency only", "brain_and_frequency": "brain + frequency"}
+
+
+def word_classification_figure(percentiles: pd.DataFrame, scores: pd.DataFrame) -> Figure:
+    """Whole-vocabulary word classification: histograms of the heard word's percentile rank, and mean percentile ranks.
+
+    ``percentiles``: columns ``run predictor percentile_rank`` (one row per held-out word);
+    ``scores``: ``run predictor mean_percentile_rank p`` (p for the brain only).
+    """
+    fig = new_figure(10.5, 3.8)
+    axes = fig.subplots(1, 2)
+    bins = np.linspace(0, 1, 21)
+    for index, (predictor, label) in enumerate(WORD_PREDICTORS.items()):
+        values = percentiles.loc[percentiles["predictor"] == predictor, "percentile_rank"]
+        axes[0].hist(values, bins=bins, histtype="step", lw=1.6, density=True, color=SERIES_COLOURS[index], label=label)
+    axes[0].axhline(1.0, ls="--", color=MEAN_COLOUR, label="chance (uniform)")
+    axes[0].set_xlabel("Percentile rank of the heard word in the vocabulary")
+    axes[0].set_ylabel("Density (held-out words, all runs)")
+    axes[0].legend(frameon=False, fontsize=7.5, loc="upper left")
+    runs = list(dict.fromkeys(scores["run"]))
+    width = 0.8 / len(WORD_PREDICTORS)
+    for index, predictor in enumerate(WORD_PREDICTORS):
+        rows = scores[scores["predictor"] == predictor].set_index("run").reindex(runs)
+        positions = np.arange(len(runs)) + (index - 1) * width
+        axes[1].bar(positions, rows["mean_percentile_rank"], width=width, color=SERIES_COLOURS[index])
+        if predictor == "brain":
+            for x, (value, p) in zip(positions, zip(rows["mean_percentile_rank"], rows["p"])):
+                axes[1].annotate(f"p={p:.2g}", (x, value), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
+    axes[1].axhline(0.5, ls="--", color=MEAN_COLOUR)
+    axes[1].set_xticks(np.arange(len(runs)), runs, rotation=20, ha="right", fontsize=7.5)
+    axes[1].set_ylim(0.4, 1.02)
+    axes[1].set_ylabel("Mean percentile rank (chance 0.5)")
+    axes[0].set_title("Where the heard word ranks among all vocabulary words")
+    axes[1].set_title("Per run: brain, frequency, brain + frequency")
+    for ax in axes:
+        ax.grid(alpha=0.25)
     return fig

@@ -639,6 +639,35 @@ def _identification_rows(identification_tsvs: Sequence[PathLike]) -> dict[tuple,
     return rows
 
 
+def _word_classification_rows(word_jsons: Sequence[PathLike], contrastive_identification_tsvs: Sequence[PathLike]) -> dict[tuple, dict]:
+    """``{(subject, model, layer): summary columns}`` of the contrastive decoding runs (see :func:`metrics_summary`)."""
+    rows: dict[tuple, dict] = {}
+    for path in word_jsons:
+        summary = read_json(path, "word classification summary")
+        try:
+            rows.setdefault(result_key(path), {}).update({
+                "words_n_vocabulary": int(summary["n_vocabulary"]),
+                "words_top10": float(summary["brain"]["top10"]),
+                "words_chance_top10": float(summary["chance"]["top10"]),
+                "words_percentile_rank": float(summary["brain"]["mean_percentile_rank"]),
+                "words_p": float(summary["brain"]["p"]),
+                "words_frequency_percentile_rank": float(summary["frequency"]["mean_percentile_rank"]),
+                "words_brain_and_frequency_percentile_rank": float(summary["brain_and_frequency"]["mean_percentile_rank"]),
+                "words_gain_ci_low": float(summary["gain_over_frequency"]["ci_low"]),
+            })
+        except (KeyError, TypeError) as error:
+            raise InputError(path, f"the word classification summary lacks {error}.", "set decoding.words.top_k to include 10 and rerun decoding_contrastive.") from None
+    for path in contrastive_identification_tsvs:
+        table = read_table(path, ("layer", "segment_trs", "direction", "top1", "chance_top1"), "contrastive identification")
+        lengths = sorted(set(table["segment_trs"]))
+        segment_trs = 10 if 10 in lengths else lengths[0]
+        entry = table[(table["segment_trs"] == segment_trs) & (table["direction"] == "brain_to_text")].iloc[0]
+        rows.setdefault(result_key(path), {}).update({
+            "contrastive_ident_top1": float(entry["top1"]), "contrastive_ident_chance_top1": float(entry["chance_top1"]),
+        })
+    return rows
+
+
 def metrics_summary(
     summary_jsons: Sequence[PathLike],
     tsv: PathLike,
@@ -648,6 +677,8 @@ def metrics_summary(
     trimming_tsvs: Mapping[str, PathLike] | None = None,
     invariance: Mapping | None = None,
     identification_tsvs: Sequence[PathLike] = (),
+    word_jsons: Sequence[PathLike] = (),
+    contrastive_identification_tsvs: Sequence[PathLike] = (),
 ) -> pd.DataFrame:
     """One row per (subject, model, layer): accuracy, information, detection, stability, ceiling, decoding.
 
@@ -666,10 +697,18 @@ def metrics_summary(
     mean r over the mean true ceiling of the signal voxels. With ``identification_tsvs``
     (decoding stage): segment identification, observed → predicted, at 10-TR segments (or
     the shortest configured length): ``ident_segment_trs``, ``ident_top1``,
-    ``ident_chance_top1``, ``ident_percentile_rank``, ``ident_p``.
+    ``ident_chance_top1``, ``ident_percentile_rank``, ``ident_p``. With ``word_jsons`` and
+    ``contrastive_identification_tsvs`` (decoding through the frozen contrastive runs, at
+    their layers): ``contrastive_ident_top1`` and its chance (brain → text, same k),
+    ``words_n_vocabulary``, ``words_top10`` and its chance, ``words_percentile_rank`` and its
+    permutation ``words_p``, ``words_frequency_percentile_rank``,
+    ``words_brain_and_frequency_percentile_rank`` and ``words_gain_ci_low`` (the lower 95 %
+    bound of brain + frequency's gain over frequency alone).
     """
     scores_by_key = {result_key(path): path for path in scores_tsvs}
     identification = _identification_rows(identification_tsvs)
+    for key, columns in _word_classification_rows(word_jsons, contrastive_identification_tsvs).items():
+        identification.setdefault(key, {}).update(columns)
     trim_warnings = {subject: trimming_warnings(path) for subject, path in (trimming_tsvs or {}).items()}
     truths: dict[str, dict[str, np.ndarray]] = {}
     rows = []
@@ -767,15 +806,20 @@ def write_manifest(paths: Sequence[PathLike], tsv: PathLike) -> pd.DataFrame:
     return manifest
 
 
-def plot_identification(identification_tsvs: Sequence[PathLike], layers_tsvs: Sequence[PathLike], png: PathLike, svg: PathLike, tsv: PathLike, dpi: int = 150) -> pd.DataFrame:
-    """Identification curves of every (subject, model) at its best layer (chosen on validation r)."""
+def plot_identification(identification_tsvs: Sequence[PathLike], layers_tsvs: Sequence[PathLike], png: PathLike, svg: PathLike, tsv: PathLike,
+                        dpi: int = 150, contrastive_tsvs: Sequence[PathLike] = ()) -> pd.DataFrame:
+    """Identification curves of every (subject, model) at its best layer (chosen on validation r), and of every contrastive run."""
     layers = read_layer_tables(layers_tsvs)
+    columns = ("layer", "segment_trs", "direction", "top1", "chance_top1", "mean_percentile_rank", "p")
     curves = []
     for path in identification_tsvs:
         subject, model = result_key(path, with_layer=False)
-        table = read_table(path, ("layer", "segment_trs", "direction", "top1", "chance_top1", "mean_percentile_rank", "p"), "identification")
+        table = read_table(path, columns, "identification")
         chosen = best_layer(layers, model, subject)
-        curves.append(table[table["layer"] == chosen].assign(subject=subject, model=model))
+        curves.append(table[table["layer"] == chosen].assign(subject=subject, model=model, method="encoding"))
+    for path in contrastive_tsvs:
+        subject, model, _ = result_key(path)
+        curves.append(read_table(path, columns, "contrastive identification").assign(subject=subject, model=model, method="contrastive"))
     curves = pd.concat(curves, ignore_index=True)
     write_tsv(tsv, curves)
     with figures.styled():
@@ -783,3 +827,77 @@ def plot_identification(identification_tsvs: Sequence[PathLike], layers_tsvs: Se
         figures.save_figure(fig, png, svg, dpi)
     logger.info("identification curves (%d rows) -> %s", len(curves), png)
     return curves
+
+
+def plot_word_classification(summary_jsons: Sequence[PathLike], words_tsvs: Sequence[PathLike], png: PathLike, svg: PathLike, tsv: PathLike, dpi: int = 150) -> pd.DataFrame:
+    """Word-classification figure of every contrastive decoding run; ``tsv`` holds each run's scores beside chance."""
+    predictors = list(figures.WORD_PREDICTORS)
+    scores, percentiles = [], []
+    for summary_path, words_path in zip(summary_jsons, words_tsvs):
+        subject, model, layer = result_key(summary_path)
+        run = f"sub-{subject} · {model} · layer {layer}"
+        summary = read_json(summary_path, "word classification summary")
+        for predictor in predictors:
+            if predictor not in summary:
+                raise InputError(summary_path, f"no {predictor!r} scores.", "rerun the decoding_contrastive rule.")
+            row = {"subject": subject, "model": model, "layer": layer, "run": run, "predictor": predictor, **summary[predictor]}
+            row.update({f"chance_{key}": value for key, value in summary["chance"].items()})
+            row.update(n_vocabulary=summary["n_vocabulary"], n_scored=summary["n_scored"], prior_weight=summary["prior_weight"])
+            if predictor == "brain_and_frequency":
+                row.update({f"gain_{key}": value for key, value in summary["gain_over_frequency"].items()})
+            scores.append(row)
+        table = read_table(words_path, [f"{p}_percentile_rank" for p in predictors], "word classification")
+        percentiles += [pd.DataFrame({"run": run, "predictor": p, "percentile_rank": table[f"{p}_percentile_rank"]}) for p in predictors]
+    scores = pd.DataFrame(scores)
+    write_tsv(tsv, scores)
+    with figures.styled():
+        fig = figures.word_classification_figure(pd.concat(percentiles, ignore_index=True), scores)
+        figures.save_figure(fig, png, svg, dpi)
+    logger.info("word classification (%d runs) -> %s", len(summary_jsons), png)
+    return scores
+
+
+VOCABULARY_HTML = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;margin:1em}} table{{border-collapse:collapse;font-size:13px}}
+th,td{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}} th{{cursor:pointer;background:#f4f4f4;position:sticky;top:0}}
+td:first-child,th:first-child{{text-align:left}}</style></head><body>
+<h3>{title}</h3>
+<p>{n} vocabulary words. <i>probability</i>: the brain model's probability of the word, averaged over the {n_words} held-out words;
+<i>brain + frequency</i>: with the word-frequency prior; <i>frequency</i>: the prior alone; <i>heard</i>: times the word occurs among the scored held-out words.
+Click a column to sort; type to filter.</p>
+<input id="q" placeholder="filter words" oninput="render()"> <span id="count"></span>
+<table><thead><tr>{header}</tr></thead><tbody id="rows"></tbody></table>
+<script>
+const columns = {columns};
+const data = {data};
+let key = 0, descending = false;
+function render() {{
+  const q = document.getElementById("q").value.toLowerCase();
+  const rows = data.filter(r => r[0].includes(q));
+  rows.sort((a, b) => (a[key] < b[key] ? -1 : a[key] > b[key] ? 1 : 0) * (descending ? -1 : 1));
+  const shown = rows.slice(0, 2000);
+  document.getElementById("count").textContent = rows.length + " match" + (rows.length > shown.length ? " (first 2000 shown)" : "");
+  document.getElementById("rows").innerHTML = shown.map(r => "<tr>" + r.map((v, i) =>
+    "<td>" + (typeof v === "number" && i > 0 && columns[i] !== "heard" ? v.toExponential(3) : v) + "</td>").join("") + "</tr>").join("");
+}}
+document.querySelectorAll("th").forEach((th, i) => th.onclick = () => {{ descending = key === i ? !descending : i > 0; key = i; render(); }});
+render();
+</script></body></html>
+"""
+
+
+def vocabulary_html(vocabulary_tsv: PathLike, html: PathLike) -> None:
+    """The alphabetical vocabulary table (a … zyzzyva) as one self-contained, searchable and sortable HTML page."""
+    table = read_table(vocabulary_tsv, ("word", "probability", "brain_and_frequency_probability", "frequency_probability", "n_heard"), "vocabulary")
+    columns = ["word", "probability", "brain + frequency", "frequency", "heard"]
+    data = [[str(w), float(p), float(c), float(f), int(h)] for w, p, c, f, h in table[
+        ["word", "probability", "brain_and_frequency_probability", "frequency_probability", "n_heard"]].itertuples(index=False)]
+    subject, model, layer = result_key(vocabulary_tsv)
+    page = VOCABULARY_HTML.format(
+        title=f"Word probabilities · sub-{subject} · {model} · layer {layer}", n=len(table), n_words=int(table["n_heard"].sum()),
+        header="".join(f"<th>{name}</th>" for name in columns), columns=json.dumps(columns),
+        data=json.dumps(data, ensure_ascii=False).replace("</", "<\\/"),
+    )
+    with atomic_path(html) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")

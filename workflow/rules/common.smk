@@ -380,11 +380,50 @@ def decoding_targets():
     return [decoding_file(subject, model, "identification.tsv") for subject in SUBJECTS for model in config["models"]]
 
 
+# through the frozen contrastive runs: identification and whole-vocabulary word classification
+CONTRASTIVE_DECODING_ENABLED = DECODING_ENABLED and CONTRASTIVE_ENABLED and bool(CONTRASTIVE_SETTINGS["layers"])
+VOCABULARY = f"{RESULTS}/decoding/vocabulary/words.tsv"
+CONTRASTIVE_DECODING_SUFFIXES = ("contrastive-identification.tsv", "words.tsv", "vocabulary.tsv", "words.json")
+
+
+def vocabulary_manifest(model):
+    """This checkout's record of the store entry of the vocabulary read alone by a model."""
+    return f"{RESULTS}/decoding/vocabulary/model-{model}.json"
+
+
+def contrastive_decoding_file(subject, model, layer, suffix):
+    """R/decoding/sub-S/model-M/sub-S_model-M_layer-NN_<suffix>; ``layer`` an index or the "{layer}" wildcard."""
+    return decoding_file(subject, model, f"layer-{layer if isinstance(layer, str) else f'{int(layer):02d}'}_{suffix}")
+
+
+def contrastive_decoding_targets(suffix):
+    """One file of every (subject, configured model, frozen contrastive layer)."""
+    if not CONTRASTIVE_DECODING_ENABLED:
+        return []
+    return [contrastive_decoding_file(s, m, layer, suffix) for s in SUBJECTS for m in config["models"] for layer in CONTRASTIVE_SETTINGS["layers"]]
+
+
+def contrastive_decoding_stories():
+    """Validation and test stories of the contrastive runs (their words are scored)."""
+    split = brainllm_contrastive.story_split(DATASET["train_stories"], DATASET["test_stories"], CONTRASTIVE_SETTINGS["validation_story"])
+    return split["validation"] + split["test"]
+
+
 def report_decoding_figures():
-    """The identification curves (when the decoding stage is in the workflow)."""
+    """The identification curves and, with contrastive runs, the word-classification figure and tables."""
     if not (DECODING_ENABLED and rules.has("decoding_identification")):
         return []
-    return report_figure_files([f"{REPORT_DIR}/decoding/identification"])
+    files = report_figure_files([f"{REPORT_DIR}/decoding/identification"])
+    if CONTRASTIVE_DECODING_ENABLED and rules.has("decoding_contrastive"):
+        files += report_figure_files([f"{REPORT_DIR}/decoding/word_classification"])
+        files += vocabulary_tables()
+    return files
+
+
+def vocabulary_tables():
+    """The searchable HTML vocabulary table of every contrastive decoding run, in the report."""
+    return [path.replace(f"{RESULTS}/decoding/", f"{REPORT_DIR}/decoding/").replace("_vocabulary.tsv", "_vocabulary.html")
+            for path in contrastive_decoding_targets("vocabulary.tsv")]
 
 
 # --- end decoding -----------------------------------------------------------------
@@ -434,6 +473,7 @@ def final_targets():
     targets += encoding_targets()
     targets += contrastive_targets()
     targets += decoding_targets()
+    targets += contrastive_decoding_targets("words.json")
     targets += [f"{RESULTS}/report/manifest.tsv"]  # report: every registered figure
     targets += [f"{RESULTS}/dataset_description.json"]  # results/ as a BIDS derivative
     return targets

@@ -30,6 +30,7 @@ REPORT_TARGETS.append(report_decoding_figures)
 rule report_identification:
     input:
         identification=lambda wildcards: decoding_targets(),
+        contrastive=lambda wildcards: contrastive_decoding_targets("contrastive-identification.tsv"),
         layers=lambda wildcards: [encoding_file(s, m, "layers.tsv") for s in SUBJECTS for m in config["models"]],
     output:
         **report_figure(
@@ -48,3 +49,106 @@ rule report_identification:
         "../../envs/cpu.yaml"
     script:
         "../scripts/report_identification.py"
+
+
+# Through the frozen contrastive runs (contrastive.layers): identification of held-out
+# segments by cosine in the shared space, and whole-vocabulary word classification. The
+# vocabulary's text features are a feature-store entry per model (each word read alone).
+
+
+rule decoding_vocabulary:
+    input:
+        words=[words_tsv(story) for story in STORIES],
+        files=DECODING.get("words", {}).get("vocabulary", {}).get("files", []),
+    output:
+        VOCABULARY,
+    params:
+        stories=STORIES,
+        settings=DECODING.get("words", {}),
+    log:
+        f"{RESULTS}/logs/decoding/vocabulary.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/decoding_vocabulary.py"
+
+
+rule features_vocabulary:
+    input:
+        words=VOCABULARY,
+    output:
+        vocabulary_manifest("{model}"),
+    params:
+        model_cfg=lambda wildcards: config["models"][wildcards.model],
+        store=FEATURE_STORE,
+    log:
+        f"{RESULTS}/logs/features/model-{{model}}/vocabulary.log",
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
+    conda:
+        "../../envs/gpu.yaml"
+    script:
+        "../scripts/features_vocabulary.py"
+
+
+rule decoding_contrastive:
+    input:
+        config=f"{CONTRASTIVE_OUT}/layer-{{layer}}/config.json",
+        weights=f"{CONTRASTIVE_OUT}/layer-{{layer}}/model.safetensors",
+        features=aligned_features("{subject}", "{model}"),
+        responses=preprocessed("{subject}"),
+        words=[words_tsv(story) for story in contrastive_decoding_stories()],
+        vocabulary=VOCABULARY,
+        vocabulary_manifest=vocabulary_manifest("{model}"),
+        train_entries=lambda wildcards: [feature_manifest(wildcards.model, story) for story in DATASET["train_stories"]],
+    output:
+        **{
+            suffix.replace("-", "_").replace(".", "_"): contrastive_decoding_file("{subject}", "{model}", "{layer}", suffix)
+            for suffix in CONTRASTIVE_DECODING_SUFFIXES
+        },
+    params:
+        stories=contrastive_decoding_stories(),
+        train_stories=DATASET["train_stories"],
+        identification={**DECODING.get("identification", {}), "seed": ENCODING.get("seed", 0)},
+        words={**DECODING.get("words", {}), "seed": ENCODING.get("seed", 0)},
+    log:
+        f"{RESULTS}/logs/decoding/sub-{{subject}}_model-{{model}}_layer-{{layer}}_contrastive.log",
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/decoding_contrastive.py"
+
+
+rule report_word_classification:
+    input:
+        summaries=lambda wildcards: contrastive_decoding_targets("words.json"),
+        words=lambda wildcards: contrastive_decoding_targets("words.tsv"),
+        vocabularies=lambda wildcards: contrastive_decoding_targets("vocabulary.tsv"),
+    output:
+        **report_figure(
+            f"{REPORT_DIR}/decoding/word_classification",
+            "../report/word_classification.rst",
+            "Decoding",
+            "All subjects",
+            {"figure": "word classification"},
+        ),
+        tables=[
+            report(path, caption="../report/vocabulary_table.rst", category="Decoding", subcategory="Vocabulary tables",
+                   labels={"table": os.path.basename(path)})
+            for path in vocabulary_tables()
+        ],
+    params:
+        dpi=REPORT["dpi"],
+    log:
+        f"{RESULTS}/logs/report/word_classification.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/report_word_classification.py"

@@ -145,6 +145,8 @@ rule report_metrics:
         ],
         trimming=[trimming_checks(subject) for subject in SUBJECTS],
         identification=lambda wildcards: decoding_targets(),
+        words=lambda wildcards: contrastive_decoding_targets("words.json"),
+        contrastive_identification=lambda wildcards: contrastive_decoding_targets("contrastive-identification.tsv"),
     output:
         tsv=report(
             f"{RESULTS}/summary.tsv",

@@ -23,4 +23,6 @@ with rule_logging(snakemake.log[0]):
         trimming_tsvs=dict(zip(snakemake.params.subjects, snakemake.input.trimming)),
         invariance=snakemake.params.invariance,
         identification_tsvs=snakemake.input.get("identification", ()),
+        word_jsons=snakemake.input.get("words", ()),
+        contrastive_identification_tsvs=snakemake.input.get("contrastive_identification", ()),
     )

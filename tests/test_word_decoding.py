@@ -1,0 +1,194 @@
+"""Whole-vocabulary word classification and contrastive identification: brute-force loops,
+planted ground truth, chance by simulation on shuffled data, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import special
+
+from brainllm import decoding, metrics
+from brainllm import word_decoding as wd
+from brainllm.io import InputError
+
+
+def _words_tsv(path, words):
+    pd.DataFrame({"word": words, "onset": np.arange(len(words), dtype=float), "offset": np.arange(len(words)) + 0.4}).to_csv(path, sep="\t", index=False)
+    return path
+
+
+def test_normalise_word():
+    assert wd.normalise_word("  The,") == "the"
+    assert wd.normalise_word("“Don't!”") == "don't"
+    assert wd.normalise_word("—") == ""
+    assert wd.normalise_word("Zyzzyva") == "zyzzyva"
+
+
+def test_vocabulary_merges_dataset_files_and_word_list(tmp_path):
+    story = _words_tsv(tmp_path / "words.tsv", ["The", "ferryman,", "zyzzyva", "the"])
+    extra = tmp_path / "extra.txt"
+    extra.write_text("masquerade\n\nQuixotic\n", encoding="utf-8")
+    settings = wd.WordDecodingSettings(wordfreq_top_n=50, files=(str(extra),))
+    table = wd.build_vocabulary({"a": story}, settings)
+    words = table["word"].tolist()
+    assert words == sorted(set(words))
+    assert {"the", "ferryman", "zyzzyva", "masquerade", "quixotic"} <= set(words)
+    sources = dict(zip(table["word"], table["source"]))
+    assert sources["ferryman"] == "dataset" and sources["quixotic"] == str(extra)
+    assert (table["source"] == "wordfreq").sum() == len(words) - 5  # 50 list words, "the" already from the dataset
+    assert table.loc[table["word"] == "the", "frequency"].item() > table.loc[table["word"] == "masquerade", "frequency"].item() > 0
+    assert table.loc[table["word"] == "zyzzyva", "frequency"].item() == 0
+
+
+def test_bad_vocabulary_files_name_file_and_line(tmp_path):
+    story = _words_tsv(tmp_path / "words.tsv", ["a", "b"])
+    two = tmp_path / "two.txt"
+    two.write_text("fine\ntwo words\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"two.txt.*line 2"):
+        wd.build_vocabulary({"a": story}, wd.WordDecodingSettings(wordfreq_top_n=0, files=(str(two),)))
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError, match="not UTF-8"):
+        wd.build_vocabulary({"a": story}, wd.WordDecodingSettings(wordfreq_top_n=0, files=(str(latin),)))
+    with pytest.raises(InputError, match="does not exist"):
+        wd.build_vocabulary({"a": story}, wd.WordDecodingSettings(wordfreq_top_n=0, files=(str(tmp_path / "none.txt"),)))
+
+
+class _Tokenizer:
+    unk_token_id = 0
+
+    def __call__(self, words, add_special_tokens=False):
+        return {"input_ids": [[0] if w == "☃" else [] if w == "" else [5, 6] for w in words]}
+
+
+def test_untokenizable_vocabulary_word_is_refused():
+    table = pd.DataFrame({"word": ["ferry", "☃"], "source": ["dataset", "mine.txt"]})
+    with pytest.raises(InputError, match=r"cannot encode vocabulary word '☃' \(row 2, from mine.txt\)"):
+        wd.check_tokenizable(_Tokenizer(), table, "vocabulary/words.tsv")
+    wd.check_tokenizable(_Tokenizer(), table.iloc[:1], "vocabulary/words.tsv")
+
+
+def test_word_rows_match_a_loop():
+    rng = np.random.default_rng(0)
+    onsets = np.sort(rng.uniform(0, 60, 80))
+    words = pd.DataFrame({"word": ["w"] * 80, "onset": onsets, "offset": onsets + 0.3})
+    tr, trim, starts, length = 2.0, 3, np.arange(0, 20, 2), 2
+    rows = wd.word_rows(words, tr, trim, starts, length)
+    for i, (onset, offset) in enumerate(zip(words["onset"], words["offset"])):
+        row = int((onset + offset) / 2 // tr) - trim
+        expected = next((p for p, s in enumerate(starts) if s <= row < s + length), -1)
+        assert rows[i] == expected
+
+
+def test_probabilities_ranks_and_scores_match_brute_force():
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((30, 50)) * 3
+    log_p = wd.log_softmax(logits)
+    np.testing.assert_allclose(np.exp(log_p).sum(1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(log_p, special.log_softmax(logits, axis=1), atol=1e-12)
+    true = rng.integers(0, 50, 30)
+    percentile = wd.percentile_of_true(log_p, true)
+    scores = wd.class_scores(log_p, true, (1, 10))
+    ranks = []
+    for i in range(30):
+        others = [log_p[i, j] for j in range(50) if j != true[i]]
+        assert percentile[i] == pytest.approx(np.mean([o < log_p[i, true[i]] for o in others]))
+        ranks.append(1 + sum(o >= log_p[i, true[i]] for o in others))
+    ranks = np.array(ranks)
+    assert scores["top1"] == pytest.approx(np.mean(ranks <= 1)) and scores["top10"] == pytest.approx(np.mean(ranks <= 10))
+    assert scores["mean_log2_probability"] == pytest.approx(np.mean(log_p[np.arange(30), true]) / np.log(2))
+    predicted = log_p.argmax(1)
+    sens = [np.mean(predicted[true == c] == c) for c in np.unique(true)]
+    spec = [np.mean(predicted[true != c] != c) for c in np.unique(true)]
+    assert scores["sensitivity"] == pytest.approx(np.mean(sens)) and scores["specificity"] == pytest.approx(np.mean(spec))
+
+
+def test_permutation_p_matches_explicit_permutations():
+    rng = np.random.default_rng(3)
+    similarity = rng.standard_normal((40, 25))
+    pair = rng.integers(0, 40, 60)
+    true = rng.integers(0, 25, 60)
+    p = wd._permutation_p(similarity, pair, true, 5, 50, seed=4)
+    observed = wd.percentile_of_true(similarity[pair], true).mean()
+    null = [wd.percentile_of_true(similarity[order[pair]], true).mean() for order in metrics.block_permutations(40, 5, 50, seed=4)]
+    assert p == pytest.approx((1 + sum(n >= observed - 1e-12 for n in null)) / 51)
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _splits(rng, text, signal, n_pairs=120, words_per_pair=2):
+    """Brain embeddings = signal · (text embedding of the pair's first word) + noise."""
+    splits = {}
+    for name in ("validation", "test"):
+        true = rng.integers(0, len(text), (n_pairs, words_per_pair))
+        brain = _unit(signal * text[true[:, 0]] + rng.standard_normal((n_pairs, text.shape[1])))
+        words = pd.DataFrame({
+            "story": name, "word": [f"w{t}" for t in true.ravel()], "onset": 0.0, "offset": 0.0,
+            "pair": np.repeat(np.arange(n_pairs), words_per_pair), "vocabulary_index": true.ravel(),
+        })
+        splits[name] = wd.SplitEmbeddings(brain, words)
+    return splits
+
+
+def _vocabulary(n_vocab, rng):
+    frequency = rng.pareto(1.2, n_vocab) + 1e-6
+    return pd.DataFrame({"word": [f"w{i:04d}" for i in range(n_vocab)], "frequency": frequency, "source": "wordfreq"})
+
+
+def test_planted_words_are_ranked_high_and_probabilities_sum_to_one(tmp_path):
+    rng = np.random.default_rng(5)
+    text = _unit(rng.standard_normal((300, 16)))
+    out = {name: tmp_path / f"{name}.tsv" for name in ("words", "vocabulary")} | {"summary": tmp_path / "summary.json"}
+    settings = wd.WordDecodingSettings(n_permutations=200, n_bootstrap=200)
+    summary = wd.classify_words(_splits(rng, text, 3.0), _vocabulary(300, rng), text, 10.0, settings, out)
+    assert summary["brain"]["mean_percentile_rank"] > 0.7 and summary["brain"]["p"] < 0.01
+    assert summary["prior_weight"] > 0
+    assert summary["brain_and_frequency"]["mean_percentile_rank"] > summary["frequency"]["mean_percentile_rank"]
+    assert summary["gain_over_frequency"]["ci_low"] > 0
+    vocabulary = pd.read_csv(out["vocabulary"], sep="\t")
+    for column in ("probability", "brain_and_frequency_probability", "frequency_probability"):
+        assert vocabulary[column].sum() == pytest.approx(1.0, abs=1e-9)
+    assert vocabulary["n_heard"].sum() == summary["n_scored"] == 240
+    words = pd.read_csv(out["words"], sep="\t")
+    assert (words["brain_top10"].str.split().str.len() == 10).all()
+    assert words["brain_rank"].min() >= 1
+
+
+def test_shuffled_brain_is_at_chance():
+    """Brain windows that carry no word information: percentile rank 0.5, p about uniform, β 0."""
+    rng = np.random.default_rng(6)
+    text = _unit(rng.standard_normal((200, 16)))
+    percentiles, p_values, betas = [], [], []
+    for seed in range(30):
+        sim_rng = np.random.default_rng(100 + seed)
+        settings = wd.WordDecodingSettings(n_permutations=100, n_bootstrap=50, seed=seed)
+        splits = _splits(sim_rng, text, 0.0, n_pairs=60)
+        similarity = splits["test"].brain @ text.T
+        kept = splits["test"].words
+        percentiles.append(wd.percentile_of_true(similarity[kept["pair"]], kept["vocabulary_index"].to_numpy()).mean())
+        p_values.append(wd._permutation_p(similarity, kept["pair"].to_numpy(), kept["vocabulary_index"].to_numpy(), 10, 100, seed))
+        betas.append(wd.choose_prior_weight(10 * (splits["validation"].brain @ text.T)[splits["validation"].words["pair"]],
+                                            np.log(np.full((1, 200), 1 / 200)),
+                                            splits["validation"].words["vocabulary_index"].to_numpy(), settings.prior_weights)[0])
+    assert abs(np.mean(percentiles) - 0.5) < 0.02
+    assert 0.25 < np.mean(p_values) < 0.75 and np.mean(np.array(p_values) < 0.05) <= 0.15
+    assert np.mean(np.array(betas) == 0.0) >= 0.8
+
+
+def test_contrastive_identification_matches_loops():
+    rng = np.random.default_rng(7)
+    brain, text = _unit(rng.standard_normal((33, 8))), _unit(rng.standard_normal((33, 8)))
+    slices = decoding.segment_slices([20, 13], 4)
+    similarity = decoding.segment_embedding_similarity(brain, text, slices)
+    for i, a in enumerate(slices):
+        for j, b in enumerate(slices):
+            x, y = brain[a].mean(0), text[b].mean(0)
+            assert similarity[i, j] == pytest.approx(x @ y / np.linalg.norm(x) / np.linalg.norm(y), abs=1e-12)
+    rows = decoding.identify_contrastive_segments(brain, text, [20, 13], decoding.IdentificationSettings(segment_trs=(4,), n_permutations=50))
+    assert [row["direction"] for row in rows] == ["brain_to_text", "text_to_brain"]
+    assert rows[0]["n_segments"] == 8 and rows[0]["chance_top1"] == pytest.approx(1 / 8)
+    with pytest.raises(InputError, match="segment_trs 30"):
+        decoding.identify_contrastive_segments(brain, text, [20, 13], decoding.IdentificationSettings(segment_trs=(30,)))

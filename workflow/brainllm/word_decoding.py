@@ -1,0 +1,431 @@
+"""Whole-vocabulary word classification from brain responses through a contrastive model.
+
+Vocabulary (:func:`build_vocabulary`): the dataset's words plus a general English word
+list (``wordfreq``'s top-N words) and any user word files, normalised (lower case,
+surrounding punctuation removed), sorted and unique. Its text features are the words
+read by the same LLM alone (``context_words: 1``), kept in the feature store like a
+story (one entry per model and settings, every layer, shared between runs).
+
+Classification (:func:`classify_words`): each held-out word is assigned the contrastive
+pair whose text TRs contain its midpoint (the TR grid of the alignment); that pair's
+brain window is embedded by the trained brain encoder and scored against every
+vocabulary word's text embedding (its layer features, z-scored over the vocabulary like
+the story features are over TRs, through the trained text projector). A softmax with
+the learned temperature gives a probability for every vocabulary word. Beside it:
+
+- a frequency-only baseline (the words' ``wordfreq`` frequencies, no brain);
+- the brain combined with that prior, log p ∝ β·(brain logits) + log prior, β chosen on
+  the validation story by the mean log-probability of the heard words (never on test).
+
+Scores: top-k accuracy, mean percentile rank of the heard word (1 = first, chance 0.5),
+macro sensitivity/specificity of the top-1 decision over the classes heard, a one-sided
+block-permutation p of the brain's mean percentile rank (brain windows exchanged in
+blocks of TRs, which keeps their autocorrelation), and a paired block bootstrap of the
+gain of brain + prior over the prior alone (CI and one-sided p).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .io import InputError, read_words, write_json, write_tsv
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "WordDecodingSettings",
+    "normalise_word",
+    "build_vocabulary",
+    "write_vocabulary",
+    "read_vocabulary",
+    "check_tokenizable",
+    "word_rows",
+    "log_softmax",
+    "percentile_of_true",
+    "class_scores",
+    "choose_prior_weight",
+    "classify_words",
+]
+
+VOCABULARY_COLUMNS = ("word", "onset", "offset", "frequency", "source")
+WORDFREQ_PATTERN = re.compile(r"[a-z]+(?:['-][a-z]+)*")  # plain words of a general list (no numbers, no symbols)
+
+
+@dataclass(frozen=True)
+class WordDecodingSettings:
+    """``decoding.words`` (config/README.md)."""
+
+    wordfreq_top_n: int = 30000
+    language: str = "en"
+    dataset_words: bool = True
+    files: tuple[str, ...] = ()
+    embedding: str = "alone"
+    top_k: tuple[int, ...] = (1, 10)
+    prior_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+    block_trs: int = 10
+    n_permutations: int = 1000
+    n_bootstrap: int = 2000
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, section: Mapping | None, seed: int = 0) -> "WordDecodingSettings":
+        section = dict(section or {})
+        vocabulary = dict(section.get("vocabulary", {}))
+        embedding = str(section.get("embedding", cls.embedding))
+        if embedding not in ("alone", "context"):
+            raise InputError(None, f"decoding.words.embedding is {embedding!r}.", "use alone or context.")
+        return cls(
+            wordfreq_top_n=int(vocabulary.get("wordfreq_top_n", cls.wordfreq_top_n)),
+            language=str(vocabulary.get("language", cls.language)),
+            dataset_words=bool(vocabulary.get("dataset_words", cls.dataset_words)),
+            files=tuple(str(path) for path in vocabulary.get("files", ())),
+            embedding=embedding,
+            top_k=tuple(int(k) for k in section.get("top_k", cls.top_k)),
+            prior_weights=tuple(float(b) for b in section.get("prior_weights", cls.prior_weights)),
+            block_trs=int(section.get("block_trs", cls.block_trs)),
+            n_permutations=int(section.get("n_permutations", cls.n_permutations)),
+            n_bootstrap=int(section.get("n_bootstrap", cls.n_bootstrap)),
+            seed=int(section.get("seed", seed)),
+        )
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+
+def normalise_word(word: str) -> str:
+    """Lower case (NFC) without the punctuation and symbols around it; "" when nothing is left."""
+    word = unicodedata.normalize("NFC", str(word)).strip().lower()
+    keep = lambda ch: unicodedata.category(ch)[0] in "LN"  # letters and numbers  # noqa: E731
+    start, end = 0, len(word)
+    while start < end and not keep(word[start]):
+        start += 1
+    while end > start and not keep(word[end - 1]):
+        end -= 1
+    return word[start:end]
+
+
+def _read_word_file(path: str | os.PathLike) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as error:
+        raise InputError(path, "the vocabulary file does not exist.", "fix decoding.words.vocabulary.files.") from error
+    except UnicodeDecodeError as error:
+        raise InputError(path, f"the vocabulary file is not UTF-8 ({error}).", "save it as UTF-8, one word per line.") from error
+    words = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        word = normalise_word(line)
+        if not word or any(ch.isspace() for ch in word):
+            raise InputError(path, f"line {number} ({line!r}) is not one word.", "list one word per line in decoding.words.vocabulary.files.")
+        words.append(word)
+    return words
+
+
+def build_vocabulary(words_tsvs: Mapping[str, str | os.PathLike], settings: WordDecodingSettings) -> pd.DataFrame:
+    """The vocabulary table: ``word``, ``onset``/``offset`` (its position, for the feature store), ``frequency``, ``source``.
+
+    ``source`` is where a word first came from: ``dataset``, a word file's path, or ``wordfreq``.
+    ``frequency`` is wordfreq's frequency of the word (0 when it has none).
+    """
+    import wordfreq
+
+    sources: dict[str, str] = {}
+    if settings.dataset_words:
+        for story, path in sorted(words_tsvs.items()):
+            for word in read_words(path)["word"]:
+                sources.setdefault(normalise_word(word), "dataset")
+    for path in settings.files:
+        for word in _read_word_file(path):
+            sources.setdefault(word, os.fspath(path))
+    if settings.wordfreq_top_n > 0:
+        listed = [w for w in wordfreq.top_n_list(settings.language, settings.wordfreq_top_n * 2) if WORDFREQ_PATTERN.fullmatch(w)]
+        for word in listed[: settings.wordfreq_top_n]:
+            sources.setdefault(word, "wordfreq")
+    sources.pop("", None)
+    if len(sources) < 2:
+        raise InputError(None, f"the vocabulary has {len(sources)} word(s).", "enable decoding.words.vocabulary.dataset_words, wordfreq_top_n or files.")
+    words = sorted(sources)
+    return pd.DataFrame({
+        "word": words,
+        "onset": np.arange(len(words), dtype=float),
+        "offset": np.arange(len(words), dtype=float) + 0.5,
+        "frequency": [wordfreq.word_frequency(w, settings.language) for w in words],
+        "source": [sources[w] for w in words],
+    })
+
+
+def write_vocabulary(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    write_tsv(path, frame[list(VOCABULARY_COLUMNS)])
+
+
+def read_vocabulary(path: str | os.PathLike) -> pd.DataFrame:
+    frame = read_words(path)
+    missing = set(VOCABULARY_COLUMNS) - set(frame.columns)
+    if missing:
+        raise InputError(path, f"missing columns {sorted(missing)}.", "re-run the decoding_vocabulary rule.")
+    return frame
+
+
+def check_tokenizable(tokenizer, vocabulary: pd.DataFrame, source: str | os.PathLike) -> None:
+    """Refuse vocabulary words the tokenizer turns into nothing or into unknown tokens only."""
+    encoded = tokenizer(vocabulary["word"].tolist(), add_special_tokens=False)["input_ids"]
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    for index, ids in enumerate(encoded):
+        if not ids or (unknown is not None and all(i == unknown for i in ids)):
+            word, origin = vocabulary["word"].iloc[index], vocabulary["source"].iloc[index]
+            raise InputError(
+                source, f"the tokenizer cannot encode vocabulary word {word!r} (row {index + 1}, from {origin}).",
+                f"remove it from {origin}" + ("" if origin in ("dataset", "wordfreq") else " (decoding.words.vocabulary.files)")
+                + " or use a model whose tokenizer covers it.",
+            )
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def word_rows(words: pd.DataFrame, tr: float, trim_start: int, pair_starts: np.ndarray, segment_trs: int) -> np.ndarray:
+    """Per word, the index of the pair whose text TRs hold its midpoint, or −1 when none does.
+
+    TR k of the raw grid spans [k·TR, (k+1)·TR); row = k − trim_start on the trimmed grid.
+    """
+    midpoints = (words["onset"].to_numpy(float) + words["offset"].to_numpy(float)) / 2
+    rows = np.floor(midpoints / tr).astype(np.int64) - int(trim_start)
+    pair = np.full(len(rows), -1, dtype=np.int64)
+    for index, start in enumerate(np.asarray(pair_starts, dtype=np.int64)):
+        pair[(rows >= start) & (rows < start + segment_trs) & (pair < 0)] = index
+    return pair
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax of ``(n, n_classes)`` in float64."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+
+
+def percentile_of_true(scores: np.ndarray, true_index: np.ndarray) -> np.ndarray:
+    """Per row, the fraction of the other classes scored strictly below class ``true_index[row]``."""
+    scores = np.asarray(scores)
+    true_scores = scores[np.arange(len(scores)), true_index]
+    below = (scores < true_scores[:, None]).sum(1)
+    return below / (scores.shape[1] - 1)
+
+
+def _ranks(scores: np.ndarray, true_index: np.ndarray) -> np.ndarray:
+    """Rank of the true class per row (1 = best; ties count against it)."""
+    true_scores = scores[np.arange(len(scores)), true_index]
+    return (scores >= true_scores[:, None]).sum(1)
+
+
+def class_scores(log_probability: np.ndarray, true_index: np.ndarray, top_k: Sequence[int]) -> dict:
+    """Top-k, mean percentile rank, mean log2-probability and macro sensitivity/specificity of ``(n_words, n_vocab)``."""
+    ranks = _ranks(log_probability, true_index)
+    predicted = np.argmax(log_probability, axis=1)
+    decision = metrics.sensitivity_specificity(true_index, predicted, labels=np.unique(true_index))
+    scores = {f"top{k}": float((ranks <= k).mean()) for k in top_k}
+    scores.update(
+        mean_percentile_rank=float(percentile_of_true(log_probability, true_index).mean()),
+        median_rank=float(np.median(ranks)),
+        mean_log2_probability=float(log_probability[np.arange(len(ranks)), true_index].mean() / np.log(2)),
+        sensitivity=decision["sensitivity_macro"],
+        specificity=decision["specificity_macro"],
+    )
+    return scores
+
+
+def choose_prior_weight(brain_logits: np.ndarray, log_prior: np.ndarray, true_index: np.ndarray, weights: Sequence[float]) -> tuple[float, list[float]]:
+    """The β of log p ∝ β·brain_logits + log_prior with the highest mean log-probability of the true words."""
+    fits = [float(log_softmax(w * brain_logits + log_prior)[np.arange(len(true_index)), true_index].mean()) for w in weights]
+    return float(weights[int(np.argmax(fits))]), fits
+
+
+def _permutation_p(similarity: np.ndarray, pair_index: np.ndarray, true_index: np.ndarray, block_trs: int, n_permutations: int, seed: int) -> float:
+    """One-sided p of the mean percentile rank when brain windows change places in blocks of TRs."""
+    n_pairs, n_vocab = similarity.shape
+    ordered = np.sort(similarity, axis=1)
+    # below[p, i]: vocabulary words scored strictly below word i's true word by pair p
+    below = np.stack([np.searchsorted(ordered[p], similarity[p, true_index], side="left") for p in range(n_pairs)])
+    percentile = below / (n_vocab - 1)
+    observed = percentile[pair_index, np.arange(len(true_index))].mean()
+    orders = metrics.block_permutations(n_pairs, block_trs, n_permutations, seed)
+    null = percentile[orders[:, pair_index], np.arange(len(true_index))[None, :]].mean(1)
+    return float((1 + np.sum(null >= observed - 1e-12)) / (1 + n_permutations))
+
+
+def _gain_bootstrap(gain: np.ndarray, pair_index: np.ndarray, n_pairs: int, block_trs: int, n_boot: int, seed: int) -> dict:
+    """Mean per-word gain with a block bootstrap over pairs (words resampled with their TR block)."""
+    block = pair_index // block_trs
+    n_blocks = -(-n_pairs // block_trs)
+    sums = np.bincount(block, weights=gain, minlength=n_blocks)
+    counts = np.bincount(block, minlength=n_blocks).astype(float)
+    draws = metrics.block_bootstrap_counts(n_pairs, block_trs, n_boot, seed)
+    means = (draws @ sums) / np.maximum(draws @ counts, 1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return {"mean": float(gain.mean()), "ci_low": float(low), "ci_high": float(high), "p": float((1 + np.sum(means <= 0)) / (1 + n_boot))}
+
+
+@dataclass
+class SplitEmbeddings:
+    """Brain embeddings of one split's pairs and the words they carry."""
+
+    brain: np.ndarray  # (n_pairs, shared_dim), unit norm
+    words: pd.DataFrame  # story, word, onset, offset, pair (−1 = no pair), vocabulary index (−1 = not in the vocabulary)
+
+
+def _scores(split: SplitEmbeddings, text: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cosine of every pair with every vocabulary word, and the scored words' pairs and vocabulary indices."""
+    kept = split.words[(split.words["pair"] >= 0) & (split.words["vocabulary_index"] >= 0)]
+    similarity = split.brain @ text.T  # (n_pairs, n_vocab) cosine
+    return similarity, kept["pair"].to_numpy(), kept["vocabulary_index"].to_numpy()
+
+
+def classify_words(
+    splits: Mapping[str, SplitEmbeddings],
+    vocabulary: pd.DataFrame,
+    text_embeddings: np.ndarray,
+    scale: float,
+    settings: WordDecodingSettings,
+    out: Mapping[str, str | os.PathLike],
+) -> dict:
+    """Score the test words against the whole vocabulary; write ``out['words']`` (per word),
+    ``out['vocabulary']`` (the alphabetical mean-probability table) and ``out['summary']`` (JSON).
+
+    ``splits`` holds ``validation`` (to choose β) and ``test``; ``text_embeddings``
+    ``(n_vocab, shared_dim)`` are unit norm; ``scale`` is the learned logit scale (1 / temperature).
+    """
+    n_vocab = len(vocabulary)
+    frequency = vocabulary["frequency"].to_numpy(float)
+    floor = frequency[frequency > 0].min() if (frequency > 0).any() else 1.0
+    prior = np.where(frequency > 0, frequency, floor)  # words the list does not know get its rarest frequency
+    log_prior = np.log(prior / prior.sum())
+
+    similarity, pair, true = _scores(splits["validation"], text_embeddings)
+    beta, fits = choose_prior_weight(scale * similarity[pair], log_prior[None, :], true, settings.prior_weights)
+    log.info("validation: β = %g (mean log-probability of the heard words %s over β %s)", beta, [round(f, 3) for f in fits], list(settings.prior_weights))
+
+    test = splits["test"]
+    similarity, pair, true = _scores(test, text_embeddings)
+    if len(true) == 0:
+        raise InputError(None, "no held-out word falls inside a contrastive pair and the vocabulary.", "check the test stories' words.tsv and the vocabulary.")
+    brain = log_softmax(scale * similarity)  # (n_pairs, n_vocab): every vocabulary word's probability per brain window
+    combined = log_softmax(beta * scale * similarity + log_prior[None, :])
+    per_word = {"brain": brain[pair], "frequency": np.broadcast_to(log_prior, (len(true), n_vocab)), "brain_and_frequency": combined[pair]}
+    scores = {name: class_scores(values, true, settings.top_k) for name, values in per_word.items()}
+    scores["brain"]["p"] = _permutation_p(similarity, pair, true, settings.block_trs, settings.n_permutations, settings.seed)
+    chance = {f"top{k}": k / n_vocab for k in settings.top_k}
+    chance.update(mean_percentile_rank=0.5, sensitivity=1 / n_vocab, specificity=1 - 1 / n_vocab, mean_log2_probability=float(np.log2(1 / n_vocab)))
+    percentile = {name: percentile_of_true(values, true) for name, values in per_word.items()}
+    gain = _gain_bootstrap(percentile["brain_and_frequency"] - percentile["frequency"], pair, len(similarity),
+                           settings.block_trs, settings.n_bootstrap, settings.seed)
+
+    kept = test.words[(test.words["pair"] >= 0) & (test.words["vocabulary_index"] >= 0)].reset_index(drop=True)
+    vocab_words = vocabulary["word"].to_numpy()
+    top10 = np.argsort(-brain[pair], axis=1, kind="stable")[:, :10]
+    table = kept[["story", "word", "onset", "offset", "pair"]].copy()
+    for name in per_word:
+        table[f"{name}_rank"] = _ranks(per_word[name], true)
+        table[f"{name}_percentile_rank"] = percentile[name]
+        table[f"{name}_probability"] = np.exp(per_word[name][np.arange(len(true)), true])
+    table["brain_top10"] = [" ".join(vocab_words[row]) for row in top10]
+    write_tsv(out["words"], table)
+
+    heard = np.bincount(true, minlength=n_vocab)
+    write_tsv(out["vocabulary"], pd.DataFrame({
+        "word": vocab_words,
+        "probability": np.exp(brain[pair]).mean(0),
+        "brain_and_frequency_probability": np.exp(combined[pair]).mean(0),
+        "frequency_probability": np.exp(log_prior),
+        "n_heard": heard,
+        "source": vocabulary["source"].to_numpy(),
+    }))
+
+    words = test.words
+    summary = {
+        "n_vocabulary": n_vocab,
+        "n_test_words": int(len(words)),
+        "n_scored": int(len(true)),
+        "n_outside_pairs": int((words["pair"] < 0).sum()),
+        "n_out_of_vocabulary": int((words["vocabulary_index"] < 0).sum()),
+        "temperature": 1.0 / scale,
+        "prior_weight": beta,
+        "prior_weight_fits": dict(zip([str(b) for b in settings.prior_weights], fits)),
+        **scores,
+        "chance": chance,
+        "gain_over_frequency": gain,
+        "embedding": settings.embedding,
+    }
+    write_json(out["summary"], summary)
+    log.info(
+        "test: %d words among %d vocabulary words — mean percentile rank brain %.3f (p %.3g), frequency %.3f, brain + frequency %.3f",
+        len(true), n_vocab, scores["brain"]["mean_percentile_rank"], scores["brain"]["p"], scores["frequency"]["mean_percentile_rank"],
+        scores["brain_and_frequency"]["mean_percentile_rank"],
+    )
+    return summary
+
+
+# ----------------------------------------------------------------------------- vocabulary features
+
+
+def vocabulary_model_config(model_cfg: Mapping) -> dict:
+    """The model's settings for reading each vocabulary word alone (one word per window)."""
+    return {**dict(model_cfg), "context": "per-word", "context_words": 1}
+
+
+def store_vocabulary(model_name: str, model_cfg: Mapping, vocabulary_tsv: str | os.PathLike, store_dir: str | os.PathLike,
+                     manifest: str | os.PathLike, log: logging.Logger = log) -> dict:
+    """The feature-store entry of the vocabulary read alone by the model (reused or extracted once) and its manifest."""
+    from . import store
+    from .features import extract_story
+    from .models import load_model
+
+    cfg = vocabulary_model_config(model_cfg)
+    vocabulary = read_vocabulary(vocabulary_tsv)
+
+    def compute(path: Path) -> None:
+        loaded = load_model(cfg)
+        check_tokenizable(loaded[1], vocabulary, vocabulary_tsv)
+        log.info("extracting %d vocabulary words into %s", len(vocabulary), path)
+        extract_story(cfg, vocabulary_tsv, path, log=log, loaded=loaded, story="vocabulary")
+
+    path, metadata, reused = store.obtain_entry(store_dir, cfg, "vocabulary", vocabulary_tsv, compute, log=log)
+    return store.write_manifest(manifest, path, metadata, model_name, reused)
+
+
+def vocabulary_features(vocabulary_manifest: str | os.PathLike, vocabulary_tsv: str | os.PathLike, layer: int, embedding: str,
+                        train_entries: Mapping[str, str | os.PathLike] | None = None) -> np.ndarray:
+    """``(n_vocab, hidden)`` text features of the vocabulary at ``layer``, z-scored per column over the vocabulary.
+
+    ``embedding: alone`` — each word read alone; ``context`` — words heard in the training
+    stories take the mean of their in-context states there (``train_entries``: story →
+    feature-store entry or manifest), the others stay alone.
+    """
+    from .align import zscore_columns
+    from .store import read_entry
+
+    vocabulary = read_vocabulary(vocabulary_tsv)
+    features = read_entry(vocabulary_manifest, words_tsv=vocabulary_tsv, layers=[layer]).layers[layer].astype(np.float64)
+    if embedding == "context":
+        index = {word: i for i, word in enumerate(vocabulary["word"])}
+        sums, counts = np.zeros_like(features), np.zeros(len(features))
+        for story, entry_path in sorted((train_entries or {}).items()):
+            entry = read_entry(entry_path, layers=[layer])
+            for word, state in zip(entry.words, entry.layers[layer]):
+                i = index.get(normalise_word(word))
+                if i is not None:
+                    sums[i] += state
+                    counts[i] += 1
+        heard = counts > 0
+        features[heard] = sums[heard] / counts[heard, None]
+        log.info("context embedding: %d of %d vocabulary words from their training-story contexts", heard.sum(), len(features))
+    return zscore_columns(features)
