@@ -4,6 +4,7 @@ best layer, in both directions; on the demo's pure-noise voxels identification i
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -64,3 +65,76 @@ def test_noise_voxels_identify_at_chance(demo_run, subject):
     for row in decoding.identify_segments(observed[:, noise], predicted[:, noise], attrs["story_lengths"], np.zeros(noise.size), settings):
         assert row["top1"] <= 3 * row["chance_top1"], row
         assert abs(row["mean_percentile_rank"] - 0.5) < 0.15 and row["p"] > 0.01, row
+
+
+def _contrastive_stem(workdir, subject, layer):
+    return workdir / RESULTS / "decoding" / f"sub-{subject}" / f"model-{MODEL}" / f"sub-{subject}_model-{MODEL}_layer-{layer:02d}"
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_contrastive_decoding_reads_segments_and_words(demo_run, subject):
+    layer = int(CONFIG["contrastive"]["layers"][0])
+    stem = _contrastive_stem(demo_run, subject, layer)
+    identification = pd.read_csv(f"{stem}_contrastive-identification.tsv", sep="\t")
+    rows = identification[identification["segment_trs"] == 10]
+    assert set(rows["direction"]) == {"brain_to_text", "text_to_brain"}
+    for _, row in rows.iterrows():
+        assert row["top1"] >= 5 * row["chance_top1"] and row["p"] < 0.01, row.to_dict()
+
+    summary = json.loads(Path(f"{stem}_words.json").read_text())
+    assert summary["n_vocabulary"] >= 20000 and summary["n_scored"] > 0.8 * summary["n_test_words"]
+    brain, frequency, both = summary["brain"], summary["frequency"], summary["brain_and_frequency"]
+    assert brain["mean_percentile_rank"] > 0.55 and brain["p"] < 0.01, brain
+    assert both["mean_percentile_rank"] > frequency["mean_percentile_rank"] and summary["gain_over_frequency"]["ci_low"] > 0, summary
+    vocabulary = pd.read_csv(f"{stem}_vocabulary.tsv", sep="\t", keep_default_na=False)
+    assert vocabulary["word"].tolist() == sorted(vocabulary["word"]) and "masquerade" in set(vocabulary["word"])
+    assert vocabulary["probability"].sum() == pytest.approx(1.0, abs=1e-6)
+    html = demo_run / RESULTS / "report" / "decoding" / f"sub-{subject}" / f"model-{MODEL}" / f"{Path(stem).name}_vocabulary.html"
+    assert "masquerade" in html.read_text(encoding="utf-8")
+    summary_table = pd.read_csv(demo_run / RESULTS / "summary.tsv", sep="\t")
+    row = summary_table[(summary_table["subject"].astype(str) == subject) & (summary_table["layer"] == layer)].iloc[0]
+    assert row["words_percentile_rank"] == pytest.approx(brain["mean_percentile_rank"])
+
+
+def test_noise_voxels_decode_words_at_chance(demo_run, tmp_path):
+    """A contrastive model trained on the demo's pure-noise voxels only: words and segments at chance."""
+    import h5py
+
+    from brainllm.contrastive import run_contrastive
+    from brainllm.word_decoding import WordDecodingSettings
+
+    subject, layer = SUBJECTS[0], int(CONFIG["contrastive"]["layers"][0])
+    masks = {
+        "dataset_mask": demo_run / RESULTS / "ingest" / f"sub-{subject}" / "mask.nii.gz",
+        "analysis_mask": demo_run / RESULTS / "preprocess" / f"sub-{subject}" / "mask.nii.gz",
+    }
+    noise = np.flatnonzero(~ground_truth_voxels(demo_run / CONFIG["dataset"]["ground_truth"], subject, **masks)["signal"])
+    responses = demo_run / RESULTS / "preprocess" / f"sub-{subject}" / "responses.h5"
+    noise_h5 = tmp_path / "noise.h5"
+    with h5py.File(responses, "r") as source, h5py.File(noise_h5, "w") as target:
+        for story in source:
+            group = target.create_group(story)
+            group.attrs.update(dict(source[story].attrs))
+            group.create_dataset("data", data=source[story]["data"][:, noise])
+    features = demo_run / RESULTS / "align" / f"sub-{subject}" / f"model-{MODEL}" / "features.h5"
+    run = {name: tmp_path / name for name in ("curves.tsv", "config.json", "model.safetensors", "retrieval.json")}
+    run_contrastive(
+        features, noise_h5, subject=subject, model_name=MODEL, layer=layer, train_stories=CONFIG["dataset"]["train_stories"],
+        test_stories=CONFIG["dataset"]["test_stories"], contrastive_cfg=CONFIG["contrastive"], curves_tsv=run["curves.tsv"],
+        config_json=run["config.json"], weights_safetensors=run["model.safetensors"], retrieval_json=run["retrieval.json"],
+        checkpoint_dir=tmp_path / "checkpoint",
+    )
+    stories = CONFIG["dataset"]["train_stories"] + CONFIG["dataset"]["test_stories"]
+    out = {name: tmp_path / f"{name}.out" for name in ("identification", "words", "vocabulary", "summary")}
+    summary = decoding.contrastive_decoding(
+        config_json=run["config.json"], weights=run["model.safetensors"], features_h5=features, responses_h5=noise_h5,
+        words_tsvs={s: demo_run / RESULTS / "ingest" / "stories" / s / "words.tsv" for s in stories},
+        vocabulary_tsv=demo_run / RESULTS / "decoding" / "vocabulary" / "words.tsv",
+        vocabulary_manifest=demo_run / RESULTS / "decoding" / "vocabulary" / f"model-{MODEL}.json", train_entries={},
+        identification=decoding.IdentificationSettings(segment_trs=(10,), n_permutations=500),
+        words=WordDecodingSettings.from_config(CONFIG["decoding"]["words"]), out=out,
+    )
+    assert abs(summary["brain"]["mean_percentile_rank"] - 0.5) < 0.08 and summary["brain"]["p"] > 0.01, summary["brain"]
+    assert summary["gain_over_frequency"]["ci_low"] <= 0.002, summary["gain_over_frequency"]
+    for _, row in pd.read_csv(out["identification"], sep="\t").iterrows():
+        assert row["top1"] <= 3 * row["chance_top1"] and row["p"] > 0.01, row.to_dict()
