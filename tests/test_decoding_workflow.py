@@ -60,7 +60,7 @@ def test_noise_voxels_identify_at_chance(demo_run, subject):
         "analysis_mask": demo_run / RESULTS / "preprocess" / f"sub-{subject}" / "mask.nii.gz",
     }
     truth = ground_truth_voxels(demo_run / CONFIG["dataset"]["ground_truth"], subject, **masks)
-    noise = np.flatnonzero(~truth["signal"])
+    noise = np.flatnonzero(~truth["signal"] & ~truth["emotion"])
     settings = decoding.IdentificationSettings(segment_trs=(10,), voxel_fraction=1.0, n_permutations=500)
     for row in decoding.identify_segments(observed[:, noise], predicted[:, noise], attrs["story_lengths"], np.zeros(noise.size), settings):
         assert row["top1"] <= 3 * row["chance_top1"], row
@@ -108,7 +108,8 @@ def test_noise_voxels_decode_words_at_chance(demo_run, tmp_path):
         "dataset_mask": demo_run / RESULTS / "ingest" / f"sub-{subject}" / "mask.nii.gz",
         "analysis_mask": demo_run / RESULTS / "preprocess" / f"sub-{subject}" / "mask.nii.gz",
     }
-    noise = np.flatnonzero(~ground_truth_voxels(demo_run / CONFIG["dataset"]["ground_truth"], subject, **masks)["signal"])
+    truth = ground_truth_voxels(demo_run / CONFIG["dataset"]["ground_truth"], subject, **masks)
+    noise = np.flatnonzero(~truth["signal"] & ~truth["emotion"])
     responses = demo_run / RESULTS / "preprocess" / f"sub-{subject}" / "responses.h5"
     noise_h5 = tmp_path / "noise.h5"
     with h5py.File(responses, "r") as source, h5py.File(noise_h5, "w") as target:
@@ -138,3 +139,39 @@ def test_noise_voxels_decode_words_at_chance(demo_run, tmp_path):
     assert summary["gain_over_frequency"]["ci_low"] <= 0.002, summary["gain_over_frequency"]
     for _, row in pd.read_csv(out["identification"], sep="\t").iterrows():
         assert row["top1"] <= 3 * row["chance_top1"] and row["p"] > 0.01, row.to_dict()
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_planted_emotion_is_decoded(demo_run, subject):
+    scores = pd.read_csv(demo_run / RESULTS / "decoding" / f"sub-{subject}" / f"sub-{subject}_labels.tsv", sep="\t").set_index("target")
+    emotion, valence = scores.loc["emotion"], scores.loc["valence"]
+    assert emotion["balanced_accuracy"] > 0.6 and emotion["chance_balanced_accuracy"] == pytest.approx(1 / 3) and emotion["p"] < 0.01, emotion.to_dict()
+    assert emotion["sensitivity"] > emotion["chance_sensitivity"] and emotion["specificity"] > emotion["chance_specificity"]
+    assert valence["r"] > 0.3 and valence["p"] < 0.01, valence.to_dict()
+    assert emotion["n_stories"] == len(CONFIG["dataset"]["train_stories"]) + len(CONFIG["dataset"]["test_stories"])
+    summary = pd.read_csv(demo_run / RESULTS / "summary.tsv", sep="\t")
+    rows = summary[summary["subject"].astype(str) == subject]
+    np.testing.assert_allclose(rows["labels_emotion_balanced_accuracy"], emotion["balanced_accuracy"])
+    figure = pd.read_csv(demo_run / RESULTS / "report" / "decoding" / "labels.tsv", sep="\t")
+    assert set(figure["subject"].astype(str)) == set(SUBJECTS)
+
+
+def test_emotion_is_not_decoded_from_voxels_without_it(demo_run, tmp_path):
+    """The same decoder on the voxels that carry neither the planted layer nor the planted emotion: chance."""
+    from brainllm.label_decoding import LabelSettings, decode_labels
+
+    subject = SUBJECTS[0]
+    truth = json.loads((demo_run / CONFIG["dataset"]["ground_truth"]).read_text())["per_subject"][subject]
+    masks = {
+        "dataset_mask": demo_run / RESULTS / "ingest" / f"sub-{subject}" / "mask.nii.gz",
+        "analysis_mask": demo_run / RESULTS / "preprocess" / f"sub-{subject}" / "mask.nii.gz",
+    }
+    voxels = ground_truth_voxels(demo_run / CONFIG["dataset"]["ground_truth"], subject, **masks)
+    assert voxels["emotion"].sum() == len(truth["emotion_voxels"]) and not (voxels["emotion"] & voxels["signal"]).any()
+    control = np.flatnonzero(~voxels["signal"] & ~voxels["emotion"])
+    settings = LabelSettings.from_config({**CONFIG["decoding"]["labels"], "table": str(demo_run / CONFIG["decoding"]["labels"]["table"]), "n_permutations": 500})
+    out = {name: tmp_path / f"{name}.tsv" for name in ("scores", "classes", "confusion", "predictions")}
+    stories = CONFIG["dataset"]["train_stories"] + CONFIG["dataset"]["test_stories"]
+    scores = decode_labels(demo_run / RESULTS / "preprocess" / f"sub-{subject}" / "responses.h5", stories, settings, out, voxels=control).set_index("target")
+    assert abs(scores.loc["emotion", "balanced_accuracy"] - 1 / 3) < 0.1 and scores.loc["emotion", "p"] > 0.01, scores.loc["emotion"].to_dict()
+    assert scores.loc["valence", "r"] < 0.2 and scores.loc["valence", "p"] > 0.01, scores.loc["valence"].to_dict()

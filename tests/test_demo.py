@@ -367,3 +367,41 @@ def test_bad_seed(tmp_path, seed):
 def test_word_features_must_match_words(tmp_path):
     with pytest.raises(InputError, match="one row per word"):
         demo.generate_demo(tmp_path / "out", SEED, word_features={s: np.zeros((3, 4)) for s in STORIES})
+
+
+def test_planted_emotion_segments_and_voxels(generated):
+    """The emotion table covers each story's audio in segments; its voxels (pure noise, outside the ROIs)
+    follow the delayed category and valence design, fitted by an independent least-squares loop."""
+    out, truth = generated
+    table = pd.read_csv(out / truth["emotion"]["table"], sep="\t")
+    assert set(table["story"]) == set(truth["stories"]["n_trs_raw"]) and set(table["emotion"]) == set(truth["emotion"]["categories"])
+    for story, part in table.groupby("story", sort=False):
+        assert part["onset"].iloc[0] == pytest.approx(demo.AUDIO_ONSET_S)
+        np.testing.assert_allclose(part["onset"].to_numpy()[1:], (part["onset"] + part["duration"]).to_numpy()[:-1], atol=2e-3)
+        assert (part["emotion"].to_numpy()[1:] != part["emotion"].to_numpy()[:-1]).all()
+        assert part["valence"].between(-1, 1).all()
+    for subject in demo.SUBJECTS:
+        info = truth["per_subject"][subject]
+        voxels = np.array(info["emotion_voxels"])
+        assert len(voxels) == demo.EMOTION_VOXELS
+        assert (np.array(info["snr"])[voxels] == 0).all() and (np.array(info["roi"])[voxels] == 0).all()
+        others = np.setdiff1d(np.flatnonzero(np.array(info["snr"]) == 0), voxels)
+        r_emotion, r_other = [], []
+        for story in truth["stories"]["train"]:
+            n_trs = truth["stories"]["n_trs_raw"][story]
+            centres = (np.arange(n_trs) + 0.5) * demo.TR
+            design = np.zeros((n_trs, 4))
+            for row in table[table["story"] == story].itertuples():
+                inside = (centres >= row.onset) & (centres < row.onset + row.duration)
+                design[inside, truth["emotion"]["categories"].index(row.emotion)] = 1
+                design[inside, 3] = row.valence
+            lagged = sum(w * np.vstack([np.zeros((d, 4)), design[: n_trs - d]]) for d, w in zip(truth["delays"], truth["delay_weights"]))
+            X = lagged[demo.TRIM_START : n_trs - demo.TRIM_END]
+            X = np.column_stack([X - X.mean(0), np.ones(len(X))])
+            Y = hf5(out, subject, story)
+            fitted = X @ np.linalg.lstsq(X, Y, rcond=None)[0]
+            r = np.array([np.corrcoef(fitted[:, v], Y[:, v])[0, 1] for v in range(Y.shape[1])])
+            r_emotion.append(r[voxels].mean())
+            r_other.append(r[others].mean())
+        expected = np.sqrt(truth["emotion"]["snr"] / (1 + truth["emotion"]["snr"]))
+        assert np.mean(r_emotion) > 0.8 * expected and np.mean(r_other) < 0.25  # 5 regressors in-sample on noise: r ≈ sqrt(5/n)

@@ -105,7 +105,20 @@ NOISE_FRACTION_IN_ROI = 0.1  # voxels inside signal ROIs left as pure noise
 NOISE_AR1_RANGE = (0.3, 0.7)  # per-voxel AR(1) coefficient of the noise (TR-to-TR autocorrelation)
 
 # Random streams: every draw comes from default_rng([seed, stream, ...]).
-_STREAM_TIMING, _STREAM_MIXING, _STREAM_SUBJECT, _STREAM_RUN = 1, 2, 3, 4
+_STREAM_TIMING, _STREAM_MIXING, _STREAM_SUBJECT, _STREAM_RUN, _STREAM_EMOTION = 1, 2, 3, 4, 5
+
+# Planted emotion: each story is cut into segments of EMOTION_SEGMENT_S seconds, each with
+# one category and a continuous valence; EMOTION_VOXELS pure-noise voxels outside every ROI
+# respond to them (category one-hot and valence, delayed like the features), with variance
+# EMOTION_SNR × the noise's after cleaning. The draws use their own random stream, so the
+# rest of the dataset is the same with or without them.
+EMOTION_CATEGORIES = ("joy", "fear", "sadness")
+EMOTION_VALENCE = {"joy": 0.7, "fear": -0.3, "sadness": -0.7}  # mean valence per category; ± N(0, EMOTION_VALENCE_SD)
+EMOTION_VALENCE_SD = 0.3
+EMOTION_SEGMENT_S = (16.0, 36.0)
+EMOTION_VOXELS = 120
+EMOTION_SNR = 0.25
+EMOTION_TABLE = "stimuli/emotion_annotations.tsv"  # under the BIDS root
 
 
 # --------------------------------------------------------------------------- stories
@@ -399,6 +412,36 @@ def planted_feature_map(train_inputs: np.ndarray, rng: np.random.Generator) -> n
     return axes[:n_axes].T @ rng.standard_normal((n_axes, MIXING_RANK))
 
 
+def emotion_segments(audio_s: float, rng: np.random.Generator) -> pd.DataFrame:
+    """Consecutive segments covering the audio: onset (scan s), duration, emotion (never twice in a row), valence."""
+    rows, start, previous = [], 0.0, None
+    while start < audio_s:
+        duration = min(rng.uniform(*EMOTION_SEGMENT_S), audio_s - start)
+        emotion = str(rng.choice([c for c in EMOTION_CATEGORIES if c != previous]))
+        valence = float(np.clip(EMOTION_VALENCE[emotion] + rng.normal(0.0, EMOTION_VALENCE_SD), -1.0, 1.0))
+        rows.append({"onset": round(AUDIO_ONSET_S + start, 3), "duration": round(duration, 3), "emotion": emotion, "valence": round(valence, 3)})
+        start, previous = start + duration, emotion
+    return pd.DataFrame(rows)
+
+
+def emotion_design(segments: pd.DataFrame, n_trs: int) -> np.ndarray:
+    """``(n_trs, n_categories + 1)``: the category one-hot and the valence of the segment holding each TR centre, delayed like the features."""
+    centres = tr_centres_s(n_trs, TR)
+    design = np.zeros((n_trs, len(EMOTION_CATEGORIES) + 1))
+    for row in segments.itertuples(index=False):
+        inside = (centres >= row.onset) & (centres < row.onset + row.duration)
+        design[inside, EMOTION_CATEGORIES.index(row.emotion)] = 1.0
+        design[inside, -1] = row.valence
+    return weighted_delays(design, DELAYS_TRS, DELAY_WEIGHTS)
+
+
+def emotion_voxels(volume: "SubjectVolume", rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The responding voxels (pure noise, outside every ROI) and their ``(n_categories + 1, n)`` loadings."""
+    candidates = np.flatnonzero((volume.snr == 0) & (volume.rois[volume.mask] == 0))
+    voxels = np.sort(rng.choice(candidates, size=min(EMOTION_VOXELS, candidates.size), replace=False))
+    return voxels, rng.standard_normal((len(EMOTION_CATEGORIES) + 1, voxels.size))
+
+
 def cleaning_operator(n_trs: int, tr: float) -> np.ndarray:
     """``(n_kept, n_trs)`` matrix D with clean_run(x) = D @ x for the demo's preprocessing, z-score off."""
     settings = dict(PREPROCESS, zscore=False)
@@ -485,13 +528,16 @@ def ar1_noise_gain(cleaning: np.ndarray, phi: np.ndarray) -> np.ndarray:
 
 
 def simulate_run(
-    latent: np.ndarray, volume: SubjectVolume, cleaning: np.ndarray, rng: np.random.Generator
+    latent: np.ndarray, volume: SubjectVolume, cleaning: np.ndarray, rng: np.random.Generator,
+    emotion: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Raw BOLD ``(n_trs, n_voxels)`` float32 of one run.
 
     ``latent`` (n_trs, rank) is the delayed planted feature response. After ``cleaning``
     (detrend + trim), a voxel's signal has variance SNR/(1+SNR) and its AR(1) noise expected
-    variance 1/(1+SNR), so corr(signal, response) = sqrt(SNR/(1+SNR)).
+    variance 1/(1+SNR), so corr(signal, response) = sqrt(SNR/(1+SNR)). ``emotion``:
+    (delayed design (n_trs, n_categories + 1), voxels, loadings) adds the planted emotion
+    response to those voxels with variance EMOTION_SNR after cleaning.
     """
     n_trs, n_voxels = latent.shape[0], volume.snr.size
     signal = latent @ volume.mixing  # (n_trs, n_voxels)
@@ -499,6 +545,12 @@ def simulate_run(
     cleaned_std = (cleaned - cleaned.mean(axis=0)).std(axis=0)
     signal_var = volume.snr / (1.0 + volume.snr)
     signal *= np.sqrt(signal_var) / cleaned_std
+
+    if emotion is not None:
+        design, voxels, loadings = emotion
+        response = design @ loadings
+        cleaned_std = (cleaning @ response).std(axis=0)
+        signal[:, voxels] += response * np.sqrt(EMOTION_SNR) / np.where(cleaned_std > 0, cleaned_std, 1.0)
 
     noise_gain = ar1_noise_gain(cleaning, volume.noise_ar1)
     noise = ar1_noise(n_trs, volume.noise_ar1, rng) * np.sqrt((1.0 - signal_var) / noise_gain)
@@ -647,6 +699,12 @@ def generate_demo(
     feature_map = planted_feature_map(train_inputs, np.random.default_rng([seed, _STREAM_MIXING]))
     latents = {story: delayed_inputs[story] @ feature_map for story in stories}  # (n_trs, rank)
 
+    emotions = {story: emotion_segments(timings[story].audio_s, np.random.default_rng([seed, _STREAM_EMOTION, index]))
+                for index, story in enumerate(stories)}
+    emotion_designs = {story: emotion_design(emotions[story], timings[story].n_trs_raw) for story in stories}
+    write_tsv(bids / EMOTION_TABLE, pd.concat([frame.assign(story=story) for story, frame in emotions.items()], ignore_index=True)[
+        ["story", "onset", "duration", "emotion", "valence"]])
+
     # --- stimulus files (identical for every subject)
     for story in stories:
         timing = timings[story]
@@ -702,6 +760,7 @@ def generate_demo(
     runs = [(story, run) for story in stories for run in (range(1, TEST_REPEATS + 1) if story == TEST_STORY else [None])]
     for s_index, subject in enumerate(SUBJECTS):
         volume = make_subject_volume(subject, np.random.default_rng([seed, _STREAM_SUBJECT, s_index]))
+        emotion_voxel_index, emotion_loadings = emotion_voxels(volume, np.random.default_rng([seed, _STREAM_EMOTION, 100 + s_index]))
         n_voxels = int(volume.mask.sum())
         func = bids / f"sub-{subject}" / "func"
         _write_nifti(derivatives / f"sub-{subject}" / "func" / f"sub-{subject}_desc-brain_mask.nii.gz", volume.mask, affine, np.uint8)
@@ -712,7 +771,8 @@ def generate_demo(
         for r_index, (story, run) in enumerate(tqdm(runs, desc=f"sub-{subject} runs", unit="run")):
             n_trs = timings[story].n_trs_raw
             rng = np.random.default_rng([seed, _STREAM_RUN, s_index, r_index])
-            bold = simulate_run(latents[story], volume, cleaning[n_trs], rng)  # (n_trs, n_voxels)
+            bold = simulate_run(latents[story], volume, cleaning[n_trs], rng,
+                                (emotion_designs[story], emotion_voxel_index, emotion_loadings))  # (n_trs, n_voxels)
             stem = f"sub-{subject}_task-{story}" + (f"_run-{run}" if run is not None else "")
             series = np.zeros(GRID_SHAPE + (n_trs,), dtype=np.float32)
             series[volume.mask] = bold.T
@@ -732,6 +792,7 @@ def generate_demo(
             "ceiling_r_single_run": np.round(ceiling_r(volume.snr, 1), 6).tolist(),
             "ceiling_r_test": np.round(ceiling_r(volume.snr, TEST_REPEATS), 6).tolist(),
             "roi": volume.rois[volume.mask].astype(int).tolist(),
+            "emotion_voxels": emotion_voxel_index.tolist(),
         }
         logger.info(
             "sub-%s: %d voxels, %d with planted signal (%.0f%% pure noise)",
@@ -779,6 +840,17 @@ def generate_demo(
             "repeats": {story: TEST_REPEATS if story == TEST_STORY else 1 for story in stories},
         },
         "rois": {str(r.index): {"name": r.name, "peak_snr": r.peak_snr} for r in ROIS},
+        "emotion": {
+            "table": f"bids/{EMOTION_TABLE}",
+            "categories": list(EMOTION_CATEGORIES),
+            "valence_mean": dict(EMOTION_VALENCE),
+            "valence_sd": EMOTION_VALENCE_SD,
+            "segment_s": list(EMOTION_SEGMENT_S),
+            "snr": EMOTION_SNR,
+            "response": "category one-hot and valence of the segment holding each TR centre, delayed like the features, "
+                        "@ per-subject (n_categories + 1, n) loadings, in per_subject.<subject>.emotion_voxels "
+                        "(pure-noise voxels outside every ROI); variance EMOTION_SNR × the noise's after cleaning",
+        },
         "voxel_order": "numpy C order of mask > 0",
         "per_subject": per_subject,
         "versions": _versions(),

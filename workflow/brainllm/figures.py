@@ -423,3 +423,41 @@ def word_classification_figure(percentiles: pd.DataFrame, scores: pd.DataFrame) 
     for ax in axes:
         ax.grid(alpha=0.25)
     return fig
+
+
+def labels_figure(confusion: pd.DataFrame, predictions: pd.DataFrame, scores: pd.DataFrame) -> Figure:
+    """Label decoding per subject: row-normalised confusion matrix of each categorical target, true vs predicted of each continuous one.
+
+    ``confusion``: ``subject target true predicted count``; ``predictions``: ``subject target true predicted``
+    (continuous targets); ``scores``: ``subject target balanced_accuracy r p chance_balanced_accuracy``.
+    """
+    panels = [(s, t, "categorical") for s, t in confusion[["subject", "target"]].drop_duplicates().itertuples(index=False)]
+    panels += [(s, t, "continuous") for s, t in predictions[["subject", "target"]].drop_duplicates().itertuples(index=False)]
+    fig = new_figure(3.3 * max(len(panels), 1), 3.4)
+    axes = np.atleast_1d(fig.subplots(1, max(len(panels), 1)))
+    for ax, (subject, target, kind) in zip(axes, panels):
+        score = scores[(scores["subject"] == subject) & (scores["target"] == target)].iloc[0]
+        if kind == "categorical":
+            rows = confusion[(confusion["subject"] == subject) & (confusion["target"] == target)]
+            classes = list(dict.fromkeys(rows["true"]))
+            matrix = rows.pivot(index="true", columns="predicted", values="count").reindex(index=classes, columns=classes).to_numpy(float)
+            matrix = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+            ax.imshow(matrix, vmin=0, vmax=1, cmap="Blues")
+            for (i, j), value in np.ndenumerate(matrix):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7.5, color="white" if value > 0.6 else "black")
+            ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+            ax.set_yticks(range(len(classes)), classes)
+            ax.set_xlabel("Predicted")
+            ax.set_ylabel("True")
+            ax.set_title(f"sub-{subject} · {target}\nbalanced acc. {score['balanced_accuracy']:.2f} "
+                         f"(chance {score['chance_balanced_accuracy']:.2f}), p={score['p']:.2g}", fontsize=8.5)
+        else:
+            rows = predictions[(predictions["subject"] == subject) & (predictions["target"] == target)]
+            ax.scatter(rows["true"], rows["predicted"], s=5, alpha=0.4, color=SERIES_COLOURS[0])
+            low, high = float(min(rows["true"].min(), rows["predicted"].min())), float(max(rows["true"].max(), rows["predicted"].max()))
+            ax.plot([low, high], [low, high], ls="--", color=MEAN_COLOUR)
+            ax.set_xlabel(f"True {target}")
+            ax.set_ylabel(f"Predicted {target} (held-out story)")
+            ax.set_title(f"sub-{subject} · {target}\nr={score['r']:.2f}, R²={score['r2']:.2f}, p={score['p']:.2g}", fontsize=8.5)
+            ax.grid(alpha=0.25)
+    return fig

@@ -187,7 +187,8 @@ def ground_truth_voxels(
 
     The ground truth (``per_subject.<subject>``) indexes the dataset mask's voxels in C
     order; preprocessing may drop voxels, so values are carried over by position.
-    Returns ``signal`` (bool) and ``ceiling_r_test`` (float), each ``(n_analysed_voxels,)``.
+    Returns ``signal`` (bool; the planted layer), ``emotion`` (bool; the planted emotion
+response, absent in older ground truths) and ``ceiling_r_test`` (float), each ``(n_analysed_voxels,)``.
     """
     truth = read_json(ground_truth_json, "ground truth")
     entry = truth.get("per_subject", {}).get(subject)
@@ -210,7 +211,9 @@ def ground_truth_voxels(
         raise InputError(analysis_mask, f"holds voxels outside the dataset mask {dataset_mask}.", "rerun ingest and preprocess.")
     signal = np.zeros(dataset_positions.size, dtype=bool)
     signal[np.asarray(entry["signal_voxels"], dtype=np.int64)] = True
-    return {"signal": signal[index], "ceiling_r_test": ceiling[index]}
+    emotion = np.zeros(dataset_positions.size, dtype=bool)
+    emotion[np.asarray(entry.get("emotion_voxels", []), dtype=np.int64)] = True
+    return {"signal": signal[index], "emotion": emotion[index], "ceiling_r_test": ceiling[index]}
 
 
 # --------------------------------------------------------------------------- computations
@@ -679,6 +682,7 @@ def metrics_summary(
     identification_tsvs: Sequence[PathLike] = (),
     word_jsons: Sequence[PathLike] = (),
     contrastive_identification_tsvs: Sequence[PathLike] = (),
+    label_tsvs: Sequence[PathLike] = (),
 ) -> pd.DataFrame:
     """One row per (subject, model, layer): accuracy, information, detection, stability, ceiling, decoding.
 
@@ -703,12 +707,16 @@ def metrics_summary(
     ``words_n_vocabulary``, ``words_top10`` and its chance, ``words_percentile_rank`` and its
     permutation ``words_p``, ``words_frequency_percentile_rank``,
     ``words_brain_and_frequency_percentile_rank`` and ``words_gain_ci_low`` (the lower 95 %
-    bound of brain + frequency's gain over frequency alone).
+    bound of brain + frequency's gain over frequency alone). With ``label_tsvs`` (label
+    decoding, per subject, so the same on each of its rows): ``labels_<target>_balanced_accuracy``
+    (categorical) or ``labels_<target>_r`` (continuous), ``labels_<target>_chance`` and
+    ``labels_<target>_p``.
     """
     scores_by_key = {result_key(path): path for path in scores_tsvs}
     identification = _identification_rows(identification_tsvs)
     for key, columns in _word_classification_rows(word_jsons, contrastive_identification_tsvs).items():
         identification.setdefault(key, {}).update(columns)
+    labels = _label_rows(label_tsvs)
     trim_warnings = {subject: trimming_warnings(path) for subject, path in (trimming_tsvs or {}).items()}
     truths: dict[str, dict[str, np.ndarray]] = {}
     rows = []
@@ -748,6 +756,7 @@ def metrics_summary(
             if signal.any() and ceiling[signal].mean() > 0:
                 row["r_over_true_ceiling"] = float(scores["r"].to_numpy()[signal].mean() / ceiling[signal].mean())
         row.update(identification.get((subject, model, layer), {}))
+        row.update(labels.get(subject, {}))
         row["notes"] = "; ".join(_missing_metric_notes(row, summary, invariance or {}, trim_warnings.get(subject, [])))
         rows.append(row)
     if not rows:
@@ -901,3 +910,41 @@ def vocabulary_html(vocabulary_tsv: PathLike, html: PathLike) -> None:
     )
     with atomic_path(html) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")
+
+
+def _subject_of(path: PathLike) -> str:
+    entities = path_entities(path)
+    if "sub" not in entities:
+        raise InputError(path, "the path carries no sub- entity.", "name results sub-<subject>_<suffix> (docs/outputs.md).")
+    return entities["sub"]
+
+
+def plot_labels(score_tsvs: Sequence[PathLike], confusion_tsvs: Sequence[PathLike], prediction_tsvs: Sequence[PathLike],
+                png: PathLike, svg: PathLike, tsv: PathLike, dpi: int = 150) -> pd.DataFrame:
+    """Label-decoding figure of every subject; ``tsv`` holds every subject's scores (one row per target)."""
+    scores = pd.concat([read_table(p, ("target", "kind", "p"), "label scores").assign(subject=_subject_of(p)) for p in score_tsvs], ignore_index=True)
+    confusion = pd.concat([pd.read_csv(p, sep="\t").assign(subject=_subject_of(p)) for p in confusion_tsvs], ignore_index=True)
+    predictions = pd.concat([read_table(p, ("target", "true", "predicted"), "label predictions").assign(subject=_subject_of(p)) for p in prediction_tsvs], ignore_index=True)
+    continuous = set(scores.loc[scores["kind"] == "continuous", "target"])
+    predictions = predictions[predictions["target"].isin(continuous)].astype({"true": float, "predicted": float})
+    write_tsv(tsv, scores)
+    with figures.styled():
+        fig = figures.labels_figure(confusion, predictions, scores)
+        figures.save_figure(fig, png, svg, dpi)
+    logger.info("label decoding (%d subjects) -> %s", len(score_tsvs), png)
+    return scores
+
+
+def _label_rows(label_tsvs: Sequence[PathLike]) -> dict[str, dict]:
+    """``{subject: summary columns}`` of the label decoding (see :func:`metrics_summary`)."""
+    rows: dict[str, dict] = {}
+    for path in label_tsvs:
+        table = read_table(path, ("target", "kind", "p"), "label scores")
+        columns = {}
+        for entry in table.to_dict("records"):
+            metric = "balanced_accuracy" if entry["kind"] == "categorical" else "r"
+            columns[f"labels_{entry['target']}_{metric}"] = float(entry[metric])
+            columns[f"labels_{entry['target']}_chance"] = float(entry[f"chance_{metric}"])
+            columns[f"labels_{entry['target']}_p"] = float(entry["p"])
+        rows[_subject_of(path)] = columns
+    return rows

@@ -386,6 +386,28 @@ VOCABULARY = f"{RESULTS}/decoding/vocabulary/words.tsv"
 CONTRASTIVE_DECODING_SUFFIXES = ("contrastive-identification.tsv", "words.tsv", "vocabulary.tsv", "words.json")
 
 
+LABELS_ENABLED = DECODING_ENABLED and bool(DECODING.get("labels"))
+LABEL_SUFFIXES = ("labels.tsv", "labels_classes.tsv", "labels_confusion.tsv", "labels_predictions.tsv")
+
+
+def label_file(subject, suffix):
+    """R/decoding/sub-S/sub-S_<suffix> (docs/outputs.md, decoding)."""
+    return f"{RESULTS}/decoding/sub-{subject}/sub-{subject}_{suffix}"
+
+
+def label_table_input():
+    """The annotation table, or the demo's ground truth when the generated demo writes the table."""
+    table = DECODING.get("labels", {}).get("table")
+    if not table:
+        return []
+    demo_dir = os.path.abspath(config["demo"]["out_dir"]) + os.sep
+    return dataset_ready() if config["demo"]["generate"] and os.path.abspath(table).startswith(demo_dir) else [table]
+
+
+def label_targets(suffix="labels.tsv"):
+    return [label_file(subject, suffix) for subject in SUBJECTS] if LABELS_ENABLED else []
+
+
 def vocabulary_manifest(model):
     """This checkout's record of the store entry of the vocabulary read alone by a model."""
     return f"{RESULTS}/decoding/vocabulary/model-{model}.json"
@@ -414,6 +436,8 @@ def report_decoding_figures():
     if not (DECODING_ENABLED and rules.has("decoding_identification")):
         return []
     files = report_figure_files([f"{REPORT_DIR}/decoding/identification"])
+    if LABELS_ENABLED and rules.has("decoding_labels"):
+        files += report_figure_files([f"{REPORT_DIR}/decoding/labels"])
     if CONTRASTIVE_DECODING_ENABLED and rules.has("decoding_contrastive"):
         files += report_figure_files([f"{REPORT_DIR}/decoding/word_classification"])
         files += vocabulary_tables()
@@ -474,6 +498,7 @@ def final_targets():
     targets += contrastive_targets()
     targets += decoding_targets()
     targets += contrastive_decoding_targets("words.json")
+    targets += label_targets()
     targets += [f"{RESULTS}/report/manifest.tsv"]  # report: every registered figure
     targets += [f"{RESULTS}/dataset_description.json"]  # results/ as a BIDS derivative
     return targets

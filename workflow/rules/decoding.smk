@@ -152,3 +152,52 @@ rule report_word_classification:
         "../../envs/cpu.yaml"
     script:
         "../scripts/report_word_classification.py"
+
+
+# Annotated segments (decoding.labels: emotion categories, valence, ...) decoded per subject
+# from the responses, cross-validated by story.
+
+
+rule decoding_labels:
+    input:
+        responses=preprocessed("{subject}"),
+        table=label_table_input(),
+    output:
+        **{suffix.removesuffix(".tsv"): label_file("{subject}", suffix) for suffix in LABEL_SUFFIXES},
+    params:
+        stories=STORIES,
+        settings={**DECODING.get("labels", {}), "seed": ENCODING.get("seed", 0)},  # table: the annotation file read
+    log:
+        f"{RESULTS}/logs/decoding/sub-{{subject}}_labels.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/decoding_labels.py"
+
+
+rule report_labels:
+    input:
+        scores=lambda wildcards: label_targets(),
+        confusion=lambda wildcards: label_targets("labels_confusion.tsv"),
+        predictions=lambda wildcards: label_targets("labels_predictions.tsv"),
+    output:
+        **report_figure(
+            f"{REPORT_DIR}/decoding/labels",
+            "../report/labels.rst",
+            "Decoding",
+            "All subjects",
+            {"figure": "label decoding"},
+        ),
+    params:
+        dpi=REPORT["dpi"],
+    log:
+        f"{RESULTS}/logs/report/labels.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/report_labels.py"

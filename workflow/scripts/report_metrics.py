@@ -25,4 +25,5 @@ with rule_logging(snakemake.log[0]):
         identification_tsvs=snakemake.input.get("identification", ()),
         word_jsons=snakemake.input.get("words", ()),
         contrastive_identification_tsvs=snakemake.input.get("contrastive_identification", ()),
+        label_tsvs=snakemake.input.get("labels", ()),
     )

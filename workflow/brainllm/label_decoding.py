@@ -1,0 +1,295 @@
+"""Label decoding: annotations of story segments (categories such as ``emotion``, continuous
+values such as ``valence``) read out of the brain responses.
+
+Annotations: one table (``decoding.labels.table``) with columns ``story``, ``onset``,
+``duration`` (scan seconds, like events.tsv) and one column per target. A kept TR takes the
+label of the segment holding its centre; its brain input is the mean of the responses
+``delays`` TRs later (the haemodynamic lag). Categories are decoded by L2 logistic
+regression, continuous targets by ridge, both on z-scored voxels (the ``n_voxels`` with the
+largest univariate F, selected inside every fit on its fitting rows), cross-validated by story
+(leave one story out); the regularisation of each outer fold is chosen by an inner
+leave-one-story-out search on its training stories only.
+
+Scores on the out-of-fold predictions: balanced accuracy (chance 1 / n_classes), accuracy
+beside the majority-class rate, per-class sensitivity and specificity (macro-averaged) and
+the confusion matrix; r and R² for continuous targets. p-values are one-sided permutation
+tests with the predictions held fixed and the annotated segments' labels exchanged within
+each story, which keeps the labels' temporal structure (a segment spans many TRs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .io import InputError, open_h5, write_tsv
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "LabelSettings",
+    "read_annotations",
+    "tr_segments",
+    "brain_windows",
+    "cross_validated_predictions",
+    "label_scores",
+    "segment_permutation_p",
+    "decode_labels",
+]
+
+KINDS = ("categorical", "continuous")
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """``decoding.labels`` (config/README.md)."""
+
+    table: str
+    targets: Mapping[str, str] = field(default_factory=dict)
+    delays: tuple[int, ...] = (1, 2, 3, 4)
+    n_voxels: int = 500
+    c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+    alphas: tuple[float, ...] = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
+    n_permutations: int = 1000
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, section: Mapping, seed: int = 0) -> "LabelSettings":
+        section = dict(section)
+        targets = dict(section.get("targets", {}))
+        bad = {name: kind for name, kind in targets.items() if kind not in KINDS}
+        if not targets or bad:
+            raise InputError(None, f"decoding.labels.targets is {targets!r}.", f"map each annotation column to one of {KINDS}.")
+        return cls(
+            table=str(section["table"]),
+            targets=targets,
+            delays=tuple(int(d) for d in section.get("delays", cls.delays)),
+            n_voxels=int(section.get("n_voxels", cls.n_voxels)),
+            c_grid=tuple(float(c) for c in section.get("c_grid", cls.c_grid)),
+            alphas=tuple(float(a) for a in section.get("alphas", cls.alphas)),
+            n_permutations=int(section.get("n_permutations", cls.n_permutations)),
+            seed=int(section.get("seed", seed)),
+        )
+
+
+def read_annotations(path: str | os.PathLike, targets: Mapping[str, str], stories: Sequence[str]) -> pd.DataFrame:
+    """The annotation table, checked: known stories, numeric times, usable target columns."""
+    try:
+        table = pd.read_csv(path, sep="\t")
+    except FileNotFoundError:
+        raise InputError(path, "the annotation table does not exist.", "fix decoding.labels.table.") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise InputError(path, f"cannot be read as a UTF-8 TSV ({error}).", "write it tab-separated with a header row.") from None
+    missing = [c for c in ("story", "onset", "duration", *targets) if c not in table.columns]
+    if missing:
+        raise InputError(path, f"missing columns {missing} (found {list(table.columns)}).", "decoding.labels.targets must name columns of the table; story, onset, duration are required.")
+    table["story"] = table["story"].astype(str)
+    unknown = sorted(set(table["story"]) - set(stories))
+    if unknown:
+        row = int(np.flatnonzero(table["story"].isin(unknown))[0])
+        raise InputError(path, f"column story, row {row + 2}: stories {unknown} are not in the dataset ({', '.join(stories)}).",
+                         "annotate only the stories of dataset.train_stories/test_stories.")
+    for column in ("onset", "duration"):
+        values = pd.to_numeric(table[column], errors="coerce")
+        if values.isna().any() or (column == "duration" and (values <= 0).any()):
+            row = int(np.flatnonzero(values.isna() | (values <= 0 if column == "duration" else False))[0])
+            raise InputError(path, f"column {column}, row {row + 2}: {table[column].iloc[row]!r} is not a valid time.", "give onsets and positive durations in seconds.")
+        table[column] = values.astype(float)
+    for name, kind in targets.items():
+        values = table[name]
+        if values.isna().all():
+            raise InputError(path, f"column {name!r} is empty.", "fill it or remove it from decoding.labels.targets.")
+        if kind == "categorical" and values.dropna().nunique() < 2:
+            raise InputError(path, f"column {name!r} has a single class ({values.dropna().iloc[0]!r}).", "a categorical target needs at least two classes.")
+        if kind == "continuous":
+            numeric = pd.to_numeric(values, errors="coerce")
+            bad = numeric.isna() & values.notna()
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise InputError(path, f"column {name!r}, row {row + 2}: {values.iloc[row]!r} is not a number.", "continuous targets must be numbers (or empty).")
+            if numeric.dropna().nunique() < 2:
+                raise InputError(path, f"column {name!r} is constant.", "a continuous target must vary.")
+            table[name] = numeric
+    return table
+
+
+def tr_segments(annotations: pd.DataFrame, n_trs: int, tr: float, trim_start: int) -> np.ndarray:
+    """``(n_trs,)`` the annotation row (index into ``annotations``) whose span holds each kept TR's centre, −1 for none."""
+    centres = (np.arange(n_trs) + trim_start + 0.5) * tr
+    segment = np.full(n_trs, -1, dtype=np.int64)
+    for position, (onset, duration) in enumerate(zip(annotations["onset"], annotations["duration"])):
+        segment[(centres >= onset) & (centres < onset + duration) & (segment < 0)] = position
+    return segment
+
+
+def brain_windows(responses: np.ndarray, delays: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows t with every t + d inside the run, and their inputs: the mean of ``responses[t + d]`` over ``delays``."""
+    n_trs = responses.shape[0]
+    rows = np.arange(n_trs - max(delays))
+    return rows, np.mean([responses[rows + d] for d in delays], axis=0)
+
+
+def _estimator(kind: str, value: float, n_voxels: int):
+    """z-score → the ``n_voxels`` voxels with the largest univariate F on the fitting rows → logistic regression or ridge."""
+    from sklearn.feature_selection import SelectKBest, f_classif, f_regression
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = LogisticRegression(C=value, max_iter=2000) if kind == "categorical" else Ridge(alpha=value)
+    select = SelectKBest(f_classif if kind == "categorical" else f_regression, k=n_voxels)
+    return make_pipeline(StandardScaler(), select, model)
+
+
+def _fold_score(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Balanced accuracy over the classes present (categorical) or R² (continuous)."""
+    from sklearn.metrics import r2_score
+
+    if kind == "categorical":
+        return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in np.unique(y_true)]))
+    return r2_score(y_true, y_pred)
+
+
+def cross_validated_predictions(X: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str, grid: Sequence[float],
+                                n_voxels: int = 500) -> tuple[np.ndarray, dict]:
+    """Leave-one-group-out predictions of every row; each fold's regularisation chosen by inner leave-one-group-out on its training groups.
+
+    Voxels are selected inside every fit (``n_voxels`` by univariate F on the fitting rows), never on held-out rows.
+
+    Returns the predictions and ``{held-out group: chosen value}``.
+    """
+    names = list(dict.fromkeys(groups))
+    n_voxels = min(int(n_voxels), X.shape[1])
+    if len(names) < 3:
+        raise InputError(None, f"labels on {len(names)} stories ({names}); cross-validation by story with an inner search needs 3.", "annotate at least 3 stories.")
+    predictions = np.empty(len(y), dtype=object if kind == "categorical" else float)
+    chosen = {}
+    for held_out in names:
+        test, train = groups == held_out, groups != held_out
+        inner = [g for g in names if g != held_out]
+        fits = []
+        for value in grid:
+            scores = []
+            for inner_out in inner:
+                fit, val = train & (groups != inner_out), train & (groups == inner_out)
+                if kind == "categorical" and len(set(y[fit])) < 2:
+                    continue
+                scores.append(_fold_score(kind, y[val], _estimator(kind, value, n_voxels).fit(X[fit], y[fit]).predict(X[val])))
+            fits.append(np.mean(scores) if scores else -np.inf)
+        best = float(grid[int(np.argmax(fits))])
+        chosen[str(held_out)] = best
+        predictions[test] = _estimator(kind, best, n_voxels).fit(X[train], y[train]).predict(X[test])
+    return predictions, chosen
+
+
+def label_scores(kind: str, y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence | None = None) -> dict:
+    """Balanced accuracy, accuracy, majority rate, macro sensitivity/specificity (categorical) or r and R² (continuous)."""
+    from sklearn.metrics import r2_score
+
+    if kind == "continuous":
+        y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
+        return {"r": float(np.corrcoef(y_true, y_pred)[0, 1]), "r2": float(r2_score(y_true, y_pred))}
+    classes = list(classes if classes is not None else sorted(set(y_true)))
+    decision = metrics.sensitivity_specificity(np.asarray(y_true), np.asarray(y_pred), labels=classes)
+    counts = pd.Series(y_true).value_counts()
+    return {
+        "balanced_accuracy": float(np.nanmean(decision["sensitivity"])),
+        "accuracy": float(np.mean(np.asarray(y_true) == np.asarray(y_pred))),
+        "majority_rate": float(counts.max() / counts.sum()),
+        "sensitivity": decision["sensitivity_macro"],
+        "specificity": decision["specificity_macro"],
+        "per_class": {str(c): {"sensitivity": float(se), "specificity": float(sp), "n": int(counts.get(c, 0))}
+                      for c, se, sp in zip(classes, decision["sensitivity"], decision["specificity"])},
+    }
+
+
+def segment_permutation_p(kind: str, segment_labels: np.ndarray, segment_story: np.ndarray, tr_segment: np.ndarray,
+                          y_pred: np.ndarray, observed: float, n_permutations: int, seed: int) -> float:
+    """One-sided p of the balanced accuracy (categorical) or r (continuous): segment labels exchanged within each story.
+
+    ``tr_segment`` maps each scored TR to its segment (index into ``segment_labels``).
+    """
+    rng = np.random.default_rng(seed)
+    stories = [np.flatnonzero(segment_story == story) for story in dict.fromkeys(segment_story)]
+    key = "balanced_accuracy" if kind == "categorical" else "r"
+    exceed = 0
+    for _ in range(n_permutations):
+        order = np.arange(len(segment_labels))
+        for members in stories:
+            order[members] = rng.permutation(members)
+        permuted = segment_labels[order][tr_segment]
+        exceed += label_scores(kind, permuted, y_pred)[key] >= observed - 1e-12
+    return float((1 + exceed) / (1 + n_permutations))
+
+
+def decode_labels(responses_h5: str | os.PathLike, stories: Sequence[str], settings: LabelSettings,
+                  out: Mapping[str, str | os.PathLike], voxels: np.ndarray | None = None) -> pd.DataFrame:
+    """Decode every target of ``settings`` for one subject; write ``out['scores']`` (one row per target),
+    ``out['classes']`` (per class), ``out['confusion']`` and ``out['predictions']`` (TSVs, docs/outputs.md).
+
+    ``voxels`` restricts the inputs to those columns (controls).
+    """
+    annotations = read_annotations(settings.table, settings.targets, stories)
+    inputs, segment_of_row, story_of_row = [], [], []
+    with open_h5(responses_h5) as h5:
+        for story in stories:
+            part = annotations[annotations["story"] == story]
+            if part.empty:
+                continue
+            if story not in h5:
+                raise InputError(responses_h5, f"no responses for annotated story {story!r}.", "re-run the preprocess rule.")
+            data, attrs = h5[story]["data"][()], h5[story].attrs
+            data = data if voxels is None else data[:, voxels]
+            segment = tr_segments(part, data.shape[0], float(attrs["tr"]), int(attrs["trim_start"]))
+            rows, X = brain_windows(data, settings.delays)
+            keep = segment[rows] >= 0
+            inputs.append(X[keep])
+            segment_of_row.append(part.index.to_numpy()[segment[rows][keep]])
+            story_of_row += [story] * int(keep.sum())
+    if not inputs:
+        raise InputError(settings.table, "no annotated TR falls inside the responses.", "check the onsets (scan seconds) and the stories.")
+    X, segment_of_row, story_of_row = np.vstack(inputs), np.concatenate(segment_of_row), np.asarray(story_of_row)
+
+    score_rows, class_rows, confusion_rows, prediction_rows = [], [], [], []
+    for target, kind in settings.targets.items():
+        labelled = annotations[target].notna().to_numpy()[segment_of_row]
+        segments = np.flatnonzero(annotations[target].notna().to_numpy())
+        local = {row: i for i, row in enumerate(segments)}  # annotation row → position among the labelled segments
+        tr_segment = np.array([local[row] for row in segment_of_row[labelled]])
+        segment_labels = annotations[target].to_numpy()[segments]
+        y = segment_labels[tr_segment]
+        groups = story_of_row[labelled]
+        y_pred, chosen = cross_validated_predictions(X[labelled], y, groups, kind, settings.c_grid if kind == "categorical" else settings.alphas,
+                                                     settings.n_voxels)
+        classes = sorted(set(y)) if kind == "categorical" else None
+        scores = label_scores(kind, y, y_pred, classes)
+        key = "balanced_accuracy" if kind == "categorical" else "r"
+        p = segment_permutation_p(kind, segment_labels, annotations["story"].to_numpy()[segments], tr_segment, y_pred,
+                                  scores[key], settings.n_permutations, settings.seed)
+        row = {"target": target, "kind": kind, "n_trs": int(labelled.sum()), "n_segments": len(set(tr_segment)), "n_stories": len(set(groups))}
+        if kind == "categorical":
+            row.update(n_classes=len(classes), **{k: v for k, v in scores.items() if k != "per_class"},
+                       chance_balanced_accuracy=1 / len(classes), chance_sensitivity=1 / len(classes), chance_specificity=1 - 1 / len(classes))
+            class_rows += [{"target": target, "class": c, **values} for c, values in scores["per_class"].items()]
+            counts = pd.crosstab(pd.Series(y, name="true"), pd.Series(y_pred, name="predicted")).reindex(index=classes, columns=classes, fill_value=0)
+            confusion_rows += [{"target": target, "true": t, "predicted": q, "count": int(counts.loc[t, q])} for t in classes for q in classes]
+        else:
+            row.update(**scores, chance_r=0.0)
+        row.update(p=p, regularisation=" ".join(f"{story}:{value:g}" for story, value in chosen.items()))
+        score_rows.append(row)
+        prediction_rows.append(pd.DataFrame({"target": target, "story": groups, "true": y, "predicted": y_pred}))
+        log.info("%s (%s): %s, p %.3g over %d TRs of %d segments", target, kind,
+                 f"balanced accuracy {scores['balanced_accuracy']:.3f} (chance {1 / len(classes):.3f})" if kind == "categorical"
+                 else f"r {scores['r']:.3f}, R² {scores['r2']:.3f}", p, row["n_trs"], row["n_segments"])
+    table = pd.DataFrame(score_rows)
+    write_tsv(out["scores"], table)
+    write_tsv(out["classes"], pd.DataFrame(class_rows, columns=["target", "class", "sensitivity", "specificity", "n"]))
+    write_tsv(out["confusion"], pd.DataFrame(confusion_rows, columns=["target", "true", "predicted", "count"]))
+    write_tsv(out["predictions"], pd.concat(prediction_rows, ignore_index=True))
+    return table
