@@ -40,6 +40,8 @@ def test_edited_events_file_reruns_its_story_only(demo_run, tmp_path):
     # ingest ran before its dataset files were listed as inputs: forget the recorded input lists
     outputs = [f"results/ingest/stories/{story}/words.tsv" for story in config["dataset"]["train_stories"] + config["dataset"]["test_stories"]]
     outputs += [f"results/ingest/sub-{subject}/{name}" for subject in config["dataset"]["subjects"] for name in ("responses.h5", "mask.nii.gz", "mean.nii.gz", "atlas.nii.gz", "atlas.tsv")]
+    outputs += [f"results/decoding/sub-{subject}/sub-{subject}_{name}" for subject in config["dataset"]["subjects"]
+                for name in ("labels.tsv", "labels_classes.tsv", "labels_confusion.tsv", "labels_predictions.tsv")]  # read the annotation table
     run_snakemake(scratch, "--configfile", "user.yaml", "--cleanup-metadata", *outputs)
     # the derivative's description records the config's hash, which demo.generate changes
     run_snakemake(scratch, "results/dataset_description.json", "--cores", "1", "--configfile", "user.yaml")
