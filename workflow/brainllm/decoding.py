@@ -180,13 +180,20 @@ def identify_segments(
         slices = segment_slices(story_lengths, segment_trs, source)
         similarity = segment_similarity(observed[:, voxels], predicted[:, voxels], slices)
         scores = identification_scores(similarity, settings.top_k, settings.n_permutations, settings.seed)
-        for direction in DIRECTIONS:
-            row = {"segment_trs": segment_trs, "direction": direction, "n_segments": scores["n_segments"], "n_voxels": len(voxels)}
-            for name, value in scores[direction].items():
-                row[name] = value
-                if name in scores["chance"]:
-                    row[f"chance_{name}"] = scores["chance"][name]
-            rows.append(row)
+        rows += _score_rows(scores, segment_trs, DIRECTIONS, n_voxels=len(voxels))
+    return rows
+
+
+def _score_rows(scores: Mapping, segment_trs: int, names: Sequence[str], **extra) -> list[dict]:
+    """One row per direction of :func:`identification_scores`, named ``names``, each metric beside its chance."""
+    rows = []
+    for direction, name in zip(DIRECTIONS, names):
+        row = {"segment_trs": segment_trs, "direction": name, "n_segments": scores["n_segments"], **extra}
+        for key, value in scores[direction].items():
+            row[key] = value
+            if key in scores["chance"]:
+                row[f"chance_{key}"] = scores["chance"][key]
+        rows.append(row)
     return rows
 
 
@@ -245,13 +252,7 @@ def identify_contrastive_segments(brain: np.ndarray, text: np.ndarray, pairs_per
     for segment_trs in settings.segment_trs:
         slices = segment_slices(pairs_per_story, segment_trs, source)
         scores = identification_scores(segment_embedding_similarity(brain, text, slices), settings.top_k, settings.n_permutations, settings.seed)
-        for direction, name in zip(DIRECTIONS, ("brain_to_text", "text_to_brain")):
-            row = {"segment_trs": segment_trs, "direction": name, "n_segments": scores["n_segments"]}
-            for key, value in scores[direction].items():
-                row[key] = value
-                if key in scores["chance"]:
-                    row[f"chance_{key}"] = scores["chance"][key]
-            rows.append(row)
+        rows += _score_rows(scores, segment_trs, ("brain_to_text", "text_to_brain"))
     return rows
 
 
