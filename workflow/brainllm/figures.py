@@ -461,3 +461,23 @@ def labels_figure(confusion: pd.DataFrame, predictions: pd.DataFrame, scores: pd
             ax.set_title(f"sub-{subject} · {target}\nr={score['r']:.2f}, R²={score['r2']:.2f}, p={score['p']:.2g}", fontsize=8.5)
             ax.grid(alpha=0.25)
     return fig
+
+
+def model_comparison_figure(table: pd.DataFrame) -> Figure:
+    """Δ mean r (model a − model b) with its bootstrap CI per (subject, pair), Holm p beside each; 0 dashed.
+
+    ``table``: columns ``subject model_a layer_a model_b layer_b delta ci_low ci_high p_holm``.
+    """
+    fig = new_figure(7.5, 1.2 + 0.45 * len(table))
+    ax = fig.subplots()
+    y = np.arange(len(table))[::-1]
+    for row, position in zip(table.itertuples(index=False), y):
+        colour = SERIES_COLOURS[0] if row.ci_low > 0 or row.ci_high < 0 else MEAN_COLOUR
+        ax.errorbar(row.delta, position, xerr=[[row.delta - row.ci_low], [row.ci_high - row.delta]], fmt="o", color=colour, capsize=3)
+        ax.annotate(f"Holm p={row.p_holm:.2g}", (row.ci_high, position), textcoords="offset points", xytext=(6, -3), fontsize=7.5)
+    ax.axvline(0.0, ls="--", color=MEAN_COLOUR)
+    ax.set_yticks(y, [f"sub-{r.subject}: {r.model_a} (L{r.layer_a}) − {r.model_b} (L{r.layer_b})" for r in table.itertuples(index=False)], fontsize=8)
+    ax.set_xlabel("Δ mean r on the held-out stories (95 % paired block-bootstrap CI)")
+    ax.set_title("Model vs model, each at its validation-chosen layer")
+    ax.grid(alpha=0.25, axis="x")
+    return fig

@@ -948,3 +948,16 @@ def _label_rows(label_tsvs: Sequence[PathLike]) -> dict[str, dict]:
             columns[f"labels_{entry['target']}_p"] = float(entry["p"])
         rows[_subject_of(path)] = columns
     return rows
+
+
+def plot_model_comparison(tables: Sequence[PathLike], png: PathLike, svg: PathLike, tsv: PathLike, dpi: int = 150) -> pd.DataFrame:
+    """The model-vs-model table of every subject (``sub-S_models.tsv``) as one figure; ``tsv`` = the rows with a subject column."""
+    columns = ("model_a", "layer_a", "model_b", "layer_b", "delta", "ci_low", "ci_high", "p", "p_holm")
+    rows = pd.concat([read_table(p, columns, "model comparison").assign(subject=_subject_of(p)) for p in tables], ignore_index=True)
+    rows = rows[["subject", *[c for c in rows.columns if c != "subject"]]]
+    write_tsv(tsv, rows)
+    with figures.styled():
+        fig = figures.model_comparison_figure(rows)
+        figures.save_figure(fig, png, svg, dpi)
+    logger.info("model comparison (%d pairs) -> %s", len(rows), png)
+    return rows

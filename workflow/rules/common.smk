@@ -262,6 +262,8 @@ def report_encoding_figures():
         for model in config["models"]:
             stem = REPORT_ENCODING_STEM.format(subject=subject, model=model)
             stems += [f"{stem}_r_histogram", f"{stem}_r_map", f"{stem}_bestlayer_map"]
+    if model_comparison_tables():
+        stems.append(f"{REPORT_DIR}/encoding/model_comparison")
     return report_figure_files(stems) + [f"{RESULTS}/summary.tsv", f"{REPORT_DIR}/metrics.html"]
 
 
@@ -342,6 +344,13 @@ def encoding_extra_inputs(wildcards):
     return extra
 
 
+def model_comparison_tables():
+    """Per subject, the configured models compared at their best layers (with 2 or more models and saved predictions)."""
+    if len(config["models"]) < 2 or not ENCODING.get("save_predictions", True):
+        return []
+    return [f"{RESULTS}/encoding/sub-{subject}/sub-{subject}_models.tsv" for subject in SUBJECTS]
+
+
 def encoding_targets():
     """Best-layer map and layer table of every (subject, configured model), banded models when enabled."""
     targets = []
@@ -350,8 +359,7 @@ def encoding_targets():
             targets += [encoding_file(subject, model, "bestlayer.nii.gz"), encoding_file(subject, model, "layers.tsv")]
             if ENCODING.get("banded", {}).get("enabled"):
                 targets.append(encoding_file(subject, model, "banded_summary.json"))
-    if len(config["models"]) >= 2 and ENCODING.get("save_predictions", True):  # models at their best layers, paired
-        targets += [f"{RESULTS}/encoding/sub-{subject}/sub-{subject}_models.tsv" for subject in SUBJECTS]
+    targets += model_comparison_tables()
     if len(SUBJECTS) >= 3:  # layer comparison across subjects (sign-flip test)
         targets += [f"{RESULTS}/encoding/group/model-{model}_layers.tsv" for model in config["models"]]
     return targets

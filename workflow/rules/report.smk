@@ -60,6 +60,28 @@ rule report_roi_ranking:
         "../scripts/report_roi_ranking.py"
 
 
+rule report_model_comparison:
+    input:
+        tables=lambda wildcards: model_comparison_tables(),
+    output:
+        **report_figure(
+            f"{REPORT_DIR}/encoding/model_comparison",
+            "../report/model_comparison.rst",
+            "Encoding",
+            "All subjects",
+            {"figure": "model vs model"},
+        ),
+    params:
+        dpi=REPORT["dpi"],
+    log:
+        f"{RESULTS}/logs/report/model_comparison.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/report_model_comparison.py"
+
+
 rule report_r_histogram:
     input:
         unpack(lambda wildcards: report_ground_truth(wildcards.subject)),
