@@ -95,7 +95,8 @@ def layer_curves_figure(curves: pd.DataFrame, model_sizes: dict[str, float | Non
     """
     models = list(dict.fromkeys(curves["model"]))
     sized = [m for m in models if model_sizes.get(m)]
-    n_panels = 3 if sized else 2
+    compared = "delta_vs_best" in curves and curves["delta_vs_best"].notna().any()
+    n_panels = 2 + bool(sized) + compared
     fig = new_figure(4.2 * n_panels, 3.6)
     axes = fig.subplots(1, n_panels)
     top_label = "top 10% voxels by validation r"
@@ -125,6 +126,21 @@ def layer_curves_figure(curves: pd.DataFrame, model_sizes: dict[str, float | Non
         Line2D([], [], color="0.45", marker="*", ms=11, mec="black", ls="none", label="peak of the test curve"),
     ]
     axes[0].legend(handles=handles, loc="best", frameon=False)
+    if compared:
+        ax = axes[-1]
+        singles = curves[(curves["subject"] != "average") & curves["delta_vs_best"].notna()]
+        offsets = np.linspace(-0.2, 0.2, max(singles.groupby(["model", "subject"]).ngroups, 1))
+        for offset, ((model, subject), rows) in zip(offsets, singles.groupby(["model", "subject"], sort=True)):
+            rows = rows.sort_values(x_column)
+            step = offset * (1.0 if x_column == "layer" else 0.05)
+            error = np.vstack([rows["delta_vs_best"] - rows["delta_ci_low"], rows["delta_ci_high"] - rows["delta_vs_best"]]).clip(min=0)
+            ax.errorbar(rows[x_column] + step, rows["delta_vs_best"], yerr=error, fmt="o", ms=3.5, capsize=2, lw=0.9,
+                        color=series_style(models.index(model))["color"], alpha=0.8)
+        ax.axhline(0, color=MEAN_COLOUR, ls="--", lw=0.8)
+        ax.set_title("Δ test r vs chosen layer (95 % CI)")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("Δ mean r (layer − best layer)")
+        ax.grid(alpha=0.25)
     if sized:
         ax = axes[2]
         averages = curves[curves["subject"] == "average"]
@@ -326,7 +342,8 @@ def base_vs_tuned_figure(comparison: pd.DataFrame, title: str) -> Figure:
     """Held-out encoding r per layer of the base and brain-tuned model (left) and the change (right).
 
     ``comparison``: columns ``layer mean_r_base mean_r_tuned`` and optionally
-    ``top10pct_r_base top10pct_r_tuned`` (drawn dashed).
+    ``top10pct_r_base top10pct_r_tuned`` (drawn dashed), ``delta_ci_low delta_ci_high``
+    (error bars of the change) and ``p_holm`` (* where < 0.05).
     """
     comparison = comparison.sort_values("layer")
     fig = new_figure(9.0, 3.8)
@@ -340,10 +357,18 @@ def base_vs_tuned_figure(comparison: pd.DataFrame, title: str) -> Figure:
     r_ax.set_title("Encoding accuracy")
     r_ax.legend(frameon=False, fontsize=7.5)
     difference = comparison["mean_r_tuned"] - comparison["mean_r_base"]
-    diff_ax.bar(comparison["layer"], difference, color=[OKABE_ITO["bluish_green"] if d >= 0 else OKABE_ITO["vermillion"] for d in difference])
+    error = None
+    if {"delta_ci_low", "delta_ci_high"} <= set(comparison):  # paired block-bootstrap CI of the change
+        error = np.vstack([difference - comparison["delta_ci_low"], comparison["delta_ci_high"] - difference]).clip(min=0)
+    diff_ax.bar(comparison["layer"], difference, yerr=error, capsize=3,
+                color=[OKABE_ITO["bluish_green"] if d >= 0 else OKABE_ITO["vermillion"] for d in difference])
+    if "p_holm" in comparison:
+        for layer, value, p in zip(comparison["layer"], difference, comparison["p_holm"]):
+            if p < 0.05:
+                diff_ax.annotate("*", (layer, value), textcoords="offset points", xytext=(0, 4 if value >= 0 else -12), ha="center")
     diff_ax.axhline(0, color=MEAN_COLOUR, lw=0.8)
     diff_ax.set_ylabel("Δ mean r (tuned − base)")
-    diff_ax.set_title("Change after brain tuning")
+    diff_ax.set_title("Change (95 % CI; * Holm p < 0.05)")
     for ax in (r_ax, diff_ax):
         ax.set_xlabel("Layer")
         ax.grid(alpha=0.25)

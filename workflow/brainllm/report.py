@@ -326,7 +326,8 @@ def plot_layer_curves(
     layer_sets = {model: frozenset(rows["layer"]) for model, rows in layers.groupby("model")}
     curves["depth"] = curves["layer"] / curves["model"].map({m: max(max(s), 1) for m, s in layer_sets.items()})
     curves["size_params"] = curves["model"].map(lambda m: model_sizes.get(m))
-    curves = curves[["model", "size_params", "subject", "layer", "depth", "mean_r", "mean_r_top10"]]
+    comparison = [c for c in ("delta_vs_best", "delta_ci_low", "delta_ci_high", "p_vs_best_holm") if c in curves]
+    curves = curves[["model", "size_params", "subject", "layer", "depth", "mean_r", "mean_r_top10", *comparison]]
     write_tsv(tsv, curves)
     same_layers = len(set(layer_sets.values())) == 1
     x_column, x_label = ("layer", "Layer (0 = embeddings)") if same_layers else ("depth", "Relative depth (layer / last layer)")
