@@ -152,7 +152,7 @@ def _fold_score(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
     from sklearn.metrics import r2_score
 
     if kind == "categorical":
-        return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in np.unique(y_true)]))
+        return float(np.nanmean(metrics.sensitivity_specificity(y_true, y_pred, labels=np.unique(y_true))["sensitivity"]))
     return r2_score(y_true, y_pred)
 
 
