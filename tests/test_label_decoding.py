@@ -148,3 +148,40 @@ def test_bad_annotation_tables_are_refused(tmp_path, edit, message):
 def test_settings_need_known_kinds():
     with pytest.raises(InputError, match="targets"):
         ld.LabelSettings.from_config({"table": "x.tsv", "targets": {"emotion": "ordinal"}})
+
+
+def _pipeline_reference(kind, value, n_voxels):
+    """The estimator as one sklearn pipeline per value: z-score → SelectKBest(F) → LogisticRegression / Ridge."""
+    from sklearn.feature_selection import SelectKBest, f_classif, f_regression
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = LogisticRegression(C=value, max_iter=2000) if kind == "categorical" else Ridge(alpha=value)
+    return make_pipeline(StandardScaler(), SelectKBest(f_classif if kind == "categorical" else f_regression, k=n_voxels), model)
+
+
+@pytest.mark.parametrize("kind, grid", [("categorical", (0.01, 0.1, 1.0)), ("continuous", (0.1, 10.0, 1e3, 1e5))])
+def test_nested_cross_validation_equals_a_pipeline_per_value(kind, grid):
+    """Predictions and chosen values equal the slow nested loop that refits a whole sklearn pipeline per value and fold."""
+    rng = np.random.default_rng(5)
+    X, groups = rng.standard_normal((160, 30)) * rng.uniform(0.5, 3, 30) + 2.0, np.repeat(list("abcd"), 40)
+    signal = X[:, 0] - 0.5 * X[:, 3] + rng.standard_normal(160)
+    y = np.where(signal > 2.5, "hi", np.where(signal > 0, "mid", "lo")) if kind == "categorical" else signal
+    predictions, chosen = ld.cross_validated_predictions(X, y, groups, kind, grid, n_voxels=10)
+    for held_out in "abcd":
+        train, test = groups != held_out, groups == held_out
+        inner_means = []
+        for value in grid:
+            scores = []
+            for inner_out in set("abcd") - {held_out}:
+                fit, val = train & (groups != inner_out), train & (groups == inner_out)
+                scores.append(ld._fold_score(kind, y[val], _pipeline_reference(kind, value, 10).fit(X[fit], y[fit]).predict(X[val])))
+            inner_means.append(np.mean(scores))
+        best = grid[int(np.argmax(inner_means))]
+        assert chosen[held_out] == best
+        expected = _pipeline_reference(kind, best, 10).fit(X[train], y[train]).predict(X[test])
+        if kind == "categorical":
+            assert np.array_equal(predictions[test], expected)
+        else:
+            np.testing.assert_allclose(predictions[test].astype(float), expected, rtol=1e-6, atol=1e-8)
