@@ -169,7 +169,7 @@ rule decoding_labels:
         settings={**DECODING.get("labels", {}), "seed": ENCODING.get("seed", 0)},  # table: the annotation file read
     log:
         f"{RESULTS}/logs/decoding/sub-{{subject}}_labels.log",
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=60,

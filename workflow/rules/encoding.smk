@@ -21,7 +21,9 @@ rule encoding:
         test_stories=DATASET["test_stories"],
     log:
         f"{RESULTS}/logs/encoding/sub-{{subject}}_model-{{model}}_layer-{{layer}}.log",
-    threads: 2
+    # layers are independent jobs: on a workstation running several at once beats BLAS threads
+    # within one; the cluster profiles set more threads per job
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=120,
