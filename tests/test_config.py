@@ -126,7 +126,8 @@ def test_decoding_runs_when_its_section_is_present_and_predictions_are_saved(wor
 
 
 def test_contrastive_decoding_and_labels_run_only_with_their_inputs(workdir, tmp_path):
-    """One subject, no atlas: decoding through the contrastive run with a contrastive section; label decoding with a table."""
+    """One subject, no atlas: decoding through the contrastive run with a contrastive section; label decoding with a table,
+    or with annotations built from the events or the lexicons."""
     path, config = minimal_bids(workdir, tmp_path)
     config["decoding"], config["contrastive"] = {}, {}
     counts = job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
@@ -137,7 +138,12 @@ def test_contrastive_decoding_and_labels_run_only_with_their_inputs(workdir, tmp
     config["decoding"] = {"labels": {"table": str(table), "targets": {"emotion": "categorical"}}}
     counts = job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
     assert counts["decoding_labels"] == 1 and counts["report_labels"] == 1
-    config["decoding"]["labels"]["targets"] = {"emotion": "ordinal"}
+    assert "decoding_annotations" not in counts  # the user's table is read as it is
+    for labels in ({"source": "lexicon"}, {"source": "events", "targets": {"emotion": "categorical"}}):
+        config["decoding"] = {"labels": labels}
+        counts = job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
+        assert counts["decoding_annotations"] == 1 and counts["decoding_labels"] == 1, labels
+    config["decoding"] = {"labels": {"table": str(table), "targets": {"emotion": "ordinal"}}}
     proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
     assert proc.returncode != 0 and "ordinal" in proc.stdout
 

@@ -1,8 +1,9 @@
 """Label decoding: annotations of story segments (categories such as ``emotion``, continuous
 values such as ``valence``) read out of the brain responses.
 
-Annotations: one table (``decoding.labels.table``) with columns ``story``, ``onset``,
-``duration`` (scan seconds, like events.tsv) and one column per target. A kept TR takes the
+Annotations: one table with columns ``story``, ``onset``, ``duration`` (scan seconds, like
+events.tsv) and one column per target — the user's ``decoding.labels.table``, or one built
+from the events files or the emotion lexicons (:mod:`brainllm.annotations`). A kept TR takes the
 label of the segment holding its centre; its brain input is the mean of the responses
 ``delays`` TRs later (the haemodynamic lag). Categories are decoded by L2 logistic
 regression, continuous targets by ridge, both on z-scored voxels (the ``n_voxels`` with the
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "LabelSettings",
+    "label_targets_of",
     "read_annotations",
     "tr_segments",
     "brain_windows",
@@ -61,11 +63,9 @@ class LabelSettings:
 
     @classmethod
     def from_config(cls, section: Mapping, seed: int = 0) -> "LabelSettings":
+        """``table`` is the file read: the user's table, or the one built from events or the lexicons."""
         section = dict(section)
-        targets = dict(section.get("targets", {}))
-        bad = {name: kind for name, kind in targets.items() if kind not in KINDS}
-        if not targets or bad:
-            raise InputError(None, f"decoding.labels.targets is {targets!r}.", f"map each annotation column to one of {KINDS}.")
+        targets = label_targets_of(section)
         return cls(
             table=str(section["table"]),
             targets=targets,
@@ -76,6 +76,23 @@ class LabelSettings:
             n_permutations=int(section.get("n_permutations", cls.n_permutations)),
             seed=int(section.get("seed", seed)),
         )
+
+
+def label_targets_of(section: Mapping) -> dict[str, str]:
+    """``decoding.labels.targets`` checked against the source (lexicon labels: ``emotion``, ``valence`` — the default there — and one share per basic emotion)."""
+    from .annotations import LEXICON_COLUMNS, LEXICON_TARGETS, SOURCES
+
+    source = section.get("source", "table")
+    if source not in SOURCES:
+        raise InputError(None, f"decoding.labels.source is {source!r}.", f"use one of {SOURCES}.")
+    targets = dict(section.get("targets") or (LEXICON_TARGETS if source == "lexicon" else {}))
+    bad = {name: kind for name, kind in targets.items() if kind not in KINDS}
+    if not targets or bad:
+        raise InputError(None, f"decoding.labels.targets is {targets!r}.", f"map each annotation column to one of {KINDS}.")
+    if source == "lexicon" and any(LEXICON_COLUMNS.get(name) != kind for name, kind in targets.items()):
+        raise InputError(None, f"decoding.labels.targets is {targets!r} but the lexicon labels are {LEXICON_COLUMNS}.",
+                         "choose among these (or omit targets for emotion and valence) with decoding.labels.source: lexicon.")
+    return targets
 
 
 def read_annotations(path: str | os.PathLike, targets: Mapping[str, str], stories: Sequence[str]) -> pd.DataFrame:

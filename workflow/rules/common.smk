@@ -403,13 +403,27 @@ def label_file(subject, suffix):
     return f"{RESULTS}/decoding/sub-{subject}/sub-{subject}_{suffix}"
 
 
-def label_table_input():
-    """The annotation table, or the demo's ground truth when the generated demo writes the table."""
-    table = DECODING.get("labels", {}).get("table")
-    if not table:
-        return []
+LABEL_SOURCE = DECODING.get("labels", {}).get("source", "table")
+
+
+def label_table(subject):
+    """The annotation table a subject's labels are decoded from: the user's, or the one built from events or lexicons."""
+    return DECODING["labels"]["table"] if LABEL_SOURCE == "table" else label_file(subject, "annotations.tsv")
+
+
+def label_table_input(wildcards):
+    """The annotation table; the demo's ground truth when the generated demo writes the table."""
+    table = label_table(wildcards.subject)
     demo_dir = os.path.abspath(config["demo"]["out_dir"]) + os.sep
-    return dataset_ready() if config["demo"]["generate"] and os.path.abspath(table).startswith(demo_dir) else [table]
+    generated = LABEL_SOURCE == "table" and config["demo"]["generate"] and os.path.abspath(table).startswith(demo_dir)
+    return dataset_ready() if generated else [table]
+
+
+def annotation_sources(wildcards):
+    """What the annotation table is built from: the subject's dataset files (events) or every story's words (lexicon)."""
+    if LABEL_SOURCE == "events":
+        return subject_sources(wildcards)
+    return [words_tsv(story) for story in STORIES]
 
 
 def label_targets(suffix="labels.tsv"):

@@ -155,18 +155,38 @@ rule report_word_classification:
 
 
 # Annotated segments (decoding.labels: emotion categories, valence, ...) decoded per subject
-# from the responses, cross-validated by story.
+# from the responses, cross-validated by story. The annotations are the user's table, or
+# built per subject from its events files or from the words through emotion lexicons.
+
+
+rule decoding_annotations:
+    input:
+        annotation_sources,
+    output:
+        table=label_file("{subject}", "annotations.tsv"),
+        sidecar=label_file("{subject}", "annotations.json"),
+    params:
+        dataset=DATASET,
+        stories=STORIES,
+        settings=DECODING.get("labels", {}),
+    log:
+        f"{RESULTS}/logs/decoding/sub-{{subject}}_annotations.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/decoding_annotations.py"
 
 
 rule decoding_labels:
     input:
         responses=preprocessed("{subject}"),
-        table=label_table_input(),
+        table=label_table_input,
     output:
         **{suffix.removesuffix(".tsv"): label_file("{subject}", suffix) for suffix in LABEL_SUFFIXES},
     params:
         stories=STORIES,
-        settings={**DECODING.get("labels", {}), "seed": ENCODING.get("seed", 0)},  # table: the annotation file read
+        settings=lambda wildcards: {**DECODING.get("labels", {}), "table": label_table(wildcards.subject), "seed": ENCODING.get("seed", 0)},
     log:
         f"{RESULTS}/logs/decoding/sub-{{subject}}_labels.log",
     threads: 1
