@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import h5py
@@ -16,6 +17,7 @@ from brainllm.contrastive import (
     ContrastiveModel,
     build_pair_data,
     contrastive_targets,
+    evaluate,
     info_nce,
     mixing_matrix,
     resolve_settings,
@@ -441,6 +443,21 @@ def test_lora_adapter_changes_features_and_loads_back(lora_run, tiny_bert, datas
     assert torch.equal(base_states[0], tuned_states[0])  # embeddings are not adapted
     assert not torch.allclose(base_states[1], tuned_states[1], atol=1e-6)
     assert tuned_info.adapter_sha256 is not None
+
+
+def test_lora_run_loads_back_for_decoding(lora_run, dataset):
+    """The saved adapter + towers rebuild the trained model: its test loss and retrieval equal the run's own."""
+    summary, out_dir, _, _ = lora_run
+    model, record, tokenizer = brainlora.load_lora_model(out_dir / "config.json", out_dir / "towers.safetensors", out_dir / "adapter")
+    settings = record["settings"]
+    test = brainlora.lora_pair_data(dataset["responses"], dataset["words"], {"test": record["split"]["test"]}, settings, tokenizer)["test"]
+    scores = evaluate(model, test.to(torch.device("cpu")), settings, int(settings["lora"]["batch_size"]), int(settings["seed"]))
+    assert scores["loss"] == pytest.approx(summary["loss"], abs=1e-6)
+    assert scores["brain_to_text"] == pytest.approx(summary["brain_to_text"])
+    frozen = json.loads((out_dir / "config.json").read_text())
+    (out_dir.parent / "frozen.json").write_text(json.dumps({**frozen, "mode": "frozen"}))
+    with pytest.raises(InputError, match="not a LoRA run"):
+        brainlora.load_lora_model(out_dir.parent / "frozen.json", out_dir / "towers.safetensors", out_dir / "adapter")
 
 
 def test_lora_uses_no_test_story_data(dataset, tiny_bert, lora_run, tmp_path):

@@ -428,6 +428,45 @@ def run_contrastive_lora(
     return summary
 
 
+def load_lora_model(config_json: str | os.PathLike, towers_safetensors: str | os.PathLike, adapter_dir: str | os.PathLike,
+                    device: torch.device | None = None) -> tuple[ContrastiveModel, dict, object]:
+    """A trained LoRA run (rule ``contrastive_lora``) in eval mode, its config.json record and the tokenizer.
+
+    The base model is loaded from the record's settings, adapted as in training, and given the
+    saved adapter and towers; every saved tensor must fit the rebuilt model.
+    """
+    import json
+
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    try:
+        record = json.loads(Path(config_json).read_text())
+        brain_dim, mode, model_cfg = int(record["brain_dim"]), record["mode"], record["base_model"]
+    except (OSError, ValueError, KeyError) as error:
+        raise InputError(config_json, f"not a LoRA contrastive run's config.json ({error}).", "re-run the contrastive_lora rule.") from error
+    if mode != "lora":
+        raise InputError(config_json, f"mode {mode!r}: not a LoRA run.", "point to the lora/ folder of the contrastive_lora rule.")
+    device = device or torch.device("cpu")
+    record["settings"] = settings = resolve_settings(record["settings"])
+    base, tokenizer, info = load_base_model(model_cfg, settings, device)
+    model = build_lora_model(base, tokenizer, info, brain_dim, settings, device)
+    adapter_path = Path(adapter_dir) / ADAPTER_WEIGHTS
+    result = set_peft_model_state_dict(model.text_tower.model, load_file(str(adapter_path)))
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise InputError(adapter_path, f"adapter tensors {unexpected[:5]} do not fit the rebuilt model.", "re-run the contrastive_lora rule.")
+    towers = load_file(str(towers_safetensors))
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("text_tower.")}
+    if set(params) != set(towers):
+        raise InputError(towers_safetensors, f"towers do not fit the model (missing {sorted(set(params) - set(towers))[:5]}, "
+                         f"unexpected {sorted(set(towers) - set(params))[:5]}).", "re-run the contrastive_lora rule.")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(towers[name].to(p.device, p.dtype))
+    return model.eval(), record, tokenizer
+
+
 # ----------------------------------------------------------------------------- base vs tuned
 
 

@@ -10,14 +10,16 @@ first, chance 0.5), the macro sensitivity and specificity of the per-segment dec
 (each segment a class), chance beside each, and a one-sided permutation p-value of the
 mean percentile rank against random pairings of observed and predicted segments.
 
-Through a frozen contrastive run (:func:`contrastive_decoding`): the same identification
-with segments of k consecutive pairs, brain and text segments each the mean of their
-pairs' unit embeddings, matched by cosine (``brain_to_text``, ``text_to_brain``); and
-whole-vocabulary word classification (:mod:`brainllm.word_decoding`).
+Through a trained contrastive run — frozen features (:func:`contrastive_decoding`) or LoRA
+(:func:`lora_decoding`): the same identification with segments of k consecutive pairs,
+brain and text segments each the mean of their pairs' unit embeddings, matched by cosine
+(``brain_to_text``, ``text_to_brain``); and whole-vocabulary word classification
+(:mod:`brainllm.word_decoding`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -42,6 +44,7 @@ __all__ = [
     "segment_embedding_similarity",
     "identify_contrastive_segments",
     "contrastive_decoding",
+    "lora_decoding",
 ]
 
 DIRECTIONS = ("observed_to_predicted", "predicted_to_observed")
@@ -256,6 +259,47 @@ def identify_contrastive_segments(brain: np.ndarray, text: np.ndarray, pairs_per
     return rows
 
 
+def _decode_run(model, record: Mapping, pairs: Mapping, responses_h5: str | os.PathLike, words_tsvs: Mapping[str, str | os.PathLike],
+                vocabulary: pd.DataFrame, vocabulary_text, identification: IdentificationSettings, words: "WordDecodingSettings",
+                out: Mapping[str, str | os.PathLike], source: str | os.PathLike) -> dict:
+    """Identification and word classification of one trained contrastive run.
+
+    ``pairs``: the run's ``validation`` and ``test`` :class:`~brainllm.contrastive.PairData` (CPU);
+    ``vocabulary_text()`` gives the vocabulary's unit text embeddings ``(n_vocab, shared_dim)``.
+    """
+    from .contrastive import embed
+    from .io import open_h5, read_words
+    from .word_decoding import SplitEmbeddings, classify_words, normalise_word, word_rows
+
+    settings, layer = record["settings"], int(record["layer"])
+    index = {word: i for i, word in enumerate(vocabulary["word"])}
+    embeddings = {}
+    for name in ("validation", "test"):
+        data = pairs[name]
+        brain, text, _ = embed(model, data, int(settings["batch_size"]))
+        frames, offset = [], 0
+        with open_h5(responses_h5) as h5:
+            grids = {story: dict(h5[story].attrs) for story in data.stories}
+        for story in data.stories:
+            starts = data.pair_start[data.pair_story == story]
+            if story not in words_tsvs:
+                raise InputError(source, f"no words.tsv given for story {story!r} of the run's {name} split.", "pass every validation and test story's words.")
+            frame = read_words(words_tsvs[story])
+            pair = word_rows(frame, float(grids[story]["tr"]), int(grids[story]["trim_start"]), starts, int(settings["segment_trs"]))
+            frame = frame.assign(story=story, pair=np.where(pair >= 0, pair + offset, -1),
+                                 vocabulary_index=[index.get(normalise_word(w), -1) for w in frame["word"]])
+            frames.append(frame)
+            offset += len(starts)
+        embeddings[name] = SplitEmbeddings(brain.numpy().astype(np.float64), pd.concat(frames, ignore_index=True))
+        if name == "test":
+            pairs_per_story = [int((data.pair_story == story).sum()) for story in data.stories]
+            id_rows = identify_contrastive_segments(brain.numpy(), text.numpy(), pairs_per_story, identification, source)
+    write_tsv(out["identification"], pd.DataFrame([{"layer": layer, "mode": record["mode"], **row} for row in id_rows]))
+    best = max(r["top1"] / r["chance_top1"] for r in id_rows)
+    log.info("contrastive %s run, layer %d: identification top-1 up to %.1f× chance over k = %s", record["mode"], layer, best, list(identification.segment_trs))
+    return classify_words(embeddings, vocabulary, vocabulary_text(), model.scale_value(), words, out, mode=record["mode"])
+
+
 def contrastive_decoding(
     *,
     config_json: str | os.PathLike,
@@ -273,48 +317,74 @@ def contrastive_decoding(
     """Segment identification and whole-vocabulary word classification through one frozen contrastive run.
 
     ``out``: ``identification`` (TSV), ``words``, ``vocabulary`` (TSV) and ``summary`` (JSON),
-    see docs/outputs.md. The split (validation, test) is the run's own.
+    see docs/outputs.md. The split (validation, test) is the run's own. Vocabulary words are
+    the model's features of each word (:func:`brainllm.word_decoding.vocabulary_features`)
+    through the run's text projector.
     """
     import torch
 
     from .align import read_aligned
-    from .contrastive import build_pair_data, embed, load_frozen_model, read_responses
-    from .io import open_h5, read_words
-    from .word_decoding import SplitEmbeddings, classify_words, normalise_word, read_vocabulary, vocabulary_features, word_rows
+    from .contrastive import build_pair_data, load_frozen_model, read_responses
+    from .word_decoding import read_vocabulary, vocabulary_features
 
     model, record = load_frozen_model(config_json, weights)
     settings, layer, split = record["settings"], int(record["layer"]), record["split"]
-    vocabulary = read_vocabulary(vocabulary_tsv)
-    index = {word: i for i, word in enumerate(vocabulary["word"])}
-    embeddings = {}
-    for name in ("validation", "test"):
-        stories = list(split[name])
-        data = build_pair_data(read_responses(responses_h5, stories), stories, settings, text=read_aligned(features_h5, stories, layer),
-                               source=f"{features_h5} + {responses_h5}").to(torch.device("cpu"))
-        brain, text, _ = embed(model, data, int(settings["batch_size"]))
-        frames, offset = [], 0
-        with open_h5(responses_h5) as h5:
-            grids = {story: dict(h5[story].attrs) for story in stories}
-        for story in stories:
-            starts = data.pair_start[data.pair_story == story]
-            if story not in words_tsvs:
-                raise InputError(config_json, f"no words.tsv given for story {story!r} of the run's {name} split.", "pass every validation and test story's words.")
-            frame = read_words(words_tsvs[story])
-            pair = word_rows(frame, float(grids[story]["tr"]), int(grids[story]["trim_start"]), starts, int(settings["segment_trs"]))
-            frame = frame.assign(story=story, pair=np.where(pair >= 0, pair + offset, -1),
-                                 vocabulary_index=[index.get(normalise_word(w), -1) for w in frame["word"]])
-            frames.append(frame)
-            offset += len(starts)
-        embeddings[name] = SplitEmbeddings(brain.numpy().astype(np.float64), pd.concat(frames, ignore_index=True))
-        if name == "test":
-            pairs_per_story = [int((data.pair_story == story).sum()) for story in stories]
-            id_rows = identify_contrastive_segments(brain.numpy(), text.numpy(), pairs_per_story, identification, config_json)
-    write_tsv(out["identification"], pd.DataFrame([{"layer": layer, **row} for row in id_rows]))
-    best = max(r["top1"] / r["chance_top1"] for r in id_rows)
-    log.info("contrastive layer %d: identification top-1 up to %.1f× chance over k = %s", layer, best, list(identification.segment_trs))
+    pairs = {name: build_pair_data(read_responses(responses_h5, split[name]), list(split[name]), settings,
+                                   text=read_aligned(features_h5, split[name], layer), source=f"{features_h5} + {responses_h5}").to(torch.device("cpu"))
+             for name in ("validation", "test")}
 
-    features = vocabulary_features(vocabulary_manifest, vocabulary_tsv, layer, words.embedding, train_entries)
-    with torch.no_grad():
-        text_embeddings = model.encode_text(torch.as_tensor(features, dtype=torch.float32)).numpy().astype(np.float64)
-    summary = classify_words(embeddings, vocabulary, text_embeddings, model.scale_value(), words, out)
-    return summary
+    def vocabulary_text():
+        features = vocabulary_features(vocabulary_manifest, vocabulary_tsv, layer, words.embedding, train_entries)
+        with torch.no_grad():
+            return model.encode_text(torch.as_tensor(features, dtype=torch.float32)).numpy().astype(np.float64)
+
+    return _decode_run(model, record, pairs, responses_h5, words_tsvs, read_vocabulary(vocabulary_tsv), vocabulary_text,
+                       identification, words, out, config_json)
+
+
+def lora_decoding(
+    *,
+    config_json: str | os.PathLike,
+    towers: str | os.PathLike,
+    adapter_dir: str | os.PathLike,
+    responses_h5: str | os.PathLike,
+    words_tsvs: Mapping[str, str | os.PathLike],
+    vocabulary_tsv: str | os.PathLike,
+    identification: IdentificationSettings,
+    words: "WordDecodingSettings",
+    out: Mapping[str, str | os.PathLike],
+    batch_size: int = 256,
+) -> dict:
+    """The same decoding through a LoRA run (BrainLLM): its text side is the adapted LLM.
+
+    Test pairs' texts are their segments in context, as in training; each vocabulary word is
+    read alone by the adapted LLM (``decoding.words.embedding`` does not apply) and pooled
+    like a one-word segment, then projected.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from .brainlora import load_lora_model, lora_pair_data, tokenize_segment
+    from .word_decoding import read_vocabulary
+
+    model, record, tokenizer = load_lora_model(config_json, towers, adapter_dir)
+    settings, split = record["settings"], record["split"]
+    pairs = {name: data.to(torch.device("cpu")) for name, data in
+             lora_pair_data(responses_h5, words_tsvs, {name: split[name] for name in ("validation", "test")}, settings, tokenizer).items()}
+    vocabulary = read_vocabulary(vocabulary_tsv)
+    record = {**record, "settings": {**settings, "batch_size": int(settings["lora"]["batch_size"])}}
+
+    def vocabulary_text():
+        from .word_decoding import check_tokenizable
+
+        check_tokenizable(tokenizer, vocabulary, vocabulary_tsv)
+        max_tokens = int(settings["lora"]["max_tokens"])
+        sequences = [tokenize_segment(tokenizer, [], [word], max_tokens) for word in vocabulary["word"]]
+        chunks = []
+        with torch.no_grad():
+            for start in tqdm(range(0, len(sequences), batch_size), desc="vocabulary through the adapted LLM", unit="batch", mininterval=5):
+                chunks.append(model.encode_text(model.text_tower(sequences[start : start + batch_size])))
+        return torch.cat(chunks).numpy().astype(np.float64)
+
+    return _decode_run(model, record, pairs, responses_h5, words_tsvs, vocabulary, vocabulary_text, identification,
+                       dataclasses.replace(words, embedding="alone"), out, config_json)

@@ -382,9 +382,9 @@ def identification_figure(curves: pd.DataFrame) -> Figure:
 
     ``curves``: columns ``subject model method layer segment_trs direction top1 chance_top1
     mean_percentile_rank`` (one row per series point); ``method`` ``encoding`` (observed →
-    predicted solid) or ``contrastive`` (brain → text solid).
+    predicted solid), ``contrastive`` or ``contrastive LoRA`` (brain → text solid).
     """
-    fig = new_figure(10.5, 3.8)
+    fig = new_figure(10.5, 4.6)
     axes = fig.subplots(1, 2)
     chance = curves.groupby("segment_trs")["chance_top1"].mean()
     for index, ((subject, model, method, layer), rows) in enumerate(curves.groupby(["subject", "model", "method", "layer"], sort=True)):
@@ -407,7 +407,8 @@ def identification_figure(curves: pd.DataFrame) -> Figure:
         ax.grid(alpha=0.25)
     axes[0].set_title("Semantic identification: brain → candidates (solid)")
     axes[1].set_title("Mean percentile rank (chance 0.5)")
-    axes[0].legend(frameon=False, fontsize=7.5, loc="best")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, frameon=False, fontsize=7.5, loc="outside lower center", ncol=3)  # below: never over a curve
     return fig
 
 

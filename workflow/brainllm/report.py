@@ -623,6 +623,11 @@ def _missing_metric_notes(row: Mapping, summary: Mapping, invariance: Mapping, t
     return notes + [f"trimming: {w}" for w in trim_warnings]
 
 
+def run_mode(path: PathLike) -> str:
+    """``lora`` for the decoding files of a LoRA run (``desc-lora`` in the name), else ``frozen``."""
+    return "lora" if "_desc-lora_" in Path(path).name else "frozen"
+
+
 def _identification_rows(identification_tsvs: Sequence[PathLike]) -> dict[tuple, dict]:
     """``{(subject, model, layer): summary columns}`` of the identification tables (see :func:`metrics_summary`)."""
     rows = {}
@@ -648,8 +653,9 @@ def _word_classification_rows(word_jsons: Sequence[PathLike], contrastive_identi
     rows: dict[tuple, dict] = {}
     for path in word_jsons:
         summary = read_json(path, "word classification summary")
+        prefix = "lora_" if run_mode(path) == "lora" else ""
         try:
-            rows.setdefault(result_key(path), {}).update({
+            rows.setdefault(result_key(path), {}).update({prefix + key: value for key, value in {
                 "words_n_vocabulary": int(summary["n_vocabulary"]),
                 "words_top10": float(summary["brain"]["top10"]),
                 "words_chance_top10": float(summary["chance"]["top10"]),
@@ -658,7 +664,7 @@ def _word_classification_rows(word_jsons: Sequence[PathLike], contrastive_identi
                 "words_frequency_percentile_rank": float(summary["frequency"]["mean_percentile_rank"]),
                 "words_brain_and_frequency_percentile_rank": float(summary["brain_and_frequency"]["mean_percentile_rank"]),
                 "words_gain_ci_low": float(summary["gain_over_frequency"]["ci_low"]),
-            })
+            }.items()})
         except (KeyError, TypeError) as error:
             raise InputError(path, f"the word classification summary lacks {error}.", "set decoding.words.top_k to include 10 and rerun decoding_contrastive.") from None
     for path in contrastive_identification_tsvs:
@@ -666,8 +672,9 @@ def _word_classification_rows(word_jsons: Sequence[PathLike], contrastive_identi
         lengths = sorted(set(table["segment_trs"]))
         segment_trs = 10 if 10 in lengths else lengths[0]
         entry = table[(table["segment_trs"] == segment_trs) & (table["direction"] == "brain_to_text")].iloc[0]
+        prefix = "lora_" if run_mode(path) == "lora" else ""
         rows.setdefault(result_key(path), {}).update({
-            "contrastive_ident_top1": float(entry["top1"]), "contrastive_ident_chance_top1": float(entry["chance_top1"]),
+            f"{prefix}contrastive_ident_top1": float(entry["top1"]), f"{prefix}contrastive_ident_chance_top1": float(entry["chance_top1"]),
         })
     return rows
 
@@ -703,12 +710,13 @@ def metrics_summary(
     (decoding stage): segment identification, observed → predicted, at 10-TR segments (or
     the shortest configured length): ``ident_segment_trs``, ``ident_top1``,
     ``ident_chance_top1``, ``ident_percentile_rank``, ``ident_p``. With ``word_jsons`` and
-    ``contrastive_identification_tsvs`` (decoding through the frozen contrastive runs, at
+    ``contrastive_identification_tsvs`` (decoding through the contrastive runs, at
     their layers): ``contrastive_ident_top1`` and its chance (brain → text, same k),
     ``words_n_vocabulary``, ``words_top10`` and its chance, ``words_percentile_rank`` and its
     permutation ``words_p``, ``words_frequency_percentile_rank``,
     ``words_brain_and_frequency_percentile_rank`` and ``words_gain_ci_low`` (the lower 95 %
-    bound of brain + frequency's gain over frequency alone). With ``label_tsvs`` (label
+    bound of brain + frequency's gain over frequency alone); the same with a ``lora_`` prefix
+    for the LoRA runs (files named ``…_desc-lora_…``, at ``contrastive.lora.layer``). With ``label_tsvs`` (label
     decoding, per subject, so the same on each of its rows): ``labels_<target>_balanced_accuracy``
     (categorical) or ``labels_<target>_r`` (continuous), ``labels_<target>_chance`` and
     ``labels_<target>_p``.
@@ -829,7 +837,8 @@ def plot_identification(identification_tsvs: Sequence[PathLike], layers_tsvs: Se
         curves.append(table[table["layer"] == chosen].assign(subject=subject, model=model, method="encoding"))
     for path in contrastive_tsvs:
         subject, model, _ = result_key(path)
-        curves.append(read_table(path, columns, "contrastive identification").assign(subject=subject, model=model, method="contrastive"))
+        method = "contrastive LoRA" if run_mode(path) == "lora" else "contrastive"
+        curves.append(read_table(path, columns, "contrastive identification").assign(subject=subject, model=model, method=method))
     curves = pd.concat(curves, ignore_index=True)
     write_tsv(tsv, curves)
     with figures.styled():
@@ -845,12 +854,13 @@ def plot_word_classification(summary_jsons: Sequence[PathLike], words_tsvs: Sequ
     scores, percentiles = [], []
     for summary_path, words_path in zip(summary_jsons, words_tsvs):
         subject, model, layer = result_key(summary_path)
-        run = f"sub-{subject} · {model} · layer {layer}"
+        run = f"sub-{subject} · {model} · layer {layer}" + (" · LoRA" if run_mode(summary_path) == "lora" else "")
         summary = read_json(summary_path, "word classification summary")
         for predictor in predictors:
             if predictor not in summary:
                 raise InputError(summary_path, f"no {predictor!r} scores.", "rerun the decoding_contrastive rule.")
-            row = {"subject": subject, "model": model, "layer": layer, "run": run, "predictor": predictor, **summary[predictor]}
+            row = {"subject": subject, "model": model, "layer": layer, "mode": run_mode(summary_path), "run": run, "predictor": predictor,
+                   **summary[predictor]}
             row.update({f"chance_{key}": value for key, value in summary["chance"].items()})
             row.update(n_vocabulary=summary["n_vocabulary"], n_scored=summary["n_scored"], prior_weight=summary["prior_weight"])
             if predictor == "brain_and_frequency":
@@ -905,7 +915,7 @@ def vocabulary_html(vocabulary_tsv: PathLike, html: PathLike) -> None:
         ["word", "probability", "brain_and_frequency_probability", "frequency_probability", "n_heard"]].itertuples(index=False)]
     subject, model, layer = result_key(vocabulary_tsv)
     page = VOCABULARY_HTML.format(
-        title=f"Word probabilities · sub-{subject} · {model} · layer {layer}", n=len(table), n_words=int(table["n_heard"].sum()),
+        title=f"Word probabilities · sub-{subject} · {model} · layer {layer}" + (" · LoRA" if run_mode(vocabulary_tsv) == "lora" else ""), n=len(table), n_words=int(table["n_heard"].sum()),
         header="".join(f"<th>{name}</th>" for name in columns), columns=json.dumps(columns),
         data=json.dumps(data, ensure_ascii=False).replace("</", "<\\/"),
     )

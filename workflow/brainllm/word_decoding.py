@@ -297,12 +297,14 @@ def classify_words(
     scale: float,
     settings: WordDecodingSettings,
     out: Mapping[str, str | os.PathLike],
+    mode: str = "frozen",
 ) -> dict:
     """Score the test words against the whole vocabulary; write ``out['words']`` (per word),
     ``out['vocabulary']`` (the alphabetical mean-probability table) and ``out['summary']`` (JSON).
 
     ``splits`` holds ``validation`` (to choose β) and ``test``; ``text_embeddings``
-    ``(n_vocab, shared_dim)`` are unit norm; ``scale`` is the learned logit scale (1 / temperature).
+    ``(n_vocab, shared_dim)`` are unit norm; ``scale`` is the learned logit scale (1 / temperature);
+    ``mode`` (the run's: frozen or lora) is recorded in the summary.
     """
     n_vocab = len(vocabulary)
     frequency = vocabulary["frequency"].to_numpy(float)
@@ -364,6 +366,7 @@ def classify_words(
         "chance": chance,
         "gain_over_frequency": gain,
         "embedding": settings.embedding,
+        "mode": mode,
     }
     write_json(out["summary"], summary)
     log.info(

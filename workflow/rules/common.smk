@@ -389,7 +389,9 @@ def decoding_targets():
 
 
 # through the frozen contrastive runs: identification and whole-vocabulary word classification
-CONTRASTIVE_DECODING_ENABLED = DECODING_ENABLED and CONTRASTIVE_ENABLED and bool(CONTRASTIVE_SETTINGS["layers"])
+FROZEN_DECODING_ENABLED = DECODING_ENABLED and CONTRASTIVE_ENABLED and bool(CONTRASTIVE_SETTINGS["layers"])
+LORA_DECODING_ENABLED = DECODING_ENABLED and bool(TUNED_MODELS)
+CONTRASTIVE_DECODING_ENABLED = FROZEN_DECODING_ENABLED or LORA_DECODING_ENABLED
 VOCABULARY = f"{RESULTS}/decoding/vocabulary/words.tsv"
 CONTRASTIVE_DECODING_SUFFIXES = ("contrastive-identification.tsv", "words.tsv", "vocabulary.tsv", "words.json")
 
@@ -440,11 +442,17 @@ def contrastive_decoding_file(subject, model, layer, suffix):
     return decoding_file(subject, model, f"layer-{layer if isinstance(layer, str) else f'{int(layer):02d}'}_{suffix}")
 
 
+def lora_decoding_file(subject, model, suffix):
+    """R/decoding/sub-S/model-M/sub-S_model-M_layer-NN_desc-lora_<suffix>, NN = contrastive.lora.layer."""
+    return decoding_file(subject, model, f"layer-{int(CONTRASTIVE_SETTINGS['lora']['layer']):02d}_desc-lora_{suffix}")
+
+
 def contrastive_decoding_targets(suffix):
-    """One file of every (subject, configured model, frozen contrastive layer)."""
-    if not CONTRASTIVE_DECODING_ENABLED:
-        return []
-    return [contrastive_decoding_file(s, m, layer, suffix) for s in SUBJECTS for m in config["models"] for layer in CONTRASTIVE_SETTINGS["layers"]]
+    """One file of every (subject, configured model) and frozen contrastive layer, then of every LoRA run."""
+    frozen = [contrastive_decoding_file(s, m, layer, suffix) for s in SUBJECTS for m in config["models"]
+              for layer in CONTRASTIVE_SETTINGS["layers"]] if FROZEN_DECODING_ENABLED else []
+    lora = [lora_decoding_file(s, m, suffix) for s in SUBJECTS for m in config["models"]] if LORA_DECODING_ENABLED else []
+    return frozen + lora
 
 
 def contrastive_decoding_stories():
@@ -460,7 +468,7 @@ def report_decoding_figures():
     files = report_figure_files([f"{REPORT_DIR}/decoding/identification"])
     if LABELS_ENABLED and rules.has("decoding_labels"):
         files += report_figure_files([f"{REPORT_DIR}/decoding/labels"])
-    if CONTRASTIVE_DECODING_ENABLED and rules.has("decoding_contrastive"):
+    if CONTRASTIVE_DECODING_ENABLED and (rules.has("decoding_contrastive") or rules.has("decoding_lora")):
         files += report_figure_files([f"{REPORT_DIR}/decoding/word_classification"])
         files += vocabulary_tables()
     return files

@@ -125,6 +125,39 @@ rule decoding_contrastive:
         "../scripts/decoding_contrastive.py"
 
 
+# Through the LoRA runs (BrainLLM): the same decoding, the text side the adapted LLM (each
+# vocabulary word read alone by it), per (subject, model).
+
+
+rule decoding_lora:
+    input:
+        config=f"{CONTRASTIVE_OUT}/lora/config.json",
+        towers=f"{CONTRASTIVE_OUT}/lora/towers.safetensors",
+        adapter=f"{CONTRASTIVE_OUT}/lora/adapter/adapter_model.safetensors",
+        responses=preprocessed("{subject}"),
+        words=[words_tsv(story) for story in contrastive_decoding_stories()],
+        vocabulary=VOCABULARY,
+    output:
+        **{
+            suffix.replace("-", "_").replace(".", "_"): lora_decoding_file("{subject}", "{model}", suffix)
+            for suffix in CONTRASTIVE_DECODING_SUFFIXES
+        },
+    params:
+        stories=contrastive_decoding_stories(),
+        identification={**DECODING.get("identification", {}), "seed": ENCODING.get("seed", 0)},
+        words={**DECODING.get("words", {}), "seed": ENCODING.get("seed", 0)},
+    log:
+        f"{RESULTS}/logs/decoding/sub-{{subject}}_model-{{model}}_lora.log",
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    conda:
+        "../../envs/gpu.yaml"
+    script:
+        "../scripts/decoding_lora.py"
+
+
 rule report_word_classification:
     input:
         summaries=lambda wildcards: contrastive_decoding_targets("words.json"),
