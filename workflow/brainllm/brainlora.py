@@ -44,7 +44,7 @@ from .contrastive import (
 )
 from .contrastive_settings import lora_recipe_sha256, lora_section, recipe_sha256, resolve_settings, story_split
 from .io import InputError, open_h5, sha256_file, write_json, write_tsv
-from .models import load_model, text_tower
+from .models import load_model, model_settings, text_tower
 
 log = logging.getLogger(__name__)
 
@@ -228,15 +228,15 @@ def segment_words(
     return out
 
 
-def tokenize_segment(tokenizer, context: Sequence[str], segment: Sequence[str], max_tokens: int) -> dict:
-    """Token ids of ``context + segment`` and the positions of the segment's tokens.
+def tokenize_segment(tokenizer, context: Sequence[str], segment: Sequence[str], max_tokens: int, separator: str = " ") -> dict:
+    """Token ids of ``context + segment`` (words joined by ``separator``) and the positions of the segment's tokens.
 
     Positions come from character offsets (fast tokenizers). Sequences longer than
     ``max_tokens`` lose their oldest context. Without segment words the last context
     token is pooled; an empty text becomes one special token.
     """
-    context_text, segment_text = " ".join(context), " ".join(segment)
-    text = f"{context_text} {segment_text}" if context and segment else context_text + segment_text
+    context_text, segment_text = separator.join(context), separator.join(segment)
+    text = f"{context_text}{separator}{segment_text}" if context and segment else context_text + segment_text
     segment_char_start = len(text) - len(segment_text)
     side, tokenizer.truncation_side = tokenizer.truncation_side, "left"  # keep the segment, cut old context
     try:
@@ -269,9 +269,9 @@ def _story_grid(path: str | os.PathLike, story: str) -> tuple[np.ndarray, float]
 
 def lora_pair_data(
     responses_h5: str | os.PathLike, words_tsvs: Mapping[str, str | os.PathLike], split: Mapping[str, Sequence[str]],
-    settings: Mapping, tokenizer,
+    settings: Mapping, tokenizer, separator: str = " ",
 ):
-    """``{split: PairData}`` with one token sequence per segment (same starts as the brain windows)."""
+    """``{split: PairData}`` with one token sequence per segment (same starts as the brain windows); words joined by ``separator``."""
     lora = settings["lora"]
     out = {}
     for name, stories in split.items():
@@ -283,7 +283,7 @@ def lora_pair_data(
             centres_s, tr = _story_grid(responses_h5, story)
             starts = segment_starts(len(centres_s), int(settings["segment_trs"]), settings["stride_trs"], max(settings["delays"]))
             segments = segment_words(read_words(words_tsvs[story]), centres_s, tr, starts, int(settings["segment_trs"]), int(lora["context_words"]))
-            tokens[story] = [tokenize_segment(tokenizer, context, words, int(lora["max_tokens"])) for context, words in segments]
+            tokens[story] = [tokenize_segment(tokenizer, context, words, int(lora["max_tokens"]), separator) for context, words in segments]
         out[name] = build_pair_data(responses, stories, settings, tokens=tokens, source=responses_h5)
         n_empty = sum(1 for story in stories for seq in tokens[story] if len(seq["pool"]) == 1)
         log.info("%s: %d pairs from %s (%d with at most one segment token)", name, out[name].n_pairs, ", ".join(stories), n_empty)
@@ -398,7 +398,8 @@ def run_contrastive_lora(
     log.info("split: train %s | validation %s | test %s", split["train"], split["validation"], split["test"])
     device = pick_device(settings["device"])
     model, tokenizer, info = base_model if base_model is not None else load_base_model(model_cfg, settings, device)
-    data = {name: pairs.to(device) for name, pairs in lora_pair_data(responses_h5, words_tsvs, split, settings, tokenizer).items()}
+    separator = model_settings(model_cfg)["word_separator"]
+    data = {name: pairs.to(device) for name, pairs in lora_pair_data(responses_h5, words_tsvs, split, settings, tokenizer, separator).items()}
     adapter_recipe = lora_recipe_sha256(model_cfg, contrastive_cfg, subject, dataset_cfg)
     used_stories = [story for stories in split.values() for story in stories]
     recipe = {

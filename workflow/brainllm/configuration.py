@@ -289,6 +289,13 @@ def finish(config: dict, check_inputs: bool = True) -> dict:
     overlap = sorted(set(dataset["train_stories"]) & set(dataset["test_stories"]))
     if overlap:
         raise InputError(None, f"stories {overlap} are in both dataset.train_stories and dataset.test_stories.", "list each story once.")
+    if dataset.get("word_separator", " ") != " ":  # every model joins the dataset's words as its script needs, unless set per model
+        for model_cfg in config["models"].values():
+            model_cfg.setdefault("word_separator", dataset["word_separator"])
+    labels = (config.get("decoding") or {}).get("labels") or {}
+    if labels.get("source") == "lexicon" and dataset.get("language", "en") != "en":
+        raise InputError(None, f"decoding.labels.source is lexicon but dataset.language is {dataset['language']!r}; the NRC and VADER "
+                         "lexicons are English.", "give the annotations as a table or in the events (source: table or events).")
     if check_inputs:
         check_dataset_files(dataset)
         lengths = ds003020_run_lengths(dataset) if dataset["layout"] == "ds003020" else bids_run_lengths(dataset)

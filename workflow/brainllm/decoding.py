@@ -365,12 +365,14 @@ def lora_decoding(
     from tqdm import tqdm
 
     from .brainlora import load_lora_model, lora_pair_data, tokenize_segment
+    from .models import model_settings
     from .word_decoding import read_vocabulary
 
     model, record, tokenizer = load_lora_model(config_json, towers, adapter_dir)
     settings, split = record["settings"], record["split"]
+    separator = model_settings(record["base_model"])["word_separator"]
     pairs = {name: data.to(torch.device("cpu")) for name, data in
-             lora_pair_data(responses_h5, words_tsvs, {name: split[name] for name in ("validation", "test")}, settings, tokenizer).items()}
+             lora_pair_data(responses_h5, words_tsvs, {name: split[name] for name in ("validation", "test")}, settings, tokenizer, separator).items()}
     vocabulary = read_vocabulary(vocabulary_tsv)
     record = {**record, "settings": {**settings, "batch_size": int(settings["lora"]["batch_size"])}}
 

@@ -103,8 +103,8 @@ class Window:
     last_token: np.ndarray  # (n_targets,)
 
 
-def word_token_spans(offsets, special_mask, word_lengths) -> tuple[np.ndarray, np.ndarray]:
-    """First and last token (inclusive) of each word of a text made of words joined by single spaces.
+def word_token_spans(offsets, special_mask, word_lengths, separator: str = " ") -> tuple[np.ndarray, np.ndarray]:
+    """First and last token (inclusive) of each word of a text made of words joined by ``separator`` (" " or "").
 
     ``offsets`` (n_tokens, 2) are the tokenizer's character spans, ``special_mask``
     (n_tokens,) flags special tokens, ``word_lengths`` (n_words,) are the words' lengths
@@ -120,9 +120,10 @@ def word_token_spans(offsets, special_mask, word_lengths) -> tuple[np.ndarray, n
     special = np.asarray(special_mask, dtype=bool).reshape(-1)
     word_lengths = np.asarray(word_lengths, dtype=np.int64)
     n_words = len(word_lengths)
-    word_starts = np.concatenate([[0], np.cumsum(word_lengths + 1)[:-1]])
+    gap = len(separator)
+    word_starts = np.concatenate([[0], np.cumsum(word_lengths + gap)[:-1]])
     word_ends = word_starts + word_lengths
-    span_starts = word_starts - (np.arange(n_words) > 0)  # with the separating space
+    span_starts = word_starts - gap * (np.arange(n_words) > 0)  # with the separating space
     first = np.full(n_words, -1, dtype=np.int64)
     last = np.full(n_words, -1, dtype=np.int64)
 
@@ -163,14 +164,14 @@ def _tokenize(tokenizer, texts: list[str]) -> dict:
     return tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True)
 
 
-def per_word_windows(tokenizer, words: list[str], context_words: int, max_tokens: int | None = None) -> list[Window]:
-    """One window per word: the word and the ``context_words - 1`` words before it.
+def per_word_windows(tokenizer, words: list[str], context_words: int, max_tokens: int | None = None, separator: str = " ") -> list[Window]:
+    """One window per word: the word and the ``context_words - 1`` words before it, joined by ``separator``.
 
     A window longer than ``max_tokens`` loses its earliest words until it fits.
     """
     n_words = len(words)
     starts = [max(0, i - context_words + 1) for i in range(n_words)]
-    encoded = _tokenize(tokenizer, [" ".join(words[start : i + 1]) for i, start in enumerate(starts)])
+    encoded = _tokenize(tokenizer, [separator.join(words[start : i + 1]) for i, start in enumerate(starts)])
     windows = []
     n_shortened = 0
     for i, start in enumerate(starts):
@@ -180,9 +181,9 @@ def per_word_windows(tokenizer, words: list[str], context_words: int, max_tokens
             if start == i:
                 raise InputError(None, f"word {i} ({words[i]!r}) alone is {len(ids)} tokens, more than the model's {max_tokens} positions.", "Fix the word in words.tsv.")
             start += 1
-            single = _tokenize(tokenizer, [" ".join(words[start : i + 1])])
+            single = _tokenize(tokenizer, [separator.join(words[start : i + 1])])
             ids, offsets, special = single["input_ids"][0], single["offset_mapping"][0], single["special_tokens_mask"][0]
-        first, last = word_token_spans(offsets, special, [len(w) for w in words[start : i + 1]])
+        first, last = word_token_spans(offsets, special, [len(w) for w in words[start : i + 1]], separator)
         if first[-1] < 0:
             raise _missing_word_error(words, i)
         windows.append(Window(list(ids), np.array([i]), first[-1:], last[-1:]))
@@ -201,10 +202,10 @@ def chunk_starts(n_words: int, context_words: int) -> list[tuple[int, int, int]]
     return chunks
 
 
-def causal_chunks(tokenizer, words: list[str], context_words: int, max_tokens: int | None = None) -> list[Window]:
-    """Chunks of 2W words with stride W; each word is yielded by exactly one chunk."""
+def causal_chunks(tokenizer, words: list[str], context_words: int, max_tokens: int | None = None, separator: str = " ") -> list[Window]:
+    """Chunks of 2W words (joined by ``separator``) with stride W; each word is yielded by exactly one chunk."""
     bounds = chunk_starts(len(words), context_words)
-    encoded = _tokenize(tokenizer, [" ".join(words[start:end]) for start, _, end in bounds])
+    encoded = _tokenize(tokenizer, [separator.join(words[start:end]) for start, _, end in bounds])
     windows = []
     for k, (start, yield_from, end) in enumerate(bounds):
         ids = encoded["input_ids"][k]
@@ -214,7 +215,7 @@ def causal_chunks(tokenizer, words: list[str], context_words: int, max_tokens: i
                 f"a chunk of {end - start} words is {len(ids)} tokens, more than the model's {max_tokens} positions.",
                 f"Lower context_words (now {context_words}); chunks hold 2 x context_words words.",
             )
-        first, last = word_token_spans(encoded["offset_mapping"][k], encoded["special_tokens_mask"][k], [len(w) for w in words[start:end]])
+        first, last = word_token_spans(encoded["offset_mapping"][k], encoded["special_tokens_mask"][k], [len(w) for w in words[start:end]], separator)
         missing = np.flatnonzero(first < 0)
         if len(missing):
             raise _missing_word_error(words, start + int(missing[0]))
@@ -355,16 +356,16 @@ def extract_words_with_stats(model, tokenizer, words: list[str], settings: dict,
     if settings["context"] == "causal-chunked":
         if info.family not in CAUSAL_FAMILIES:
             raise InputError(None, f"context causal-chunked needs a causal model; {info.model_id} is {info.family}.", "Use context: per-word.")
-        windows = causal_chunks(tokenizer, words, context_words, info.max_positions)
+        windows = causal_chunks(tokenizer, words, context_words, info.max_positions, settings["word_separator"])
     else:
-        windows = per_word_windows(tokenizer, words, context_words, info.max_positions)
+        windows = per_word_windows(tokenizer, words, context_words, info.max_positions, settings["word_separator"])
     padding_side = tokenizer.padding_side if info.family in CAUSAL_FAMILIES else "right"
     outputs, filled, stats = run_windows(model, windows, len(words), settings, info, padding_side, desc)
     if not filled.all():
         raise RuntimeError(f"words {np.flatnonzero(~filled)[:5].tolist()} received no state")
     # story length in tokens (for the stats only; the model reads windows): through the fast
     # tokenizer's backend, which does not warn that a whole story exceeds the model's length
-    story_tokens = len(tokenizer.backend_tokenizer.encode(" ".join(words), add_special_tokens=False).ids)
+    story_tokens = len(tokenizer.backend_tokenizer.encode(settings["word_separator"].join(words), add_special_tokens=False).ids)
     stats.update(
         n_words=len(words),
         story_tokens=story_tokens,

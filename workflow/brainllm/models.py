@@ -44,7 +44,11 @@ MODEL_DEFAULTS: dict = {
     # training recipe, known before the adapter exists, keys the store instead of the
     # adapter files' hash (entries still record the weights' sha256).
     "adapter_recipe": None,
+    # How the dataset's words are joined into text: " " (English and other spaced scripts)
+    # or "" (Japanese, Chinese). The workflow sets it from dataset.word_separator.
+    "word_separator": " ",
 }
+WORD_SEPARATORS = (" ", "")
 MODEL_CHOICES: dict[str, tuple[str, ...]] = {
     "family": ("auto", "encoder", "decoder", "encoder-decoder", "vision-language"),
     "t5_states": ("encoder", "decoder"),
@@ -140,6 +144,9 @@ def model_settings(model_cfg: dict) -> dict:
             )
     if settings["adapter_recipe"] is not None and settings["adapter"] is None:
         raise InputError(None, f"model {settings['source']}: adapter_recipe is set without an adapter.", "Set `adapter` to the adapter directory.")
+    if settings["word_separator"] not in WORD_SEPARATORS:
+        raise InputError(None, f"model {settings['source']}: word_separator={settings['word_separator']!r}.",
+                         'Set dataset.word_separator to " " (spaced scripts) or "" (Japanese, Chinese).')
     for key in ("context_words", "batch_size"):
         value = settings[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -105,6 +105,8 @@ def entry_settings(model_cfg: dict) -> dict:
         "adapter_sha256": adapter_sha256(settings["adapter"]) if settings["adapter"] is not None else None,
     }
     identity.update({key: settings[key] for key in FEATURE_SETTINGS})
+    if settings["word_separator"] != " ":  # keyed only when not the default, so entries made before the setting stay valid
+        identity["word_separator"] = settings["word_separator"]
     return identity
 
 
