@@ -388,7 +388,7 @@ def decoding_targets():
     return [decoding_file(subject, model, "identification.tsv") for subject in SUBJECTS for model in config["models"]]
 
 
-# through the frozen contrastive runs: identification and whole-vocabulary word classification
+# through the contrastive runs (frozen and LoRA): identification and whole-vocabulary word classification
 FROZEN_DECODING_ENABLED = DECODING_ENABLED and CONTRASTIVE_ENABLED and bool(CONTRASTIVE_SETTINGS["layers"])
 LORA_DECODING_ENABLED = DECODING_ENABLED and bool(TUNED_MODELS)
 CONTRASTIVE_DECODING_ENABLED = FROZEN_DECODING_ENABLED or LORA_DECODING_ENABLED
