@@ -486,7 +486,7 @@ def test_bench_store_small(capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.main(["--layers", "3", "--hidden", "8", "--words", "20", "--repeats", "1"])
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("RESULT hashing/plain read")
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("RESULT serial hashing/plain read")
 
 
 def test_word_separator_keys_entries_only_when_not_the_default():

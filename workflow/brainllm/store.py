@@ -39,6 +39,7 @@ import os
 import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -282,17 +283,24 @@ def _read(path: Path, layers: list[int] | None, keep: bool) -> FeatureEntry:
             if words_sha256(words, onset, offset) != metadata["words_content_sha256"]:
                 raise InputError(path, "the stored words or timings do not match the entry's recorded words hash.", RECOMPUTE)
             states, hashes, width = {}, [], None
-            for index in (wanted if keep else range(n_layers)):
-                dataset = handle[layer_name(index)]
-                array = dataset[()]
-                if array.ndim != 2 or array.shape[0] != n_words or (width is not None and array.shape[1] != width):
-                    raise InputError(path, f"{layer_name(index)} has shape {array.shape}, expected ({n_words}, hidden) like every layer.", RECOMPUTE)
-                width = array.shape[1]
-                if layer_hash(array) != dataset.attrs.get("xxh3_128"):
-                    raise InputError(path, f"{layer_name(index)}: its bytes do not match the stored hash (the file was modified or damaged).", RECOMPUTE)
-                hashes.append(dataset.attrs["xxh3_128"])
-                if keep:
-                    states[index] = array.astype(np.float32, copy=False)
+            # Each layer is hashed on a second thread (xxhash releases the GIL) while the
+            # next one is read, so verification adds little to the read time.
+            with ThreadPoolExecutor(max_workers=1) as hasher:
+                pending = []
+                for index in (wanted if keep else range(n_layers)):
+                    dataset = handle[layer_name(index)]
+                    array = dataset[()]
+                    if array.ndim != 2 or array.shape[0] != n_words or (width is not None and array.shape[1] != width):
+                        raise InputError(path, f"{layer_name(index)} has shape {array.shape}, expected ({n_words}, hidden) like every layer.", RECOMPUTE)
+                    width = array.shape[1]
+                    pending.append((index, dataset.attrs.get("xxh3_128"), hasher.submit(layer_hash, array)))
+                    if keep:
+                        states[index] = array
+                for index, recorded, computed in pending:
+                    if computed.result() != recorded:
+                        raise InputError(path, f"{layer_name(index)}: its bytes do not match the stored hash (the file was modified or damaged).", RECOMPUTE)
+                    hashes.append(recorded)
+            states = {index: array.astype(np.float32, copy=False) for index, array in states.items()}
             if len(hashes) == n_layers and content_id(metadata["words_content_sha256"], hashes, metadata["store_dtype"]) != metadata["content_id"]:
                 raise InputError(path, "the layers' hashes do not match the entry's content id.", RECOMPUTE)
     except InputError:
