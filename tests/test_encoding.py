@@ -58,7 +58,7 @@ def test_leave_one_story_out_splits():
         encoding.leave_one_story_out([10])
 
 
-@pytest.mark.parametrize("n_trs,n_features,expected_solver", [(120, 20, "ridge_cv_eigh"), (60, 90, "KernelRidgeCV")])
+@pytest.mark.parametrize("n_trs,n_features,expected_solver", [(120, 20, "ridge_cv_eigh"), (60, 90, "kernel_ridge_cv_eigh")])
 def test_fit_ridge_matches_closed_form(n_trs, n_features, expected_solver):
     noise = np.linspace(0.1, 4.0, 12)
     X, Y, _ = planted(n_trs, n_features, 12, noise, seed=1)

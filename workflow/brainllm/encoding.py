@@ -4,9 +4,10 @@ Methods (config ``encoding.method``):
 - ``ridge``: per-voxel α from ``encoding.alphas`` by leave-one-story-out cross-validation
   over the training stories, on a himalaya backend. Primal when n_samples > n_features:
   the fold-wise eigendecomposition solver (:mod:`brainllm.ridge_cv`, same estimate as
-  himalaya's ``RidgeCV``, several times faster; ``encoding.solver: himalaya`` uses
-  ``RidgeCV`` itself); dual otherwise: ``KernelRidgeCV`` (linear kernel). Banded (several
-  layers): ``BandedRidgeCV`` or ``MultipleKernelRidgeCV``, chosen the same way.
+  himalaya's ``RidgeCV``, several times faster); dual otherwise: its kernel form (same
+  estimate as ``KernelRidgeCV`` with a linear kernel); ``encoding.solver: himalaya`` uses
+  ``RidgeCV`` / ``KernelRidgeCV`` themselves. Banded (several layers): ``BandedRidgeCV`` or
+  ``MultipleKernelRidgeCV``, chosen the same way.
 - ``bootstrap_ridge``: the Huth-lab algorithm (:mod:`brainllm.bootstrap_ridge`).
 - ``lipschitz``: a linear map with bounded spectral norm (:mod:`brainllm.lipschitz`).
 
@@ -153,7 +154,7 @@ def _fit_kernel_with_svd_fallback(make_model, fit_args: tuple, solver_params: di
         return make_model({**solver_params, "diagonalize_method": "svd"}).fit(*fit_args), "svd"
 
 
-#: ``encoding.solver``: ``auto`` = fold-wise eigh in the primal, himalaya KernelRidgeCV in the dual
+#: ``encoding.solver``: ``auto`` = fold-wise eigh (primal or dual), ``himalaya`` = RidgeCV / KernelRidgeCV
 RIDGE_SOLVERS = ("auto", "himalaya")
 
 
@@ -188,16 +189,17 @@ def fit_ridge(
 ) -> EncodingFit:
     """Ridge with per-voxel α by leave-one-story-out CV on a himalaya backend (float32).
 
-    Primal when n_samples > n_features: :func:`brainllm.ridge_cv.ridge_cv_eigh`, or
-    himalaya's ``RidgeCV`` with ``solver="himalaya"``; dual otherwise: ``KernelRidgeCV``
-    (linear kernel, eigh with an SVD fallback). α maximises the mean validation ``cv_score``
+    Primal when n_samples > n_features: :func:`brainllm.ridge_cv.ridge_cv_eigh`; dual
+    otherwise: :func:`brainllm.ridge_cv.kernel_ridge_cv_eigh`. With ``solver="himalaya"``, or
+    when an eigendecomposition fails, himalaya's ``RidgeCV`` / ``KernelRidgeCV`` (linear
+    kernel; SVD). α maximises the mean validation ``cv_score``
     (``correlation``: Pearson r, as bootstrap ridge and the test scores; ``l2``: negative
     squared error, himalaya's default). Returns primal weights ``(n_features, n_voxels)``.
     """
     from himalaya.kernel_ridge import KernelRidgeCV
     from himalaya.ridge import RidgeCV
 
-    from .ridge_cv import ridge_cv_eigh
+    from .ridge_cv import kernel_ridge_cv_eigh, ridge_cv_eigh
 
     if solver not in RIDGE_SOLVERS:
         raise InputError(None, f"unknown encoding.solver {solver!r}.", f"use one of {', '.join(RIDGE_SOLVERS)}.")
@@ -209,21 +211,25 @@ def fit_ridge(
     cv = leave_one_story_out(story_lengths)
     params = {**dict(solver_params or {}), "score_func": score_func}
     n_samples, n_features = X_train.shape
-    if n_samples > n_features and solver == "auto":
-        log.info("ridge_cv_eigh (primal: %d samples > %d features), backend %s", n_samples, n_features, backend_name)
+    if solver == "auto":
+        primal = n_samples > n_features
+        fold_wise, name = (ridge_cv_eigh, "ridge_cv_eigh") if primal else (kernel_ridge_cv_eigh, "kernel_ridge_cv_eigh")
+        log.info("%s (%s: %d samples %s %d features), backend %s", name, "primal" if primal else "dual", n_samples,
+                 ">" if primal else "<=", n_features, backend_name)
         try:
-            weights, best_alphas, _, validation_r = ridge_cv_eigh(
+            weights, best_alphas, _, validation_r = fold_wise(
                 X_train, Y_train, cv, np.asarray(alphas, dtype=np.float64), cv_score, params.get("n_targets_batch", 4096)
             )
             return EncodingFit(
-                weights=weights, alphas=best_alphas, method="ridge", solver="ridge_cv_eigh", backend=backend_name,
+                weights=weights, alphas=best_alphas, method="ridge", solver=name, backend=backend_name,
                 info={"diagonalize_method": "eigh", "cv_folds": len(cv), "cv_score": cv_score, **grid_edges(best_alphas, alphas)},
                 validation_r=validation_r,
             )
         except (RuntimeError, np.linalg.LinAlgError) as error:
             if not _is_eigh_failure(error):
                 raise
-            log.warning("eigh failed (%s); refitting with himalaya RidgeCV (SVD)", str(error).splitlines()[0])
+            log.warning("eigh failed (%s); refitting with himalaya %s (SVD)", str(error).splitlines()[0],
+                        "RidgeCV" if primal else "KernelRidgeCV")
     alphas = np.asarray(alphas, dtype=np.float32)
     if n_samples > n_features:
         solver_name = "RidgeCV"

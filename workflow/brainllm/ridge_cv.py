@@ -1,4 +1,4 @@
-"""Primal ridge with one α per voxel chosen by story-grouped cross-validation, on a himalaya backend.
+"""Ridge with one α per voxel chosen by story-grouped cross-validation, on a himalaya backend.
 
 The same estimate as himalaya's ``RidgeCV`` (penalty α·‖w‖², no intercept, α per voxel by
 the mean validation score over folds, refit on all rows), computed with fewer operations:
@@ -14,6 +14,13 @@ Per fold this costs n_α·n_val·p·n_voxels multiply-adds for the predictions (
 primal solver: n_α·n_val·n_train·n_voxels, plus an SVD of X_f and the weights of every α at
 refit). Everything runs through the active himalaya backend (numpy, torch, torch_cuda): the
 decompositions in float64, the products with the responses in float32.
+
+The dual form (:func:`kernel_ridge_cv_eigh`, for n_samples ≤ n_features; the same estimate
+as himalaya's ``KernelRidgeCV`` with a linear kernel) works on the linear kernel
+``K = XXᵀ`` instead: each fold diagonalises its training block ``K_f = U·diag(s)·Uᵀ``
+(n_train×n_train) and predicts its validation rows for every α as
+``K_vf·U·diag(1/(s+α))·UᵀY_f``; the refit diagonalises ``K`` once and turns each voxel's dual
+coefficients at its chosen α into primal weights ``XᵀC``.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ log = logging.getLogger(__name__)
 #: validation scores a voxel's α can be chosen by (himalaya's l2_neg_loss / correlation_score)
 CV_SCORES = ("l2", "correlation")
 
-__all__ = ["CV_SCORES", "ridge_cv_eigh"]
+__all__ = ["CV_SCORES", "kernel_ridge_cv_eigh", "ridge_cv_eigh"]
 
 
 def _validation_scores(backend, score: str, Y_val, predictions):
@@ -128,4 +135,71 @@ def ridge_cv_eigh(
         correlations /= len(splits)
     chosen = alpha_values[best]
     log.info("ridge (fold-wise eigh, %d folds, %d alphas, score %s): α chosen in [%g, %g]", len(splits), len(alphas), score, chosen.min(), chosen.max())
+    return weights, chosen, scores, correlations[best, np.arange(n_targets)]
+
+
+def kernel_ridge_cv_eigh(
+    X,
+    Y,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    alphas: np.ndarray,
+    score: str = "correlation",
+    n_targets_batch: int = 4096,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`ridge_cv_eigh` in the dual: the same arguments, estimate and returns.
+
+    Cheaper when n_samples ≤ n_features (decompositions of n×n kernels instead of p×p Gram
+    matrices). One fold is held in memory at a time: its eigenvectors (n_train²) and the
+    rotated validation kernel (n_val × n_train).
+    """
+    from himalaya.backend import get_backend
+
+    if score not in CV_SCORES:
+        raise ValueError(f"cv score must be one of {CV_SCORES}, got {score!r}")
+    backend = get_backend()
+    X32 = backend.asarray(X, dtype="float32")
+    device = getattr(X32, "device", None)
+    X64 = backend.asarray(X32, dtype="float64")
+    n_targets = Y.shape[1]
+    alpha_values = np.asarray(alphas, dtype=np.float64)
+    alphas64 = backend.asarray(alpha_values, dtype="float64", device=device)
+    kernel = backend.matmul(X64, X64.T)
+    scores = np.zeros((len(alphas), n_targets), dtype=np.float64)
+    correlations = scores if score == "correlation" else np.zeros_like(scores)
+    batches = [slice(start, min(start + n_targets_batch, n_targets)) for start in range(0, n_targets, n_targets_batch)]
+
+    for train, val in splits:
+        train_rows, val_rows = backend.asarray(train, device=device), backend.asarray(val, device=device)
+        eigenvalues, U = backend.eigh(kernel[train_rows][:, train_rows])
+        rotated = backend.matmul(kernel[val_rows][:, train_rows], U)  # (n_val, n_train)
+        shrunk = rotated[None, :, :] * _inverse_spectrum(backend, eigenvalues, alphas64)[:, None, :]
+        shrunk = backend.asarray(shrunk.reshape(-1, shrunk.shape[-1]), dtype="float32")  # (n_alphas · n_val, n_train)
+        U32 = backend.asarray(U, dtype="float32")
+        for batch in batches:
+            Y_batch = backend.asarray(Y[:, batch], dtype="float32", device=device)
+            projected = backend.matmul(U32.T, Y_batch[train_rows])  # (n_train, batch)
+            predictions = backend.matmul(shrunk, projected).reshape(len(alphas), len(val), -1)  # (n_alphas, n_val, batch)
+            Y_val = Y_batch[val_rows]
+            scores[:, batch] += backend.to_numpy(_validation_scores(backend, score, Y_val, predictions))
+            if score != "correlation":
+                correlations[:, batch] += backend.to_numpy(_validation_scores(backend, "correlation", Y_val, predictions))
+        del U, U32, rotated, shrunk
+
+    best = np.argmax(scores, axis=0)  # the sum over folds: same argmax as the mean
+    eigenvalues, U = backend.eigh(kernel)
+    inverse = _inverse_spectrum(backend, eigenvalues, alphas64)
+    U32 = backend.asarray(U, dtype="float32")
+    weights = np.empty((X32.shape[1], n_targets), dtype=np.float32)
+    for batch in batches:
+        projected = backend.matmul(U32.T, backend.asarray(Y[:, batch], dtype="float32", device=device))
+        for index in np.unique(best[batch]):
+            voxels = np.flatnonzero(best[batch] == index)
+            shrink = backend.asarray(inverse[index], dtype="float32")[:, None]
+            dual = backend.matmul(U32, projected[:, backend.asarray(voxels, device=device)] * shrink)
+            weights[:, batch.start + voxels] = backend.to_numpy(backend.matmul(X32.T, dual))
+    scores /= len(splits)
+    if score != "correlation":
+        correlations /= len(splits)
+    chosen = alpha_values[best]
+    log.info("kernel ridge (fold-wise eigh, %d folds, %d alphas, score %s): α chosen in [%g, %g]", len(splits), len(alphas), score, chosen.min(), chosen.max())
     return weights, chosen, scores, correlations[best, np.arange(n_targets)]
