@@ -38,7 +38,7 @@ def shipped(name):
 def encoding_jobs(subjects, stories, n_layers, atlas=False, decoding=False):
     """Jobs of a run without contrastive stage (every layer of MiniLM: 7 hidden states)."""
     jobs = {
-        "ingest": subjects, "ingest_words": stories, "features": stories, "preprocess": subjects,
+        "ingest": subjects, "ingest_words": stories, "features": 1, "preprocess": subjects,
         "align": subjects, "encoding": subjects * n_layers, "best_layer": subjects, "report_metrics": 1,
         "report_brain_maps": subjects, "report_layer_curves": 1, "report_r_histogram": subjects,
         "report_roi_ranking": 1, "report": 1, "bids_derivative": 1, "all": 1,

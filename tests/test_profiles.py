@@ -444,7 +444,7 @@ def test_wisteria_pjsub_options_per_rule(wisteria_run):
     workdir, state_dir, _ = wisteria_run
     submitted = by_rule(pjsub_records(state_dir))
     expected = {
-        "features": ["rscgrp=share-short", "gpu=1", "elapse=02:00:00"],
+        "features": ["rscgrp=share", "gpu=1", "elapse=08:00:00"],
         "encoding": ["rscgrp=share-short", "gpu=1", "elapse=02:00:00"],
         "contrastive_lora": ["rscgrp=share", "gpu=1", "elapse=08:00:00"],
         "ingest": ["rscgrp=share-short", "gpu=1", "elapse=01:00:00"],

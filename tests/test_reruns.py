@@ -62,7 +62,7 @@ def test_edited_events_file_reruns_its_story_only(demo_run, tmp_path):
     assert by_rule["ingest_words"] == [{"story": "orchard"}]
     assert by_rule["ingest"] == [{"subject": "UTS01"}]
     assert [w["subject"] for w in by_rule["preprocess"]] == ["UTS01"]
-    assert [w["story"] for w in by_rule["features"]] == ["orchard"]
+    assert by_rule["features"] == [{"model": "minilm"}]  # one job per model; it re-extracts orchard only (store reuse: test_store_concurrency)
     assert [w["subject"] for w in by_rule.get("ingest_atlas", [])] == ["UTS01"]  # reads that subject's new mask
     assert "demo_dataset" not in by_rule
     assert len(by_rule["align"]) == 4 and "encoding" in by_rule  # every alignment uses orchard's words

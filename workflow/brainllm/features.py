@@ -61,7 +61,7 @@ __all__ = [
     "per_word_windows",
     "read_words",
     "run_windows",
-    "store_story",
+    "store_stories",
     "word_token_spans",
 ]
 
@@ -452,16 +452,25 @@ def extract_story(model_cfg: dict, words_tsv: str | Path, out_path: str | Path, 
     return attrs
 
 
-def store_story(model_name: str, model_cfg: dict, story: str, words_tsv: str | Path, store_dir: str | Path, manifest: str | Path, log: logging.Logger | None = None) -> dict:
-    """Reuse the store's entry of (model settings, story words) or extract it once; write the manifest.
+def store_stories(model_name: str, model_cfg: dict, stories: list[str], words_tsvs: list[str | Path], store_dir: str | Path, manifests: list[str | Path], log: logging.Logger | None = None) -> list[dict]:
+    """For each story, reuse the store's entry of (model settings, story words) or extract it; write its manifest.
 
-    The model is loaded only when the entry has to be computed. Returns the manifest.
+    The model is loaded once, and only when an entry has to be computed (entries made
+    by other runs are reused after verification). Returns the manifests.
     """
     log = log or logger
+    loaded = []
 
-    def compute(path: Path) -> None:
+    def compute(story: str, words_tsv: str | Path, path: Path) -> None:
+        if not loaded:
+            loaded.append(load_model(model_settings(model_cfg)))
         log.info("extracting %s into %s", story, path)
-        extract_story(model_cfg, words_tsv, path, log=log, story=story)
+        extract_story(model_cfg, words_tsv, path, log=log, loaded=loaded[0], story=story)
 
-    path, metadata, reused = store.obtain_entry(store_dir, model_cfg, story, words_tsv, compute, log=log)
-    return store.write_manifest(manifest, path, metadata, model_name, reused)
+    written = []
+    for story, words_tsv, manifest in zip(stories, words_tsvs, manifests, strict=True):
+        path, metadata, reused = store.obtain_entry(
+            store_dir, model_cfg, story, words_tsv, lambda path: compute(story, words_tsv, path), log=log
+        )
+        written.append(store.write_manifest(manifest, path, metadata, model_name, reused))
+    return written

@@ -381,8 +381,17 @@ def classify_words(
 
 
 def vocabulary_model_config(model_cfg: Mapping) -> dict:
-    """The model's settings for reading each vocabulary word alone (one word per window)."""
-    return {**dict(model_cfg), "context": "per-word", "context_words": 1}
+    """The model's settings for reading each vocabulary word alone (one word per window).
+
+    A one-word window is about ``context_words`` times shorter than the model's own, so
+    batches hold that many times more windows (about the same tokens per batch; the batch
+    size is not part of the store key).
+    """
+    from .models import model_settings
+
+    settings = model_settings(dict(model_cfg))
+    batch_size = int(settings["batch_size"]) * max(1, int(settings["context_words"]))
+    return {**dict(model_cfg), "context": "per-word", "context_words": 1, "batch_size": batch_size}
 
 
 def store_vocabulary(model_name: str, model_cfg: Mapping, vocabulary_tsv: str | os.PathLike, store_dir: str | os.PathLike,

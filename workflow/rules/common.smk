@@ -88,6 +88,11 @@ def atlas_files(subject):
 
 
 FEATURE_STORE = os.path.normpath(config["feature_store"])
+
+# Threads of an LLM (torch) job run on this machine: half the cores, so two such jobs run
+# side by side (each spends seconds single-threaded loading and writing). The cluster
+# profiles set their own threads per rule.
+LLM_JOB_THREADS = max(1, (workflow.cores or 2) // 2)
 MODELS = config["models"]
 
 

@@ -25,7 +25,7 @@ rule contrastive:
         test_stories=DATASET["test_stories"],
     log:
         f"{RESULTS}/logs/contrastive/sub-{{subject}}_model-{{model}}_layer-{{layer}}.log",
-    threads: 2
+    threads: LLM_JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=60,
@@ -56,7 +56,8 @@ rule contrastive_lora:
         stories=STORIES,
     log:
         f"{RESULTS}/logs/contrastive/sub-{{subject}}_model-{{model}}_lora.log",
-    threads: 2
+    threads: LLM_JOB_THREADS
+    priority: 1  # unblocks most of the DAG: scheduled before ready leaf jobs
     resources:
         mem_mb=16000,
         runtime=240,
@@ -68,21 +69,23 @@ rule contrastive_lora:
 
 rule features_tuned:
     input:
-        words=words_tsv("{story}"),
+        words=[words_tsv(story) for story in STORIES],
         adapter=lambda wildcards: tuned_adapter_files(wildcards.model),
     output:
-        feature_manifest("{model}", "{story}"),
+        [feature_manifest("{model}", story) for story in STORIES],
     params:
         model_cfg=lambda wildcards: MODELS[wildcards.model],
+        stories=STORIES,
         store=FEATURE_STORE,
     log:
-        f"{RESULTS}/logs/features/model-{{model}}/{{story}}.log",
+        f"{RESULTS}/logs/features/model-{{model}}.log",
     wildcard_constraints:
         model=names_pattern(TUNED_MODELS),
-    threads: 2
+    threads: LLM_JOB_THREADS
+    priority: 1  # unblocks most of the DAG: scheduled before ready leaf jobs
     resources:
         mem_mb=16000,
-        runtime=120,
+        runtime=480,
     conda:
         "../../envs/gpu.yaml"
     script:

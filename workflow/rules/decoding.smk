@@ -84,7 +84,8 @@ rule features_vocabulary:
         store=FEATURE_STORE,
     log:
         f"{RESULTS}/logs/features/model-{{model}}/vocabulary.log",
-    threads: 2
+    threads: LLM_JOB_THREADS
+    priority: 1  # a long job two decoding jobs wait for: started early
     resources:
         mem_mb=16000,
         runtime=120,
@@ -148,7 +149,7 @@ rule decoding_lora:
         words={**DECODING.get("words", {}), "seed": ENCODING.get("seed", 0)},
     log:
         f"{RESULTS}/logs/decoding/sub-{{subject}}_model-{{model}}_lora.log",
-    threads: 2
+    threads: LLM_JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=60,
