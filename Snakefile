@@ -36,6 +36,7 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/align.smk"
 include: "workflow/rules/encoding.smk"
 include: "workflow/rules/decoding.smk"
+include: "workflow/rules/group.smk"
 include: "workflow/rules/derivatives.smk"
 
 

@@ -35,7 +35,7 @@ def shipped(name):
     return yaml.safe_load((REPO / "config" / name).read_text())
 
 
-def encoding_jobs(subjects, stories, n_layers, atlas=False, decoding=False):
+def encoding_jobs(subjects, stories, n_layers, atlas=False, decoding=False, group=False):
     """Jobs of a run without contrastive stage (every layer of MiniLM: 7 hidden states)."""
     jobs = {
         "ingest": subjects, "ingest_words": stories, "features": 1, "preprocess": subjects,
@@ -50,6 +50,9 @@ def encoding_jobs(subjects, stories, n_layers, atlas=False, decoding=False):
     if decoding:  # segment identification per (subject, model) and its figure
         jobs["decoding_identification"] = subjects
         jobs["report_identification"] = 1
+    if group:  # cross-subject transfer per model and its figure
+        jobs["group_transfer"] = 1
+        jobs["report_group_transfer"] = 1
     return jobs
 
 
@@ -124,6 +127,15 @@ def test_decoding_runs_when_its_section_is_present_and_predictions_are_saved(wor
     config["encoding"], config["decoding"] = {}, {"identification": {"segment_trs": [0]}}
     proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
     assert proc.returncode != 0 and "segment_trs" in proc.stdout
+
+
+def test_group_runs_with_its_section_and_two_subjects(workdir, tmp_path):
+    path, config = minimal_bids(workdir, tmp_path, subjects=["01", "02"])
+    config["group"] = {}
+    assert job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout) == encoding_jobs(2, 3, 7, group=True)
+    config["dataset"]["subjects"] = ["01"]
+    proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
+    assert proc.returncode != 0 and "group section compares subjects" in proc.stdout
 
 
 def test_contrastive_decoding_and_labels_run_only_with_their_inputs(workdir, tmp_path):

@@ -296,6 +296,9 @@ def finish(config: dict, check_inputs: bool = True) -> dict:
     if labels.get("source") == "lexicon" and dataset.get("language", "en") != "en":
         raise InputError(None, f"decoding.labels.source is lexicon but dataset.language is {dataset['language']!r}; the NRC and VADER "
                          "lexicons are English.", "give the annotations as a table or in the events (source: table or events).")
+    if stage_enabled(config, "group") and len(dataset["subjects"]) < 2:
+        raise InputError(None, f"the group section compares subjects, dataset.subjects lists {len(dataset['subjects'])}.",
+                         "list two or more subjects, or leave the group section out.")
     if check_inputs:
         check_dataset_files(dataset)
         lengths = ds003020_run_lengths(dataset) if dataset["layout"] == "ds003020" else bids_run_lengths(dataset)

@@ -507,3 +507,36 @@ def model_comparison_figure(table: pd.DataFrame) -> Figure:
     ax.set_title("Model vs model, each at its validation-chosen layer")
     ax.grid(alpha=0.25, axis="x")
     return fig
+
+
+def transfer_figure(table: pd.DataFrame) -> Figure:
+    """Cross-subject transfer matrices, one per model: mean test r of each source's model in each target.
+
+    ``table``: columns ``model source target mean_r_transfer ratio`` (diagonal: within
+    subject). Cells are annotated with r and, off the diagonal, the ratio to the target's
+    within-subject r.
+    """
+    models = sorted(table["model"].unique())
+    subjects = sorted(set(table["source"]) | set(table["target"]))
+    size = 1.2 + 0.7 * len(subjects)
+    fig = new_figure(size * len(models) + 1.2, size + 0.6)
+    axes = np.atleast_1d(fig.subplots(1, len(models)))
+    high = max(float(np.nanmax(table["mean_r_transfer"].to_numpy())), 1e-6)
+    low = min(float(np.nanmin(table["mean_r_transfer"].to_numpy())), 0.0)
+    for ax, model in zip(axes, models):
+        rows = table[table["model"] == model]
+        matrix = np.full((len(subjects), len(subjects)), np.nan)
+        for row in rows.itertuples(index=False):
+            i, j = subjects.index(row.source), subjects.index(row.target)
+            matrix[i, j] = row.mean_r_transfer
+            text = f"{row.mean_r_transfer:.2f}" if row.source == row.target else f"{row.mean_r_transfer:.2f}\n({row.ratio:.2f}×)"
+            light = row.mean_r_transfer < low + 0.6 * (high - low)  # dark end of viridis: white text
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if light else "black")
+        image = ax.imshow(matrix, cmap="viridis", vmin=low, vmax=high)
+        ax.set_xticks(range(len(subjects)), [f"sub-{s}" for s in subjects], rotation=45, ha="right")
+        ax.set_yticks(range(len(subjects)), [f"sub-{s}" for s in subjects])
+        ax.set_xlabel("target (scored in)")
+        ax.set_ylabel("source (encoding model of)")
+        ax.set_title(model)
+    fig.colorbar(image, ax=axes, label="mean test r", shrink=0.8)
+    return fig

@@ -525,6 +525,45 @@ def derivative_maps():
 # --- end BIDS derivative --------------------------------------------------------------
 
 
+# --- group (across subjects) --------------------------------------------------------
+# Runs when the config has a `group:` section (two or more subjects; config/README.md)
+# and the encoding stage saves its test predictions.
+
+GROUP_ENABLED = brainllm_configuration.stage_enabled(config, "group") and ENCODING.get("save_predictions", True)
+GROUP = brainllm_configuration.stage_settings(config, "group")
+
+
+def group_file(model, suffix):
+    """R/group/model-M_<suffix> (docs/outputs.md, group)."""
+    return f"{RESULTS}/group/model-{model}_{suffix}"
+
+
+def group_targets():
+    return [group_file(model, "transfer.tsv") for model in config["models"]] if GROUP_ENABLED else []
+
+
+def group_transfer_inputs(wildcards):
+    """Every subject's responses, layer table, per-layer scores and predictions (and ground truth)."""
+    inputs = {
+        "responses": [preprocessed(subject) for subject in SUBJECTS],
+        "layers": [encoding_file(subject, wildcards.model, "layers.tsv") for subject in SUBJECTS],
+        "scores": [encoding_file(s, wildcards.model, "scores.tsv", layer) for s in SUBJECTS for layer in model_layers(wildcards.model)],
+        "predictions": [encoding_file(s, wildcards.model, "predictions.h5", layer) for s in SUBJECTS for layer in model_layers(wildcards.model)],
+    }
+    if DATASET.get("ground_truth"):
+        inputs["truth"] = DATASET["ground_truth"]
+        inputs["dataset_masks"] = [ingest_mask(subject) for subject in SUBJECTS]
+        inputs["masks"] = [preprocessed_mask(subject) for subject in SUBJECTS]
+    return inputs
+
+
+def report_group_figures():
+    return report_figure_files([f"{REPORT_DIR}/group/transfer"]) if GROUP_ENABLED and rules.has("group_transfer") else []
+
+
+# --- end group ----------------------------------------------------------------------
+
+
 def final_targets():
     targets = [words_tsv(story) for story in STORIES]
     targets += [preprocessed(subject) for subject in SUBJECTS]
@@ -534,6 +573,7 @@ def final_targets():
     targets += decoding_targets()
     targets += contrastive_decoding_targets("words.json")
     targets += label_targets()
+    targets += group_targets()
     targets += [f"{RESULTS}/report/manifest.tsv"]  # report: every registered figure
     targets += [f"{RESULTS}/dataset_description.json"]  # results/ as a BIDS derivative
     return targets

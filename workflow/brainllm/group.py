@@ -1,0 +1,229 @@
+"""Across subjects: cross-subject encoding transfer after functional alignment.
+
+For an ordered pair of subjects (source A, target B) and one model:
+
+1. **Alignment** A → B: ridge from A's responses to B's responses on the training stories
+   (the same stories, trims, segment buffers and per-story z-scoring as the encoding
+   stage), one α per B voxel chosen by leave-one-story-out cross-validation — the
+   encoding stage's solver with A's voxels as features. The test stories are never seen.
+2. **Transfer**: A's encoding model (at A's layer chosen on validation r) predicts A's
+   test responses from the text; the alignment maps them into B's voxels; each B voxel is
+   scored by Pearson r with B's observed test responses, one-sided block-permutation p
+   and BH-FDR, like the encoding stage.
+3. **Within-subject reference**: B's own encoding model at B's validation-chosen layer, on
+   the same voxels. The transfer ratio is mean transfer r / mean within r over B's voxels
+   chosen by B's own validation r (top fraction; never by test r), and over the planted
+   signal and noise voxels when a ground truth exists.
+
+Beside it, ``r_aligned_observed``: A's observed test responses mapped by the alignment
+(how well A's brain predicts B's, an upper reference for the transfer).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .encoding import (
+    _read_responses,
+    _solver_params,
+    alpha_grid,
+    build_design,
+    default_segment_buffer,
+    fit_ridge,
+    segment_buffers,
+)
+from .inference import Significance, read_predictions, score_voxels, top_voxels
+from .io import InputError, write_tsv
+from .metrics import pearson_r
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SubjectEncoding", "cross_subject_transfer", "plot_transfer", "stacked_responses", "subject_inputs", "transfer_pair"]
+
+
+@dataclass(frozen=True)
+class SubjectEncoding:
+    """One subject's inputs to the transfer: responses, the layer comparison and each layer's outputs.
+
+    ``layers_tsv``: the best_layer rule's table (``best`` marks the layer chosen on
+    validation r); ``scores``/``predictions``: ``{layer: path}`` of the encoding outputs;
+    ``signal``/``noise``: ground-truth voxel masks (the demo), else None.
+    """
+
+    responses_h5: str | os.PathLike
+    layers_tsv: str | os.PathLike
+    scores: Mapping[int, str | os.PathLike]
+    predictions: Mapping[int, str | os.PathLike]
+    signal: np.ndarray | None = None
+    noise: np.ndarray | None = None
+
+
+def subject_inputs(subjects: Sequence[str], layers: Sequence[int], inputs) -> dict[str, SubjectEncoding]:
+    """Each subject's :class:`SubjectEncoding` from the rule's inputs (lists in subject order, layers within).
+
+    ``inputs``: ``responses``, ``layers``, ``scores``, ``predictions`` and, with a ground
+    truth, ``truth``, ``dataset_masks``, ``masks`` (noise voxels: neither the planted layer's
+    nor the planted emotion's).
+    """
+    from .report import ground_truth_voxels
+
+    n_layers = len(layers)
+    responses, tables, scores, predictions = (list(inputs.get(name)) for name in ("responses", "layers", "scores", "predictions"))
+    truth, dataset_masks, masks = inputs.get("truth"), inputs.get("dataset_masks"), inputs.get("masks")
+    out = {}
+    for index, subject in enumerate(subjects):
+        per_layer = slice(index * n_layers, (index + 1) * n_layers)
+        signal = noise = None
+        if truth:
+            planted = ground_truth_voxels(str(truth), subject, dataset_masks[index], masks[index])
+            signal, noise = planted["signal"], ~planted["signal"] & ~planted["emotion"]
+        out[subject] = SubjectEncoding(
+            responses[index], tables[index], dict(zip(layers, scores[per_layer])), dict(zip(layers, predictions[per_layer])), signal, noise,
+        )
+    return out
+
+
+def stacked_responses(responses_h5, train_stories: Sequence[str], test_stories: Sequence[str], settings: Mapping):
+    """``(Y_train, train_lengths, Y_test, test_lengths)`` prepared exactly as the encoding stage prepares them."""
+    responses, _ = _read_responses(responses_h5, list(train_stories) + list(test_stories))
+    buffers = segment_buffers(responses_h5, train_stories, test_stories, default_segment_buffer(settings))
+    _, Y_train, train_lengths = build_design({}, responses, train_stories, [], responses_h5, buffers)
+    _, Y_test, test_lengths = build_design({}, responses, test_stories, [], responses_h5)
+    return Y_train, train_lengths, Y_test, test_lengths
+
+
+def _chosen_layer(layers_tsv) -> int:
+    table = pd.read_csv(layers_tsv, sep="\t")
+    if "best" not in table.columns or not table["best"].astype(bool).any():
+        raise InputError(layers_tsv, "no layer marked `best`.", "rerun the best_layer rule (it needs validation r: encoding.cv_score: correlation).")
+    return int(table.loc[table["best"].astype(bool), "layer"].iloc[0])
+
+
+def transfer_pair(
+    source_train: np.ndarray,
+    target_train: np.ndarray,
+    train_lengths: Sequence[int],
+    source_prediction: np.ndarray,
+    source_test: np.ndarray,
+    target_test: np.ndarray,
+    settings: Mapping,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Per target voxel: ``r`` (transfer), ``p``, ``p_fdr``, ``significant``, ``r_aligned_observed``, ``alpha``.
+
+    ``source_train`` (n_train, v_A) → ``target_train`` (n_train, v_B) by ridge with per-voxel
+    α (leave-one-story-out over ``train_lengths``); applied to ``source_prediction``
+    (n_test, v_A, the source's encoding prediction) and to ``source_test`` (its observed
+    test responses). Returns the table and the alignment's validation r per target voxel.
+    """
+    fit = fit_ridge(
+        source_train, target_train, train_lengths, alpha_grid(**settings.get("alphas", {})), settings.get("backend", "auto"),
+        _solver_params(settings), settings.get("solver", "auto"), "correlation",
+    )
+    transferred = np.asarray(source_prediction, dtype=np.float32) @ fit.weights
+    scores = score_voxels(transferred, target_test, float(settings.get("fdr_q", 0.05)), Significance.from_settings(settings))
+    scores["r_aligned_observed"] = pearson_r(np.asarray(source_test, dtype=np.float32) @ fit.weights, target_test)
+    scores["alpha"] = fit.alphas
+    return scores, np.asarray(fit.validation_r, dtype=np.float64)
+
+
+def _check_same_trs(subjects: Mapping[str, tuple], which: str) -> None:
+    lengths = {subject: list(parts) for subject, parts in subjects.items()}
+    first_subject, first = next(iter(lengths.items()))
+    for subject, other in lengths.items():
+        if other != first:
+            raise InputError(None, f"{which} stories have TRs {first} for sub-{first_subject} but {other} for sub-{subject}: "
+                             "cross-subject alignment needs the same TRs of the same stories.",
+                             "give every subject the same runs and trims (dataset.trim_start/trim_end).")
+
+
+def cross_subject_transfer(
+    subjects: Mapping[str, SubjectEncoding],
+    train_stories: Sequence[str],
+    test_stories: Sequence[str],
+    settings: Mapping,
+    out_tsv: str | os.PathLike,
+    voxel_fraction: float = 0.1,
+) -> pd.DataFrame:
+    """Every ordered pair of ``subjects`` (≥ 2): transfer vs within-subject r; writes ``out_tsv``.
+
+    Rows: ``source, target, source_layer, target_layer, n_voxels, mean_r_transfer,
+    mean_r_within, ratio, mean_r_aligned_observed, n_significant`` over the target's
+    ``voxel_fraction`` best voxels by its own validation r, and the same means over its
+    ground-truth signal and noise voxels (``*_signal``, ``*_noise``; NaN without one). The
+    diagonal rows (source = target) hold the within-subject figures.
+    """
+    if len(subjects) < 2:
+        raise InputError(None, f"cross-subject transfer needs at least 2 subjects, the dataset lists {len(subjects)}.",
+                         "list more subjects under dataset.subjects, or leave the `group` section out.")
+    prepared, chosen, within = {}, {}, {}
+    for subject, inputs in subjects.items():
+        prepared[subject] = stacked_responses(inputs.responses_h5, train_stories, test_stories, settings)
+        chosen[subject] = _chosen_layer(inputs.layers_tsv)
+        table = pd.read_csv(inputs.scores[chosen[subject]], sep="\t")
+        within[subject] = (table["r"].to_numpy(dtype=np.float64), table["r_val"].to_numpy(dtype=np.float64))
+    _check_same_trs({s: p[1] for s, p in prepared.items()}, "training")
+    _check_same_trs({s: p[3] for s, p in prepared.items()}, "test")
+
+    rows = []
+    for target, target_inputs in subjects.items():
+        _, _, target_test, _ = prepared[target]
+        r_within, r_val = within[target]
+        top = np.zeros(r_within.size, dtype=bool)
+        top[top_voxels(r_val, voxel_fraction)] = True
+        voxel_sets = {"": top, "_signal": target_inputs.signal, "_noise": target_inputs.noise}
+        for source, source_inputs in subjects.items():
+            row = {"source": source, "target": target, "source_layer": chosen[source], "target_layer": chosen[target], "n_voxels": int(top.sum())}
+            if source == target:
+                transfer = pd.DataFrame({"r": r_within, "significant": pd.read_csv(target_inputs.scores[chosen[target]], sep="\t")["significant"],
+                                         "r_aligned_observed": np.nan})
+            else:
+                source_train, train_lengths, source_test, _ = prepared[source]
+                prediction, _ = read_predictions(source_inputs.predictions[chosen[source]])
+                if prediction.shape != (source_test.shape[0], source_train.shape[1]):
+                    raise InputError(source_inputs.predictions[chosen[source]], f"predictions of shape {prediction.shape}, expected "
+                                     f"{(source_test.shape[0], source_train.shape[1])} (test TRs, voxels of sub-{source}).",
+                                     "rerun the encoding rule of this subject.")
+                transfer, _ = transfer_pair(source_train, prepared[target][0], train_lengths, prediction, source_test, target_test, settings)
+            for suffix, voxels in voxel_sets.items():
+                if voxels is None or not np.any(voxels):
+                    row.update({f"mean_r_transfer{suffix}": np.nan, f"mean_r_within{suffix}": np.nan, f"ratio{suffix}": np.nan,
+                                f"mean_r_aligned_observed{suffix}": np.nan})
+                    continue
+                mean_transfer = float(transfer["r"].to_numpy()[voxels].mean())
+                mean_within = float(r_within[voxels].mean())
+                row.update({
+                    f"mean_r_transfer{suffix}": mean_transfer,
+                    f"mean_r_within{suffix}": mean_within,
+                    f"ratio{suffix}": mean_transfer / mean_within if mean_within > 0 else np.nan,
+                    f"mean_r_aligned_observed{suffix}": float(np.nanmean(transfer["r_aligned_observed"].to_numpy()[voxels]))
+                    if source != target else np.nan,
+                })
+            row["n_significant"] = int(transfer["significant"].astype(bool).sum())
+            rows.append(row)
+            log.info("sub-%s → sub-%s (layers %d → %d): mean r transfer %.3f, within %.3f on the target's top %.0f%% voxels by validation r",
+                     source, target, chosen[source], chosen[target], row["mean_r_transfer"], row["mean_r_within"], 100 * voxel_fraction)
+    table = pd.DataFrame(rows)
+    write_tsv(out_tsv, table)
+    return table
+
+
+def plot_transfer(transfer_tsvs: Sequence[str | os.PathLike], png, svg, tsv, dpi: int = 150) -> pd.DataFrame:
+    """The transfer matrices of every model (``R/group/model-M_transfer.tsv``) as one figure and table."""
+    from . import figures
+
+    tables = []
+    for path in transfer_tsvs:
+        model = os.path.basename(str(path)).removeprefix("model-").removesuffix("_transfer.tsv")
+        tables.append(pd.read_csv(path, sep="\t").assign(model=model))
+    table = pd.concat(tables, ignore_index=True)
+    write_tsv(tsv, table)
+    with figures.styled():
+        figures.save_figure(figures.transfer_figure(table), png, svg, dpi)
+    log.info("transfer matrices of %d models -> %s", len(tables), png)
+    return table
