@@ -79,6 +79,10 @@ def test_transfer_recovers_planted_shared_signal(two_subjects):
     assert (across["mean_r_aligned_observed_signal"] > across["mean_r_transfer_signal"] - 0.05).all()
     diagonal = table[table["source"] == table["target"]]
     np.testing.assert_allclose(diagonal["ratio_signal"], 1.0)
+    # the paired comparison: Δ equals the difference of the means (float16 predictions), the CI holds it, Holm ≥ raw p
+    np.testing.assert_allclose(across["delta_vs_within"], across["mean_r_transfer"] - across["mean_r_within"], atol=2e-3)
+    assert (across["delta_ci_low"] <= across["delta_vs_within"]).all() and (across["delta_vs_within"] <= across["delta_ci_high"]).all()
+    assert (across["p_vs_within_holm"] >= across["p_vs_within"]).all() and diagonal["p_vs_within_holm"].isna().all()
 
 
 def test_transfer_pair_equals_a_plain_computation(two_subjects):
@@ -87,11 +91,12 @@ def test_transfer_pair_equals_a_plain_computation(two_subjects):
     source_train, lengths, source_test, _ = group.stacked_responses(subjects["A"].responses_h5, TRAIN, TEST, SETTINGS)
     target_train, _, target_test, _ = group.stacked_responses(subjects["B"].responses_h5, TRAIN, TEST, SETTINGS)
     prediction, _ = inference.read_predictions(subjects["A"].predictions[PLANTED_LAYER])
-    table, validation_r = group.transfer_pair(source_train, target_train, lengths, prediction, source_test, target_test, SETTINGS)
+    table, transferred, validation_r = group.transfer_pair(source_train, target_train, lengths, prediction, source_test, target_test, SETTINGS)
     X, Y = source_train.astype(np.float64), target_train.astype(np.float64)
     weights = np.column_stack([np.linalg.solve(X.T @ X + alpha * np.eye(X.shape[1]), X.T @ Y[:, v]) for v, alpha in enumerate(table["alpha"])])
     np.testing.assert_allclose(table["r"], metrics.pearson_r(prediction.astype(np.float64) @ weights, target_test), atol=2e-3)
     np.testing.assert_allclose(table["r_aligned_observed"], metrics.pearson_r(source_test @ weights, target_test), atol=2e-3)
+    np.testing.assert_allclose(transferred, prediction @ weights, rtol=1e-3, atol=1e-3)
     assert validation_r.shape == (Y.shape[1],) and np.isfinite(validation_r).all()
 
 
@@ -106,7 +111,7 @@ def test_noise_source_transfers_nothing(two_subjects, tmp_path):
     source_train, lengths, source_test, _ = group.stacked_responses(noise, TRAIN, TEST, SETTINGS)
     target_train, _, target_test, _ = group.stacked_responses(subjects["B"].responses_h5, TRAIN, TEST, SETTINGS)
     prediction = zscore_columns(rng.standard_normal(source_test.shape)).astype(np.float32)
-    table, _ = group.transfer_pair(source_train, target_train, lengths, prediction, source_test, target_test, SETTINGS)
+    table, _, _ = group.transfer_pair(source_train, target_train, lengths, prediction, source_test, target_test, SETTINGS)
     assert abs(table["r"].mean()) < 0.1 and abs(table["r_aligned_observed"].mean()) < 0.1
     assert table["significant"].sum() <= 2
 

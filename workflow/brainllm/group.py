@@ -40,7 +40,7 @@ from .encoding import (
 )
 from .inference import Significance, read_predictions, score_voxels, top_voxels
 from .io import InputError, write_tsv
-from .metrics import pearson_r
+from .metrics import holm, paired_block_bootstrap, pearson_r
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +113,14 @@ def transfer_pair(
     source_test: np.ndarray,
     target_test: np.ndarray,
     settings: Mapping,
-) -> tuple[pd.DataFrame, np.ndarray]:
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Per target voxel: ``r`` (transfer), ``p``, ``p_fdr``, ``significant``, ``r_aligned_observed``, ``alpha``.
 
     ``source_train`` (n_train, v_A) → ``target_train`` (n_train, v_B) by ridge with per-voxel
     α (leave-one-story-out over ``train_lengths``); applied to ``source_prediction``
     (n_test, v_A, the source's encoding prediction) and to ``source_test`` (its observed
-    test responses). Returns the table and the alignment's validation r per target voxel.
+    test responses). Returns the table, the transferred prediction (n_test, v_B) and the
+    alignment's validation r per target voxel.
     """
     fit = fit_ridge(
         source_train, target_train, train_lengths, alpha_grid(**settings.get("alphas", {})), settings.get("backend", "auto"),
@@ -129,7 +130,7 @@ def transfer_pair(
     scores = score_voxels(transferred, target_test, float(settings.get("fdr_q", 0.05)), Significance.from_settings(settings))
     scores["r_aligned_observed"] = pearson_r(np.asarray(source_test, dtype=np.float32) @ fit.weights, target_test)
     scores["alpha"] = fit.alphas
-    return scores, np.asarray(fit.validation_r, dtype=np.float64)
+    return scores, transferred, np.asarray(fit.validation_r, dtype=np.float64)
 
 
 def _check_same_trs(subjects: Mapping[str, tuple], which: str) -> None:
@@ -155,8 +156,11 @@ def cross_subject_transfer(
     Rows: ``source, target, source_layer, target_layer, n_voxels, mean_r_transfer,
     mean_r_within, ratio, mean_r_aligned_observed, n_significant`` over the target's
     ``voxel_fraction`` best voxels by its own validation r, and the same means over its
-    ground-truth signal and noise voxels (``*_signal``, ``*_noise``; NaN without one). The
-    diagonal rows (source = target) hold the within-subject figures.
+    ground-truth signal and noise voxels (``*_signal``, ``*_noise``; NaN without one), and
+    the paired comparison of transfer with within-subject r on the top voxels:
+    ``delta_vs_within`` (Δ mean r) with its 95 % CI and two-sided p from a paired block
+    bootstrap over test TRs (``encoding.comparison``), Holm-corrected over the pairs
+    (``p_vs_within_holm``). The diagonal rows (source = target) hold the within-subject figures.
     """
     if len(subjects) < 2:
         raise InputError(None, f"cross-subject transfer needs at least 2 subjects, the dataset lists {len(subjects)}.",
@@ -189,7 +193,14 @@ def cross_subject_transfer(
                     raise InputError(source_inputs.predictions[chosen[source]], f"predictions of shape {prediction.shape}, expected "
                                      f"{(source_test.shape[0], source_train.shape[1])} (test TRs, voxels of sub-{source}).",
                                      "rerun the encoding rule of this subject.")
-                transfer, _ = transfer_pair(source_train, prepared[target][0], train_lengths, prediction, source_test, target_test, settings)
+                transfer, transferred, alignment_r = transfer_pair(source_train, prepared[target][0], train_lengths, prediction, source_test,
+                                                                   target_test, settings)
+                within_prediction, _ = read_predictions(target_inputs.predictions[chosen[target]])
+                comparison = settings.get("comparison", {})
+                boot = paired_block_bootstrap(transferred[:, top], within_prediction[:, top], target_test[:, top],
+                                              int(comparison.get("block_trs", 20)), int(comparison.get("n_boot", 1000)), int(settings.get("seed", 0)))
+                row.update(delta_vs_within=boot["delta"], delta_ci_low=boot["ci_low"], delta_ci_high=boot["ci_high"], p_vs_within=boot["p"],
+                           mean_r_alignment_val=float(np.nanmean(alignment_r[top])))
             for suffix, voxels in voxel_sets.items():
                 if voxels is None or not np.any(voxels):
                     row.update({f"mean_r_transfer{suffix}": np.nan, f"mean_r_within{suffix}": np.nan, f"ratio{suffix}": np.nan,
@@ -209,6 +220,9 @@ def cross_subject_transfer(
             log.info("sub-%s → sub-%s (layers %d → %d): mean r transfer %.3f, within %.3f on the target's top %.0f%% voxels by validation r",
                      source, target, chosen[source], chosen[target], row["mean_r_transfer"], row["mean_r_within"], 100 * voxel_fraction)
     table = pd.DataFrame(rows)
+    across = table["source"] != table["target"]
+    table["p_vs_within_holm"] = np.nan
+    table.loc[across, "p_vs_within_holm"] = holm(table.loc[across, "p_vs_within"].to_numpy())
     write_tsv(out_tsv, table)
     return table
 
