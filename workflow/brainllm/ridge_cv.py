@@ -67,6 +67,36 @@ def _inverse_spectrum(backend, eigenvalues, alphas):
     return 1.0 / (eigenvalues[None, :] + alphas[:, None])
 
 
+def _prepare(X, Y, alphas, score: str):
+    """The active backend, X in float32 and float64, its device, the α grid (numpy and backend) and zeroed score sums.
+
+    With the l2 score the validation correlation is accumulated beside it (for selection
+    downstream); with the correlation score both names hold the same array.
+    """
+    from himalaya.backend import get_backend
+
+    if score not in CV_SCORES:
+        raise ValueError(f"cv score must be one of {CV_SCORES}, got {score!r}")
+    backend = get_backend()
+    X32 = backend.asarray(X, dtype="float32")
+    device = getattr(X32, "device", None)
+    alpha_values = np.asarray(alphas, dtype=np.float64)
+    scores = np.zeros((len(alpha_values), Y.shape[1]), dtype=np.float64)
+    correlations = scores if score == "correlation" else np.zeros_like(scores)
+    return (backend, X32, backend.asarray(X32, dtype="float64"), device, alpha_values,
+            backend.asarray(alpha_values, dtype="float64", device=device), scores, correlations)
+
+
+def _finish(name: str, weights, best, scores, correlations, n_folds: int, alpha_values, score: str):
+    """Mean scores over folds, the chosen αs and the validation r at them (the solvers' returns)."""
+    scores /= n_folds
+    if score != "correlation":
+        correlations /= n_folds
+    chosen = alpha_values[best]
+    log.info("%s (fold-wise eigh, %d folds, %d alphas, score %s): α chosen in [%g, %g]", name, n_folds, len(alpha_values), score, chosen.min(), chosen.max())
+    return weights, chosen, scores, correlations[best, np.arange(best.size)]
+
+
 def ridge_cv_eigh(
     X,
     Y,
@@ -82,21 +112,9 @@ def ridge_cv_eigh(
     mean validation score (n_alphas, v), mean validation Pearson r at the chosen α (v,))``;
     the α of a voxel maximises the mean score over folds (first of ties).
     """
-    from himalaya.backend import get_backend
-
-    if score not in CV_SCORES:
-        raise ValueError(f"cv score must be one of {CV_SCORES}, got {score!r}")
-    backend = get_backend()
-    X32 = backend.asarray(X, dtype="float32")
-    device = getattr(X32, "device", None)
-    X64 = backend.asarray(X32, dtype="float64")
+    backend, X32, X64, device, alpha_values, alphas64, scores, correlations = _prepare(X, Y, alphas, score)
     n_targets = Y.shape[1]
-    alpha_values = np.asarray(alphas, dtype=np.float64)
-    alphas64 = backend.asarray(alpha_values, dtype="float64", device=device)
     gram = backend.matmul(X64.T, X64)
-    scores = np.zeros((len(alphas), n_targets), dtype=np.float64)
-    # with the l2 score, the validation correlation is accumulated beside it (for selection downstream)
-    correlations = scores if score == "correlation" else np.zeros_like(scores)
     best = np.empty(n_targets, dtype=int)
     weights = np.empty((X32.shape[1], n_targets), dtype=np.float32)
 
@@ -130,12 +148,7 @@ def ridge_cv_eigh(
             voxels = np.flatnonzero(best[batch] == index)
             shrink = backend.asarray(inverse[index], dtype="float32")[:, None]
             weights[:, start + voxels] = backend.to_numpy(backend.matmul(V32, projected[:, backend.asarray(voxels, device=device)] * shrink))
-    scores /= len(splits)
-    if score != "correlation":
-        correlations /= len(splits)
-    chosen = alpha_values[best]
-    log.info("ridge (fold-wise eigh, %d folds, %d alphas, score %s): α chosen in [%g, %g]", len(splits), len(alphas), score, chosen.min(), chosen.max())
-    return weights, chosen, scores, correlations[best, np.arange(n_targets)]
+    return _finish("ridge", weights, best, scores, correlations, len(splits), alpha_values, score)
 
 
 def kernel_ridge_cv_eigh(
@@ -152,20 +165,9 @@ def kernel_ridge_cv_eigh(
     matrices). One fold is held in memory at a time: its eigenvectors (n_train²) and the
     rotated validation kernel (n_val × n_train).
     """
-    from himalaya.backend import get_backend
-
-    if score not in CV_SCORES:
-        raise ValueError(f"cv score must be one of {CV_SCORES}, got {score!r}")
-    backend = get_backend()
-    X32 = backend.asarray(X, dtype="float32")
-    device = getattr(X32, "device", None)
-    X64 = backend.asarray(X32, dtype="float64")
+    backend, X32, X64, device, alpha_values, alphas64, scores, correlations = _prepare(X, Y, alphas, score)
     n_targets = Y.shape[1]
-    alpha_values = np.asarray(alphas, dtype=np.float64)
-    alphas64 = backend.asarray(alpha_values, dtype="float64", device=device)
     kernel = backend.matmul(X64, X64.T)
-    scores = np.zeros((len(alphas), n_targets), dtype=np.float64)
-    correlations = scores if score == "correlation" else np.zeros_like(scores)
     batches = [slice(start, min(start + n_targets_batch, n_targets)) for start in range(0, n_targets, n_targets_batch)]
 
     for train, val in splits:
@@ -197,9 +199,4 @@ def kernel_ridge_cv_eigh(
             shrink = backend.asarray(inverse[index], dtype="float32")[:, None]
             dual = backend.matmul(U32, projected[:, backend.asarray(voxels, device=device)] * shrink)
             weights[:, batch.start + voxels] = backend.to_numpy(backend.matmul(X32.T, dual))
-    scores /= len(splits)
-    if score != "correlation":
-        correlations /= len(splits)
-    chosen = alpha_values[best]
-    log.info("kernel ridge (fold-wise eigh, %d folds, %d alphas, score %s): α chosen in [%g, %g]", len(splits), len(alphas), score, chosen.min(), chosen.max())
-    return weights, chosen, scores, correlations[best, np.arange(n_targets)]
+    return _finish("kernel ridge", weights, best, scores, correlations, len(splits), alpha_values, score)
