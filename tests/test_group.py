@@ -129,3 +129,65 @@ def test_bad_inputs_name_the_problem(two_subjects, tmp_path):
     with pytest.raises(InputError, match="same TRs of the same stories"):
         group.cross_subject_transfer(mismatched, TRAIN, TEST, SETTINGS, tmp_path / "y.tsv")
     assert not (tmp_path / "x.tsv").exists() and not (tmp_path / "y.tsv").exists()
+
+
+def write_layer_tables(root, n_subjects, seed=0):
+    """Per subject: a _layers.tsv (layer 2 planted best) and one _roi.tsv per layer."""
+    rng = np.random.default_rng(seed)
+    layers_tsvs, roi_tsvs = {}, {}
+    for index in range(n_subjects):
+        subject = f"S{index}"
+        mean_r = np.array([0.20, 0.24, 0.30, 0.25]) + 0.02 * rng.standard_normal(4)
+        best = int(np.argmax(mean_r + 0.01 * rng.standard_normal(4)))
+        table = pd.DataFrame({"layer": range(4), "mean_r_val": mean_r - 0.03, "mean_r": mean_r, "mean_r_top10": mean_r + 0.3,
+                              "best": [layer == best for layer in range(4)]})
+        layers_tsvs[subject] = root / f"{subject}_layers.tsv"
+        table.to_csv(layers_tsvs[subject], sep="\t", index=False)
+        roi_tsvs[subject] = {}
+        for layer in range(4):
+            path = root / f"{subject}_layer-{layer}_roi.tsv"
+            pd.DataFrame({"roi": ["all", "temporal"], "index": [-1, 1], "n_voxels": [100, 20],
+                          "mean_r": [mean_r[layer], 2 * mean_r[layer]]}).to_csv(path, sep="\t", index=False)
+            roi_tsvs[subject][layer] = path
+    return layers_tsvs, roi_tsvs
+
+
+def test_subject_tables_group_rows_against_scipy_and_exact_sign_flips(tmp_path):
+    from itertools import product
+
+    from scipy import stats
+
+    layers_tsvs, roi_tsvs = write_layer_tables(tmp_path, 5)
+    layer_table, roi_table = group.subject_tables(layers_tsvs, roi_tsvs, tmp_path / "layers.tsv", tmp_path / "rois.tsv")
+    per_subject = layer_table[layer_table["subject"] != "group"]
+    rows = layer_table[layer_table["subject"] == "group"].set_index("layer")
+    group_best = int(per_subject.groupby("layer")["mean_r_val"].mean().idxmax())
+    assert rows.loc[group_best, "best"] and rows["best"].sum() == 1
+    for layer, row in rows.iterrows():
+        r = per_subject[per_subject["layer"] == layer].set_index("subject")["mean_r"]
+        low, high = stats.t.interval(0.95, len(r) - 1, loc=r.mean(), scale=stats.sem(r))
+        np.testing.assert_allclose([row["mean_r"], row["r_ci_low"], row["r_ci_high"]], [r.mean(), low, high])
+        deltas = (r - per_subject[per_subject["layer"] == group_best].set_index("subject")["mean_r"]).to_numpy()
+        flips = np.array([np.mean(np.array(signs) * deltas) for signs in product([-1, 1], repeat=len(deltas))])
+        expected = np.mean(np.abs(flips) >= abs(deltas.mean()) - 1e-12) if np.any(deltas) else 1.0
+        np.testing.assert_allclose(row["p_sign_flip"], expected)
+        np.testing.assert_allclose(row["delta_vs_best"], deltas.mean())
+    assert rows.loc[group_best, "p_holm"] != rows.loc[group_best, "p_holm"]  # NaN: the reference is not tested
+    chosen = per_subject[per_subject["best"]].set_index("subject")["layer"]
+    np.testing.assert_allclose(rows["chosen_layer_sd"].iloc[0], chosen.std(ddof=1))
+    assert rows["chosen_by"].sum() == 5
+    # ROI scores at each subject's own chosen layer, group rows their mean
+    temporal = roi_table[(roi_table["roi"] == "temporal") & (roi_table["subject"] != "group")].set_index("subject")
+    for subject, layer in chosen.items():
+        assert temporal.loc[subject, "layer"] == layer
+        np.testing.assert_allclose(temporal.loc[subject, "mean_r"], 2 * per_subject[(per_subject["subject"] == subject) & (per_subject["layer"] == layer)]["mean_r"].iloc[0])
+    group_temporal = roi_table[(roi_table["roi"] == "temporal") & (roi_table["subject"] == "group")]
+    np.testing.assert_allclose(group_temporal["mean_r"], temporal["mean_r"].mean())
+
+
+def test_subject_tables_with_two_subjects_say_why_there_is_no_test(tmp_path):
+    layers_tsvs, roi_tsvs = write_layer_tables(tmp_path, 2)
+    layer_table, _ = group.subject_tables(layers_tsvs, roi_tsvs, tmp_path / "layers.tsv", tmp_path / "rois.tsv")
+    rows = layer_table[layer_table["subject"] == "group"]
+    assert "p_sign_flip" not in rows.columns and (rows["note"] == group.NO_TEST_NOTE).all()
+    assert rows["r_ci_low"].notna().all()  # a between-subject interval is still drawn with two subjects

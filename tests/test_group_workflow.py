@@ -1,6 +1,6 @@
-"""The demo workflow's cross-subject transfer: each subject's encoding model, aligned on the
-training stories, predicts the other subject's planted voxels about as well as that subject's
-own model, and nothing in its pure-noise voxels."""
+"""The demo workflow's group stage: each subject's encoding model, aligned on the training
+stories, predicts the other subject's planted voxels about as well as that subject's own
+model, and nothing in its pure-noise voxels; the subject tables find the planted layer."""
 
 from __future__ import annotations
 
@@ -27,3 +27,17 @@ def test_transfer_reaches_the_other_subjects_planted_voxels(demo_run):
     assert (across["n_significant"] > 0).all()
     manifest = pd.read_csv(demo_run / RESULTS / "report" / "manifest.tsv", sep="\t")
     assert any(name.endswith("report/group/transfer.png") for name in manifest["file"])
+
+
+def test_subject_tables_show_the_planted_layer_for_every_subject(demo_run):
+    layers = pd.read_csv(demo_run / RESULTS / "group" / f"model-{MODEL}_subject_layers.tsv", sep="\t", dtype={"subject": str})
+    truth = yaml.safe_load((demo_run / CONFIG["dataset"]["ground_truth"]).read_text())
+    chosen = layers[(layers["subject"] != "group") & layers["best"]]
+    assert sorted(chosen["subject"]) == sorted(CONFIG["dataset"]["subjects"]) and (chosen["layer"] == truth["planted_layer"]).all()
+    group = layers[layers["subject"] == "group"]
+    assert group.loc[group["best"], "layer"].tolist() == [truth["planted_layer"]]
+    assert (group["note"] == "fewer than 3 subjects: no sign-flip test across subjects").all()  # the demo has two
+    rois = pd.read_csv(demo_run / RESULTS / "group" / f"model-{MODEL}_subject_rois.tsv", sep="\t", dtype={"subject": str})
+    assert set(rois["subject"]) == set(CONFIG["dataset"]["subjects"]) | {"group"}
+    manifest = pd.read_csv(demo_run / RESULTS / "report" / "manifest.tsv", sep="\t")
+    assert any(name.endswith("report/group/subjects.png") for name in manifest["file"])

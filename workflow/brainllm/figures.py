@@ -540,3 +540,41 @@ def transfer_figure(table: pd.DataFrame) -> Figure:
         ax.set_title(model)
     fig.colorbar(image, ax=axes, label="mean test r", shrink=0.8)
     return fig
+
+
+def subjects_figure(layers: pd.DataFrame, rois: pd.DataFrame) -> Figure:
+    """Per model: every subject's layer curve (★ its layer chosen on validation r) with the group mean and its
+    between-subject 95 % interval; and mean r per ROI and subject at each subject's chosen layer.
+
+    ``layers``/``rois``: the group_subjects tables with a ``model`` column (``subject`` ``group`` rows hold the group).
+    """
+    models = sorted(layers["model"].unique())
+    n_subjects = layers.loc[layers["subject"] != "group", "subject"].nunique()
+    n_rois = rois["roi"].nunique()
+    fig = new_figure(5.0 + 0.6 * n_rois, 3.4 * len(models) + 0.4)
+    axes = np.atleast_2d(fig.subplots(len(models), 2, width_ratios=[5.0, 1.0 + 0.6 * n_rois]))
+    for (curve_ax, roi_ax), model in zip(axes, models):
+        table = layers[layers["model"] == model]
+        for index, (subject, rows) in enumerate(table[table["subject"] != "group"].groupby("subject", sort=True)):
+            rows = rows.sort_values("layer")
+            style = series_style(index)
+            curve_ax.plot(rows["layer"], rows["mean_r"], lw=1, alpha=0.8, label=f"sub-{subject}", color=style["color"])
+            chosen = rows[rows["best"].astype(bool)]
+            curve_ax.plot(chosen["layer"], chosen["mean_r"], ls="none", marker="*", ms=10, color=style["color"])
+        group = table[table["subject"] == "group"].sort_values("layer")
+        curve_ax.plot(group["layer"], group["mean_r"], lw=2.5, color=MEAN_COLOUR, label=f"mean of {n_subjects}")
+        curve_ax.fill_between(group["layer"], group["r_ci_low"], group["r_ci_high"], color=MEAN_COLOUR, alpha=0.2, lw=0,
+                              label="95 % interval across subjects")
+        note = group["note"].dropna().iloc[0] if "note" in group and group["note"].notna().any() else ""
+        curve_ax.set_title(f"{model}: mean test r per layer" + (f"\n({note})" if note else ""), fontsize=9)
+        curve_ax.set_xlabel("layer (hidden state)")
+        curve_ax.set_ylabel("mean test r (all voxels)")
+        curve_ax.legend(fontsize=7, loc="lower center")
+        per_roi = rois[(rois["model"] == model) & (rois["subject"] != "group")]
+        matrix = per_roi.pivot(index="subject", columns="roi", values="mean_r")
+        image = roi_ax.imshow(matrix.to_numpy(dtype=float), cmap="viridis", aspect="auto")
+        roi_ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=45, ha="right", fontsize=7)
+        roi_ax.set_yticks(range(matrix.shape[0]), [f"sub-{s}" for s in matrix.index], fontsize=7)
+        roi_ax.set_title("mean r per ROI at each\nsubject's chosen layer", fontsize=9)
+        fig.colorbar(image, ax=roi_ax, shrink=0.8)
+    return fig

@@ -1,4 +1,11 @@
-"""Across subjects: cross-subject encoding transfer after functional alignment.
+"""Across subjects: subjects' layer and ROI scores side by side, and cross-subject encoding transfer.
+
+**Subject tables** (:func:`subject_tables`): every subject's per-layer scores and ROI scores
+at its own layer chosen on validation r, with group rows (mean, between-subject spread,
+and with three or more subjects a sign-flip test across subjects against the group's
+layer chosen on validation r).
+
+**Transfer**:
 
 For an ordered pair of subjects (source A, target B) and one model:
 
@@ -38,13 +45,13 @@ from .encoding import (
     fit_ridge,
     segment_buffers,
 )
-from .inference import Significance, read_predictions, score_voxels, top_voxels
+from .inference import MIN_GROUP_SUBJECTS, Significance, across_subjects, read_predictions, score_voxels, top_voxels
 from .io import InputError, write_tsv
 from .metrics import holm, paired_block_bootstrap, pearson_r
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SubjectEncoding", "cross_subject_transfer", "plot_transfer", "stacked_responses", "subject_inputs", "transfer_pair"]
+__all__ = ["SubjectEncoding", "cross_subject_transfer", "plot_transfer", "stacked_responses", "plot_subjects", "subject_inputs", "subject_tables", "transfer_pair"]
 
 
 @dataclass(frozen=True)
@@ -241,3 +248,105 @@ def plot_transfer(transfer_tsvs: Sequence[str | os.PathLike], png, svg, tsv, dpi
         figures.save_figure(figures.transfer_figure(table), png, svg, dpi)
     log.info("transfer matrices of %d models -> %s", len(tables), png)
     return table
+
+
+# ----------------------------------------------------------------------------- subjects side by side
+
+SUBJECT_LAYER_COLUMNS = ("layer", "mean_r_val", "mean_r", "mean_r_top10", "best")
+NO_TEST_NOTE = f"fewer than {MIN_GROUP_SUBJECTS} subjects: no sign-flip test across subjects"
+
+
+def subject_tables(
+    layers_tsvs: Mapping[str, str | os.PathLike],
+    roi_tsvs: Mapping[str, Mapping[int, str | os.PathLike]],
+    out_layers: str | os.PathLike,
+    out_rois: str | os.PathLike,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Subject × layer and subject × ROI tables of one model, with group rows.
+
+    ``layers_tsvs``: ``{subject: _layers.tsv}`` (each subject's layer chosen on validation r
+    is its ``best`` row); ``roi_tsvs``: ``{subject: {layer: _roi.tsv}}``. The layer table
+    holds one row per (subject, layer) and per layer a ``group`` row: means over subjects,
+    the between-subject SD and 95 % t-interval of mean test r, and — with ≥ 3 subjects — Δ
+    mean r against the group's layer chosen on mean validation r with its t-interval,
+    exact sign-flip p and Holm over layers (else a note says why not); ``chosen_layer_*``
+    columns give the spread of the subjects' chosen layers. The ROI table holds each
+    subject's ROI scores at its own chosen layer and per ROI a ``group`` row (mean, SD).
+    """
+    from scipy import stats
+
+    frames = []
+    for subject, path in layers_tsvs.items():
+        frame = pd.read_csv(path, sep="\t")
+        missing = set(SUBJECT_LAYER_COLUMNS) - set(frame.columns)
+        if missing:
+            raise InputError(path, f"missing columns {sorted(missing)}.", "rerun the best_layer rule.")
+        frames.append(frame[list(SUBJECT_LAYER_COLUMNS)].assign(subject=str(subject)))
+    per_subject = pd.concat(frames, ignore_index=True)
+    per_subject["best"] = per_subject["best"].astype(bool)
+    chosen = per_subject[per_subject["best"]].set_index("subject")["layer"].astype(int)
+    n_subjects = len(layers_tsvs)
+    layers = sorted(set.intersection(*[set(frame["layer"]) for frame in frames]))
+    group_best = max(layers, key=lambda layer: per_subject.loc[per_subject["layer"] == layer, "mean_r_val"].mean())
+    reference = per_subject[per_subject["layer"] == group_best].set_index("subject")["mean_r"]
+    rows, tested = [], []
+    for layer in layers:
+        values = per_subject[per_subject["layer"] == layer].set_index("subject")
+        r = values["mean_r"].to_numpy(dtype=np.float64)
+        half = float(stats.t.ppf(0.975, n_subjects - 1) * r.std(ddof=1) / np.sqrt(n_subjects)) if n_subjects > 1 else np.nan
+        row = {"subject": "group", "layer": int(layer), "mean_r_val": float(values["mean_r_val"].mean()), "mean_r": float(r.mean()),
+               "mean_r_top10": float(values["mean_r_top10"].mean()), "best": layer == group_best,
+               "sd_r": float(r.std(ddof=1)) if n_subjects > 1 else np.nan, "r_ci_low": float(r.mean()) - half, "r_ci_high": float(r.mean()) + half,
+               "n_subjects": n_subjects, "chosen_by": int((chosen == layer).sum())}
+        if n_subjects >= MIN_GROUP_SUBJECTS:
+            comparison = across_subjects(r - reference.loc[values.index].to_numpy(dtype=np.float64))
+            row.update({f"{key}_vs_best" if key in ("delta", "ci_low", "ci_high") else key: value for key, value in comparison.items() if key != "n_subjects"})
+            tested.append(layer != group_best)
+        rows.append(row)
+    group_rows = pd.DataFrame(rows)
+    if n_subjects >= MIN_GROUP_SUBJECTS:
+        group_rows["p_holm"] = np.nan
+        mask = np.array(tested)
+        if mask.any():
+            group_rows.loc[mask, "p_holm"] = holm(group_rows.loc[mask, "p_sign_flip"].to_numpy())
+        group_rows["note"] = ""
+    else:
+        group_rows["note"] = NO_TEST_NOTE
+        log.info("%s (%d)", NO_TEST_NOTE, n_subjects)
+    group_rows["chosen_layer_mean"] = float(chosen.mean())
+    group_rows["chosen_layer_sd"] = float(chosen.std(ddof=1)) if n_subjects > 1 else np.nan
+    group_rows["chosen_layer_min"], group_rows["chosen_layer_max"] = int(chosen.min()), int(chosen.max())
+    layer_table = pd.concat([per_subject, group_rows], ignore_index=True)
+
+    roi_frames = []
+    for subject, by_layer in roi_tsvs.items():
+        layer = int(chosen.loc[str(subject)])
+        frame = pd.read_csv(by_layer[layer], sep="\t")
+        if not {"roi", "n_voxels", "mean_r"} <= set(frame.columns):
+            raise InputError(by_layer[layer], "missing columns roi, n_voxels or mean_r.", "rerun the encoding rule.")
+        roi_frames.append(frame[["roi", "n_voxels", "mean_r"]].assign(subject=str(subject), layer=layer))
+    per_roi = pd.concat(roi_frames, ignore_index=True)
+    summary = per_roi.groupby("roi", sort=False)["mean_r"].agg(["mean", "std", "count"]).reset_index()
+    roi_group = pd.DataFrame({"roi": summary["roi"], "n_voxels": np.nan, "mean_r": summary["mean"], "subject": "group", "layer": np.nan,
+                              "sd_r": summary["std"], "n_subjects": summary["count"]})
+    roi_table = pd.concat([per_roi, roi_group], ignore_index=True)
+    write_tsv(out_layers, layer_table)
+    write_tsv(out_rois, roi_table)
+    log.info("subjects' chosen layers %s; group layer %d", chosen.to_dict(), group_best)
+    return layer_table, roi_table
+
+
+def plot_subjects(layer_tsvs: Sequence[str | os.PathLike], roi_tsvs: Sequence[str | os.PathLike], png, svg, tsv, dpi: int = 150) -> pd.DataFrame:
+    """The subjects-side-by-side figure of every model (``R/group/model-M_subject_{layers,rois}.tsv``)."""
+    from . import figures
+
+    def stacked(paths, suffix):
+        return pd.concat([pd.read_csv(path, sep="\t", dtype={"subject": str}).assign(
+            model=os.path.basename(str(path)).removeprefix("model-").removesuffix(suffix)) for path in paths], ignore_index=True)
+
+    layers, rois = stacked(layer_tsvs, "_subject_layers.tsv"), stacked(roi_tsvs, "_subject_rois.tsv")
+    write_tsv(tsv, layers)
+    with figures.styled():
+        figures.save_figure(figures.subjects_figure(layers, rois), png, svg, dpi)
+    log.info("subjects side by side, %d models -> %s", layers["model"].nunique(), png)
+    return layers

@@ -263,7 +263,7 @@ def compare_models(
 MIN_GROUP_SUBJECTS = 3
 
 
-def _group_rows(deltas: np.ndarray, ci: float = 0.95) -> dict:
+def across_subjects(deltas: np.ndarray, ci: float = 0.95) -> dict:
     """Mean Δ over subjects, its t-interval and the exact sign-flip p (``deltas`` ``(n_subjects,)``)."""
     from scipy import stats
 
@@ -300,7 +300,7 @@ def group_comparison(tables: Mapping[str, str | os.PathLike], kind: str, out_tsv
     for layer in layers:
         values = by_layer[layer]
         deltas = values["mean_r"].to_numpy(float) - reference if kind == "layers" else values["delta_mean_r"].to_numpy(float)
-        row = {"layer": int(layer), **_group_rows(deltas)}
+        row = {"layer": int(layer), **across_subjects(deltas)}
         tested.append(layer != best if kind == "layers" else bool(np.any(deltas != 0)))
         if kind == "layers":
             row = {"layer": int(layer), "mean_r_val": float(values["mean_r_val"].mean()), "mean_r": float(values["mean_r"].mean()),

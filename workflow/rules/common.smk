@@ -539,8 +539,8 @@ def group_file(model, suffix):
     return f"{RESULTS}/group/model-{model}_{suffix}"
 
 
-def group_targets():
-    return [group_file(model, "transfer.tsv") for model in config["models"]] if GROUP_ENABLED else []
+def group_targets(suffix="transfer.tsv"):
+    return [group_file(model, suffix) for model in config["models"]] if GROUP_ENABLED else []
 
 
 def group_transfer_inputs(wildcards):
@@ -559,7 +559,9 @@ def group_transfer_inputs(wildcards):
 
 
 def report_group_figures():
-    return report_figure_files([f"{REPORT_DIR}/group/transfer"]) if GROUP_ENABLED and rules.has("group_transfer") else []
+    if not (GROUP_ENABLED and rules.has("group_transfer")):
+        return []
+    return report_figure_files([f"{REPORT_DIR}/group/subjects", f"{REPORT_DIR}/group/transfer"])
 
 
 # --- end group ----------------------------------------------------------------------
@@ -574,7 +576,7 @@ def final_targets():
     targets += decoding_targets()
     targets += contrastive_decoding_targets("words.json")
     targets += label_targets()
-    targets += group_targets()
+    targets += group_targets() + group_targets("subject_layers.tsv")
     targets += [f"{RESULTS}/report/manifest.tsv"]  # report: every registered figure
     targets += [f"{RESULTS}/dataset_description.json"]  # results/ as a BIDS derivative
     return targets

@@ -1,6 +1,27 @@
-# Across subjects: every subject's encoding model scored in every other subject after a
-# response-to-response alignment learned on the training stories (brainllm.group), per
-# model, each subject at its layer chosen on validation r; the transfer matrix figure.
+# Across subjects (brainllm.group), per model: the subjects' layer and ROI scores side by
+# side with group rows (a sign-flip test from three subjects on); every subject's encoding
+# model scored in every other subject after a response-to-response alignment learned on
+# the training stories, each subject at its layer chosen on validation r. Figures: layer
+# curves with the between-subject interval and subject × ROI scores; the transfer matrix.
+
+
+rule group_subjects:
+    input:
+        layers=lambda wildcards: [encoding_file(subject, wildcards.model, "layers.tsv") for subject in SUBJECTS],
+        rois=lambda wildcards: [encoding_file(s, wildcards.model, "roi.tsv", layer) for s in SUBJECTS for layer in model_layers(wildcards.model)],
+    output:
+        layers=group_file("{model}", "subject_layers.tsv"),
+        rois=group_file("{model}", "subject_rois.tsv"),
+    params:
+        subjects=SUBJECTS,
+        layers=lambda wildcards: model_layers(wildcards.model),
+    log:
+        f"{RESULTS}/logs/group/model-{{model}}_subjects.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/group_subjects.py"
 
 
 rule group_transfer:
@@ -47,6 +68,29 @@ rule report_group_transfer:
         "../../envs/cpu.yaml"
     script:
         "../scripts/report_group_transfer.py"
+
+
+rule report_group_subjects:
+    input:
+        layers=lambda wildcards: group_targets("subject_layers.tsv"),
+        rois=lambda wildcards: group_targets("subject_rois.tsv"),
+    output:
+        **report_figure(
+            f"{REPORT_DIR}/group/subjects",
+            "../report/group_subjects.rst",
+            "Group",
+            "All subjects",
+            {"figure": "subjects side by side"},
+        ),
+    params:
+        dpi=REPORT["dpi"],
+    log:
+        f"{RESULTS}/logs/report/group_subjects.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/report_group_subjects.py"
 
 
 REPORT_TARGETS.append(report_group_figures)
