@@ -132,7 +132,10 @@ def test_group_runs_with_its_section_and_two_subjects(workdir, tmp_path):
     path, config = minimal_bids(workdir, tmp_path, subjects=["01", "02"])
     config["group"] = {}
     assert job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout) == encoding_jobs(2, 3, 7, group=True)
-    config["dataset"]["subjects"] = ["01"]
+    config["encoding"] = {"save_predictions": False}
+    proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
+    assert proc.returncode != 0 and "encoding.save_predictions" in proc.stdout
+    config["encoding"], config["dataset"]["subjects"] = {}, ["01"]
     proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
     assert proc.returncode != 0 and "group section compares subjects" in proc.stdout
 

@@ -88,15 +88,16 @@ def test_torch_backend_matches_numpy(n_features):
 
 
 @pytest.mark.parametrize(
-    "n_features,solver,message",
-    [(80, "KernelRidgeCV", "diagonalize_method='svd'"), (20, "RidgeCV", "refitting with himalaya RidgeCV")],
+    "n_features,setting,solver,message",
+    [(80, "auto", "KernelRidgeCV", "refitting with himalaya KernelRidgeCV (SVD)"), (20, "auto", "RidgeCV", "refitting with himalaya RidgeCV"),
+     (80, "himalaya", "KernelRidgeCV", "diagonalize_method='svd'")],
 )
-def test_ridge_falls_back_to_svd_when_eigh_fails(monkeypatch, caplog, n_features, solver, message):
+def test_ridge_falls_back_to_svd_when_eigh_fails(monkeypatch, caplog, n_features, setting, solver, message):
     import himalaya.backend.numpy as numpy_backend
 
     X, Y, _ = planted(40, n_features, 5, 0.5, seed=2)
     alphas = encoding.alpha_grid(-1, 3, 5)
-    reference = encoding.fit_ridge(X, Y, [10] * 4, alphas, backend="numpy")
+    reference = encoding.fit_ridge(X, Y, [10] * 4, alphas, backend="numpy", solver=setting)
     assert reference.info["diagonalize_method"] == "eigh"
 
     def failing_eigh(*args, **kwargs):
@@ -104,7 +105,7 @@ def test_ridge_falls_back_to_svd_when_eigh_fails(monkeypatch, caplog, n_features
 
     monkeypatch.setattr(numpy_backend, "eigh", failing_eigh)
     with caplog.at_level(logging.WARNING, logger="brainllm"):
-        fit = encoding.fit_ridge(X, Y, [10] * 4, alphas, backend="numpy")
+        fit = encoding.fit_ridge(X, Y, [10] * 4, alphas, backend="numpy", solver=setting)
     assert fit.solver == solver and fit.info["diagonalize_method"] == "svd"
     assert message in caplog.text
     np.testing.assert_allclose(fit.alphas, reference.alphas, rtol=1e-5)

@@ -101,6 +101,19 @@ def test_dual_same_estimate_as_himalaya_kernelridgecv(score):
     np.testing.assert_allclose(weights[:, clear], model.get_primal_coef()[:, clear], rtol=1e-3, atol=1e-4 * np.abs(weights).max())
 
 
+def test_dual_coefficients_predict_like_the_weights():
+    X, Y = planted(n_features=300, seed=4)
+    splits = encoding.leave_one_story_out([60] * 4)
+    alphas = np.logspace(-1, 4, 6)
+    set_backend("numpy")
+    weights, chosen, _, _ = kernel_ridge_cv_eigh(X, Y, splits, alphas)
+    coefficients, chosen_dual, _, _ = kernel_ridge_cv_eigh(X, Y, splits, alphas, primal=False)
+    assert coefficients.shape == (X.shape[0], Y.shape[1])
+    np.testing.assert_array_equal(chosen_dual, chosen)
+    X_new = np.random.default_rng(0).standard_normal((25, X.shape[1])).astype(np.float32)
+    np.testing.assert_allclose((X_new @ X.T) @ coefficients, X_new @ weights, rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize("form", sorted(SOLVERS))
 def test_torch_backend_and_voxel_batches_give_the_numpy_result(form):
     solver, n_features = SOLVERS[form]

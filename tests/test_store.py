@@ -162,6 +162,8 @@ def test_roundtrip_and_layer_selection(entry):
     assert read.attrs["revision"] is None and read.attrs["n_layers"] == 3
     only = store.read_entry(path, layers=[2])
     assert list(only.layers) == [2]
+    unordered = store.read_entry(path, layers=[2, 0, 1, 0])  # any order, repeats: every layer once, checked as a whole
+    assert list(unordered.layers) == [0, 1, 2]
     with pytest.raises(InputError, match="layers \\[3\\] requested"):
         store.read_entry(path, layers=[3])
 

@@ -299,6 +299,9 @@ def finish(config: dict, check_inputs: bool = True) -> dict:
     if stage_enabled(config, "group") and len(dataset["subjects"]) < 2:
         raise InputError(None, f"the group section compares subjects, dataset.subjects lists {len(dataset['subjects'])}.",
                          "list two or more subjects, or leave the group section out.")
+    if stage_enabled(config, "group") and not config["encoding"].get("save_predictions", True):
+        raise InputError(None, "the group section needs the encoding models' test predictions, but encoding.save_predictions is false.",
+                         "set encoding.save_predictions: true, or leave the group section out.")
     if check_inputs:
         check_dataset_files(dataset)
         lengths = ds003020_run_lengths(dataset) if dataset["layout"] == "ds003020" else bids_run_lengths(dataset)

@@ -244,7 +244,10 @@ def fit_ridge(
         def make_model(sp):
             return KernelRidgeCV(alphas=alphas, kernel="linear", cv=cv, solver_params=sp)
 
-        model, diagonalize = _fit_kernel_with_svd_fallback(make_model, (X_train, Y_train), {**params, "diagonalize_method": "eigh"})
+        if solver == "auto":  # the fold-wise eigendecomposition failed: straight to the SVD
+            model, diagonalize = make_model({**params, "diagonalize_method": "svd"}).fit(X_train, Y_train), "svd"
+        else:
+            model, diagonalize = _fit_kernel_with_svd_fallback(make_model, (X_train, Y_train), {**params, "diagonalize_method": "eigh"})
         weights = hb.to_numpy(model.get_primal_coef())
     best_alphas = hb.to_numpy(model.best_alphas_).astype(np.float64)
     return EncodingFit(

@@ -12,7 +12,8 @@ For an ordered pair of subjects (source A, target B) and one model:
 1. **Alignment** A → B: ridge from A's responses to B's responses on the training stories
    (the same stories, trims, segment buffers and per-story z-scoring as the encoding
    stage), one α per B voxel chosen by leave-one-story-out cross-validation — the
-   encoding stage's solver with A's voxels as features. The test stories are never seen.
+   encoding stage's fold-wise solver with A's voxels as features, kept in the dual when A
+   has more voxels than training TRs. The test stories are never seen.
 2. **Transfer**: A's encoding model (at A's layer chosen on validation r) predicts A's
    test responses from the text; the alignment maps them into B's voxels; each B voxel is
    scored by Pearson r with B's observed test responses, one-sided block-permutation p
@@ -38,11 +39,12 @@ import pandas as pd
 
 from .encoding import (
     _read_responses,
-    _solver_params,
+    _set_backend,
     alpha_grid,
     build_design,
     default_segment_buffer,
-    fit_ridge,
+    leave_one_story_out,
+    resolve_backend,
     segment_buffers,
 )
 from .inference import MIN_GROUP_SUBJECTS, Significance, across_subjects, read_predictions, score_voxels, top_voxels
@@ -124,20 +126,39 @@ def transfer_pair(
     """Per target voxel: ``r`` (transfer), ``p``, ``p_fdr``, ``significant``, ``r_aligned_observed``, ``alpha``.
 
     ``source_train`` (n_train, v_A) → ``target_train`` (n_train, v_B) by ridge with per-voxel
-    α (leave-one-story-out over ``train_lengths``); applied to ``source_prediction``
+    α (leave-one-story-out over ``train_lengths``; the fold-wise solvers of
+    :mod:`brainllm.ridge_cv` on ``encoding.backend``); applied to ``source_prediction``
     (n_test, v_A, the source's encoding prediction) and to ``source_test`` (its observed
-    test responses). Returns the table, the transferred prediction (n_test, v_B) and the
-    alignment's validation r per target voxel.
+    test responses). With more source voxels than training TRs the alignment stays in the
+    dual (``(new · source_trainᵀ) · C``), so no v_A × v_B matrix is formed. Returns the
+    table, the transferred prediction (n_test, v_B) and the alignment's validation r per
+    target voxel.
     """
-    fit = fit_ridge(
-        source_train, target_train, train_lengths, alpha_grid(**settings.get("alphas", {})), settings.get("backend", "auto"),
-        _solver_params(settings), settings.get("solver", "auto"), "correlation",
-    )
-    transferred = np.asarray(source_prediction, dtype=np.float32) @ fit.weights
+    from .ridge_cv import kernel_ridge_cv_eigh, ridge_cv_eigh
+
+    _set_backend(resolve_backend(settings.get("backend", "auto")))
+    splits = leave_one_story_out(train_lengths)
+    alphas = alpha_grid(**settings.get("alphas", {}))
+    batch = int(settings.get("n_targets_batch", 4096))
+    X = np.ascontiguousarray(source_train, dtype=np.float32)
+    Y = np.ascontiguousarray(target_train, dtype=np.float32)
+    if X.shape[0] <= X.shape[1]:
+        coefficients, chosen, _, validation_r = kernel_ridge_cv_eigh(X, Y, splits, alphas, "correlation", batch, primal=False)
+
+        def align(new):
+            return (np.asarray(new, dtype=np.float32) @ X.T) @ coefficients
+    else:
+        weights, chosen, _, validation_r = ridge_cv_eigh(X, Y, splits, alphas, "correlation", batch)
+
+        def align(new):
+            return np.asarray(new, dtype=np.float32) @ weights
+    log.info("alignment %d → %d voxels (%s): α chosen in [%g, %g]", X.shape[1], Y.shape[1],
+             "dual" if X.shape[0] <= X.shape[1] else "primal", chosen.min(), chosen.max())
+    transferred = align(source_prediction)
     scores = score_voxels(transferred, target_test, float(settings.get("fdr_q", 0.05)), Significance.from_settings(settings))
-    scores["r_aligned_observed"] = pearson_r(np.asarray(source_test, dtype=np.float32) @ fit.weights, target_test)
-    scores["alpha"] = fit.alphas
-    return scores, transferred, np.asarray(fit.validation_r, dtype=np.float64)
+    scores["r_aligned_observed"] = pearson_r(align(source_test), target_test)
+    scores["alpha"] = chosen
+    return scores, transferred, np.asarray(validation_r, dtype=np.float64)
 
 
 def _check_same_trs(subjects: Mapping[str, tuple], which: str) -> None:
@@ -203,6 +224,9 @@ def cross_subject_transfer(
                 transfer, transferred, alignment_r = transfer_pair(source_train, prepared[target][0], train_lengths, prediction, source_test,
                                                                    target_test, settings)
                 within_prediction, _ = read_predictions(target_inputs.predictions[chosen[target]])
+                if within_prediction.shape != target_test.shape:
+                    raise InputError(target_inputs.predictions[chosen[target]], f"predictions of shape {within_prediction.shape}, expected "
+                                     f"{target_test.shape} (test TRs, voxels of sub-{target}).", "rerun the encoding rule of this subject.")
                 comparison = settings.get("comparison", {})
                 boot = paired_block_bootstrap(transferred[:, top], within_prediction[:, top], target_test[:, top],
                                               int(comparison.get("block_trs", 20)), int(comparison.get("n_boot", 1000)), int(settings.get("seed", 0)))

@@ -158,12 +158,16 @@ def kernel_ridge_cv_eigh(
     alphas: np.ndarray,
     score: str = "correlation",
     n_targets_batch: int = 4096,
+    primal: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`ridge_cv_eigh` in the dual: the same arguments, estimate and returns.
 
     Cheaper when n_samples ≤ n_features (decompositions of n×n kernels instead of p×p Gram
     matrices). One fold is held in memory at a time: its eigenvectors (n_train²) and the
-    rotated validation kernel (n_val × n_train).
+    rotated validation kernel (n_val × n_train). With ``primal=False`` the first return is
+    the dual coefficients ``C`` (n, v) instead of the weights ``XᵀC`` (p, v): a new ``X_new``
+    is predicted as ``(X_new·Xᵀ)·C``, without the p × v weights (large when both sides are
+    voxels).
     """
     backend, X32, X64, device, alpha_values, alphas64, scores, correlations = _prepare(X, Y, alphas, score)
     n_targets = Y.shape[1]
@@ -191,12 +195,12 @@ def kernel_ridge_cv_eigh(
     eigenvalues, U = backend.eigh(kernel)
     inverse = _inverse_spectrum(backend, eigenvalues, alphas64)
     U32 = backend.asarray(U, dtype="float32")
-    weights = np.empty((X32.shape[1], n_targets), dtype=np.float32)
+    weights = np.empty((X32.shape[1] if primal else X32.shape[0], n_targets), dtype=np.float32)
     for batch in batches:
         projected = backend.matmul(U32.T, backend.asarray(Y[:, batch], dtype="float32", device=device))
         for index in np.unique(best[batch]):
             voxels = np.flatnonzero(best[batch] == index)
             shrink = backend.asarray(inverse[index], dtype="float32")[:, None]
             dual = backend.matmul(U32, projected[:, backend.asarray(voxels, device=device)] * shrink)
-            weights[:, batch.start + voxels] = backend.to_numpy(backend.matmul(X32.T, dual))
+            weights[:, batch.start + voxels] = backend.to_numpy(backend.matmul(X32.T, dual) if primal else dual)
     return _finish("kernel ridge", weights, best, scores, correlations, len(splits), alpha_values, score)

@@ -271,7 +271,7 @@ def _read(path: Path, layers: list[int] | None, keep: bool) -> FeatureEntry:
             stored = _stored_layer_indices(handle)
             if stored != list(range(n_layers)):
                 raise InputError(path, f"incomplete entry: layers {stored} stored, {n_layers} expected.", RECOMPUTE)
-            wanted = list(range(n_layers)) if layers is None else [int(i) for i in layers]
+            wanted = list(range(n_layers)) if layers is None else sorted({int(i) for i in layers})
             absent = [i for i in wanted if not 0 <= i < n_layers]
             if absent:
                 raise InputError(path, f"layers {absent} requested, the entry holds hidden states 0..{n_layers - 1}.", "Choose layers within that range (0 = embeddings).")
@@ -294,13 +294,12 @@ def _read(path: Path, layers: list[int] | None, keep: bool) -> FeatureEntry:
                         raise InputError(path, f"{layer_name(index)} has shape {array.shape}, expected ({n_words}, hidden) like every layer.", RECOMPUTE)
                     width = array.shape[1]
                     pending.append((index, dataset.attrs.get("xxh3_128"), hasher.submit(layer_hash, array)))
-                    if keep:
-                        states[index] = array
+                    if keep:  # float16 entries: converted now, the hasher holds the stored array until it is hashed
+                        states[index] = array.astype(np.float32, copy=False)
                 for index, recorded, computed in pending:
                     if computed.result() != recorded:
                         raise InputError(path, f"{layer_name(index)}: its bytes do not match the stored hash (the file was modified or damaged).", RECOMPUTE)
                     hashes.append(recorded)
-            states = {index: array.astype(np.float32, copy=False) for index, array in states.items()}
             if len(hashes) == n_layers and content_id(metadata["words_content_sha256"], hashes, metadata["store_dtype"]) != metadata["content_id"]:
                 raise InputError(path, "the layers' hashes do not match the entry's content id.", RECOMPUTE)
     except InputError:

@@ -384,8 +384,9 @@ def vocabulary_model_config(model_cfg: Mapping) -> dict:
     """The model's settings for reading each vocabulary word alone (one word per window).
 
     A one-word window is about ``context_words`` times shorter than the model's own, so
-    batches hold that many times more windows (about the same tokens per batch; the batch
-    size is not part of the store key).
+    batches hold that many times more windows (a few times the tokens of a story batch at
+    most, for the longest words; on a GPU an out-of-memory batch is halved and retried; the
+    batch size is not part of the store key).
     """
     from .models import model_settings
 

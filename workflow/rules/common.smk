@@ -92,8 +92,8 @@ FEATURE_STORE = os.path.normpath(config["feature_store"])
 # Threads of an LLM (torch) job run on this machine: half the cores, so two such jobs run
 # side by side (each spends seconds single-threaded loading and writing). The cluster
 # profiles set their own threads per rule.
-_CORES = workflow.resource_settings.cores  # None without --cores (dry runs, --report)
-LLM_JOB_THREADS = max(1, _CORES // 2) if isinstance(_CORES, int) else 1
+_CORES = workflow.resource_settings.cores  # None without --cores (dry runs, --report); huge with --jobs unlimited
+LLM_JOB_THREADS = max(1, min(_CORES, os.cpu_count() or 1) // 2) if isinstance(_CORES, int) else 1
 MODELS = config["models"]
 
 
