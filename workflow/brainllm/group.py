@@ -198,22 +198,25 @@ def cross_subject_transfer(
         prepared[subject] = stacked_responses(inputs.responses_h5, train_stories, test_stories, settings)
         chosen[subject] = _chosen_layer(inputs.layers_tsv)
         table = pd.read_csv(inputs.scores[chosen[subject]], sep="\t")
-        within[subject] = (table["r"].to_numpy(dtype=np.float64), table["r_val"].to_numpy(dtype=np.float64))
+        within[subject] = (table["r"].to_numpy(dtype=np.float64), table["r_val"].to_numpy(dtype=np.float64), table["significant"].to_numpy(dtype=bool))
     _check_same_trs({s: p[1] for s, p in prepared.items()}, "training")
     _check_same_trs({s: p[3] for s, p in prepared.items()}, "test")
 
     rows = []
     for target, target_inputs in subjects.items():
         _, _, target_test, _ = prepared[target]
-        r_within, r_val = within[target]
+        r_within, r_val, significant_within = within[target]
+        within_prediction, _ = read_predictions(target_inputs.predictions[chosen[target]])
+        if within_prediction.shape != target_test.shape:
+            raise InputError(target_inputs.predictions[chosen[target]], f"predictions of shape {within_prediction.shape}, expected "
+                             f"{target_test.shape} (test TRs, voxels of sub-{target}).", "rerun the encoding rule of this subject.")
         top = np.zeros(r_within.size, dtype=bool)
         top[top_voxels(r_val, voxel_fraction)] = True
         voxel_sets = {"": top, "_signal": target_inputs.signal, "_noise": target_inputs.noise}
         for source, source_inputs in subjects.items():
             row = {"source": source, "target": target, "source_layer": chosen[source], "target_layer": chosen[target], "n_voxels": int(top.sum())}
             if source == target:
-                transfer = pd.DataFrame({"r": r_within, "significant": pd.read_csv(target_inputs.scores[chosen[target]], sep="\t")["significant"],
-                                         "r_aligned_observed": np.nan})
+                transfer = pd.DataFrame({"r": r_within, "significant": significant_within, "r_aligned_observed": np.nan})
             else:
                 source_train, train_lengths, source_test, _ = prepared[source]
                 prediction, _ = read_predictions(source_inputs.predictions[chosen[source]])
@@ -223,10 +226,6 @@ def cross_subject_transfer(
                                      "rerun the encoding rule of this subject.")
                 transfer, transferred, alignment_r = transfer_pair(source_train, prepared[target][0], train_lengths, prediction, source_test,
                                                                    target_test, settings)
-                within_prediction, _ = read_predictions(target_inputs.predictions[chosen[target]])
-                if within_prediction.shape != target_test.shape:
-                    raise InputError(target_inputs.predictions[chosen[target]], f"predictions of shape {within_prediction.shape}, expected "
-                                     f"{target_test.shape} (test TRs, voxels of sub-{target}).", "rerun the encoding rule of this subject.")
                 comparison = settings.get("comparison", {})
                 boot = paired_block_bootstrap(transferred[:, top], within_prediction[:, top], target_test[:, top],
                                               int(comparison.get("block_trs", 20)), int(comparison.get("n_boot", 1000)), int(settings.get("seed", 0)))
