@@ -37,6 +37,7 @@ include: "workflow/rules/align.smk"
 include: "workflow/rules/encoding.smk"
 include: "workflow/rules/decoding.smk"
 include: "workflow/rules/group.smk"
+include: "workflow/rules/generation.smk"
 include: "workflow/rules/derivatives.smk"
 
 

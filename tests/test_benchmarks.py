@@ -34,3 +34,11 @@ def test_bench_features_small(capsys):
     last = out.strip().splitlines()[-1]
     assert last.startswith("RESULT") and "minilm batched/unbatched" in last
     assert "minilm roofline" in out and "no batching can beat unbatched by more than" in out
+
+
+def test_gpu_generation_runs_at_toy_size_on_cpu(capsys):
+    load("gpu_generation").main(["--device", "cpu", "--hidden", "64", "--layers", "2", "--vocab", "300", "--voxels", "200",
+                                 "--steps", "2", "--segments", "2"])
+    out = capsys.readouterr().out
+    assert "none: decoder training step" in out and "× the LLM's plain forward pass" in out
+    assert "greedy generation" in out and "beam 4 generation" in out

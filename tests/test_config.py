@@ -249,3 +249,33 @@ def test_trims_given_in_both_units_is_an_error():
     config = {"dataset": {"trim_start": 5, "trim_start_s": 10.0}}
     with pytest.raises(InputError, match="trim_start_s"):
         configuration.prepare(config, {})
+
+
+def test_generation_runs_with_its_section_and_trains_the_story_lm_only_when_asked(workdir, tmp_path):
+    path, config = minimal_bids(workdir, tmp_path)
+    config["generation"] = {"llm": {"source": "workflow:story-lm"}}
+    jobs = job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
+    assert jobs == {**encoding_jobs(1, 3, 7), "story_lm": 1, "generation_brain_prompt": 1, "report_generation": 1}
+    config["generation"] = {"llm": {"source": str(tmp_path / "my-causal-lm")}}
+    jobs = job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
+    assert "story_lm" not in jobs and jobs["generation_brain_prompt"] == 1
+    config["generation"] = {"llm": {"source": "workflow:story-lm"}, "brain_prompt": {"beam_width": 0}}
+    proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
+    assert proc.returncode != 0 and "beam_width" in proc.stdout
+
+
+def test_generation_schema_defaults_equal_package_defaults():
+    from dataclasses import asdict
+
+    from brainllm.generation import GenerationSettings
+    from brainllm.story_lm import StoryLmSettings
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]["generation"]["properties"]
+
+    def defaults(properties):
+        return {key: defaults(spec["properties"]) if "properties" in spec else spec.get("default") for key, spec in properties.items()}
+
+    expected = asdict(GenerationSettings())
+    expected["delays"] = list(expected["delays"])
+    assert defaults(schema["brain_prompt"]["properties"]) == expected
+    assert defaults(schema["story_lm"]["properties"]) == asdict(StoryLmSettings())

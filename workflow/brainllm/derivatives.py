@@ -144,7 +144,7 @@ def sidecar_path(nifti: str | os.PathLike) -> Path:
 # custom entities, HDF5/TSV tables, logs, the report): listed in .bidsignore so the
 # bids-validator checks what BIDS defines (dataset_description.json, JSON syntax).
 # (folder names without a trailing slash: the validator matches those).
-BIDSIGNORE = ["ingest", "preprocess", "features", "align", "encoding", "contrastive", "decoding", "group", "report", "logs",
+BIDSIGNORE = ["ingest", "preprocess", "features", "align", "encoding", "contrastive", "decoding", "group", "generation", "report", "logs",
               "feature_store", "summary.tsv", "*.h5", "*.safetensors"]
 
 

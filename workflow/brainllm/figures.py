@@ -578,3 +578,52 @@ def subjects_figure(layers: pd.DataFrame, rois: pd.DataFrame) -> Figure:
         roi_ax.set_title("mean r per ROI at each\nsubject's chosen layer", fontsize=9)
         fig.colorbar(image, ax=roi_ax, shrink=0.8)
     return fig
+
+
+def generation_figure(comparisons: pd.DataFrame, pairwise: pd.DataFrame) -> Figure:
+    """Brain-prompted generation: gain of the brain condition over each control per metric (beam search,
+    95 % block-bootstrap CI, * one-sided p < 0.05) and the pairwise accuracy per subject against chance.
+
+    ``comparisons``: the comparisons tables with a ``subject`` column; ``pairwise``: one row per subject
+    (``pairwise_accuracy ci_low ci_high p``).
+    """
+    beam = comparisons[comparisons["decoding"] == "beam"]
+    metrics = list(dict.fromkeys(beam["metric"]))
+    controls = list(dict.fromkeys(beam["control"]))
+    subjects = sorted(beam["subject"].unique())
+    fig = new_figure(4.0 + 1.1 * len(metrics), 3.6)
+    gain_ax, pair_ax = fig.subplots(1, 2, width_ratios=[1.0 + 0.9 * len(metrics), 1.2 + 0.5 * len(subjects)])
+    width = 0.8 / max(len(controls) * len(subjects), 1)
+    for c_index, control in enumerate(controls):
+        style = series_style(c_index)
+        for s_index, subject in enumerate(subjects):
+            rows = beam[(beam["control"] == control) & (beam["subject"] == subject)].set_index("metric").loc[metrics]
+            x = np.arange(len(metrics)) - 0.4 + width * (c_index * len(subjects) + s_index + 0.5)
+            gain = rows["gain"].to_numpy(float)
+            gain_ax.errorbar(x, gain, yerr=[gain - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - gain],
+                             ls="none", marker=style["marker"], color=style["color"], ms=4, capsize=2,
+                             label=f"vs {control.replace('_', ' ')}" if s_index == 0 else None)
+            for xi, gi, hi, p in zip(x, gain, rows["ci_high"].to_numpy(float), rows["p"].to_numpy(float)):
+                if p < 0.05:
+                    gain_ax.text(xi, hi, "*", ha="center", va="bottom", fontsize=8, color=style["color"])
+    gain_ax.axhline(0.0, color=MEAN_COLOUR, lw=0.8)
+    gain_ax.set_xticks(range(len(metrics)), [m.replace("wer", "WER (lower)").replace("bleu1", "BLEU-1").replace("rouge1", "ROUGE-1")
+                                             .replace("rougeL", "ROUGE-L").replace("meteor", "METEOR") for m in metrics])
+    gain_ax.set_ylabel("brain − control per segment\n(WER: control − brain)")
+    gain_ax.set_title(f"Gain of brain prompts (beam search; {len(subjects)} subject{'s' * (len(subjects) > 1)})", fontsize=9)
+    gain_ax.legend(fontsize=7)
+    gain_ax.grid(alpha=0.25, axis="y")
+    pairwise = pairwise.sort_values("subject")
+    x = np.arange(len(pairwise))
+    accuracy = pairwise["pairwise_accuracy"].to_numpy(float)
+    pair_ax.errorbar(x, accuracy, yerr=[accuracy - pairwise["ci_low"].to_numpy(float), pairwise["ci_high"].to_numpy(float) - accuracy],
+                     ls="none", marker="o", color=SERIES_COLOURS[0], capsize=3)
+    for xi, acc, p in zip(x, accuracy, pairwise["p"].to_numpy(float)):
+        pair_ax.annotate(f"p={p:.3g}", (xi, acc), textcoords="offset points", xytext=(6, 0), fontsize=7, va="center")
+    pair_ax.axhline(0.5, color=MEAN_COLOUR, ls="--", lw=0.8, label="chance")
+    pair_ax.set_xticks(x, [f"sub-{s}" for s in pairwise["subject"]], rotation=45, ha="right")
+    pair_ax.set_xlim(-0.6, len(pairwise) - 0.4)
+    pair_ax.set_ylabel("pairwise accuracy")
+    pair_ax.set_title("true vs permuted brain:\nlower loss of the heard words", fontsize=9)
+    pair_ax.legend(fontsize=7)
+    return fig

