@@ -222,8 +222,11 @@ def test_lora_mode_trains_adapters_per_condition(planted, tmp_path):
     from safetensors.torch import load_file
 
     brain, control = load_file(str(out["decoder"])), load_file(str(out["control"]))
-    lora_names = [name for name in brain if "lora_" in name and ".brain." in name]
-    assert lora_names and any("lora_" in name and ".text_only." in name for name in control)
+    assert any("lora_" in name and ".brain." in name for name in brain) and not any(".text_only." in name for name in brain)
+    assert any("lora_" in name and ".text_only." in name for name in control) and not any(".brain." in name for name in control)
+    # lora_B starts at zero: each adapter moved in its own training
+    assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in brain.items())
+    assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in control.items())
     assert summary["means"]["llm/greedy"]["loss"] != summary["means"]["brain/greedy"]["loss"]
 
 
@@ -263,6 +266,28 @@ def test_prompt_longer_than_the_context_is_named(planted, tmp_path):
     with pytest.raises(InputError, match="prompt_words"):
         _run(planted, _tiny_lm(tmp_path / "lm", "gpt2"), tmp_path / "run", {"prompt_words": 80})
     assert not (tmp_path / "run" / "scores.json").exists()
+
+
+def test_prompt_and_heard_words_are_tokenized_as_one_text():
+    from brainllm.generation import split_tokens
+    from tiny_models import byte_bpe_tokenizer
+
+    tokenizer = byte_bpe_tokenizer(add_bos=False)
+    prompt, heard = split_tokens(tokenizer, ["the", "old", "keeper"], ["watched", "the", "sea"], " ")
+    whole = tokenizer("the old keeper watched the sea", add_special_tokens=False)["input_ids"]
+    assert prompt + heard == whole and tokenizer.decode(heard).startswith(" watched")
+    assert split_tokens(tokenizer, [], ["sea"], " ") == ([], tokenizer("sea", add_special_tokens=False)["input_ids"])
+
+
+def test_text_metrics_ignore_case_and_punctuation():
+    scores = TextScorer().score("The keeper's dog barked.", "the keeper's dog, barked")
+    assert scores["bleu1"] == pytest.approx(1.0) and scores["wer"] == 0.0 and scores["rouge1"] == pytest.approx(1.0)
+
+
+def test_too_few_test_segments_for_the_blocks_is_named_before_training(planted, tmp_path):
+    with pytest.raises(InputError, match="block_trs"):
+        _run(planted, _tiny_lm(tmp_path / "lm", "gpt2"), tmp_path / "run", {"block_trs": 40, "epochs": 50})
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
 def test_brain_window_past_the_recording_is_named(planted, tmp_path):

@@ -261,7 +261,7 @@ def _story_grid(path: str | os.PathLike, story: str) -> tuple[np.ndarray, float]
         attrs = h5[story].attrs
         missing = [key for key in ("tr", "trim_start", "n_trs_raw") if key not in attrs]
         if missing:
-            raise InputError(path, f"story {story!r} lacks attrs {missing}; the LoRA mode needs the TR grid.", "re-run the preprocess rule.")
+            raise InputError(path, f"story {story!r} lacks attrs {missing}; the brain windows need the TR grid.", "re-run the preprocess rule.")
         tr, trim_start, n_trs_raw = float(attrs["tr"]), int(attrs["trim_start"]), int(attrs["n_trs_raw"])
         n_trs = h5[story]["data"].shape[0]
     return tr_times(n_trs_raw, tr)[trim_start : trim_start + n_trs], tr

@@ -74,12 +74,12 @@ __all__ = [
 ]
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
+def pick_device(name: str, setting: str = "contrastive.device") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``setting`` is the config key named in errors."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, "contrastive.device is cuda but no CUDA device is visible.", "use device: auto or cpu.")
+        raise InputError(None, f"{setting} is cuda but no CUDA device is visible.", "use device: auto or cpu.")
     return torch.device(name)
 
 

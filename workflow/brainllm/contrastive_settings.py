@@ -110,18 +110,22 @@ def resolve_settings(contrastive_cfg: Mapping | None) -> dict:
     return settings
 
 
-def story_split(train_stories: Sequence[str], test_stories: Sequence[str], validation_story: str | None) -> dict[str, list[str]]:
-    """``{"train", "validation", "test"}`` story lists; validation = one training story (default: the last)."""
+def story_split(train_stories: Sequence[str], test_stories: Sequence[str], validation_story: str | None,
+                section: str = "contrastive") -> dict[str, list[str]]:
+    """``{"train", "validation", "test"}`` story lists; validation = one training story (default: the last).
+
+    ``section`` is the config section named in errors (its ``validation_story`` key).
+    """
     train_stories, test_stories = list(train_stories), list(test_stories)
     overlap = sorted(set(train_stories) & set(test_stories))
     if overlap:
         raise InputError(None, f"stories {overlap} are both training and test stories.", "list each story once in dataset.train_stories or test_stories.")
     if len(train_stories) < 2:
-        raise InputError(None, "contrastive training needs >= 2 training stories (one is the validation story).", "add training stories.")
+        raise InputError(None, f"{section.split('.')[0]} training needs >= 2 training stories (one is the validation story).", "add training stories.")
     validation = train_stories[-1] if validation_story is None else validation_story
     if validation not in train_stories:
         raise InputError(
-            None, f"contrastive.validation_story {validation!r} is not a training story.",
+            None, f"{section}.validation_story {validation!r} is not a training story.",
             f"choose one of {', '.join(train_stories)} (or null for the last one).",
         )
     split = {"train": [s for s in train_stories if s != validation], "validation": [validation], "test": test_stories}

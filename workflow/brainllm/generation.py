@@ -174,10 +174,17 @@ class Segments:
         return len(self.story)
 
 
-def _tokens(tokenizer, words: Sequence[str], separator: str) -> list[int]:
-    if not words:
-        return []
-    return list(tokenizer(separator.join(words), add_special_tokens=False)["input_ids"])
+def split_tokens(tokenizer, prompt: Sequence[str], heard: Sequence[str], separator: str) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt and of the heard words, tokenized as one text (the heard words keep their
+    leading separator, as the LLM reads and writes them), split at the character where the heard words start."""
+    prompt_text = separator.join(prompt)
+    text = prompt_text + separator + separator.join(heard) if prompt else separator.join(heard)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    boundary = len(prompt_text) if prompt else 0
+    prompt_ids, heard_ids = [], []
+    for token, (begin, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+        (heard_ids if end > boundary and (begin >= boundary or not prompt) else prompt_ids).append(token)
+    return prompt_ids, heard_ids
 
 
 def story_segments(responses_h5, words_tsvs: Mapping[str, str | os.PathLike], stories: Sequence[str], settings: GenerationSettings,
@@ -200,17 +207,22 @@ def story_segments(responses_h5, words_tsvs: Mapping[str, str | os.PathLike], st
         windows = data[brain_rows].mean(2).reshape(len(starts), -1)
         for index, (start, (context, heard)) in enumerate(zip(starts, segment_words(
                 words, centres_s, tr, starts, settings.segment_trs, settings.prompt_words))):
-            continuation = _tokens(tokenizer, heard, separator)[: settings.max_continuation_tokens]
+            prompt_ids, continuation = split_tokens(tokenizer, context, heard, separator)
             if not continuation:
                 continue
+            reference = separator.join(heard)
+            if len(continuation) > settings.max_continuation_tokens:  # the reference is what is kept
+                continuation = continuation[: settings.max_continuation_tokens]
+                reference = tokenizer.decode(continuation, skip_special_tokens=True).strip()
+                heard = heard[: max(len(reference.split()), 1)]
             first = int(np.searchsorted(midpoints, centres_s[start] - tr / 2.0))
             columns["story"].append(story)
             columns["start_tr"].append(int(start))
             columns["onset_s"].append(float(words["onset"].iloc[first]))
             columns["offset_s"].append(float(words["offset"].iloc[first + len(heard) - 1]))
             columns["prompt"].append(separator.join(context))
-            columns["reference"].append(separator.join(heard))
-            columns["prompt_ids"].append(_tokens(tokenizer, context, separator))
+            columns["reference"].append(reference)
+            columns["prompt_ids"].append(prompt_ids)
             columns["continuation_ids"].append(continuation)
             columns["brain"].append(windows[index])
     if not columns["story"]:
@@ -243,11 +255,11 @@ def reduce_brain(data: Mapping[str, Segments], n_components: int | None) -> dict
     return {"n_components": k, "explained_variance": explained, "n_inputs": int(train.shape[1])}
 
 
-def check_context(segments: Segments, settings: GenerationSettings, max_positions: int | None, has_bos: bool, source: str) -> None:
+def check_context(segments: Segments, settings: GenerationSettings, max_positions: int | None, source: str) -> None:
     """The longest prompt + brain vectors + continuation must fit the LM's context."""
     if max_positions is None:
         return
-    longest = max(len(p) + len(c) for p, c in zip(segments.prompt_ids, segments.continuation_ids)) + settings.brain_tokens + int(has_bos)
+    longest = max(len(p) + len(c) for p, c in zip(segments.prompt_ids, segments.continuation_ids)) + settings.brain_tokens + 1
     if longest > max_positions:
         raise InputError(source, f"a prompt of {settings.prompt_words} words, {settings.brain_tokens} brain vectors and its continuation "
                          f"take {longest} positions; the LM's context holds {max_positions}.",
@@ -285,17 +297,19 @@ class PromptedLM:
         self.lm, self.tokenizer, self.decoder, self.device = lm, tokenizer, decoder, device
         self.embeddings = lm.get_input_embeddings()
         self.dtype = self.embeddings.weight.dtype
-        self.bos = tokenizer.bos_token_id
+        # every sequence opens with <s>, or </s> (a document boundary) for tokenizers without one
+        self.start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if self.start is None:
+            raise InputError(None, "the LLM's tokenizer has neither a <s> nor a </s> token to open the prompt.",
+                             "use a tokenizer with bos_token or eos_token set.")
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
     def prefixes(self, prompt_ids: Sequence[Sequence[int]], brain: torch.Tensor | None) -> list[torch.Tensor]:
-        """Per segment ``(length, embed_dim)``: ``<s>`` (when the tokenizer has one), brain vectors, prompt tokens."""
+        """Per segment ``(length, embed_dim)``: the start token (``<s>``, else ``</s>``), brain vectors, prompt tokens."""
         vectors = self.decoder(brain).to(self.dtype) if brain is not None else None
         out = []
         for row, ids in enumerate(prompt_ids):
-            pieces = []
-            if self.bos is not None:
-                pieces.append(self.embeddings(torch.tensor([self.bos], device=self.device)))
+            pieces = [self.embeddings(torch.tensor([self.start], device=self.device))]
             if vectors is not None:
                 pieces.append(vectors[row])
             if ids:
@@ -337,7 +351,9 @@ class PromptedLM:
             warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*")
             out = self.lm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
                                    **kwargs)
-        return self.tokenizer.decode(out[0, -n_new:], skip_special_tokens=True).strip()
+        if out.shape[1] != n_new:  # decoder-only models given inputs_embeds return the new tokens only
+            raise RuntimeError(f"generate returned {out.shape[1]} tokens, {n_new} were asked for")
+        return self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
 
 
 # ----------------------------------------------------------------------------- training
@@ -504,14 +520,21 @@ def run_brain_prompt(
     lm: tuple | None = None,
 ) -> dict:
     """Train, generate and score one subject; writes ``out``'s texts, comparisons, curves, decoders and scores (last)."""
-    split = story_split(train_stories, test_stories, settings.validation_story)
-    device = pick_device(settings.device)
+    split = story_split(train_stories, test_stories, settings.validation_story, "generation.brain_prompt")
+    device = pick_device(settings.device, "generation.brain_prompt.device")
     model, tokenizer, info = lm if lm is not None else load_causal_lm(llm_cfg, device)
     separator = model_settings(dict(llm_cfg))["word_separator"]
     data = {name: story_segments(responses_h5, words_tsvs, stories, settings, tokenizer, separator) for name, stories in split.items()}
     for name, segments in data.items():
-        check_context(segments, settings, info.max_positions, tokenizer.bos_token_id is not None, str(llm_cfg.get("source")))
+        check_context(segments, settings, info.max_positions, str(llm_cfg.get("source")))
         log.info("%s: %d segments from %s", name, len(segments), ", ".join(split[name]))
+    test = data["test"]
+    rng = np.random.default_rng([settings.seed, 3])
+    min_gap = settings.segment_trs + settings.max_delay
+    permutations = [distant_permutation(test.start_tr, test.story, min_gap, rng) for _ in range(max(settings.pairwise_permutations, 1))]
+    if len(test) < 2 * block_segments(settings):
+        raise InputError(None, f"{len(test)} test segments make fewer than two blocks of generation.brain_prompt.block_trs = {settings.block_trs} TRs.",
+                         "lower generation.brain_prompt.block_trs or stride_trs, or add test stories.")
     reduction = reduce_brain(data, settings.brain_components)
     model.requires_grad_(False)
     if settings.lora["enabled"]:
@@ -531,10 +554,6 @@ def run_brain_prompt(
         states[condition], condition_curves = train_condition(prompted[condition], data["train"], data["validation"], settings, use_brain, condition)
         curves += condition_curves
 
-    test = data["test"]
-    rng = np.random.default_rng([settings.seed, 3])
-    min_gap = settings.segment_trs + settings.max_delay
-    permutations = [distant_permutation(test.start_tr, test.story, min_gap, rng) for _ in range(max(settings.pairwise_permutations, 1))]
     zeros = np.zeros_like(test.brain)
     inputs = {"brain": ("brain", test.brain), "permuted_brain": ("brain", test.brain[permutations[0]]),
               "text_only": ("text_only", zeros), "llm": (None, None)}

@@ -118,6 +118,9 @@ def train_story_lm(words_tsvs: Mapping[str, str | os.PathLike], out_dir: str | o
         cut = int(round(len(ids) * (1 - HELD_OUT_FRACTION)))
         train_windows += _windows(ids[:cut], settings.context_tokens, bos)
         held_out_windows += _windows(ids[cut:], settings.context_tokens, bos)
+    if not any(len(window) > 1 for window in held_out_windows):
+        raise InputError(None, f"the training stories {list(story_words)} are too short to hold out a tenth of each for early stopping.",
+                         "add training stories or use a hub LLM (generation.llm.source).")
     torch.manual_seed(settings.seed)
     config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=settings.context_tokens, n_embd=settings.hidden, n_layer=settings.n_layers,

@@ -2,9 +2,11 @@
 
 Metrics come from maintained libraries: BLEU-1 from sacrebleu (sentence-level, effective
 order, brevity penalty included; corpus-level beside it), ROUGE-1 and ROUGE-L F-measures
-from rouge-score, the word error rate from jiwer and METEOR from nltk. nltk's METEOR
-looks synonyms up in WordNet, whose data nltk downloads at run time; offline the
-synonym stage is skipped (exact and Porter-stem matches only) and the record says so.
+from rouge-score, the word error rate from jiwer and METEOR from nltk. Both texts are
+lower-cased and stripped of punctuation first (:func:`normalise`), so every metric
+compares words only, as the ingested transcripts hold them. nltk's METEOR would look
+synonyms up in WordNet, whose data is a separate download: the synonym stage is always
+skipped (exact and Porter-stem matches only), so METEOR is the same on every machine.
 
 Segments of one story overlap and follow each other in time, so their scores are not
 independent: comparisons resample consecutive blocks of segments (block bootstrap for
@@ -13,6 +15,7 @@ the confidence interval) and flip the signs of whole blocks (the one-sided p).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,23 +24,22 @@ import numpy as np
 METRICS = {"bleu1": "higher", "rouge1": "higher", "rougeL": "higher", "meteor": "higher", "wer": "lower"}
 
 
+METEOR_NOTE = "METEOR (nltk) with exact and Porter-stem matches; WordNet synonyms are not used"
+_NON_WORD = re.compile(r"[^\w'\-]+")
+
+
 class _NoSynonyms:
-    """Stands in for nltk's WordNet reader when its data is not installed: no synonyms."""
+    """Stands in for nltk's WordNet reader: no synonyms, on every machine."""
 
     @staticmethod
     def synsets(word, *args, **kwargs):
         return []
 
 
-def meteor_wordnet():
-    """``(wordnet, note)``: nltk's WordNet when its data loads, else a no-synonym stand-in."""
-    try:
-        from nltk.corpus import wordnet
-
-        wordnet.synsets("river")
-        return wordnet, "METEOR with WordNet synonyms (nltk)"
-    except LookupError:
-        return _NoSynonyms(), "METEOR without synonym matching: nltk's WordNet data is not installed (exact and stem matches only)"
+def normalise(text: str) -> str:
+    """Lower case, punctuation (but inner apostrophes and hyphens) replaced by spaces, single spaces."""
+    words = (word.strip("'-") for word in _NON_WORD.sub(" ", text.lower()).split())
+    return " ".join(word for word in words if word)
 
 
 class TextScorer:
@@ -49,12 +51,14 @@ class TextScorer:
 
         self._bleu = BLEU(max_ngram_order=1, effective_order=True)
         self._rouge = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
-        self._wordnet, self.meteor_note = meteor_wordnet()
+        self._wordnet, self.meteor_note = _NoSynonyms(), METEOR_NOTE
 
     def score(self, reference: str, hypothesis: str) -> dict[str, float]:
+        """Scores of ``hypothesis`` against ``reference``, both :func:`normalise`-d first."""
         import jiwer
         from nltk.translate.meteor_score import meteor_score
 
+        reference, hypothesis = normalise(reference), normalise(hypothesis)
         rouge = self._rouge.score(reference, hypothesis)
         ref_words, hyp_words = reference.split(), hypothesis.split()
         return {
@@ -68,7 +72,7 @@ class TextScorer:
     def corpus_bleu1(self, references: Sequence[str], hypotheses: Sequence[str]) -> float:
         from sacrebleu.metrics import BLEU
 
-        return BLEU(max_ngram_order=1).corpus_score(list(hypotheses), [list(references)]).score / 100.0
+        return BLEU(max_ngram_order=1).corpus_score([normalise(h) for h in hypotheses], [[normalise(r) for r in references]]).score / 100.0
 
 
 def segment_blocks(n_segments: int, block_segments: int) -> list[np.ndarray]:
@@ -89,11 +93,10 @@ def paired_segment_test(gain: np.ndarray, block_segments: int, n_boot: int = 100
     — valid when, under the null, each block's summed gain is symmetric about 0.
     """
     gain = np.asarray(gain, dtype=np.float64)
-    keep = np.isfinite(gain)
-    gain = gain[keep]
-    blocks = segment_blocks(len(gain), block_segments)
-    sums = np.array([gain[b].sum() for b in blocks])
-    lengths = np.array([len(b) for b in blocks], dtype=np.float64)
+    finite = np.isfinite(gain)
+    blocks = segment_blocks(len(gain), block_segments)  # undefined gains count in no block
+    sums = np.array([gain[b][finite[b]].sum() for b in blocks])
+    lengths = np.array([finite[b].sum() for b in blocks], dtype=np.float64)
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(blocks), size=(n_boot, len(blocks)))
     boot = sums[draws].sum(1) / lengths[draws].sum(1)
@@ -101,10 +104,10 @@ def paired_segment_test(gain: np.ndarray, block_segments: int, n_boot: int = 100
     observed = sums.sum()
     tail = (1.0 - ci) / 2.0
     return {
-        "gain": float(gain.mean()),
+        "gain": float(gain[finite].mean()),
         "ci_low": float(np.quantile(boot, tail)),
         "ci_high": float(np.quantile(boot, 1.0 - tail)),
         "p": float((1 + (signs @ sums >= observed - 1e-12).sum()) / (1 + n_flips)),
-        "n_segments": int(len(gain)),
+        "n_segments": int(finite.sum()),
         "block_segments": int(block_segments),
     }

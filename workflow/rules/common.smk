@@ -592,6 +592,13 @@ def generation_llm_files():
     return []
 
 
+def story_lm_stories():
+    """The story LM's stories: the training stories but generation's validation story, so that the
+    decoders' early stopping reads text the generator never saw."""
+    validation = GENERATION.get("brain_prompt", {}).get("validation_story") or DATASET["train_stories"][-1]
+    return [story for story in DATASET["train_stories"] if story != validation]
+
+
 def generation_file(subject, suffix):
     """R/generation/sub-S/brain_prompt/<suffix> (docs/outputs.md, generation)."""
     return f"{RESULTS}/generation/sub-{subject}/brain_prompt/{suffix}"

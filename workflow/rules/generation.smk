@@ -8,11 +8,11 @@
 
 rule story_lm:
     input:
-        words=[words_tsv(story) for story in DATASET["train_stories"]],
+        words=[words_tsv(story) for story in story_lm_stories()],
     output:
         weights=f"{STORY_LM_DIR}/model.safetensors",
     params:
-        stories=DATASET["train_stories"],
+        stories=story_lm_stories(),
         settings=GENERATION.get("story_lm", {}),
     log:
         f"{RESULTS}/logs/generation/story_lm.log",
