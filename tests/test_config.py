@@ -259,6 +259,12 @@ def test_generation_runs_with_its_section_and_trains_the_story_lm_only_when_aske
     config["generation"] = {"llm": {"source": str(tmp_path / "my-causal-lm")}}
     jobs = job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
     assert "story_lm" not in jobs and jobs["generation_brain_prompt"] == 1
+    config["generation"] = {"llm": {"source": "workflow:story-lm"}, "beam_search": {}}
+    jobs = job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
+    assert jobs["generation_beam_search"] == 1 and jobs["report_beam_search"] == 1
+    config["generation"]["beam_search"] = {"model": "gpt"}
+    proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
+    assert proc.returncode != 0 and "generation.beam_search.model 'gpt'" in proc.stdout
     config["generation"] = {"llm": {"source": "workflow:story-lm"}, "brain_prompt": {"beam_width": 0}}
     proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
     assert proc.returncode != 0 and "beam_width" in proc.stdout
@@ -279,3 +285,6 @@ def test_generation_schema_defaults_equal_package_defaults():
     expected["delays"] = list(expected["delays"])
     assert defaults(schema["brain_prompt"]["properties"]) == expected
     assert defaults(schema["story_lm"]["properties"]) == asdict(StoryLmSettings())
+    from brainllm.beam_search import BeamSearchSettings
+
+    assert defaults(schema["beam_search"]["properties"]) == {"model": None, **asdict(BeamSearchSettings())}

@@ -295,3 +295,84 @@ def test_brain_window_past_the_recording_is_named(planted, tmp_path):
     settings = GenerationSettings.from_config({**FAST, "delays": [N_TRS_RAW]})
     with pytest.raises(InputError, match="runs past the recording"):
         story_segments(planted["responses"], planted["words"], TEST, settings, tokenizer)
+
+
+# ----------------------------------------------------------------------------- encoding-guided beam search
+
+
+def _response_model(rng, hidden=6, n_voxels=40, delays=(1, 2)):
+    from brainllm.beam_search import ResponseModel
+
+    return ResponseModel(weights=rng.standard_normal((len(delays), hidden, n_voxels)), delays=list(delays),
+                         mean=rng.standard_normal(hidden), std=rng.uniform(0.5, 2.0, hidden), noise_var=np.full(n_voxels, 0.5),
+                         voxels=np.arange(n_voxels), lanczos={"window": 3, "cutoff_mult": 1.0, "normalise": False}, layer=0)
+
+
+def test_beam_search_prediction_equals_the_encoding_stage_path():
+    """baseline + Σ per-word rows = (Lanczos → z-score with the model's statistics → FIR delays) @ weights."""
+    from brainllm.align import lanczos_matrix, make_delayed, tr_times
+    from brainllm.beam_search import _delayed_rows
+
+    rng = np.random.default_rng(1)
+    model = _response_model(rng)
+    n_raw, trim = 40, 3
+    times = np.sort(rng.uniform(5, 70, 60))
+    features = rng.standard_normal((60, 6))
+    matrix = lanczos_matrix(tr_times(n_raw, TR), times, 3, 1.0, tr=TR)[trim : n_raw - trim]
+    z = (matrix @ features - model.mean) / model.std
+    full_weights = model.weights.reshape(-1, model.weights.shape[2])  # delay-major, as make_delayed concatenates
+    expected = make_delayed(z, model.delays) @ full_weights
+    gains = model.feature_gain(features)
+    got = model.baseline(matrix.shape[0]) + sum(_delayed_rows(matrix[:, i], gains[i], model.delays) for i in range(60))
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+
+
+class _Proposer:
+    """Every vocabulary word, equally likely."""
+
+    def propose(self, context, k):
+        return list(VOCAB), np.full(len(VOCAB), -np.log(len(VOCAB)))
+
+
+class _Reader:
+    """A fixed random vector per word (no context)."""
+
+    def __init__(self, rng, hidden):
+        self.table = {word: rng.standard_normal(hidden) for word in VOCAB}
+
+    def last_word(self, sequences):
+        return np.stack([self.table[words[-1]] for words in sequences])
+
+
+def test_beam_search_recovers_planted_words_and_noise_recovers_none():
+    from brainllm.align import lanczos_matrix, tr_times
+    from brainllm.beam_search import BeamSearchSettings, StoryGrid, _delayed_rows, beam_decode
+
+    rng = np.random.default_rng(2)
+    model = _response_model(rng, hidden=12, n_voxels=60)
+    reader = _Reader(rng, 12)
+    n_raw, trim, n_words = 50, 2, 60
+    times = np.arange(n_words) * 1.2 + 8.0
+    truth = list(rng.choice(VOCAB, n_words))
+    rows = lanczos_matrix(tr_times(n_raw, TR), times, 3, 1.0, tr=TR)[trim : n_raw - trim]
+    gains = model.feature_gain(reader.last_word([[w] for w in truth]))
+    signal = model.baseline(rows.shape[0]) + sum(_delayed_rows(rows[:, i], gains[i], model.delays) for i in range(n_words))
+    settings = BeamSearchSettings(beam_width=4, candidates=len(VOCAB), lm_weight=0.0)
+    row_times = tr_times(n_raw, TR)[trim : n_raw - trim]
+    for observed, expect_accuracy in ((signal + 0.1 * rng.standard_normal(signal.shape), (0.6, 1.01)),
+                                      (rng.standard_normal(signal.shape), (0.0, 0.15))):
+        grid = StoryGrid(word_times=times, row_times=row_times, word_rows=rows.T, observed=observed)
+        decoded, features = beam_decode(grid, model, _Proposer(), reader, settings, TR)
+        accuracy = np.mean([a == b for a, b in zip(decoded, truth)])
+        assert expect_accuracy[0] <= accuracy < expect_accuracy[1], accuracy
+        assert features.shape == (n_words, 12)
+
+
+def test_beam_search_settings_are_checked():
+    from brainllm.beam_search import BeamSearchSettings
+
+    with pytest.raises(InputError, match="candidates"):
+        BeamSearchSettings.from_config({"candidates": 0})
+    with pytest.raises(InputError, match="beam_widht"):
+        BeamSearchSettings.from_config({"beam_widht": 3})
+    assert BeamSearchSettings.from_config({"model": "minilm", "beam_width": 3}).beam_width == 3

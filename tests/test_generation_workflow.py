@@ -67,3 +67,15 @@ def test_texts_are_words_of_the_heard_length_and_the_report_shows_them(demo_run)
     assert any(name.endswith("report/generation/brain_prompt.png") for name in manifest["file"])
     examples = pd.read_csv(demo_run / RESULTS / "report" / "generation" / "brain_prompt_examples.tsv", sep="\t", keep_default_na=False)
     assert set(examples["subject"].astype(str)) == set(SUBJECTS) and {"heard", "brain", "permuted_brain"} <= set(examples.columns)
+
+
+def test_beam_search_is_scored_against_its_null_in_every_subject(demo_run):
+    table = pd.read_csv(demo_run / RESULTS / "report" / "generation" / "beam_search.tsv", sep="\t", dtype={"subject": str})
+    assert set(table["subject"]) == set(SUBJECTS) and set(table["metric"]) == {"bleu1", "rouge1", "meteor", "wer", "embedding"}
+    assert (table["null_sd"] > 0).all() and (table["n_null"] == CONFIG["generation"]["beam_search"]["n_null"]).all()
+    assert table["z"].max() > 2  # the demo's strongest subject: METEOR and WER beyond the null
+    texts = pd.read_csv(demo_run / RESULTS / "generation" / f"sub-{SUBJECTS[0]}" / "beam_search" / "texts.tsv", sep="\t",
+                        keep_default_na=False)
+    decoded = texts[texts["source"] == "brain"]
+    assert (decoded["text"].str.split().str.len() == decoded["reference"].str.split().str.len()).all()
+    assert texts["source"].nunique() == 1 + CONFIG["generation"]["beam_search"]["n_null"]

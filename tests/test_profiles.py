@@ -31,7 +31,8 @@ WISTERIA = PROFILES / "wisteria"
 STANDIN = REPO / "tests" / "pjm_standin"
 MINI_SNAKEFILE = REPO / "tests" / "profile_workflow" / "Snakefile"
 GPU_RULES = ["features", "features_tuned", "contrastive", "contrastive_lora", "encoding", "encoding_banded", "group_transfer",
-             "features_vocabulary", "decoding_lora", "generation_brain_prompt"]
+             "features_vocabulary", "decoding_lora", "generation_brain_prompt",
+             "generation_beam_search"]
 CLUSTER_PROFILES = ["slurm", "wisteria"]
 
 HANG_GUARD_S = 1800  # stops a hung run only; no test outcome depends on how fast the machine is

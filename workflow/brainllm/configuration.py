@@ -289,9 +289,16 @@ def finish(config: dict, check_inputs: bool = True) -> dict:
     overlap = sorted(set(dataset["train_stories"]) & set(dataset["test_stories"]))
     if overlap:
         raise InputError(None, f"stories {overlap} are in both dataset.train_stories and dataset.test_stories.", "list each story once.")
+    generation = config.get("generation") if stage_enabled(config, "generation") else None
     if dataset.get("word_separator", " ") != " ":  # every model joins the dataset's words as its script needs, unless set per model
         for model_cfg in config["models"].values():
             model_cfg.setdefault("word_separator", dataset["word_separator"])
+        if generation and generation["llm"].get("source") != "workflow:story-lm":  # the story LM's words are space-separated
+            generation["llm"].setdefault("word_separator", dataset["word_separator"])
+    beam_model = ((generation or {}).get("beam_search") or {}).get("model")
+    if beam_model is not None and beam_model not in config["models"]:
+        raise InputError(None, f"generation.beam_search.model {beam_model!r} is not one of models: {', '.join(config['models'])}.",
+                         "name a models: entry (its encoding model scores the candidates), or null for the first.")
     labels = (config.get("decoding") or {}).get("labels") or {}
     if labels.get("source") == "lexicon" and dataset.get("language", "en") != "en":
         raise InputError(None, f"decoding.labels.source is lexicon but dataset.language is {dataset['language']!r}; the NRC and VADER "

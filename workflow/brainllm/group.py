@@ -107,7 +107,8 @@ def stacked_responses(responses_h5, train_stories: Sequence[str], test_stories: 
     return Y_train, train_lengths, Y_test, test_lengths
 
 
-def _chosen_layer(layers_tsv) -> int:
+def chosen_layer(layers_tsv) -> int:
+    """The layer marked `best` (chosen on validation r) in a best_layer `layers.tsv`."""
     table = pd.read_csv(layers_tsv, sep="\t")
     if "best" not in table.columns or not table["best"].astype(bool).any():
         raise InputError(layers_tsv, "no layer marked `best`.", "rerun the best_layer rule (it needs validation r: encoding.cv_score: correlation).")
@@ -196,7 +197,7 @@ def cross_subject_transfer(
     prepared, chosen, within = {}, {}, {}
     for subject, inputs in subjects.items():
         prepared[subject] = stacked_responses(inputs.responses_h5, train_stories, test_stories, settings)
-        chosen[subject] = _chosen_layer(inputs.layers_tsv)
+        chosen[subject] = chosen_layer(inputs.layers_tsv)
         table = pd.read_csv(inputs.scores[chosen[subject]], sep="\t")
         within[subject] = (table["r"].to_numpy(dtype=np.float64), table["r_val"].to_numpy(dtype=np.float64), table["significant"].to_numpy(dtype=bool))
     _check_same_trs({s: p[1] for s, p in prepared.items()}, "training")

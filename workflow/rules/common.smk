@@ -608,10 +608,24 @@ def generation_targets(suffix="scores.json"):
     return [generation_file(subject, suffix) for subject in SUBJECTS] if GENERATION_ENABLED else []
 
 
+BEAM_SEARCH = GENERATION.get("beam_search")
+BEAM_SEARCH_MODEL = (BEAM_SEARCH or {}).get("model") or next(iter(config["models"]))
+
+
+def beam_search_file(subject, suffix):
+    """R/generation/sub-S/beam_search/<suffix> (docs/outputs.md, generation)."""
+    return f"{RESULTS}/generation/sub-{subject}/beam_search/{suffix}"
+
+
+def beam_search_targets(suffix="scores.json"):
+    return [beam_search_file(subject, suffix) for subject in SUBJECTS] if GENERATION_ENABLED and BEAM_SEARCH is not None else []
+
+
 def report_generation_figures():
     if not (GENERATION_ENABLED and rules.has("report_generation")):
         return []
-    return report_figure_files([f"{REPORT_DIR}/generation/brain_prompt"]) + [f"{REPORT_DIR}/generation/brain_prompt_examples.tsv"]
+    files = report_figure_files([f"{REPORT_DIR}/generation/brain_prompt"]) + [f"{REPORT_DIR}/generation/brain_prompt_examples.tsv"]
+    return files + ([f"{REPORT_DIR}/generation/beam_search.tsv"] if BEAM_SEARCH is not None else [])
 
 
 # --- end generation -----------------------------------------------------------------
@@ -627,7 +641,7 @@ def final_targets():
     targets += contrastive_decoding_targets("words.json")
     targets += label_targets()
     targets += group_targets() + group_targets("subject_layers.tsv")
-    targets += generation_targets()
+    targets += generation_targets() + beam_search_targets()
     targets += [f"{RESULTS}/report/manifest.tsv"]  # report: every registered figure
     targets += [f"{RESULTS}/dataset_description.json"]  # results/ as a BIDS derivative
     return targets

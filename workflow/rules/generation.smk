@@ -88,3 +88,54 @@ rule report_generation:
 
 
 REPORT_TARGETS.append(report_generation_figures)
+
+
+rule generation_beam_search:
+    input:
+        responses=preprocessed("{subject}"),
+        words=[words_tsv(story) for story in STORIES],
+        aligned=aligned_features("{subject}", BEAM_SEARCH_MODEL),
+        layers=encoding_file("{subject}", BEAM_SEARCH_MODEL, "layers.tsv"),
+        manifests=[feature_manifest(BEAM_SEARCH_MODEL, story) for story in DATASET["train_stories"]],
+        llm=generation_llm_files(),
+    output:
+        texts=beam_search_file("{subject}", "texts.tsv"),
+        scores=beam_search_file("{subject}", "scores.json"),
+    params:
+        model_cfg=MODELS[BEAM_SEARCH_MODEL] if BEAM_SEARCH is not None else {},
+        llm=generation_llm(),
+        encoding=ENCODING,
+        settings=BEAM_SEARCH or {},
+        stories=STORIES,
+        train_stories=DATASET["train_stories"],
+        test_stories=DATASET["test_stories"],
+    log:
+        f"{RESULTS}/logs/generation/sub-{{subject}}_beam_search.log",
+    threads: LLM_JOB_THREADS
+    resources:
+        mem_mb=16000,
+        runtime=480,
+    conda:
+        "../../envs/gpu.yaml"
+    script:
+        "../scripts/generation_beam_search.py"
+
+
+rule report_beam_search:
+    input:
+        scores=lambda wildcards: beam_search_targets(),
+    output:
+        report(
+            f"{REPORT_DIR}/generation/beam_search.tsv",
+            caption="../report/generation_beam_search.rst",
+            category="Generation",
+            subcategory="All subjects",
+            labels={"table": "encoding-guided beam search vs its null"},
+        ),
+    log:
+        f"{RESULTS}/logs/report/generation_beam_search.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/report_beam_search.py"

@@ -1,0 +1,360 @@
+"""Encoding-guided beam search (Tang et al. 2023): the LLM proposes words, the encoding model picks them.
+
+The test story's word slots (times from the recording's word onsets) are filled one at a
+time. For each hypothesis in the beam the generator LLM proposes its ``candidates`` most
+likely next words (single tokens; with a subword LLM a word is proposed by its first
+token). Each candidate's feature is the feature model's state at the encoding layer (the
+subject's layer chosen on validation r), read with the model's per-word context; the
+fitted ridge model turns the hypothesis's features into predicted responses exactly as the
+encoding stage does — Lanczos onto the TR grid at the word's midpoint, z-scored (with the
+training stories' statistics: the test story's own are unknown while it is decoded),
+delayed, times the weights — and the beam keeps the ``beam_width`` hypotheses whose
+predictions best explain the observed responses: the Gaussian log-likelihood over the
+``voxel_fraction`` voxels best by validation r, with each voxel's noise variance
+1 − r_val² (the variance its cross-validated prediction leaves), on every TR up to
+``max(delays) + lanczos_window`` TRs after the word. Words still to come are left out of
+every hypothesis alike.
+
+The ridge model is refitted here on the training stories (the encoding stage's design,
+delays, α grid, backend and solver) because encoding outputs keep no weights by default.
+
+Null: ``n_null`` texts written by the same LLM for the same slots without brain data (each
+word sampled from its proposals). Decoded and null texts are cut into windows of
+``window_s`` seconds and scored against the words heard in each window (BLEU-1, METEOR,
+WER, ROUGE-1 — :mod:`brainllm.text_metrics` — and the cosine between the windows' mean
+features at the encoding layer); z = (decoded − null mean) / null SD per metric, WER
+sign-flipped so that z > 0 is better.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .align import _story_grid, align_story, lanczos_matrix, read_aligned, tr_times
+from .contrastive import read_responses
+from .encoding import alpha_grid, build_design, fit_ridge
+from .features import Window, per_word_windows, run_windows
+from .generation import load_causal_lm
+from .group import chosen_layer
+from .inference import top_voxels
+from .io import InputError, read_words, write_json, write_tsv
+from .models import load_model, model_settings
+from .store import read_entry
+from .text_metrics import METRICS, TextScorer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BeamSearchSettings:
+    beam_width: int = 5
+    candidates: int = 5
+    voxel_fraction: float = 0.1
+    max_words: int | None = None
+    lm_context_words: int = 16
+    lm_weight: float = 1.0
+    n_null: int = 10
+    window_s: float = 20.0
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, section: Mapping | None) -> "BeamSearchSettings":
+        defaults = asdict(cls())
+        unknown = sorted(set(section or {}) - set(defaults) - {"model"})
+        if unknown:
+            raise InputError(None, f"generation.beam_search has unknown keys {unknown}.", "see config/README.md for the keys.")
+        settings = cls(**{**defaults, **{k: v for k, v in dict(section or {}).items() if k != "model"}})
+        for name in ("beam_width", "candidates", "n_null", "lm_context_words"):
+            if int(getattr(settings, name)) < 1:
+                raise InputError(None, f"generation.beam_search.{name} is {getattr(settings, name)!r}; it must be at least 1.",
+                                 f"set generation.beam_search.{name} to a positive integer.")
+        if settings.n_null < 2 or not 0 < settings.voxel_fraction <= 1 or settings.window_s <= 0:
+            raise InputError(None, "generation.beam_search needs n_null ≥ 2, voxel_fraction in (0, 1] and window_s > 0.")
+        return settings
+
+
+# ----------------------------------------------------------------------------- the encoding model
+
+
+@dataclass
+class ResponseModel:
+    """Ridge weights per delay on the scored voxels and what the prediction of a word needs."""
+
+    weights: np.ndarray  # (n_delays, hidden, n_voxels) on z-scored features
+    delays: list[int]
+    mean: np.ndarray  # (hidden,) training stories' raw TR-grid feature statistics
+    std: np.ndarray
+    noise_var: np.ndarray  # (n_voxels,)
+    voxels: np.ndarray  # indices into the responses' voxels
+    lanczos: dict
+    layer: int
+
+    def feature_gain(self, features: np.ndarray) -> np.ndarray:
+        """``(n, hidden)`` word features → ``(n, n_delays, n_voxels)``: each delay's response to one z-unit of the word."""
+        return np.einsum("nh,dhv->ndv", features / self.std, self.weights)
+
+    def baseline(self, n_rows: int) -> np.ndarray:
+        """The z-scoring offset's share of the prediction ``(n_rows, n_voxels)`` (the same for every text)."""
+        offset = np.einsum("h,dhv->dv", -self.mean / self.std, self.weights)
+        out = np.zeros((n_rows, offset.shape[1]))
+        for d, delay in enumerate(self.delays):
+            out[delay:] += offset[d]
+        return out
+
+
+def fit_response_model(aligned_h5, responses_h5, manifests: Mapping[str, str | os.PathLike], words_tsvs: Mapping[str, str | os.PathLike],
+                       layer: int, train_stories: Sequence[str], encoding: Mapping, voxel_fraction: float) -> ResponseModel:
+    """Ridge of the chosen layer on the training stories, its best voxels and the training feature statistics."""
+    delays = [int(d) for d in encoding["delays"]]
+    aligned = {layer: read_aligned(aligned_h5, train_stories, layer)}
+    responses = read_responses(responses_h5, train_stories)
+    designs, Y, lengths = build_design(aligned, responses, train_stories, delays, aligned_h5)
+    fit = fit_ridge(designs[0], Y, lengths, alpha_grid(**encoding["alphas"]), encoding.get("backend", "auto"),
+                    {"n_targets_batch": encoding.get("n_targets_batch", 4096)}, encoding.get("solver", "auto"), "correlation")
+    voxels = top_voxels(fit.validation_r, voxel_fraction)
+    r_val = np.clip(np.nan_to_num(fit.validation_r[voxels]), 0.0, 0.95)
+    lanczos = {"window": int(encoding.get("lanczos_window", 3)), "cutoff_mult": float(encoding.get("lanczos_cutoff_mult", 1.0)),
+               "normalise": bool(encoding.get("lanczos_normalise", False))}
+    raw = []
+    for story in train_stories:
+        grid = _story_grid(responses_h5, story)
+        entry = read_entry(manifests[story], words_tsv=words_tsvs[story], layers=[layer])
+        raw.append(align_story(entry.layers[layer], entry.onset, entry.offset, grid["n_trs_raw"], grid["tr"], grid["trim_start"],
+                               grid["trim_end"], lanczos["window"], lanczos["cutoff_mult"], lanczos["normalise"], zscore=False))
+    raw = np.vstack(raw).astype(np.float64)
+    hidden = raw.shape[1]
+    weights = fit.weights.reshape(len(delays), hidden, -1)[:, :, voxels].astype(np.float64)
+    log.info("encoding model of layer %d refitted on %s: %d voxels scored (validation r %.3f–%.3f)", layer, ", ".join(train_stories),
+             len(voxels), r_val.min(), r_val.max())
+    return ResponseModel(weights=weights, delays=delays, mean=raw.mean(0), std=np.where(raw.std(0) > 1e-8, raw.std(0), 1.0),
+                         noise_var=1.0 - r_val**2, voxels=voxels, lanczos=lanczos, layer=layer)
+
+
+# ----------------------------------------------------------------------------- proposals and features
+
+
+class WordProposer:
+    """The generator LLM's most likely next words after a hypothesis (single tokens holding a letter)."""
+
+    def __init__(self, lm, tokenizer, device: torch.device, context_words: int):
+        self.lm, self.tokenizer, self.device, self.context_words = lm, tokenizer, device, context_words
+        self.start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        special = set(tokenizer.all_special_ids)
+        words = [tokenizer.decode([i]).strip().lower() for i in range(len(tokenizer))]
+        self.word_of = np.array(words, dtype=object)
+        self.usable = np.array([i not in special and any(c.isalpha() for c in w) for i, w in enumerate(words)])
+
+    @torch.no_grad()
+    def propose(self, context: Sequence[str], k: int) -> tuple[list[str], np.ndarray]:
+        """Up to ``k`` distinct words and their log-probabilities (renormalised over the usable tokens)."""
+        text = " ".join(context[-self.context_words :])
+        ids = [self.start] + (list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else [])
+        logits = self.lm(input_ids=torch.tensor([ids], device=self.device)).logits[0, -1].float().cpu().numpy()
+        logits[~self.usable[: len(logits)]] = -np.inf
+        logp = logits - np.logaddexp.reduce(logits[np.isfinite(logits)])
+        words, scores = [], []
+        for token in np.argsort(-logp):
+            word = self.word_of[token]
+            if word not in words:
+                words.append(word)
+                scores.append(logp[token])
+            if len(words) == k or not np.isfinite(logp[token]):
+                break
+        return words, np.asarray(scores)
+
+
+class FeatureReader:
+    """States of the encoding layer for the last word of word sequences, with the feature model's context."""
+
+    def __init__(self, model_cfg: Mapping, layer: int):
+        self.settings = model_settings(dict(model_cfg))
+        self.model, self.tokenizer, self.info = load_model(dict(model_cfg))
+        self.layer = layer
+
+    def last_word(self, sequences: Sequence[Sequence[str]]) -> np.ndarray:
+        """``(n, hidden)``: each sequence's last word read after its preceding ``context_words − 1`` words."""
+        width = int(self.settings["context_words"])
+        windows = []
+        for index, words in enumerate(sequences):
+            window = per_word_windows(self.tokenizer, list(words[-width:]), width, self.info.max_positions, self.settings["word_separator"])[-1]
+            windows.append(Window(window.input_ids, np.array([index]), window.first_token, window.last_token))
+        outputs, filled, _ = run_windows(self.model, windows, len(windows), self.settings, self.info, desc="candidates")
+        return outputs[self.layer]
+
+    def all_words(self, words: Sequence[str]) -> np.ndarray:
+        width = int(self.settings["context_words"])
+        windows = per_word_windows(self.tokenizer, list(words), width, self.info.max_positions, self.settings["word_separator"])
+        outputs, _, _ = run_windows(self.model, windows, len(words), self.settings, self.info, desc="words")
+        return outputs[self.layer]
+
+
+# ----------------------------------------------------------------------------- the search
+
+
+@dataclass
+class StoryGrid:
+    """The test story's word slots and TR rows."""
+
+    word_times: np.ndarray  # (n_words,) midpoints, scan seconds
+    row_times: np.ndarray  # (n_rows,) kept TR centres
+    word_rows: np.ndarray  # (n_words, n_rows) Lanczos weights of each word on the kept rows
+    observed: np.ndarray  # (n_rows, n_voxels) scored voxels
+
+
+def story_grid(responses_h5, story: str, words: pd.DataFrame, model: ResponseModel, max_words: int | None) -> StoryGrid:
+    grid = _story_grid(responses_h5, story)
+    words = words.sort_values("onset", kind="stable")
+    times = ((words["onset"] + words["offset"]) / 2.0).to_numpy(float)
+    if max_words is not None:
+        times = times[: int(max_words)]
+    raw_times = tr_times(grid["n_trs_raw"], grid["tr"])
+    kept = slice(grid["trim_start"], grid["n_trs_raw"] - grid["trim_end"])
+    matrix = lanczos_matrix(raw_times, times, model.lanczos["window"], model.lanczos["cutoff_mult"], tr=grid["tr"],
+                            normalise=model.lanczos["normalise"])[kept]
+    observed = read_responses(responses_h5, [story])[story][:, model.voxels].astype(np.float64)
+    observed = (observed - observed.mean(0)) / np.where(observed.std(0) > 0, observed.std(0), 1.0)  # as the encoding stage scores
+    return StoryGrid(word_times=times, row_times=raw_times[kept], word_rows=matrix.T, observed=observed)
+
+
+def _delayed_rows(rows: np.ndarray, gain: np.ndarray, delays: Sequence[int]) -> np.ndarray:
+    """Prediction of one word ``(n_rows, n_voxels)`` from its Lanczos weights ``(n_rows,)`` and gains ``(n_delays, n_voxels)``."""
+    out = np.zeros((len(rows), gain.shape[1]))
+    for d, delay in enumerate(delays):
+        out[delay:] += rows[: len(rows) - delay, None] * gain[d][None, :] if delay else rows[:, None] * gain[d][None, :]
+    return out
+
+
+def beam_decode(grid: StoryGrid, model: ResponseModel, proposer: WordProposer, reader: FeatureReader,
+                settings: BeamSearchSettings, tr: float) -> tuple[list[str], np.ndarray]:
+    """The best word sequence for the story's slots and its words' features ``(n_words, hidden)``."""
+    base = model.baseline(len(grid.row_times))
+    horizon = (max(model.delays) + model.lanczos["window"]) * tr
+    beam = [([], [], base, 0.0, 0.0)]  # words, features, prediction, score, the words' summed LLM log-probability
+    for slot in tqdm(range(len(grid.word_times)), desc="beam search", unit="word"):
+        scored = grid.row_times <= grid.word_times[slot] + horizon
+        proposals = []
+        for b, (words, _, _, _, _) in enumerate(beam):
+            candidates, logp = proposer.propose(words, settings.candidates)
+            proposals += [(b, word, lp) for word, lp in zip(candidates, logp)]
+        features = reader.last_word([beam[b][0] + [word] for b, word, _ in proposals])
+        gains = model.feature_gain(features)
+        extended = []
+        for (b, word, lp), feature, gain in zip(proposals, features, gains):
+            words, feats, pred, _, text_logp = beam[b]
+            new_pred = pred + _delayed_rows(grid.word_rows[slot], gain, model.delays)
+            residual = grid.observed[scored] - new_pred[scored]
+            loglik = -0.5 * float(((residual**2) / model.noise_var).sum())
+            extended.append((words + [word], feats + [feature], new_pred, loglik + settings.lm_weight * (text_logp + lp), text_logp + lp))
+        extended.sort(key=lambda h: -h[3])
+        beam, seen = [], set()
+        for hypothesis in extended:
+            key = tuple(hypothesis[0][-8:])
+            if key not in seen:
+                seen.add(key)
+                beam.append(hypothesis)
+            if len(beam) == settings.beam_width:
+                break
+    best = beam[0]
+    return best[0], np.stack(best[1])
+
+
+def null_texts(proposer: WordProposer, n_words: int, settings: BeamSearchSettings) -> list[list[str]]:
+    """``n_null`` texts for the same slots, each word drawn from the LLM's proposals without brain data."""
+    texts = []
+    for k in tqdm(range(settings.n_null), desc="null texts", unit="text"):
+        rng = np.random.default_rng([settings.seed, k])
+        words: list[str] = []
+        for _ in range(n_words):
+            candidates, logp = proposer.propose(words, settings.candidates)
+            p = np.exp(logp - logp.max())
+            words.append(candidates[rng.choice(len(candidates), p=p / p.sum())])
+        texts.append(words)
+    return texts
+
+
+def window_scores(times: np.ndarray, reference: Sequence[str], decoded: Sequence[str], ref_features: np.ndarray, features: np.ndarray,
+                  window_s: float, scorer: TextScorer) -> pd.DataFrame:
+    """Scores of ``decoded`` against ``reference`` in consecutive windows of ``window_s`` seconds (same slots)."""
+    edges = np.arange(times[0], times[-1] + window_s, window_s)
+    rows = []
+    for start in edges:
+        members = np.flatnonzero((times >= start) & (times < start + window_s))
+        if not len(members):
+            continue
+        ref, hyp = " ".join(reference[i] for i in members), " ".join(decoded[i] for i in members)
+        a, b = ref_features[members].mean(0), features[members].mean(0)
+        cosine = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+        rows.append({"start_s": float(start), "end_s": float(start + window_s), "reference": ref, "text": hyp,
+                     **scorer.score(ref, hyp), "embedding": cosine})
+    return pd.DataFrame(rows)
+
+
+def run_beam_search(responses_h5, words_tsvs: Mapping[str, str | os.PathLike], aligned_h5, layers_tsv,
+                    manifests: Mapping[str, str | os.PathLike], *, model_cfg: Mapping, llm_cfg: Mapping, encoding: Mapping,
+                    train_stories: Sequence[str], test_stories: Sequence[str], settings: BeamSearchSettings, subject: str,
+                    out: Mapping[str, str | os.PathLike]) -> dict:
+    """Decode every test story of one subject; writes ``out['texts']`` (windows) and ``out['scores']`` (last)."""
+    layer = chosen_layer(layers_tsv)
+    model = fit_response_model(aligned_h5, responses_h5, manifests, words_tsvs, layer, train_stories, encoding, settings.voxel_fraction)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    lm, tokenizer, _ = load_causal_lm(llm_cfg, device)
+    proposer = WordProposer(lm, tokenizer, device, settings.lm_context_words)
+    reader = FeatureReader(model_cfg, layer)
+    scorer = TextScorer()
+    frames, n_words = [], 0
+    for story in test_stories:
+        words = read_words(words_tsvs[story]).sort_values("onset", kind="stable")
+        grid = story_grid(responses_h5, story, words, model, settings.max_words)
+        tr = float(_story_grid(responses_h5, story)["tr"])
+        reference = words["word"].astype(str).str.lower().tolist()[: len(grid.word_times)]
+        n_words += len(reference)
+        ref_features = reader.all_words(reference)
+        decoded, features = beam_decode(grid, model, proposer, reader, settings, tr)
+        frames.append(window_scores(grid.word_times, reference, decoded, ref_features, features, settings.window_s, scorer)
+                      .assign(story=story, source="brain"))
+        for k, text in enumerate(null_texts(proposer, len(reference), settings)):
+            frames.append(window_scores(grid.word_times, reference, text, ref_features, reader.all_words(text), settings.window_s, scorer)
+                          .assign(story=story, source=f"null_{k:02d}"))
+    table = pd.concat(frames, ignore_index=True)
+    metrics = {**{m: METRICS[m] for m in ("bleu1", "rouge1", "meteor", "wer")}, "embedding": "higher"}
+    per_text = table.groupby("source")[list(metrics)].mean()
+    null = per_text.drop(index="brain")
+    z = {m: float((per_text.loc["brain", m] - null[m].mean()) / max(null[m].std(ddof=1), 1e-12) * (1 if better == "higher" else -1))
+         for m, better in metrics.items()}
+    summary = {
+        "subject": subject, "layer": layer, "n_voxels": int(len(model.voxels)), "test_stories": list(test_stories),
+        "n_words": n_words,
+        "decoded": {m: float(per_text.loc["brain", m]) for m in metrics},
+        "null_mean": {m: float(null[m].mean()) for m in metrics}, "null_sd": {m: float(null[m].std(ddof=1)) for m in metrics},
+        "z": z, "n_metrics_z_above_2": int(sum(v > 2 for v in z.values())), "n_null": settings.n_null,
+        "settings": asdict(settings), "meteor": scorer.meteor_note,
+    }
+    write_tsv(out["texts"], table)
+    write_json(out["scores"], summary)
+    log.info("beam search: z %s", ", ".join(f"{m} {v:+.2f}" for m, v in z.items()))
+    return summary
+
+
+def beam_search_table(scores_jsons: Sequence[str | os.PathLike], out_tsv: str | os.PathLike) -> pd.DataFrame:
+    """One row per (subject, metric): decoded, null mean and SD, z."""
+    import json
+    from pathlib import Path
+
+    rows = []
+    for path in scores_jsons:
+        record = json.loads(Path(path).read_text())
+        for metric, z in record["z"].items():
+            rows.append({"subject": record["subject"], "layer": record["layer"], "metric": metric, "decoded": record["decoded"][metric],
+                         "null_mean": record["null_mean"][metric], "null_sd": record["null_sd"][metric], "z": z,
+                         "n_null": record["n_null"], "n_words": record["n_words"]})
+    table = pd.DataFrame(rows)
+    write_tsv(out_tsv, table)
+    return table
