@@ -361,8 +361,8 @@ def test_beam_search_recovers_planted_words_and_noise_recovers_none():
     row_times = tr_times(n_raw, TR)[trim : n_raw - trim]
     for observed, expect_accuracy in ((signal + 0.1 * rng.standard_normal(signal.shape), (0.6, 1.01)),
                                       (rng.standard_normal(signal.shape), (0.0, 0.15))):
-        grid = StoryGrid(word_times=times, row_times=row_times, word_rows=rows.T, observed=observed)
-        decoded, features = beam_decode(grid, model, _Proposer(), reader, settings, TR)
+        grid = StoryGrid(tr=TR, word_times=times, row_times=row_times, word_rows=rows.T, observed=observed)
+        decoded, features = beam_decode(grid, model, _Proposer(), reader, settings)
         accuracy = np.mean([a == b for a, b in zip(decoded, truth)])
         assert expect_accuracy[0] <= accuracy < expect_accuracy[1], accuracy
         assert features.shape == (n_words, 12)

@@ -203,6 +203,7 @@ class FeatureReader:
 class StoryGrid:
     """The test story's word slots and TR rows."""
 
+    tr: float
     word_times: np.ndarray  # (n_words,) midpoints, scan seconds
     row_times: np.ndarray  # (n_rows,) kept TR centres
     word_rows: np.ndarray  # (n_words, n_rows) Lanczos weights of each word on the kept rows
@@ -221,7 +222,7 @@ def story_grid(responses_h5, story: str, words: pd.DataFrame, model: ResponseMod
                             normalise=model.lanczos["normalise"])[kept]
     observed = read_responses(responses_h5, [story])[story][:, model.voxels].astype(np.float64)
     observed = (observed - observed.mean(0)) / np.where(observed.std(0) > 0, observed.std(0), 1.0)  # as the encoding stage scores
-    return StoryGrid(word_times=times, row_times=raw_times[kept], word_rows=matrix.T, observed=observed)
+    return StoryGrid(tr=float(grid["tr"]), word_times=times, row_times=raw_times[kept], word_rows=matrix.T, observed=observed)
 
 
 def _delayed_rows(rows: np.ndarray, gain: np.ndarray, delays: Sequence[int]) -> np.ndarray:
@@ -233,10 +234,10 @@ def _delayed_rows(rows: np.ndarray, gain: np.ndarray, delays: Sequence[int]) -> 
 
 
 def beam_decode(grid: StoryGrid, model: ResponseModel, proposer: WordProposer, reader: FeatureReader,
-                settings: BeamSearchSettings, tr: float) -> tuple[list[str], np.ndarray]:
+                settings: BeamSearchSettings) -> tuple[list[str], np.ndarray]:
     """The best word sequence for the story's slots and its words' features ``(n_words, hidden)``."""
     base = model.baseline(len(grid.row_times))
-    horizon = (max(model.delays) + model.lanczos["window"]) * tr
+    horizon = (max(model.delays) + model.lanczos["window"]) * grid.tr
     beam = [([], [], base, 0.0, 0.0)]  # words, features, prediction, score, the words' summed LLM log-probability
     for slot in tqdm(range(len(grid.word_times)), desc="beam search", unit="word"):
         scored = grid.row_times <= grid.word_times[slot] + horizon
@@ -313,11 +314,10 @@ def run_beam_search(responses_h5, words_tsvs: Mapping[str, str | os.PathLike], a
     for story in test_stories:
         words = read_words(words_tsvs[story]).sort_values("onset", kind="stable")
         grid = story_grid(responses_h5, story, words, model, settings.max_words)
-        tr = float(_story_grid(responses_h5, story)["tr"])
         reference = words["word"].astype(str).str.lower().tolist()[: len(grid.word_times)]
         n_words += len(reference)
         ref_features = reader.all_words(reference)
-        decoded, features = beam_decode(grid, model, proposer, reader, settings, tr)
+        decoded, features = beam_decode(grid, model, proposer, reader, settings)
         frames.append(window_scores(grid.word_times, reference, decoded, ref_features, features, settings.window_s, scorer)
                       .assign(story=story, source="brain"))
         for k, text in enumerate(null_texts(proposer, len(reference), settings)):

@@ -610,17 +610,15 @@ def run_brain_prompt(
 # ----------------------------------------------------------------------------- report
 
 
-def _subject_of(path: str | os.PathLike) -> str:
-    return next(part.removeprefix("sub-") for part in Path(path).parts if part.startswith("sub-"))
-
-
 def plot_brain_prompt(scores_jsons: Sequence[str | os.PathLike], comparisons_tsvs: Sequence[str | os.PathLike],
                       texts_tsvs: Sequence[str | os.PathLike], out: Mapping[str, str | os.PathLike], dpi: int = 150,
                       n_examples: int = 5) -> pd.DataFrame:
     """Report figure and tables of every subject: ``out['tsv']`` the comparisons with their CIs and p,
     ``out['examples']`` heard vs generated text (beam search) of ``n_examples`` segments per subject."""
-    from . import figures
     import json
+
+    from . import figures
+    from .report import _subject_of
 
     comparisons = pd.concat([pd.read_csv(path, sep="\t").assign(subject=_subject_of(path)) for path in comparisons_tsvs], ignore_index=True)
     pairwise = pd.DataFrame([{"subject": _subject_of(path), **json.loads(Path(path).read_text())["pairwise"]} for path in scores_jsons])
