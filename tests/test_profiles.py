@@ -496,7 +496,10 @@ def test_wisteria_interrupt_cancels_jobs_with_pjdel(tmp_path):
     env = standin_env(tmp_path / "pjm", BRAINLLM_PJM_GROUP="gz00")
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(MINI_SNAKEFILE), "--profile", str(WISTERIA),
                "--seconds-between-status-checks", "1", "results/slow/done.txt", "--config", f"slow_seconds={HANG_GUARD_S}"]
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGINT back to its default in the child: a test run started in the background of a
+    # non-interactive shell inherits it ignored, and snakemake would never see Ctrl-C
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     guard = time.monotonic() + HANG_GUARD_S
     while process.poll() is None and not any(
         json.loads(p.read_text()).get("state") == "RUN" for p in (tmp_path / "pjm" / "jobs").glob("*.json")
