@@ -842,7 +842,8 @@ class BidsDataset:
         return runs
 
     def _events_path(self, bold: Path, entities: dict) -> Path:
-        found = self.layout.get(**entities, suffix="events", extension=".tsv", scope="raw", return_type="file")
+        # the BOLD's own events (func/), never those of an EEG recording of the same task
+        found = self.layout.get(**entities, datatype="func", suffix="events", extension=".tsv", scope="raw", return_type="file")
         if found:
             return Path(found[0])
         # The conventional name beside the raw BOLD, reported when missing.

@@ -21,6 +21,9 @@ def _root(options: dict) -> Path | None:
     return root if root.is_dir() else None
 
 
+ELECTROPHYSIOLOGY = ("eeg", "meg", "ieeg")  # BIDS datatype folders of recordings that are not BOLD
+
+
 def _bids_run_files(root: Path, options: dict, subject: str, run_story: str) -> list[Path]:
     """BOLD series, sidecars and events of a subject's runs of a story (+ fMRIPrep's files)."""
     trees = [root]
@@ -28,7 +31,8 @@ def _bids_run_files(root: Path, options: dict, subject: str, run_story: str) -> 
         trees.append(root / options["bids"]["derivatives"])
     files = [tree / "dataset_description.json" for tree in trees]  # pybids reads them
     for tree in trees:
-        files += tree.glob(f"sub-{subject}/**/sub-{subject}_*task-{run_story}_*")
+        files += [path for path in tree.glob(f"sub-{subject}/**/sub-{subject}_*task-{run_story}_*")
+                  if path.parent.name not in ELECTROPHYSIOLOGY]  # the EEG stage reads those
         # inherited sidecars (BIDS inheritance): folders above the run, without a task or for this one
         for sidecar in [*tree.glob("*_bold.json"), *tree.glob(f"sub-{subject}/**/*_bold.json")]:
             if _entities_of(sidecar.name).get("task", run_story) == run_story:
