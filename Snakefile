@@ -38,6 +38,7 @@ include: "workflow/rules/encoding.smk"
 include: "workflow/rules/decoding.smk"
 include: "workflow/rules/group.smk"
 include: "workflow/rules/generation.smk"
+include: "workflow/rules/eeg.smk"
 include: "workflow/rules/derivatives.smk"
 
 

@@ -211,9 +211,9 @@ def test_trims_in_seconds_become_whole_trs():
 
 def test_unknown_stage_section_stops_before_any_job(workdir, tmp_path):
     path, config = minimal_bids(workdir, tmp_path)
-    config["eeg"] = {"sfreq": 100}
+    config["fnirs"] = {"sfreq": 10}
     proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
-    assert proc.returncode != 0 and "'eeg'" in proc.stdout and "not part of brainllm" in proc.stdout
+    assert proc.returncode != 0 and "'fnirs'" in proc.stdout and "not part of brainllm" in proc.stdout
 
 
 def test_model_listed_twice_stops_before_any_job(workdir, tmp_path):

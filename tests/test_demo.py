@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainllm import demo
+from brainllm import demo, demo_eeg
 from brainllm.io import InputError
 from brainllm.preprocess import clean_run
 from brainllm.textgrid import read_textgrid
@@ -242,7 +242,10 @@ def test_pybids_finds_subjects_tasks_runs(generated):
     assert layout.get_runs(subject="UTS01", task=demo.TEST_STORY) == [1, 2, 3]
     bold = layout.get(subject="UTS02", task="nightmarket", suffix="bold", extension=".nii.gz")
     assert len(bold) == 1 and bold[0].get_metadata()["RepetitionTime"] == 2.0
-    assert len(layout.get(suffix="events", extension=".tsv")) == 2 * (len(STORIES) + 2)
+    assert len(layout.get(suffix="events", extension=".tsv", datatype="func")) == 2 * (len(STORIES) + 2)
+    eeg = layout.get(subject="UTS02", task="orchard", datatype="eeg", suffix="eeg", extension=".vhdr")
+    assert len(eeg) == 1 and eeg[0].get_metadata()["SamplingFrequency"] == demo_eeg.EEG_SFREQ
+    assert len(layout.get(suffix="events", extension=".tsv", datatype="eeg")) == 2 * len(STORIES)
     with_derivatives = bids.BIDSLayout(out / "bids", derivatives=True)
     masks = with_derivatives.get(scope="derivatives", desc="brain", suffix="mask", extension=".nii.gz")
     assert len(masks) == 2

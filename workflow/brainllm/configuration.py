@@ -309,11 +309,27 @@ def finish(config: dict, check_inputs: bool = True) -> dict:
     if stage_enabled(config, "group") and not config["encoding"].get("save_predictions", True):
         raise InputError(None, "the group section needs the encoding models' test predictions, but encoding.save_predictions is false.",
                          "set encoding.save_predictions: true, or leave the group section out.")
+    check_eeg(config)
     if check_inputs:
         check_dataset_files(dataset)
         lengths = ds003020_run_lengths(dataset) if dataset["layout"] == "ds003020" else bids_run_lengths(dataset)
         check_run_lengths(config, lengths)
     return config
+
+
+def check_eeg(config: Mapping) -> None:
+    """Windows, lags and filter edges of the eeg section that the schema cannot check."""
+    if not stage_enabled(config, "eeg"):
+        return
+    eeg = config["eeg"]
+    for name, (start, end) in (eeg.get("windows") or {}).items():
+        if not start < end:
+            raise InputError(None, f"eeg.windows.{name} is [{start}, {end}]: its start must precede its end.", "give [start, end] in seconds after the word onset.")
+    trf = eeg.get("trf") or {}
+    if not trf.get("tmin", -0.1) < trf.get("tmax", 0.7):
+        raise InputError(None, f"eeg.trf.tmin ({trf.get('tmin')}) must be below eeg.trf.tmax ({trf.get('tmax')}).", "set the lags in seconds, tmin < tmax.")
+    if eeg.get("l_freq") and eeg["l_freq"] >= eeg.get("h_freq", 20.0):
+        raise InputError(None, f"eeg.l_freq ({eeg['l_freq']} Hz) must be below eeg.h_freq ({eeg.get('h_freq', 20.0)} Hz).", "lower l_freq or raise h_freq.")
 
 
 def stage_enabled(config: Mapping, section: str) -> bool:

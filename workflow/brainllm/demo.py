@@ -3,7 +3,8 @@
 ``generate_demo`` writes, deterministically from one seed, the same synthetic recordings
 in two layouts (see docs/outputs.md): a ds003020-style replica (Praat TextGrids,
 ``respdict.json``, preprocessed ``.hf5`` responses, masks) and a generic BIDS dataset
-(raw 4D BOLD with drift, word events, brain mask and ROI atlas). ``ground_truth.json``
+(raw 4D BOLD with drift, word events, brain mask and ROI atlas), whose subjects also have
+BIDS EEG recordings of the stories (``brainllm.demo_eeg``). ``ground_truth.json``
 records what was planted, so the workflow's recovery can be checked against it.
 
 The planted signal of a voxel is ONE layer of the packaged MiniLM, computed here by a
@@ -37,6 +38,7 @@ from tqdm import tqdm
 
 from brainllm import __version__
 from brainllm.io import InputError, atomic_path, open_h5, sha256_file, write_json, write_tsv
+from brainllm.demo_eeg import generate_eeg
 from brainllm.preprocess import clean_run
 
 logger = logging.getLogger(__name__)
@@ -105,7 +107,7 @@ NOISE_FRACTION_IN_ROI = 0.1  # voxels inside signal ROIs left as pure noise
 NOISE_AR1_RANGE = (0.3, 0.7)  # per-voxel AR(1) coefficient of the noise (TR-to-TR autocorrelation)
 
 # Random streams: every draw comes from default_rng([seed, stream, ...]).
-_STREAM_TIMING, _STREAM_MIXING, _STREAM_SUBJECT, _STREAM_RUN, _STREAM_EMOTION = 1, 2, 3, 4, 5
+_STREAM_TIMING, _STREAM_MIXING, _STREAM_SUBJECT, _STREAM_RUN, _STREAM_EMOTION, _STREAM_EEG_MAP, _STREAM_EEG_RUN = 1, 2, 3, 4, 5, 6, 7
 
 # Planted emotion: each story is cut into segments of EMOTION_SEGMENT_S seconds, each with
 # one category and a continuous valence; EMOTION_VOXELS pure-noise voxels outside every ROI
@@ -800,6 +802,9 @@ def generate_demo(
             100.0 * (1 - len(per_subject[subject]["signal_voxels"]) / n_voxels),
         )
 
+    eeg_truth = generate_eeg(bids, SUBJECTS, stories, TRAIN_STORIES, timings, word_features, seed, (_STREAM_EEG_MAP, _STREAM_EEG_RUN))
+    write_tsv(bids / "participants.tsv", pd.DataFrame({"participant_id": [f"sub-{s}" for s in SUBJECTS]}))  # as mne-bids left it, less its n/a columns
+
     model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
     weights = model_dir / "model.safetensors"
     ground_truth = {
@@ -853,6 +858,7 @@ def generate_demo(
         },
         "voxel_order": "numpy C order of mask > 0",
         "per_subject": per_subject,
+        "eeg": eeg_truth,
         "versions": _versions(),
     }
     write_json(out_dir / "ground_truth.json", ground_truth)

@@ -642,6 +642,46 @@ def final_targets():
     targets += label_targets()
     targets += group_targets() + group_targets("subject_layers.tsv")
     targets += generation_targets() + beam_search_targets()
+    targets += eeg_targets()
     targets += [f"{RESULTS}/report/manifest.tsv"]  # report: every registered figure
     targets += [f"{RESULTS}/dataset_description.json"]  # results/ as a BIDS derivative
     return targets
+
+
+# --- EEG ---------------------------------------------------------------------------
+
+
+EEG_ENABLED = brainllm_configuration.stage_enabled(config, "eeg")
+EEG = brainllm_configuration.stage_settings(config, "eeg")
+EEG_SUBJECTS = [str(s) for s in (EEG.get("subjects") or DATASET["subjects"])] if EEG_ENABLED else []
+EEG_ROOT = EEG.get("root") or DATASET["root"]
+EEG_MODELS = [model for model in MODELS if model not in TUNED_MODELS]  # brain-tuned models belong to an fMRI subject
+
+
+def eeg_sources(wildcards):
+    """Every file of a subject's EEG recordings (data, sidecars, channels, events) under the BIDS root."""
+    if dataset_ready():
+        return dataset_ready()
+    import glob
+
+    folder = os.path.join(EEG_ROOT, f"sub-{wildcards.subject}", "eeg")
+    return sorted(path for story in STORIES for path in glob.glob(os.path.join(folder, f"sub-{wildcards.subject}_task-{story}_*")))
+
+
+def eeg_file(subject, model, name):
+    return f"{RESULTS}/eeg/encoding/sub-{subject}/model-{model}/sub-{subject}_model-{model}_{name}"
+
+
+def eeg_targets(name="summary.json"):
+    return [eeg_file(subject, model, name) for subject in EEG_SUBJECTS for model in EEG_MODELS] if EEG_ENABLED else []
+
+
+def eeg_ground_truth():
+    """The demo's ground truth (planted channels and latency) when the dataset has one."""
+    return {"truth": DATASET["ground_truth"]} if DATASET.get("ground_truth") else {}
+
+
+def report_eeg_figures():
+    if not (EEG_ENABLED and rules.has("report_eeg")):
+        return []
+    return report_figure_files([f"{REPORT_DIR}/eeg/model-{model}" for model in EEG_MODELS])

@@ -1,0 +1,228 @@
+"""brainllm.eeg against independent computations, planted responses and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainllm import configuration, eeg
+from brainllm.demo_eeg import write_recording
+from brainllm.io import InputError, write_tsv
+from brainllm.metrics import pearson_r
+
+SFREQ = 100.0
+CHANNELS = ("Fz", "Cz", "Pz", "C3", "C4", "P3", "P4", "Fp1", "Fp2", "O1")
+
+
+def settings(**changes) -> eeg.EegSettings:
+    base = eeg.EegSettings.from_config({"n_permutations": 200}, {"subjects": ["01"], "root": "unused"})
+    return eeg.EegSettings(**{**base.__dict__, **changes})
+
+
+def test_gram_ridge_equals_the_normal_equations_and_cv_equals_concatenated_r():
+    rng = np.random.default_rng(0)
+    grams = {s: eeg.story_gram(rng.standard_normal((60, 5)), rng.standard_normal((60, 3))) for s in "abcd"}
+    alphas = np.array([0.1, 1.0, 10.0])
+    per_target = np.array([0.1, 10.0, 1.0])
+    weights = eeg.ridge_weights([grams[s] for s in "abc"], per_target)
+    X = np.vstack([grams[s].X for s in "abc"])
+    Y = np.vstack([grams[s].Y for s in "abc"])
+    for target, alpha in enumerate(per_target):
+        np.testing.assert_allclose(weights[:, target], np.linalg.solve(X.T @ X + alpha * np.eye(5), X.T @ Y[:, target]), rtol=1e-9)
+    chosen, r_validation = eeg.cross_validated_alphas(grams, list("abcd"), alphas)
+    scores = []
+    for alpha in alphas:  # slow reference: every fold refitted by solve, r over the concatenated held-out stories
+        predictions = []
+        for held in "abcd":
+            Xt = np.vstack([grams[s].X for s in "abcd" if s != held])
+            Yt = np.vstack([grams[s].Y for s in "abcd" if s != held])
+            predictions.append(grams[held].X @ np.linalg.solve(Xt.T @ Xt + alpha * np.eye(5), Xt.T @ Yt))
+        scores.append(pearson_r(np.vstack(predictions), np.vstack([grams[s].Y for s in "abcd"])))
+    scores = np.array(scores)
+    np.testing.assert_allclose(r_validation, scores.max(axis=0), atol=1e-10)
+    np.testing.assert_array_equal(chosen, alphas[scores.argmax(axis=0)])
+
+
+def test_lagged_impulse_design_equals_a_loop():
+    onsets = np.array([0, 3, 3, 9])  # two words on one sample add up; lags past the end are dropped
+    values = np.arange(8, dtype=float).reshape(4, 2) + 1
+    lags = np.array([-1, 0, 2])
+    dense = np.zeros((11, 2 * lags.size))
+    for word, onset in enumerate(onsets):
+        for k in range(2):
+            for j, lag in enumerate(lags):
+                if 0 <= onset + lag < 11:
+                    dense[onset + lag, k * lags.size + j] += values[word, k]
+    np.testing.assert_array_equal(eeg.lagged_impulse_design(onsets, values, 11, lags).toarray(), dense)
+    np.testing.assert_array_equal(eeg.lag_samples(-0.1, 0.7, 100.0), np.arange(-10, 71))
+
+
+def test_word_amplitudes_equal_a_loop():
+    rng = np.random.default_rng(1)
+    data = rng.standard_normal((500, 3))
+    onsets = np.array([0.05, 1.0, 4.9])
+    got = eeg.word_amplitudes(data, 100.0, onsets, (0.3, 0.5))
+    for word, onset in enumerate(onsets[:2]):
+        start, stop = int(round((onset + 0.3) * 100)), int(round((onset + 0.5) * 100))
+        np.testing.assert_allclose(got[word], data[start:stop].mean(0))
+    assert np.isnan(got[2]).all()  # the window lies past the end of the recording
+
+
+def planted_stories(rng, latency_s=0.3, n_stories=4, duration_s=120.0, n_features=6):
+    """Stories of random word features whose first component drives Cz/Pz with a bump at ``latency_s``."""
+    features, data, onsets = {}, {}, {}
+    n = int(duration_s * SFREQ)
+    for story in range(n_stories):
+        times = np.sort(rng.uniform(1.0, duration_s - 2.0, int(duration_s * 2)))
+        x = rng.standard_normal((times.size, n_features))
+        signal = np.zeros(n)
+        np.add.at(signal, np.round((times + latency_s) * SFREQ).astype(int), x[:, 0])
+        signal = np.convolve(signal, np.exp(-0.5 * (np.arange(-15, 16) / 4.0) ** 2), mode="same")
+        y = rng.standard_normal((n, 4))
+        y[:, :2] += 2.0 * signal[:, None]
+        features[f"s{story}"], data[f"s{story}"], onsets[f"s{story}"] = x, y, times
+    return features, data, onsets
+
+
+def test_trf_recovers_a_planted_latency_and_channels():
+    features, data, onsets = planted_stories(np.random.default_rng(2))
+    fit = eeg.fit_trf(features, data, onsets, SFREQ, ["s0", "s1", "s2"], ["s3"], settings(trf_components=6))
+    assert fit["weights"].shape == (6, 81, 4)
+    assert eeg.peak_latency(fit["weights"], fit["lags_s"], np.array([0, 1])) == pytest.approx(0.3, abs=0.02)
+    assert (fit["r_test"][:2] > 0.2).all() and (fit["p"][:2] < 0.01).all()
+    assert (np.abs(fit["r_test"][2:]) < 0.1).all()
+
+
+def test_word_level_finds_the_planted_channels_only():
+    rng = np.random.default_rng(3)
+    features = {s: rng.standard_normal((300, 8)) for s in "abcd"}
+    amplitudes = {s: np.column_stack([features[s][:, :2] @ [1.0, -0.5] + rng.standard_normal(300), rng.standard_normal(300)]) for s in "abcd"}
+    fit = eeg.fit_word_level(features, amplitudes, list("abc"), ["d"], settings())
+    assert fit["r_test"][0] > 0.5 and fit["p"][0] < 0.01
+    assert fit["p"][1] > 0.01 and fit["r_validation"][0] > fit["r_validation"][1]
+
+
+def raw_with(data, names=CHANNELS, sfreq=250.0, bads=()):
+    import mne
+
+    raw = mne.io.RawArray(data.copy(), mne.create_info(list(names), sfreq, ch_types="eeg"), verbose="error")
+    raw.set_montage("standard_1020", verbose="error")
+    raw.info["bads"] = list(bads)
+    raw.info["line_freq"] = 50.0
+    return raw
+
+
+def test_preprocessing_removes_line_noise_and_interpolates_the_bad_channel():
+    rng = np.random.default_rng(4)
+    n = 250 * 60
+    t = np.arange(n) / 250.0
+    brain = np.convolve(rng.standard_normal(n), np.ones(25) / 25, mode="same")  # one smooth source seen by every channel
+    data = 1e-5 * (brain[None, :] + 0.05 * rng.standard_normal((len(CHANNELS), n)) + 0.5 * np.sin(2 * np.pi * 50 * t))
+    data[CHANNELS.index("C3")] = 1e-4 * rng.standard_normal(n)  # the bad channel: noise only
+    raw = eeg.preprocess_raw(raw_with(data, bads=("C3",)), settings(reference="none", h_freq=40.0))
+    out = raw.get_data()
+    assert raw.info["sfreq"] == 100.0 and raw.info["bads"] == []
+    spectrum = np.abs(np.fft.rfft(eeg.preprocess_raw(raw_with(data), settings(reference="none", h_freq=45.0, resample_hz=250.0,
+                                                                                   interpolate_bads=False)).get_data()[0]))
+    freqs = np.fft.rfftfreq(n, 1 / 250.0)
+    assert spectrum[np.abs(freqs - 50) < 0.2].max() < 0.05 * np.abs(np.fft.rfft(data[0]))[np.abs(freqs - 50) < 0.2].max()
+    assert np.corrcoef(out[CHANNELS.index("C3")], out[CHANNELS.index("Cz")])[0, 1] > 0.9  # interpolated from its neighbours
+
+
+def test_ica_removes_blinks_from_frontal_channels():
+    rng = np.random.default_rng(5)
+    n = 250 * 60
+    data = 1e-5 * rng.standard_normal((len(CHANNELS), n))
+    blinks = np.zeros(n)
+    for start in rng.integers(0, n - 75, 20):
+        blinks[start : start + 75] += np.hanning(75)
+    gains = np.array([0.3 if name.startswith("F") else 0.05 for name in CHANNELS])
+    gains[CHANNELS.index("Fp1")] = gains[CHANNELS.index("Fp2")] = 1.0
+    data += 1.5e-4 * gains[:, None] * blinks[None, :]
+    cleaned = eeg.preprocess_raw(raw_with(data), settings(reference="none", resample_hz=250.0, h_freq=40.0,
+                                                         ica={"enabled": True, "n_components": 8, "eog_channels": ["Fp1", "Fp2"]}))
+    fp1 = CHANNELS.index("Fp1")
+    assert abs(np.corrcoef(cleaned.get_data()[fp1], blinks)[0, 1]) < 0.3 < abs(np.corrcoef(data[fp1], blinks)[0, 1])
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def write_story(root, story="tale", names=CHANNELS, sfreq=250.0, duration_s=20.0, onsets=(1.0, 2.0, 3.0), words=("the", "old", "boat")):
+    data = 1e-6 * np.random.default_rng(6).standard_normal((len(names), int(duration_s * sfreq)))
+    write_recording(root, "01", story, data, list(words), np.array(onsets), np.full(len(onsets), 0.3), tuple(names), sfreq, bads=())
+
+
+def words_file(tmp_path, words=("the", "old", "boat")):
+    path = tmp_path / "words.tsv"
+    write_tsv(path, pd.DataFrame({"word": list(words), "onset": [1.0, 2.0, 3.0], "offset": [1.3, 2.3, 3.3]}))
+    return path
+
+
+def ingest(tmp_path, root, **changes):
+    return eeg.ingest_subject(root, "01", ["tale"], {"tale": words_file(tmp_path)}, settings(**changes), tmp_path / "raw.h5")
+
+
+def test_a_clean_recording_is_ingested(tmp_path):
+    write_story(tmp_path / "bids")
+    summary = ingest(tmp_path, tmp_path / "bids")
+    assert summary["tale"]["n_words"] == 3 and not (tmp_path / "raw.h5").with_name(".raw.h5.tmp").exists()
+    out = eeg.preprocess_subject(tmp_path / "raw.h5", settings(), tmp_path / "eeg.h5")
+    assert out["tale"]["sfreq"] == 100.0
+
+
+def test_missing_events_are_named(tmp_path):
+    write_story(tmp_path / "bids")
+    next((tmp_path / "bids").rglob("*_events.tsv")).unlink()
+    with pytest.raises(InputError, match="events.tsv: missing"):
+        ingest(tmp_path, tmp_path / "bids")
+    assert not (tmp_path / "raw.h5").exists()
+
+
+def test_events_outside_the_recording_are_named(tmp_path):
+    write_story(tmp_path / "bids", onsets=(1.0, 2.0, 25.0))
+    with pytest.raises(InputError, match=r"events.tsv: 1 word onsets lie outside the recording .*'boat'"):
+        ingest(tmp_path, tmp_path / "bids")
+
+
+def test_channels_unknown_to_the_montage_are_named(tmp_path):
+    write_story(tmp_path / "bids", names=("Fz", "Cz", "Brain7"))
+    with pytest.raises(InputError, match=r"_eeg.vhdr: channels Brain7 are not in the montage 'standard_1020'.*eeg.montage"):
+        ingest(tmp_path, tmp_path / "bids")
+
+
+def test_a_sampling_rate_below_twice_the_low_pass_is_named(tmp_path):
+    write_story(tmp_path / "bids", sfreq=30.0)
+    with pytest.raises(InputError, match=r"sampled at 30 Hz, below twice eeg.h_freq"):
+        ingest(tmp_path, tmp_path / "bids")
+
+
+def test_an_unreadable_file_is_named(tmp_path):
+    write_story(tmp_path / "bids")
+    header = next((tmp_path / "bids").rglob("*_eeg.vhdr"))
+    header.write_text("not a BrainVision header\n")
+    with pytest.raises(InputError, match=r"_eeg.vhdr: MNE cannot read this recording"):
+        ingest(tmp_path, tmp_path / "bids")
+
+
+def test_words_that_are_not_the_story_s_are_named(tmp_path):
+    write_story(tmp_path / "bids", words=("the", "old", "ship"))
+    with pytest.raises(InputError, match=r"differ from story 'tale'.*'ship' vs 'boat'"):
+        ingest(tmp_path, tmp_path / "bids")
+
+
+def test_a_missing_recording_is_named(tmp_path):
+    (tmp_path / "bids").mkdir()
+    with pytest.raises(InputError, match=r"no EEG recording of task 'tale'.*eeg.root"):
+        ingest(tmp_path, tmp_path / "bids")
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"windows": {"n400": [0.5, 0.3]}}, "eeg.windows.n400"),
+    ({"trf": {"tmin": 0.5, "tmax": 0.1}}, "eeg.trf.tmin"),
+    ({"l_freq": 30.0, "h_freq": 20.0}, "eeg.l_freq"),
+])
+def test_inconsistent_eeg_settings_stop_before_any_job(section, message):
+    with pytest.raises(InputError, match=message):
+        configuration.check_eeg({"eeg": section})

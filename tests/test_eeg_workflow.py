@@ -1,0 +1,67 @@
+"""The demo workflow's EEG stage: the demo's BIDS EEG read by mne-bids and preprocessed by
+MNE; the word-level models choose the planted layer on validation data and find the planted
+channels (and no others) on the held-out story; the TRF peaks at the planted latency."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, copy_config
+from test_config import dry_run, job_counts
+
+pytestmark = pytest.mark.workflow
+
+CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+MODEL = next(iter(CONFIG["models"]))
+RESULTS = CONFIG["results"]
+SUBJECTS = CONFIG["dataset"]["subjects"]
+
+
+def summary(demo_run, subject):
+    stem = demo_run / RESULTS / "eeg" / "encoding" / f"sub-{subject}" / f"model-{MODEL}" / f"sub-{subject}_model-{MODEL}"
+    return json.loads(stem.with_name(stem.name + "_summary.json").read_text()), stem
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_planted_layer_channels_and_latency_are_recovered(demo_run, subject):
+    truth = json.loads((demo_run / CONFIG["dataset"]["ground_truth"]).read_text())
+    found, stem = summary(demo_run, subject)
+    assert found["chosen_layer"] == truth["planted_layer"]
+    assert found["ground_truth"]["sensitivity"] >= 0.9 and found["ground_truth"]["specificity"] >= 0.9, found["ground_truth"]
+    assert abs(found["trf"]["peak_latency_s"] - truth["eeg"]["latency_s"]) <= 0.02
+    table = pd.read_csv(stem.with_name(stem.name + "_wordlevel.tsv"), sep="\t")
+    planted = table[table["channel"].isin(truth["eeg"]["planted_channels"]) & (table["window"] == found["chosen_window"])]
+    curve = planted.groupby("layer")["r_validation"].mean()
+    assert curve.idxmax() == truth["planted_layer"]  # also on the planted channels alone
+    assert set(table["layer"]) == set(range(7)) and set(table["window"]) == set(CONFIG["eeg"]["windows"])
+
+
+def test_preprocessed_eeg_follows_the_contract(demo_run):
+    truth = json.loads((demo_run / CONFIG["dataset"]["ground_truth"]).read_text())["eeg"]
+    path = demo_run / RESULTS / "eeg" / "preprocess" / f"sub-{SUBJECTS[0]}" / "eeg.h5"
+    with h5py.File(path, "r") as h5:
+        stories = CONFIG["dataset"]["train_stories"] + CONFIG["dataset"]["test_stories"]
+        assert sorted(h5) == sorted(stories)
+        group = h5[stories[0]]
+        assert group.attrs["sfreq"] == CONFIG["eeg"]["resample_hz"]
+        assert group["data"].shape[1] == len(truth["channels"]) == len(group.attrs["ch_names"])
+        assert list(group.attrs["interpolated"]) == [truth["bad_channel"]]
+    manifest = pd.read_csv(demo_run / RESULTS / "report" / "manifest.tsv", sep="\t")
+    assert any(name.endswith(f"report/eeg/model-{MODEL}.png") for name in manifest["file"])
+
+
+def test_eeg_runs_exactly_when_its_section_is_present(workdir):
+    path = copy_config(workdir)
+    config = yaml.safe_load(path.read_text())
+    del config["eeg"]
+    path.write_text(yaml.safe_dump(config))
+    assert not {"ingest_eeg", "preprocess_eeg", "encoding_eeg", "report_eeg"} & set(job_counts(dry_run(workdir, "--configfile", str(path)).stdout))
+    config["eeg"] = {"subjects": [SUBJECTS[0]]}  # one subject, every other key its default
+    path.write_text(yaml.safe_dump(config))
+    counts = job_counts(dry_run(workdir, "--configfile", str(path)).stdout)
+    assert [counts.get(rule) for rule in ("ingest_eeg", "preprocess_eeg", "encoding_eeg", "report_eeg")] == [1, 1, 1, 1]

@@ -1,0 +1,528 @@
+"""EEG: BIDS EEG ingestion and MNE preprocessing, word-level and continuous (TRF) encoding.
+
+Ingestion reads each (subject, story) recording with mne-bids (BrainVision, EDF, EEGLAB,
+FIF: whatever ``read_raw_bids`` reads), takes the bad channels from ``*_channels.tsv``, the
+electrode positions from the configured standard montage (or the recording's own), and the
+words from ``*_events.tsv``; the words must be the story's (``words.tsv`` of the ingest
+stage) so the story's features serve the recording. Preprocessing is MNE's: notch at the
+line frequency and its harmonics, zero-phase FIR band-pass, optional ICA blink removal,
+re-reference, bad channels interpolated (spherical splines), resampling.
+
+Encoding uses the features of the fMRI path and its statistics:
+
+- word-level: per word the mean amplitude of each channel in windows after its onset
+  (e.g. N400 300–500 ms), predicted from the word's features of every layer by ridge
+  regression; α per channel by leave-one-story-out CV on the training stories; the layer
+  chosen on that validation r; held-out r per channel with a one-sided block-permutation
+  p-value over consecutive words and BH-FDR over channels;
+- continuous TRF: the chosen layer's features reduced to principal components of the
+  training words, placed as impulses at word onsets on the EEG sample grid and time-lagged
+  (``trf.tmin`` … ``trf.tmax``). The lagged design is a sparse matrix (words × lags ×
+  components non-zeros, not samples × columns), so the normal equations are formed from
+  sparse products and the memory is that of the words and one Gram matrix.
+
+Both fits solve ridge from per-story Gram matrices: the Gram of a fold is the sum of its
+stories', one eigendecomposition per fold serves every α.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse
+
+from brainllm.io import InputError, atomic_path, open_h5, read_words, write_json, write_tsv
+from brainllm.metrics import fdr_bh, pearson_r, permutation_p
+
+logger = logging.getLogger(__name__)
+
+REFERENCES = ("average", "none")
+
+
+@dataclass(frozen=True)
+class EegSettings:
+    """The ``eeg`` config section, parsed once."""
+
+    subjects: tuple[str, ...]
+    root: str
+    montage: str | None = "standard_1020"
+    word_column: str = "word"
+    events_trial_type: str | None = "word"
+    line_freq: float | None = None
+    l_freq: float | None = 0.5
+    h_freq: float = 20.0
+    reference: str = "average"
+    interpolate_bads: bool = True
+    ica: Mapping = field(default_factory=lambda: {"enabled": False, "n_components": 15, "eog_channels": ["Fp1", "Fp2"]})
+    resample_hz: float = 100.0
+    windows: Mapping[str, tuple[float, float]] = field(default_factory=lambda: {"n400": (0.3, 0.5)})
+    trf_tmin: float = -0.1
+    trf_tmax: float = 0.7
+    trf_components: int = 16
+    alphas: tuple[float, ...] = tuple(np.logspace(-2, 6, 17))
+    block_words: int = 20
+    block_s: float = 2.0
+    n_permutations: int = 1000
+    fdr_q: float = 0.05
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, section: Mapping, dataset: Mapping) -> "EegSettings":
+        trf = section.get("trf", {})
+        alphas = section.get("alphas", {"log10_min": -2, "log10_max": 6, "num": 17})
+        bids = dataset.get("bids") or {}
+        return cls(
+            subjects=tuple(str(s) for s in (section.get("subjects") or dataset["subjects"])),
+            root=str(section.get("root") or dataset["root"]),
+            montage=section.get("montage", "standard_1020"),
+            word_column=str(section.get("word_column") or bids.get("word_column") or "word"),
+            events_trial_type=section.get("events_trial_type", bids.get("events_trial_type", "word")),
+            line_freq=section.get("line_freq"),
+            l_freq=None if section.get("l_freq", 0.5) is None else float(section.get("l_freq", 0.5)),
+            h_freq=float(section.get("h_freq", 20.0)),
+            reference=str(section.get("reference", "average")),
+            interpolate_bads=bool(section.get("interpolate_bads", True)),
+            ica=dict(section.get("ica") or {"enabled": False}),
+            resample_hz=float(section.get("resample_hz", 100.0)),
+            windows={str(k): (float(v[0]), float(v[1])) for k, v in (section.get("windows") or {"n400": [0.3, 0.5]}).items()},
+            trf_tmin=float(trf.get("tmin", -0.1)),
+            trf_tmax=float(trf.get("tmax", 0.7)),
+            trf_components=int(trf.get("n_components", 16)),
+            alphas=tuple(np.logspace(alphas["log10_min"], alphas["log10_max"], int(alphas["num"]))),
+            block_words=int(section.get("block_words", 20)),
+            block_s=float(section.get("block_s", 2.0)),
+            n_permutations=int(section.get("n_permutations", 1000)),
+            fdr_q=float(section.get("fdr_q", 0.05)),
+            seed=int(section.get("seed", 0)),
+        )
+
+
+# ----------------------------------------------------------------------------- ingestion
+
+
+def recording_path(root: str | os.PathLike, subject: str, story: str):
+    """The BIDS path of one recording (``sub-<subject>/eeg/sub-<subject>_task-<story>_eeg.*``)."""
+    from mne_bids import BIDSPath
+
+    path = BIDSPath(subject=subject, task=story, datatype="eeg", suffix="eeg", root=root)
+    matches = [m for m in path.match() if m.extension in (".vhdr", ".edf", ".bdf", ".set", ".fif")]
+    if not matches:
+        raise InputError(Path(root) / f"sub-{subject}" / "eeg", f"no EEG recording of task {story!r} (sub-{subject}_task-{story}_eeg.vhdr/.edf/.bdf/.set/.fif).",
+                         "check eeg.root, eeg.subjects and the story names (the BIDS task entity).")
+    return matches[0]
+
+
+def read_events_words(events_tsv: Path, settings: EegSettings, duration_s: float) -> pd.DataFrame:
+    """Words (``word``, ``onset`` in s from the recording's first sample) of an ``*_events.tsv``."""
+    if not events_tsv.exists():
+        raise InputError(events_tsv, "missing: the recording has no events file, so its words cannot be placed.",
+                         "write the word onsets into *_events.tsv beside the recording.")
+    events = pd.read_csv(events_tsv, sep="\t", keep_default_na=False, na_values=["n/a"])
+    for column in ("onset", settings.word_column):
+        if column not in events.columns:
+            raise InputError(events_tsv, f"has no column {column!r} (columns: {', '.join(events.columns)}).",
+                             "set eeg.word_column (or dataset.bids.word_column) to the column holding the words.")
+    if settings.events_trial_type is not None:
+        if "trial_type" not in events.columns:
+            raise InputError(events_tsv, "has no trial_type column to select the word rows.", "set eeg.events_trial_type: null to take every row.")
+        events = events[events["trial_type"] == settings.events_trial_type]
+    if events.empty:
+        raise InputError(events_tsv, f"has no word rows (trial_type {settings.events_trial_type!r}).", "check eeg.events_trial_type.")
+    onset = pd.to_numeric(events["onset"], errors="coerce").to_numpy()
+    outside = (~np.isfinite(onset)) | (onset < 0) | (onset >= duration_s)
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise InputError(events_tsv, f"{int(outside.sum())} word onsets lie outside the recording (0 … {duration_s:.2f} s), "
+                         f"the first {events['onset'].iloc[row]!r} ({events[settings.word_column].iloc[row]!r}).",
+                         "onsets are seconds from the recording's first sample; fix the events or the recording.")
+    return pd.DataFrame({"word": events[settings.word_column].astype(str).str.lower().to_numpy(), "onset": onset})
+
+
+def standard_montage(name: str, source):
+    """MNE's built-in montage ``name`` (``standard_1020`` is ``colin27_1020`` from MNE 1.13 on)."""
+    import mne
+
+    builtin = mne.channels.get_builtin_montages()
+    if name == "standard_1020" and "colin27_1020" in builtin:
+        name = "colin27_1020"
+    if name not in builtin:
+        raise InputError(source, f"eeg.montage {name!r} is not a montage MNE ships ({', '.join(builtin)}).",
+                         "name one of them, or set eeg.montage: null to keep the recording's own positions.")
+    return mne.channels.make_standard_montage(name)
+
+
+def read_recording(root: str | os.PathLike, subject: str, story: str, settings: EegSettings):
+    """``(raw, words)``: the recording (MNE Raw, preloaded, montage set, bads marked) and its words."""
+    import mne
+    from mne_bids import read_raw_bids
+
+    path = recording_path(root, subject, story)
+    try:
+        raw = read_raw_bids(path, verbose="error")
+        raw.load_data(verbose="error")
+    except Exception as error:  # MNE's readers raise many types for unreadable files
+        raise InputError(path.fpath, f"MNE cannot read this recording ({type(error).__name__}: {error}).",
+                         "write it as BrainVision, EDF/BDF, EEGLAB .set or FIF.") from error
+    raw.pick("eeg")
+    if settings.montage:
+        montage = standard_montage(settings.montage, path.fpath)
+        known = {name.lower() for name in montage.ch_names}
+        unknown = [name for name in raw.ch_names if name.lower() not in known]
+        if unknown:
+            raise InputError(path.fpath, f"channels {', '.join(unknown)} are not in the montage {settings.montage!r}.",
+                             "rename them to the montage's names, choose another eeg.montage, or set eeg.montage: null to keep the recording's positions.")
+        raw.set_montage(montage, match_case=False, verbose="error")
+    if settings.h_freq * 2 > raw.info["sfreq"]:
+        raise InputError(path.fpath, f"sampled at {raw.info['sfreq']:g} Hz, below twice eeg.h_freq ({settings.h_freq:g} Hz).",
+                         "lower eeg.h_freq under half the sampling rate.")
+    events_tsv = Path(path.copy().update(suffix="events", extension=".tsv").fpath)
+    words = read_events_words(events_tsv, settings, raw.n_times / raw.info["sfreq"])
+    return raw, words
+
+
+def check_story_words(words: pd.DataFrame, story_words: Sequence[str], source: Path, story: str) -> None:
+    """The recording's words must be the story's (the features are the story's)."""
+    heard = words["word"].tolist()
+    if heard != list(story_words):
+        first = next((i for i, (a, b) in enumerate(zip(heard, story_words)) if a != b), min(len(heard), len(story_words)))
+        raise InputError(source, f"its {len(heard)} words differ from story {story!r}'s {len(story_words)} (words.tsv) from word {first} "
+                         f"({heard[first] if first < len(heard) else 'end'!r} vs {story_words[first] if first < len(story_words) else 'end'!r}).",
+                         "the EEG events must list the story's words in order; fix the events or the story's transcript.")
+
+
+def ingest_subject(root: str | os.PathLike, subject: str, stories: Sequence[str], words_tsvs: Mapping[str, str | os.PathLike],
+                   settings: EegSettings, out_h5: str | os.PathLike) -> dict:
+    """Every story's recording of a subject into one HDF5 (volts, sensor positions, bads, word onsets)."""
+    summary = {}
+    with atomic_path(out_h5) as tmp, open_h5(tmp, "w") as h5:
+        for story in stories:
+            raw, words = read_recording(root, subject, story, settings)
+            check_story_words(words, read_words(words_tsvs[story])["word"].tolist(), recording_path(root, subject, story).fpath, story)
+            group = h5.create_group(story)
+            group.create_dataset("data", data=raw.get_data().T.astype(np.float32))
+            group.create_dataset("positions", data=np.array([ch["loc"][:3] for ch in raw.info["chs"]]))
+            group.create_dataset("word_onset", data=words["onset"].to_numpy())
+            group.attrs.update({"sfreq": raw.info["sfreq"], "ch_names": list(raw.ch_names), "bads": list(raw.info["bads"]),
+                                "line_freq": raw.info["line_freq"] or np.nan, "unit": "V"})
+            summary[story] = {"n_samples": raw.n_times, "sfreq": raw.info["sfreq"], "bads": list(raw.info["bads"]), "n_words": len(words)}
+            logger.info("sub-%s %s: %d channels, %.1f s at %g Hz, bads %s, %d words", subject, story, len(raw.ch_names),
+                        raw.n_times / raw.info["sfreq"], raw.info["sfreq"], raw.info["bads"] or "none", len(words))
+    return summary
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def raw_from_group(group):
+    """An MNE RawArray (positions and bads set) from an ingested story group."""
+    import mne
+
+    names = [str(n) for n in group.attrs["ch_names"]]
+    info = mne.create_info(names, float(group.attrs["sfreq"]), ch_types="eeg")
+    raw = mne.io.RawArray(group["data"][()].T.astype(np.float64), info, verbose="error")
+    positions = group["positions"][()]
+    if np.isfinite(positions).all() and np.abs(positions).sum() > 0:
+        raw.set_montage(mne.channels.make_dig_montage(dict(zip(names, positions)), coord_frame="head"), verbose="error")
+    raw.info["bads"] = [str(b) for b in group.attrs["bads"]]
+    line = float(group.attrs["line_freq"])
+    raw.info["line_freq"] = None if np.isnan(line) else line
+    return raw
+
+
+def preprocess_raw(raw, settings: EegSettings, source: str = "recording"):
+    """Notch, band-pass, optional ICA blink removal, re-reference, interpolate bads, resample (in place)."""
+    line = settings.line_freq or raw.info["line_freq"]
+    nyquist = raw.info["sfreq"] / 2
+    if settings.h_freq >= nyquist:
+        raise InputError(source, f"eeg.h_freq ({settings.h_freq:g} Hz) is not below the Nyquist frequency ({nyquist:g} Hz).", "lower eeg.h_freq.")
+    if line:
+        harmonics = np.arange(line, nyquist, line)
+        if harmonics.size:
+            raw.notch_filter(harmonics, verbose="error")
+    raw.filter(settings.l_freq, settings.h_freq, fir_design="firwin", verbose="error")
+    if settings.ica.get("enabled"):
+        remove_blinks(raw, settings)
+    if settings.reference == "average":
+        raw.set_eeg_reference("average", projection=False, verbose="error")
+    elif settings.reference != "none":
+        raw.set_eeg_reference([settings.reference], verbose="error")
+    if settings.interpolate_bads and raw.info["bads"]:
+        if raw.get_montage() is None:
+            raise InputError(source, f"bad channels {raw.info['bads']} cannot be interpolated without sensor positions.",
+                             "set eeg.montage, or eeg.interpolate_bads: false.")
+        raw.interpolate_bads(reset_bads=True, verbose="error")
+    if settings.resample_hz and settings.resample_hz != raw.info["sfreq"]:
+        raw.resample(settings.resample_hz, verbose="error")
+    return raw
+
+
+def remove_blinks(raw, settings: EegSettings) -> list[int]:
+    """ICA (on a 1 Hz high-passed copy); components whose |r| with an EOG-like channel reaches ``ica.threshold`` removed."""
+    from mne.preprocessing import ICA
+
+    eog = [name for name in settings.ica.get("eog_channels", ["Fp1", "Fp2"]) if name in raw.ch_names and name not in raw.info["bads"]]
+    if not eog:
+        raise InputError(None, "eeg.ica.eog_channels names no good channel of the recording.", "list frontal channels (e.g. Fp1, Fp2).")
+    good = [n for n in raw.ch_names if n not in raw.info["bads"]]
+    ica = ICA(n_components=min(int(settings.ica.get("n_components", 15)), len(good) - 1), random_state=settings.seed, max_iter="auto")
+    ica.fit(raw.copy().filter(1.0, None, verbose="error"), picks=good, verbose="error")
+    # an absolute correlation threshold: z-scores over a few components cannot reach MNE's default of 3
+    excluded, _ = ica.find_bads_eog(raw, ch_name=eog, measure="correlation", threshold=float(settings.ica.get("threshold", 0.5)), verbose="error")
+    ica.apply(raw, exclude=excluded, verbose="error")
+    logger.info("ICA: %d components, %d removed as blinks (%s)", ica.n_components_, len(excluded), excluded)
+    return list(excluded)
+
+
+def preprocess_subject(ingested_h5: str | os.PathLike, settings: EegSettings, out_h5: str | os.PathLike) -> dict:
+    """Every story of an ingested subject through :func:`preprocess_raw` into the EEG contract."""
+    summary = {}
+    with open_h5(ingested_h5) as source, atomic_path(out_h5) as tmp, open_h5(tmp, "w") as h5:
+        for story in source:
+            raw = preprocess_raw(raw_from_group(source[story]), settings, f"{ingested_h5}[{story}]")
+            group = h5.create_group(story)
+            group.create_dataset("data", data=raw.get_data().T.astype(np.float32))
+            group.create_dataset("word_onset", data=source[story]["word_onset"][()])
+            group.attrs.update({"sfreq": raw.info["sfreq"], "ch_names": list(raw.ch_names), "unit": "V",
+                                "interpolated": [str(b) for b in source[story].attrs["bads"]] if settings.interpolate_bads else []})
+            positions = np.array([ch["loc"][:3] for ch in raw.info["chs"]])
+            group.create_dataset("positions", data=positions)
+            summary[story] = {"n_samples": raw.n_times, "sfreq": raw.info["sfreq"]}
+            logger.info("%s: %d samples at %g Hz after preprocessing", story, raw.n_times, raw.info["sfreq"])
+    return summary
+
+
+# ----------------------------------------------------------------------------- ridge from Gram matrices
+
+
+def zscore(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array, dtype=np.float64)
+    sd = array.std(axis=0)
+    return (array - array.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
+@dataclass
+class StoryGram:
+    """``X^T X`` ``(p, p)``, ``X^T Y`` ``(p, c)`` of one story, and its design and targets for predictions."""
+
+    xtx: np.ndarray
+    xty: np.ndarray
+    X: np.ndarray | scipy.sparse.spmatrix
+    Y: np.ndarray
+
+
+def story_gram(X, Y: np.ndarray) -> StoryGram:
+    xtx = X.T @ X
+    xtx = xtx.toarray() if scipy.sparse.issparse(xtx) else np.asarray(xtx)
+    return StoryGram(xtx.astype(np.float64), np.asarray(X.T @ Y, dtype=np.float64), X, Y)
+
+
+def ridge_predictions(train: Sequence[StoryGram], predict, alphas: Sequence[float]) -> np.ndarray:
+    """Predictions ``(n_alphas, n, c)`` of ``predict`` (a design) by ridge fitted on ``train`` for every α."""
+    xtx = sum(g.xtx for g in train)
+    xty = sum(g.xty for g in train)
+    eigenvalues, vectors = np.linalg.eigh(xtx)
+    rotated = vectors.T @ xty  # (p, c)
+    # weights first, then the (often sparse) design: never a dense (n, p) product
+    return np.stack([np.asarray(predict @ (vectors @ (rotated / (np.maximum(eigenvalues, 0) + alpha)[:, None]))) for alpha in alphas])
+
+
+def ridge_weights(train: Sequence[StoryGram], alphas_per_target: np.ndarray) -> np.ndarray:
+    """Weights ``(p, c)`` with each target's own α."""
+    xtx = sum(g.xtx for g in train)
+    xty = sum(g.xty for g in train)
+    eigenvalues, vectors = np.linalg.eigh(xtx)
+    rotated = vectors.T @ xty
+    return vectors @ (rotated / (np.maximum(eigenvalues, 0)[:, None] + alphas_per_target[None, :]))
+
+
+def cross_validated_alphas(grams: Mapping[str, StoryGram], train_stories: Sequence[str], alphas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Leave-one-story-out over ``train_stories``: ``(alpha per target, validation r per target)``."""
+    # Pearson r over the concatenated held-out stories from running sums: one fold's predictions in memory at a time
+    n, sums = 0, None
+    for held_out in train_stories:
+        prediction = ridge_predictions([grams[o] for o in train_stories if o != held_out], grams[held_out].X, alphas)  # (a, n, c)
+        Y = grams[held_out].Y
+        fold = [prediction.sum(1), (prediction**2).sum(1), Y.sum(0), (Y**2).sum(0), np.einsum("anc,nc->ac", prediction, Y)]
+        sums = fold if sums is None else [total + part for total, part in zip(sums, fold)]
+        n += len(Y)
+    sp, spp, sy, syy, spy = sums
+    covariance = spy - sp * sy / n
+    denominator = np.sqrt(np.maximum(spp - sp**2 / n, 0) * np.maximum(syy - sy**2 / n, 0))
+    scores = np.divide(covariance, denominator, out=np.zeros_like(covariance), where=denominator > 0)
+    best = scores.argmax(axis=0)
+    return np.asarray(alphas)[best], scores[best, np.arange(scores.shape[1])]
+
+
+# ----------------------------------------------------------------------------- word-level encoding
+
+
+def word_amplitudes(data: np.ndarray, sfreq: float, onsets_s: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Mean amplitude ``(n_words, n_channels)`` of ``data`` ``(n_samples, n_channels)`` in ``window`` s after each onset.
+
+    Samples past the recording's end are left out of a word's mean (NaN when none remain)."""
+    start = np.round((onsets_s + window[0]) * sfreq).astype(int)
+    stop = np.round((onsets_s + window[1]) * sfreq).astype(int)
+    cumulative = np.vstack([np.zeros((1, data.shape[1])), np.cumsum(data, axis=0, dtype=np.float64)])
+    start, stop = np.clip(start, 0, data.shape[0]), np.clip(stop, 0, data.shape[0])
+    counts = (stop - start)[:, None]
+    sums = cumulative[stop] - cumulative[start]
+    return np.divide(sums, counts, out=np.full(sums.shape, np.nan), where=counts > 0)
+
+
+def fit_word_level(features: Mapping[str, np.ndarray], amplitudes: Mapping[str, np.ndarray], train_stories: Sequence[str],
+                   test_stories: Sequence[str], settings: EegSettings) -> dict:
+    """Ridge from word features to window amplitudes: per channel α, validation r, test r and one-sided p."""
+    keep = {s: np.isfinite(amplitudes[s]).all(axis=1) for s in (*train_stories, *test_stories)}
+    grams = {s: story_gram(zscore(features[s][keep[s]]), zscore(amplitudes[s][keep[s]])) for s in (*train_stories, *test_stories)}
+    alphas, r_validation = cross_validated_alphas(grams, train_stories, settings.alphas)
+    weights = ridge_weights([grams[s] for s in train_stories], alphas)
+    prediction = np.vstack([grams[s].X @ weights for s in test_stories])
+    observed = np.vstack([grams[s].Y for s in test_stories])
+    r_test, p = permutation_p(prediction, observed, settings.n_permutations, settings.block_words, settings.seed)
+    return {"alpha": alphas, "r_validation": r_validation, "r_test": r_test, "p": p, "n_test_words": len(observed)}
+
+
+# ----------------------------------------------------------------------------- continuous TRF
+
+
+def lag_samples(tmin: float, tmax: float, sfreq: float) -> np.ndarray:
+    """Lags in samples ``round(tmin·sfreq) … round(tmax·sfreq)`` (a response this long after the word)."""
+    return np.arange(int(round(tmin * sfreq)), int(round(tmax * sfreq)) + 1)
+
+
+def lagged_impulse_design(onset_samples: np.ndarray, values: np.ndarray, n_samples: int, lags: np.ndarray) -> scipy.sparse.csr_matrix:
+    """Sparse ``(n_samples, n_features · n_lags)``: column ``k·n_lags + j`` holds feature k of each word at onset + lags[j].
+
+    Words sharing a sample add up; entries falling outside the recording are dropped."""
+    n_words, n_features = values.shape
+    rows = onset_samples[:, None, None] + lags[None, None, :]  # (n_words, 1, n_lags)
+    rows = np.broadcast_to(rows, (n_words, n_features, lags.size))
+    cols = np.broadcast_to(np.arange(n_features)[None, :, None] * lags.size + np.arange(lags.size)[None, None, :], rows.shape)
+    data = np.broadcast_to(values[:, :, None], rows.shape)
+    inside = (rows >= 0) & (rows < n_samples)
+    return scipy.sparse.coo_matrix((data[inside], (rows[inside], cols[inside])), shape=(n_samples, n_features * lags.size)).tocsr()
+
+
+def principal_axes(train_features: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, axes (hidden, k))`` of the training words' features, k ≤ ``n_components``."""
+    mean = train_features.mean(axis=0)
+    _, _, vt = np.linalg.svd(train_features - mean, full_matrices=False)
+    return mean, vt[: min(n_components, vt.shape[0])].T
+
+
+def fit_trf(features: Mapping[str, np.ndarray], eeg: Mapping[str, np.ndarray], onsets_s: Mapping[str, np.ndarray], sfreq: float,
+            train_stories: Sequence[str], test_stories: Sequence[str], settings: EegSettings) -> dict:
+    """Continuous TRF: α per channel by leave-one-story-out CV, weights ``(k, n_lags, c)``, test r and p per channel."""
+    stories = (*train_stories, *test_stories)
+    standard = {s: zscore(features[s]) for s in stories}
+    mean, axes = principal_axes(np.vstack([standard[s] for s in train_stories]), settings.trf_components)
+    scores = {s: (standard[s] - mean) @ axes for s in stories}
+    scale = np.vstack([scores[s] for s in train_stories]).std(axis=0)
+    lags = lag_samples(settings.trf_tmin, settings.trf_tmax, sfreq)
+    grams = {}
+    for s in stories:
+        design = lagged_impulse_design(np.round(onsets_s[s] * sfreq).astype(int), scores[s] / scale, eeg[s].shape[0], lags)
+        grams[s] = story_gram(design, zscore(eeg[s]))
+    alphas, r_validation = cross_validated_alphas(grams, train_stories, settings.alphas)
+    weights = ridge_weights([grams[s] for s in train_stories], alphas)
+    prediction = np.vstack([grams[s].X @ weights for s in test_stories])
+    observed = np.vstack([grams[s].Y for s in test_stories])
+    r_test, p = permutation_p(prediction, observed, settings.n_permutations, max(int(round(settings.block_s * sfreq)), 1), settings.seed)
+    return {"alpha": alphas, "r_validation": r_validation, "r_test": r_test, "p": p,
+            "weights": weights.reshape(axes.shape[1], lags.size, -1), "lags_s": lags / sfreq, "n_components": axes.shape[1]}
+
+
+def trf_power(weights: np.ndarray) -> np.ndarray:
+    """``(n_lags, c)``: root-mean-square of the TRF over components, per lag and channel."""
+    return np.sqrt((weights**2).mean(axis=0))
+
+
+def peak_latency(weights: np.ndarray, lags_s: np.ndarray, channels: np.ndarray) -> float:
+    """Lag (s) of the largest TRF power averaged over ``channels`` (a boolean or index selection)."""
+    return float(lags_s[int(np.argmax(trf_power(weights)[:, channels].mean(axis=1)))])
+
+
+# ----------------------------------------------------------------------------- the encoding job
+
+
+def read_preprocessed(path: str | os.PathLike, stories: Sequence[str]) -> tuple[dict, dict, float, list[str], np.ndarray]:
+    """``(data per story, word onsets per story, sfreq, channel names, positions)`` of a preprocessed subject."""
+    data, onsets = {}, {}
+    with open_h5(path) as h5:
+        for story in stories:
+            if story not in h5:
+                raise InputError(path, f"has no story {story!r}.", "rerun preprocess_eeg after adding the story's recording.")
+            data[story] = h5[story]["data"][()].astype(np.float64)
+            onsets[story] = h5[story]["word_onset"][()]
+            sfreq, names, positions = float(h5[story].attrs["sfreq"]), [str(n) for n in h5[story].attrs["ch_names"]], h5[story]["positions"][()]
+    return data, onsets, sfreq, names, positions
+
+
+def run_eeg_encoding(preprocessed_h5: str | os.PathLike, manifests: Mapping[str, str | os.PathLike], words_tsvs: Mapping[str, str | os.PathLike],
+                     layers: Sequence[int], train_stories: Sequence[str], test_stories: Sequence[str], settings: EegSettings,
+                     out: Mapping[str, str | os.PathLike], ground_truth: Mapping | None = None) -> dict:
+    """Word-level encoding of every layer and window, the layer chosen on validation r, the TRF at that layer."""
+    from brainllm.store import read_entry
+
+    stories = (*train_stories, *test_stories)
+    eeg, onsets, sfreq, names, positions = read_preprocessed(preprocessed_h5, stories)
+    entries = {s: read_entry(manifests[s], words_tsvs[s], layers=list(layers)) for s in stories}
+    rows = []
+    for window_name, window in settings.windows.items():
+        amplitudes = {s: word_amplitudes(eeg[s], sfreq, onsets[s], window) for s in stories}
+        for layer in layers:
+            fit = fit_word_level({s: entries[s].layers[layer] for s in stories}, amplitudes, train_stories, test_stories, settings)
+            _, significant = fdr_bh(fit["p"], settings.fdr_q)
+            rows.append(pd.DataFrame({"window": window_name, "layer": layer, "channel": names, "alpha": fit["alpha"],
+                                      "r_validation": fit["r_validation"], "r_test": fit["r_test"], "p": fit["p"], "significant": significant}))
+            logger.info("window %s layer %d: mean validation r %.3f, mean test r %.3f, %d channels significant", window_name, layer,
+                        fit["r_validation"].mean(), fit["r_test"].mean(), significant.sum())
+    table = pd.concat(rows, ignore_index=True)
+    curves = table.groupby(["window", "layer"])["r_validation"].mean()
+    best_window, best_layer = curves.idxmax()
+    trf = fit_trf({s: entries[s].layers[best_layer] for s in stories}, eeg, onsets, sfreq, train_stories, test_stories, settings)
+    _, trf_significant = fdr_bh(trf["p"], settings.fdr_q)
+    # the TRF's latency read on the channels it predicts best on validation data (top quarter)
+    top = np.argsort(trf["r_validation"])[::-1][: max(1, len(names) // 4)]
+    latency = peak_latency(trf["weights"], trf["lags_s"], top)
+    chosen = table[(table["window"] == best_window) & (table["layer"] == best_layer)]
+    summary = {
+        "chosen_window": best_window, "chosen_layer": int(best_layer), "selection": "mean validation r over channels (leave-one-story-out CV)",
+        "n_channels": len(names), "sfreq": sfreq, "n_test_words": int(sum(len(onsets[s]) for s in test_stories)),
+        "word_level": {"mean_r_test": float(chosen["r_test"].mean()), "significant_channels": chosen.loc[chosen["significant"], "channel"].tolist()},
+        "trf": {"lags_s": [float(trf["lags_s"][0]), float(trf["lags_s"][-1])], "n_components": trf["n_components"],
+                "mean_r_test": float(trf["r_test"].mean()), "peak_latency_s": latency, "latency_channels": [names[i] for i in top],
+                "significant_channels": [n for n, s in zip(names, trf_significant) if s]},
+    }
+    if ground_truth is not None:
+        summary["ground_truth"] = detection_scores(chosen, ground_truth, latency)
+    write_tsv(out["word_level"], table)
+    write_tsv(out["trf"], pd.DataFrame({"channel": names, "alpha": trf["alpha"], "r_validation": trf["r_validation"], "r_test": trf["r_test"],
+                                        "p": trf["p"], "significant": trf_significant}))
+    with atomic_path(out["trf_weights"]) as tmp, open_h5(tmp, "w") as h5:
+        h5.create_dataset("weights", data=trf["weights"].astype(np.float32))
+        h5.create_dataset("lags_s", data=trf["lags_s"])
+        h5.create_dataset("positions", data=positions)
+        h5.attrs.update({"ch_names": names, "layer": int(best_layer), "dims": "components, lags, channels"})
+    write_json(out["summary"], summary)
+    logger.info("chosen: window %s, layer %d; TRF peak latency %.0f ms", best_window, best_layer, 1000 * latency)
+    return summary
+
+
+def detection_scores(chosen: pd.DataFrame, ground_truth: Mapping, latency_s: float) -> dict:
+    """Sensitivity / specificity of the significant channels against the planted ones, and the latency error."""
+    planted = set(ground_truth["planted_channels"])
+    significant = set(chosen.loc[chosen["significant"], "channel"])
+    channels = set(chosen["channel"])
+    return {
+        "planted_channels": sorted(planted),
+        "sensitivity": len(significant & planted) / max(len(planted), 1),
+        "specificity": len((channels - planted) - significant) / max(len(channels - planted), 1),
+        "latency_error_s": latency_s - float(ground_truth["latency_s"]),
+    }
