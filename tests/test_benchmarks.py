@@ -42,3 +42,10 @@ def test_gpu_generation_runs_at_toy_size_on_cpu(capsys):
     out = capsys.readouterr().out
     assert "none: decoder training step" in out and "× the LLM's plain forward pass" in out
     assert "greedy generation" in out and "beam 4 generation" in out
+
+
+def test_bench_eeg_trf_small(capsys):
+    load("bench_eeg_trf").main(["--minutes", "4", "--baseline-minutes", "2", "--channels", "4", "--components", "4", "--alphas", "3"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "sparse/dense time" in lines[1] and float(lines[1].rsplit("max |Δr| ", 1)[1]) < 1e-9  # the same fit
+    assert lines[-1].startswith("RESULT 4 min, 324 columns: sparse")

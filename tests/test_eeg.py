@@ -92,6 +92,21 @@ def test_trf_recovers_a_planted_latency_and_channels():
     assert eeg.peak_latency(fit["weights"], fit["lags_s"], np.array([0, 1])) == pytest.approx(0.3, abs=0.02)
     assert (fit["r_test"][:2] > 0.2).all() and (fit["p"][:2] < 0.01).all()
     assert (np.abs(fit["r_test"][2:]) < 0.1).all()
+    rows = eeg.identify_segments(fit, SFREQ, settings(trf_components=6, identification_s=(4.0,), channel_fraction=0.5))
+    assert [row["direction"] for row in rows] == ["observed_to_predicted", "predicted_to_observed"]
+    assert all(row["n_segments"] == 30 and row["top1"] >= 3 * row["chance_top1"] and row["p"] < 0.01 for row in rows), rows
+
+
+def test_pure_noise_channels_identify_at_chance():
+    ranks, significant = [], 0
+    for seed in range(10, 16):
+        features, data, onsets = planted_stories(np.random.default_rng(seed))
+        fit = eeg.fit_trf(features, data, onsets, SFREQ, ["s0", "s1", "s2"], ["s3"], settings(trf_components=6, n_permutations=100))
+        noise = dict(fit, r_validation=np.array([0.0, 0.0, 1.0, 1.0]))  # channels chosen among the pure-noise ones
+        (row, _) = eeg.identify_segments(noise, SFREQ, settings(identification_s=(4.0,), channel_fraction=0.5, n_permutations=100))
+        ranks.append(row["mean_percentile_rank"])
+        significant += row["p"] < 0.05
+    assert abs(np.mean(ranks) - 0.5) < 0.06 and significant <= 1, ranks
 
 
 def test_word_level_finds_the_planted_channels_only():
@@ -222,6 +237,7 @@ def test_a_missing_recording_is_named(tmp_path):
     ({"windows": {"n400": [0.5, 0.3]}}, "eeg.windows.n400"),
     ({"trf": {"tmin": 0.5, "tmax": 0.1}}, "eeg.trf.tmin"),
     ({"l_freq": 30.0, "h_freq": 20.0}, "eeg.l_freq"),
+    ({"trf": {"n_components": 384}}, "31104 columns"),
 ])
 def test_inconsistent_eeg_settings_stop_before_any_job(section, message):
     with pytest.raises(InputError, match=message):

@@ -39,6 +39,9 @@ def test_planted_layer_channels_and_latency_are_recovered(demo_run, subject):
     curve = planted.groupby("layer")["r_validation"].mean()
     assert curve.idxmax() == truth["planted_layer"]  # also on the planted channels alone
     assert set(table["layer"]) == set(range(7)) and set(table["window"]) == set(CONFIG["eeg"]["windows"])
+    identification = pd.read_csv(stem.with_name(stem.name + "_identification.tsv"), sep="\t")
+    assert len(identification) == 2 * 2  # two segment lengths (the default), both directions
+    assert (identification["top1"] >= 3 * identification["chance_top1"]).all() and (identification["p"] < 0.05).all()
 
 
 def test_preprocessed_eeg_follows_the_contract(demo_run):

@@ -317,6 +317,9 @@ def finish(config: dict, check_inputs: bool = True) -> dict:
     return config
 
 
+MAX_TRF_COLUMNS = 8192  # a Gram matrix of 512 MB; its eigendecomposition takes minutes on a few cores
+
+
 def check_eeg(config: Mapping) -> None:
     """Windows, lags and filter edges of the eeg section that the schema cannot check."""
     if not stage_enabled(config, "eeg"):
@@ -328,6 +331,11 @@ def check_eeg(config: Mapping) -> None:
     trf = eeg.get("trf") or {}
     if not trf.get("tmin", -0.1) < trf.get("tmax", 0.7):
         raise InputError(None, f"eeg.trf.tmin ({trf.get('tmin')}) must be below eeg.trf.tmax ({trf.get('tmax')}).", "set the lags in seconds, tmin < tmax.")
+    columns = trf.get("n_components", 16) * (round((trf.get("tmax", 0.7) - trf.get("tmin", -0.1)) * eeg.get("resample_hz", 100.0)) + 1)
+    if columns > MAX_TRF_COLUMNS:
+        raise InputError(None, f"the TRF would have {columns} columns (eeg.trf.n_components × lags at eeg.resample_hz); its ridge forms "
+                         f"one dense Gram matrix per story and eigendecomposes one per fold, which is limited to {MAX_TRF_COLUMNS} columns.",
+                         "lower eeg.trf.n_components, the lag range or eeg.resample_hz.")
     if eeg.get("l_freq") and eeg["l_freq"] >= eeg.get("h_freq", 20.0):
         raise InputError(None, f"eeg.l_freq ({eeg['l_freq']} Hz) must be below eeg.h_freq ({eeg.get('h_freq', 20.0)} Hz).", "lower l_freq or raise h_freq.")
 

@@ -19,7 +19,9 @@ Encoding uses the features of the fMRI path and its statistics:
   training words, placed as impulses at word onsets on the EEG sample grid and time-lagged
   (``trf.tmin`` … ``trf.tmax``). The lagged design is a sparse matrix (words × lags ×
   components non-zeros, not samples × columns), so the normal equations are formed from
-  sparse products and the memory is that of the words and one Gram matrix.
+  sparse products and the memory is that of the words and one Gram matrix per story.
+  Held-out segments of a few seconds are identified among each other from its
+  predictions (the decoding stage's identification, channels chosen on validation r).
 
 Both fits solve ridge from per-story Gram matrices: the Gram of a fold is the sum of its
 stories', one eigendecomposition per fold serves every α.
@@ -66,6 +68,8 @@ class EegSettings:
     trf_tmax: float = 0.7
     trf_components: int = 16
     alphas: tuple[float, ...] = tuple(np.logspace(-2, 6, 17))
+    identification_s: tuple[float, ...] = (2.0, 5.0)
+    channel_fraction: float = 0.25
     block_words: int = 20
     block_s: float = 2.0
     n_permutations: int = 1000
@@ -95,6 +99,8 @@ class EegSettings:
             trf_tmax=float(trf.get("tmax", 0.7)),
             trf_components=int(trf.get("n_components", 16)),
             alphas=tuple(np.logspace(alphas["log10_min"], alphas["log10_max"], int(alphas["num"]))),
+            identification_s=tuple(float(v) for v in (section.get("identification") or {}).get("segment_s", (2.0, 5.0))),
+            channel_fraction=float((section.get("identification") or {}).get("channel_fraction", 0.25)),
             block_words=int(section.get("block_words", 20)),
             block_s=float(section.get("block_s", 2.0)),
             n_permutations=int(section.get("n_permutations", 1000)),
@@ -435,7 +441,24 @@ def fit_trf(features: Mapping[str, np.ndarray], eeg: Mapping[str, np.ndarray], o
     observed = np.vstack([grams[s].Y for s in test_stories])
     r_test, p = permutation_p(prediction, observed, settings.n_permutations, max(int(round(settings.block_s * sfreq)), 1), settings.seed)
     return {"alpha": alphas, "r_validation": r_validation, "r_test": r_test, "p": p,
-            "weights": weights.reshape(axes.shape[1], lags.size, -1), "lags_s": lags / sfreq, "n_components": axes.shape[1]}
+            "weights": weights.reshape(axes.shape[1], lags.size, -1), "lags_s": lags / sfreq, "n_components": axes.shape[1],
+            "prediction": prediction, "observed": observed, "story_lengths": [grams[s].Y.shape[0] for s in test_stories]}
+
+
+def identify_segments(trf: Mapping, sfreq: float, settings: EegSettings) -> list[dict]:
+    """Held-out segments of ``identification_s`` seconds identified among each other from the TRF's predictions
+    (correlation over the channels best by validation r), both directions, chance beside every score."""
+    from brainllm.decoding import IdentificationSettings
+    from brainllm.decoding import identify_segments as identify
+
+    rows = []
+    for seconds in settings.identification_s:
+        samples = max(int(round(seconds * sfreq)), 1)
+        identification = IdentificationSettings(segment_trs=(samples,), voxel_fraction=settings.channel_fraction,
+                                                n_permutations=settings.n_permutations, seed=settings.seed)
+        for row in identify(trf["observed"], trf["prediction"], trf["story_lengths"], trf["r_validation"], identification, "TRF predictions"):
+            rows.append({"segment_s": seconds, **{key: value for key, value in row.items() if key != "segment_trs"}, "segment_samples": samples})
+    return rows
 
 
 def trf_power(weights: np.ndarray) -> np.ndarray:
@@ -488,8 +511,9 @@ def run_eeg_encoding(preprocessed_h5: str | os.PathLike, manifests: Mapping[str,
     best_window, best_layer = curves.idxmax()
     trf = fit_trf({s: entries[s].layers[best_layer] for s in stories}, eeg, onsets, sfreq, train_stories, test_stories, settings)
     _, trf_significant = fdr_bh(trf["p"], settings.fdr_q)
-    # the TRF's latency read on the channels it predicts best on validation data (top quarter)
-    top = np.argsort(trf["r_validation"])[::-1][: max(1, len(names) // 4)]
+    identification = pd.DataFrame(identify_segments(trf, sfreq, settings))
+    # the TRF's latency read on the channels it predicts best on validation data
+    top = np.argsort(trf["r_validation"])[::-1][: max(1, int(round(settings.channel_fraction * len(names))))]
     latency = peak_latency(trf["weights"], trf["lags_s"], top)
     chosen = table[(table["window"] == best_window) & (table["layer"] == best_layer)]
     summary = {
@@ -499,10 +523,13 @@ def run_eeg_encoding(preprocessed_h5: str | os.PathLike, manifests: Mapping[str,
         "trf": {"lags_s": [float(trf["lags_s"][0]), float(trf["lags_s"][-1])], "n_components": trf["n_components"],
                 "mean_r_test": float(trf["r_test"].mean()), "peak_latency_s": latency, "latency_channels": [names[i] for i in top],
                 "significant_channels": [n for n, s in zip(names, trf_significant) if s]},
+        "identification": [{key: row[key] for key in ("segment_s", "direction", "n_segments", "top1", "chance_top1", "mean_percentile_rank", "p")}
+                           for row in identification.to_dict("records")],
     }
     if ground_truth is not None:
         summary["ground_truth"] = detection_scores(chosen, ground_truth, latency)
     write_tsv(out["word_level"], table)
+    write_tsv(out["identification"], identification)
     write_tsv(out["trf"], pd.DataFrame({"channel": names, "alpha": trf["alpha"], "r_validation": trf["r_validation"], "r_test": trf["r_test"],
                                         "p": trf["p"], "significant": trf_significant}))
     with atomic_path(out["trf_weights"]) as tmp, open_h5(tmp, "w") as h5:
@@ -512,6 +539,9 @@ def run_eeg_encoding(preprocessed_h5: str | os.PathLike, manifests: Mapping[str,
         h5.attrs.update({"ch_names": names, "layer": int(best_layer), "dims": "components, lags, channels"})
     write_json(out["summary"], summary)
     logger.info("chosen: window %s, layer %d; TRF peak latency %.0f ms", best_window, best_layer, 1000 * latency)
+    for row in summary["identification"]:
+        logger.info("identification of %g-s segments (%s): top-1 %.3f (chance %.3f), p = %.4f", row["segment_s"], row["direction"],
+                    row["top1"], row["chance_top1"], row["p"])
     return summary
 
 

@@ -54,6 +54,7 @@ rule encoding_eeg:
     output:
         word_level=eeg_file("{subject}", "{model}", "wordlevel.tsv"),
         trf=eeg_file("{subject}", "{model}", "trf.tsv"),
+        identification=eeg_file("{subject}", "{model}", "identification.tsv"),
         trf_weights=eeg_file("{subject}", "{model}", "trf.h5"),
         summary=eeg_file("{subject}", "{model}", "summary.json"),
     params:
