@@ -382,11 +382,15 @@ def lora_decoding(
         check_tokenizable(tokenizer, vocabulary, vocabulary_tsv)
         max_tokens = int(settings["lora"]["max_tokens"])
         sequences = [tokenize_segment(tokenizer, [], [word], max_tokens) for word in vocabulary["word"]]
+        order = np.argsort([len(sequence) for sequence in sequences], kind="stable")  # batches of equal lengths: little padding
         chunks = []
         with torch.no_grad():
             for start in tqdm(range(0, len(sequences), batch_size), desc="vocabulary through the adapted LLM", unit="batch", mininterval=5):
-                chunks.append(model.encode_text(model.text_tower(sequences[start : start + batch_size])))
-        return torch.cat(chunks).numpy().astype(np.float64)
+                chunks.append(model.encode_text(model.text_tower([sequences[i] for i in order[start : start + batch_size]])))
+        embedded = torch.cat(chunks).numpy().astype(np.float64)
+        out = np.empty_like(embedded)
+        out[order] = embedded
+        return out
 
     return _decode_run(model, record, pairs, responses_h5, words_tsvs, vocabulary, vocabulary_text, identification,
                        dataclasses.replace(words, embedding="alone"), out, config_json)
