@@ -182,7 +182,7 @@ def ingest(tmp_path, root, **changes):
 def test_a_clean_recording_is_ingested(tmp_path):
     write_story(tmp_path / "bids")
     summary = ingest(tmp_path, tmp_path / "bids")
-    assert summary["tale"]["n_words"] == 3 and not (tmp_path / "raw.h5").with_name(".raw.h5.tmp").exists()
+    assert summary["tale"]["n_words"] == 3 and not list(tmp_path.glob(".raw.h5.*.tmp"))
     out = eeg.preprocess_subject(tmp_path / "raw.h5", settings(), tmp_path / "eeg.h5")
     assert out["tale"]["sfreq"] == 100.0
 
@@ -238,7 +238,48 @@ def test_a_missing_recording_is_named(tmp_path):
     ({"trf": {"tmin": 0.5, "tmax": 0.1}}, "eeg.trf.tmin"),
     ({"l_freq": 30.0, "h_freq": 20.0}, "eeg.l_freq"),
     ({"trf": {"n_components": 384}}, "31104 columns"),
+    ({"h_freq": 40.0, "resample_hz": 60.0}, "half eeg.resample_hz"),
 ])
 def test_inconsistent_eeg_settings_stop_before_any_job(section, message):
     with pytest.raises(InputError, match=message):
-        configuration.check_eeg({"eeg": section})
+        configuration.check_eeg({"eeg": section, "dataset": {"train_stories": ["a", "b"]}})
+
+
+def test_event_words_match_the_story_s_regardless_of_case_and_silence(tmp_path):
+    write_story(tmp_path / "bids", onsets=(1.0, 1.5, 2.0, 3.0), words=("The", "sp", "old", "boat"))
+    assert ingest(tmp_path, tmp_path / "bids")["tale"]["n_words"] == 3
+
+
+def test_channels_are_put_in_one_order_across_stories_and_bads_dropped_without_interpolation(tmp_path):
+    write_story(tmp_path / "bids", story="tale")
+    write_story(tmp_path / "bids", story="myth", names=CHANNELS[::-1])
+    words = words_file(tmp_path)
+    eeg.ingest_subject(tmp_path / "bids", "01", ["tale", "myth"], {"tale": words, "myth": words}, settings(), tmp_path / "raw.h5")
+    import h5py
+
+    with h5py.File(tmp_path / "raw.h5", "r+") as h5:
+        assert list(h5["myth"].attrs["ch_names"]) == list(h5["tale"].attrs["ch_names"]) == list(CHANNELS)
+        h5["tale"].attrs["bads"] = h5["myth"].attrs["bads"] = ["C3"]
+    eeg.preprocess_subject(tmp_path / "raw.h5", settings(interpolate_bads=False), tmp_path / "eeg.h5")
+    with h5py.File(tmp_path / "eeg.h5") as h5:
+        assert "C3" not in list(h5["tale"].attrs["ch_names"]) and list(h5["tale"].attrs["dropped"]) == ["C3"]
+        assert h5["tale"]["data"].shape[1] == len(CHANNELS) - 1
+
+
+def test_average_reference_includes_the_interpolated_channel():
+    rng = np.random.default_rng(7)
+    data = 1e-5 * rng.standard_normal((len(CHANNELS), 250 * 20))
+    raw = eeg.preprocess_raw(raw_with(data, bads=("C3",)), settings(resample_hz=250.0, h_freq=40.0))
+    assert np.abs(raw.get_data().mean(axis=0)).max() < 1e-12  # referenced after interpolation
+
+
+def test_several_recordings_of_one_story_are_named(tmp_path):
+    write_story(tmp_path / "bids")
+    header = next((tmp_path / "bids").rglob("*_eeg.vhdr"))
+    import shutil
+
+    for suffix in (".vhdr", ".vmrk", ".eeg"):
+        source = header.with_suffix(suffix)
+        shutil.copy(source, source.with_name(source.name.replace("task-tale", "task-tale_run-2")))
+    with pytest.raises(InputError, match=r"2 EEG recordings of task 'tale'"):
+        ingest(tmp_path, tmp_path / "bids")

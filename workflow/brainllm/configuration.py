@@ -336,6 +336,16 @@ def check_eeg(config: Mapping) -> None:
         raise InputError(None, f"the TRF would have {columns} columns (eeg.trf.n_components × lags at eeg.resample_hz); its ridge forms "
                          f"one dense Gram matrix per story and eigendecomposes one per fold, which is limited to {MAX_TRF_COLUMNS} columns.",
                          "lower eeg.trf.n_components, the lag range or eeg.resample_hz.")
+    if eeg.get("h_freq", 20.0) * 2 >= eeg.get("resample_hz", 100.0):
+        raise InputError(None, f"eeg.h_freq ({eeg.get('h_freq', 20.0)} Hz) must be below half eeg.resample_hz ({eeg.get('resample_hz', 100.0)} Hz).",
+                         "lower h_freq or raise resample_hz.")
+    dataset = config["dataset"]
+    if len(dataset["train_stories"]) < 2:
+        raise InputError(None, f"the eeg section chooses α, window and layer by leave-one-story-out cross-validation, and "
+                         f"dataset.train_stories lists {len(dataset['train_stories'])}.", "list two or more training stories, or leave eeg out.")
+    if dataset.get("segments"):
+        raise InputError(None, "dataset.segments splits runs into stories, but an EEG recording is one story (task) each.",
+                         "leave dataset.segments out when the eeg section is present.")
     if eeg.get("l_freq") and eeg["l_freq"] >= eeg.get("h_freq", 20.0):
         raise InputError(None, f"eeg.l_freq ({eeg['l_freq']} Hz) must be below eeg.h_freq ({eeg.get('h_freq', 20.0)} Hz).", "lower l_freq or raise h_freq.")
 

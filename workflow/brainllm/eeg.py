@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse
 
+from brainllm.ingest import is_silence
 from brainllm.io import InputError, atomic_path, open_h5, read_words, write_json, write_tsv
 from brainllm.metrics import fdr_bh, pearson_r, permutation_p
 
@@ -86,7 +87,7 @@ class EegSettings:
             root=str(section.get("root") or dataset["root"]),
             montage=section.get("montage", "standard_1020"),
             word_column=str(section.get("word_column") or bids.get("word_column") or "word"),
-            events_trial_type=section.get("events_trial_type", bids.get("events_trial_type", "word")),
+            events_trial_type=section.get("events_trial_type", "word"),
             line_freq=section.get("line_freq"),
             l_freq=None if section.get("l_freq", 0.5) is None else float(section.get("l_freq", 0.5)),
             h_freq=float(section.get("h_freq", 20.0)),
@@ -118,6 +119,9 @@ def recording_path(root: str | os.PathLike, subject: str, story: str):
 
     path = BIDSPath(subject=subject, task=story, datatype="eeg", suffix="eeg", root=root)
     matches = [m for m in path.match() if m.extension in (".vhdr", ".edf", ".bdf", ".set", ".fif")]
+    if len(matches) > 1:
+        raise InputError(Path(root) / f"sub-{subject}", f"{len(matches)} EEG recordings of task {story!r}: {', '.join(m.basename for m in matches)}.",
+                         "keep one recording per subject and story (runs, sessions and acquisitions are not combined).")
     if not matches:
         raise InputError(Path(root) / f"sub-{subject}" / "eeg", f"no EEG recording of task {story!r} (sub-{subject}_task-{story}_eeg.vhdr/.edf/.bdf/.set/.fif).",
                          "check eeg.root, eeg.subjects and the story names (the BIDS task entity).")
@@ -129,7 +133,10 @@ def read_events_words(events_tsv: Path, settings: EegSettings, duration_s: float
     if not events_tsv.exists():
         raise InputError(events_tsv, "missing: the recording has no events file, so its words cannot be placed.",
                          "write the word onsets into *_events.tsv beside the recording.")
-    events = pd.read_csv(events_tsv, sep="\t", keep_default_na=False, na_values=["n/a"])
+    try:
+        events = pd.read_csv(events_tsv, sep="\t", keep_default_na=False, na_values=["n/a"], dtype={settings.word_column: str})
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise InputError(events_tsv, f"not a readable tab-separated events file ({error}).", "write a TSV with onset and word columns.") from error
     for column in ("onset", settings.word_column):
         if column not in events.columns:
             raise InputError(events_tsv, f"has no column {column!r} (columns: {', '.join(events.columns)}).",
@@ -138,6 +145,7 @@ def read_events_words(events_tsv: Path, settings: EegSettings, duration_s: float
         if "trial_type" not in events.columns:
             raise InputError(events_tsv, "has no trial_type column to select the word rows.", "set eeg.events_trial_type: null to take every row.")
         events = events[events["trial_type"] == settings.events_trial_type]
+    events = events[~events[settings.word_column].astype(str).map(is_silence)]  # as ingestion drops them from words.tsv
     if events.empty:
         raise InputError(events_tsv, f"has no word rows (trial_type {settings.events_trial_type!r}).", "check eeg.events_trial_type.")
     onset = pd.to_numeric(events["onset"], errors="coerce").to_numpy()
@@ -147,7 +155,7 @@ def read_events_words(events_tsv: Path, settings: EegSettings, duration_s: float
         raise InputError(events_tsv, f"{int(outside.sum())} word onsets lie outside the recording (0 … {duration_s:.2f} s), "
                          f"the first {events['onset'].iloc[row]!r} ({events[settings.word_column].iloc[row]!r}).",
                          "onsets are seconds from the recording's first sample; fix the events or the recording.")
-    return pd.DataFrame({"word": events[settings.word_column].astype(str).str.lower().to_numpy(), "onset": onset})
+    return pd.DataFrame({"word": events[settings.word_column].astype(str).str.strip().to_numpy(), "onset": onset})
 
 
 def standard_montage(name: str, source):
@@ -175,16 +183,19 @@ def read_recording(root: str | os.PathLike, subject: str, story: str, settings: 
     except Exception as error:  # MNE's readers raise many types for unreadable files
         raise InputError(path.fpath, f"MNE cannot read this recording ({type(error).__name__}: {error}).",
                          "write it as BrainVision, EDF/BDF, EEGLAB .set or FIF.") from error
-    raw.pick("eeg")
+    if not any(kind in raw.get_channel_types() for kind in ("eeg",)):
+        raise InputError(path.fpath, f"has no channel of type EEG (types: {sorted(set(raw.get_channel_types()))}).",
+                         "set the channel types in *_channels.tsv (type EEG).")
+    raw.pick(["eeg", "eog"])  # EOG channels serve ICA and are dropped after preprocessing
     if settings.montage:
         montage = standard_montage(settings.montage, path.fpath)
         known = {name.lower() for name in montage.ch_names}
-        unknown = [name for name in raw.ch_names if name.lower() not in known]
+        unknown = [name for name, kind in zip(raw.ch_names, raw.get_channel_types()) if kind == "eeg" and name.lower() not in known]
         if unknown:
             raise InputError(path.fpath, f"channels {', '.join(unknown)} are not in the montage {settings.montage!r}.",
                              "rename them to the montage's names, choose another eeg.montage, or set eeg.montage: null to keep the recording's positions.")
-        raw.set_montage(montage, match_case=False, verbose="error")
-    if settings.h_freq * 2 > raw.info["sfreq"]:
+        raw.set_montage(montage, match_case=False, on_missing="ignore", verbose="error")
+    if settings.h_freq * 2 >= raw.info["sfreq"]:
         raise InputError(path.fpath, f"sampled at {raw.info['sfreq']:g} Hz, below twice eeg.h_freq ({settings.h_freq:g} Hz).",
                          "lower eeg.h_freq under half the sampling rate.")
     events_tsv = Path(path.copy().update(suffix="events", extension=".tsv").fpath)
@@ -193,10 +204,10 @@ def read_recording(root: str | os.PathLike, subject: str, story: str, settings: 
 
 
 def check_story_words(words: pd.DataFrame, story_words: Sequence[str], source: Path, story: str) -> None:
-    """The recording's words must be the story's (the features are the story's)."""
+    """The recording's words must be the story's (the features are the story's); case is not compared."""
     heard = words["word"].tolist()
-    if heard != list(story_words):
-        first = next((i for i, (a, b) in enumerate(zip(heard, story_words)) if a != b), min(len(heard), len(story_words)))
+    if [w.lower() for w in heard] != [str(w).lower() for w in story_words]:
+        first = next((i for i, (a, b) in enumerate(zip(heard, story_words)) if a.lower() != str(b).lower()), min(len(heard), len(story_words)))
         raise InputError(source, f"its {len(heard)} words differ from story {story!r}'s {len(story_words)} (words.tsv) from word {first} "
                          f"({heard[first] if first < len(heard) else 'end'!r} vs {story_words[first] if first < len(story_words) else 'end'!r}).",
                          "the EEG events must list the story's words in order; fix the events or the story's transcript.")
@@ -205,16 +216,25 @@ def check_story_words(words: pd.DataFrame, story_words: Sequence[str], source: P
 def ingest_subject(root: str | os.PathLike, subject: str, stories: Sequence[str], words_tsvs: Mapping[str, str | os.PathLike],
                    settings: EegSettings, out_h5: str | os.PathLike) -> dict:
     """Every story's recording of a subject into one HDF5 (volts, sensor positions, bads, word onsets)."""
-    summary = {}
+    summary, channels = {}, None
     with atomic_path(out_h5) as tmp, open_h5(tmp, "w") as h5:
         for story in stories:
             raw, words = read_recording(root, subject, story, settings)
+            if channels is None:
+                channels = list(raw.ch_names)
+            elif set(raw.ch_names) != set(channels):
+                raise InputError(recording_path(root, subject, story).fpath, f"its channels differ from those of story {stories[0]!r} "
+                                 f"(missing {sorted(set(channels) - set(raw.ch_names))}, extra {sorted(set(raw.ch_names) - set(channels))}).",
+                                 "record every story with the same channels (an encoding model is fitted across stories).")
+            else:
+                raw.reorder_channels(channels)
             check_story_words(words, read_words(words_tsvs[story])["word"].tolist(), recording_path(root, subject, story).fpath, story)
             group = h5.create_group(story)
             group.create_dataset("data", data=raw.get_data().T.astype(np.float32))
             group.create_dataset("positions", data=np.array([ch["loc"][:3] for ch in raw.info["chs"]]))
             group.create_dataset("word_onset", data=words["onset"].to_numpy())
             group.attrs.update({"sfreq": raw.info["sfreq"], "ch_names": list(raw.ch_names), "bads": list(raw.info["bads"]),
+                                "ch_types": list(raw.get_channel_types()),
                                 "line_freq": raw.info["line_freq"] or np.nan, "unit": "V"})
             summary[story] = {"n_samples": raw.n_times, "sfreq": raw.info["sfreq"], "bads": list(raw.info["bads"]), "n_words": len(words)}
             logger.info("sub-%s %s: %d channels, %.1f s at %g Hz, bads %s, %d words", subject, story, len(raw.ch_names),
@@ -230,11 +250,13 @@ def raw_from_group(group):
     import mne
 
     names = [str(n) for n in group.attrs["ch_names"]]
-    info = mne.create_info(names, float(group.attrs["sfreq"]), ch_types="eeg")
+    types = [str(t) for t in group.attrs["ch_types"]] if "ch_types" in group.attrs else "eeg"
+    info = mne.create_info(names, float(group.attrs["sfreq"]), ch_types=types)
     raw = mne.io.RawArray(group["data"][()].T.astype(np.float64), info, verbose="error")
     positions = group["positions"][()]
-    if np.isfinite(positions).all() and np.abs(positions).sum() > 0:
-        raw.set_montage(mne.channels.make_dig_montage(dict(zip(names, positions)), coord_frame="head"), verbose="error")
+    placed = {name: position for name, position in zip(names, positions) if np.isfinite(position).all() and np.abs(position).sum() > 0}
+    if placed:
+        raw.set_montage(mne.channels.make_dig_montage(placed, coord_frame="head"), on_missing="ignore", verbose="error")
     raw.info["bads"] = [str(b) for b in group.attrs["bads"]]
     line = float(group.attrs["line_freq"])
     raw.info["line_freq"] = None if np.isnan(line) else line
@@ -253,29 +275,36 @@ def preprocess_raw(raw, settings: EegSettings, source: str = "recording"):
             raw.notch_filter(harmonics, verbose="error")
     raw.filter(settings.l_freq, settings.h_freq, fir_design="firwin", verbose="error")
     if settings.ica.get("enabled"):
-        remove_blinks(raw, settings)
-    if settings.reference == "average":
-        raw.set_eeg_reference("average", projection=False, verbose="error")
-    elif settings.reference != "none":
-        raw.set_eeg_reference([settings.reference], verbose="error")
-    if settings.interpolate_bads and raw.info["bads"]:
+        remove_blinks(raw, settings, source)
+    raw.pick("eeg")
+    if raw.info["bads"] and settings.interpolate_bads:  # before the reference, so that it is over every channel
         if raw.get_montage() is None:
             raise InputError(source, f"bad channels {raw.info['bads']} cannot be interpolated without sensor positions.",
                              "set eeg.montage, or eeg.interpolate_bads: false.")
         raw.interpolate_bads(reset_bads=True, verbose="error")
+    elif raw.info["bads"]:
+        raw.drop_channels(raw.info["bads"])  # not interpolated: left out of every analysis
+    if settings.reference == "average":
+        raw.set_eeg_reference("average", projection=False, verbose="error")
+    elif settings.reference != "none":
+        if settings.reference not in raw.ch_names:
+            raise InputError(source, f"eeg.reference {settings.reference!r} is not a good EEG channel of the recording.",
+                             "name one of its channels, or use average or none.")
+        raw.set_eeg_reference([settings.reference], verbose="error")
     if settings.resample_hz and settings.resample_hz != raw.info["sfreq"]:
         raw.resample(settings.resample_hz, verbose="error")
     return raw
 
 
-def remove_blinks(raw, settings: EegSettings) -> list[int]:
+def remove_blinks(raw, settings: EegSettings, source: str = "recording") -> list[int]:
     """ICA (on a 1 Hz high-passed copy); components whose |r| with an EOG-like channel reaches ``ica.threshold`` removed."""
     from mne.preprocessing import ICA
 
     eog = [name for name in settings.ica.get("eog_channels", ["Fp1", "Fp2"]) if name in raw.ch_names and name not in raw.info["bads"]]
     if not eog:
-        raise InputError(None, "eeg.ica.eog_channels names no good channel of the recording.", "list frontal channels (e.g. Fp1, Fp2).")
-    good = [n for n in raw.ch_names if n not in raw.info["bads"]]
+        raise InputError(source, f"eeg.ica.eog_channels {list(settings.ica.get('eog_channels', []))} names no good channel of the recording.",
+                         "list EOG or frontal channels (e.g. Fp1, Fp2).")
+    good = [n for n, kind in zip(raw.ch_names, raw.get_channel_types()) if n not in raw.info["bads"] and kind == "eeg"]
     ica = ICA(n_components=min(int(settings.ica.get("n_components", 15)), len(good) - 1), random_state=settings.seed, max_iter="auto")
     ica.fit(raw.copy().filter(1.0, None, verbose="error"), picks=good, verbose="error")
     # an absolute correlation threshold: z-scores over a few components cannot reach MNE's default of 3
@@ -294,8 +323,9 @@ def preprocess_subject(ingested_h5: str | os.PathLike, settings: EegSettings, ou
             group = h5.create_group(story)
             group.create_dataset("data", data=raw.get_data().T.astype(np.float32))
             group.create_dataset("word_onset", data=source[story]["word_onset"][()])
+            bads = [str(b) for b in source[story].attrs["bads"]]
             group.attrs.update({"sfreq": raw.info["sfreq"], "ch_names": list(raw.ch_names), "unit": "V",
-                                "interpolated": [str(b) for b in source[story].attrs["bads"]] if settings.interpolate_bads else []})
+                                "interpolated": bads if settings.interpolate_bads else [], "dropped": [] if settings.interpolate_bads else bads})
             positions = np.array([ch["loc"][:3] for ch in raw.info["chs"]])
             group.create_dataset("positions", data=positions)
             summary[story] = {"n_samples": raw.n_times, "sfreq": raw.info["sfreq"]}
@@ -328,14 +358,14 @@ def story_gram(X, Y: np.ndarray) -> StoryGram:
     return StoryGram(xtx.astype(np.float64), np.asarray(X.T @ Y, dtype=np.float64), X, Y)
 
 
-def ridge_predictions(train: Sequence[StoryGram], predict, alphas: Sequence[float]) -> np.ndarray:
-    """Predictions ``(n_alphas, n, c)`` of ``predict`` (a design) by ridge fitted on ``train`` for every α."""
+def ridge_predictions(train: Sequence[StoryGram], predict, alphas: Sequence[float]):
+    """Predictions ``(n, c)`` of ``predict`` (a design) by ridge fitted on ``train``, one α after another (a generator)."""
     xtx = sum(g.xtx for g in train)
     xty = sum(g.xty for g in train)
     eigenvalues, vectors = np.linalg.eigh(xtx)
     rotated = vectors.T @ xty  # (p, c)
-    # weights first, then the (often sparse) design: never a dense (n, p) product
-    return np.stack([np.asarray(predict @ (vectors @ (rotated / (np.maximum(eigenvalues, 0) + alpha)[:, None]))) for alpha in alphas])
+    for alpha in alphas:  # weights first, then the (often sparse) design: never a dense (n, p) product
+        yield np.asarray(predict @ (vectors @ (rotated / (np.maximum(eigenvalues, 0) + alpha)[:, None])))
 
 
 def ridge_weights(train: Sequence[StoryGram], alphas_per_target: np.ndarray) -> np.ndarray:
@@ -349,15 +379,19 @@ def ridge_weights(train: Sequence[StoryGram], alphas_per_target: np.ndarray) -> 
 
 def cross_validated_alphas(grams: Mapping[str, StoryGram], train_stories: Sequence[str], alphas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Leave-one-story-out over ``train_stories``: ``(alpha per target, validation r per target)``."""
+    if len(train_stories) < 2:
+        raise InputError(None, f"leave-one-story-out cross-validation needs two or more training stories, got {list(train_stories)}.",
+                         "list more dataset.train_stories.")
     # Pearson r over the concatenated held-out stories from running sums: one fold's predictions in memory at a time
     n, sums = 0, None
     for held_out in train_stories:
-        prediction = ridge_predictions([grams[o] for o in train_stories if o != held_out], grams[held_out].X, alphas)  # (a, n, c)
         Y = grams[held_out].Y
-        fold = [prediction.sum(1), (prediction**2).sum(1), Y.sum(0), (Y**2).sum(0), np.einsum("anc,nc->ac", prediction, Y)]
+        fold = [np.zeros((len(alphas), Y.shape[1])) for _ in range(3)] + [Y.sum(0), (Y**2).sum(0)]
+        for index, prediction in enumerate(ridge_predictions([grams[o] for o in train_stories if o != held_out], grams[held_out].X, alphas)):
+            fold[0][index], fold[1][index], fold[2][index] = prediction.sum(0), (prediction**2).sum(0), (prediction * Y).sum(0)
         sums = fold if sums is None else [total + part for total, part in zip(sums, fold)]
         n += len(Y)
-    sp, spp, sy, syy, spy = sums
+    sp, spp, spy, sy, syy = sums
     covariance = spy - sp * sy / n
     denominator = np.sqrt(np.maximum(spp - sp**2 / n, 0) * np.maximum(syy - sy**2 / n, 0))
     scores = np.divide(covariance, denominator, out=np.zeros_like(covariance), where=denominator > 0)
@@ -483,7 +517,12 @@ def read_preprocessed(path: str | os.PathLike, stories: Sequence[str]) -> tuple[
                 raise InputError(path, f"has no story {story!r}.", "rerun preprocess_eeg after adding the story's recording.")
             data[story] = h5[story]["data"][()].astype(np.float64)
             onsets[story] = h5[story]["word_onset"][()]
-            sfreq, names, positions = float(h5[story].attrs["sfreq"]), [str(n) for n in h5[story].attrs["ch_names"]], h5[story]["positions"][()]
+            grid = (float(h5[story].attrs["sfreq"]), [str(n) for n in h5[story].attrs["ch_names"]])
+            if story != stories[0] and grid != (sfreq, names):
+                raise InputError(path, f"story {story!r} has {grid[1]} at {grid[0]:g} Hz, story {stories[0]!r} {names} at {sfreq:g} Hz.",
+                                 "record every story with the same channels (or drop the same bad channels); rerun preprocess_eeg.")
+            sfreq, names = grid
+            positions = h5[story]["positions"][()]
     return data, onsets, sfreq, names, positions
 
 
@@ -496,12 +535,13 @@ def run_eeg_encoding(preprocessed_h5: str | os.PathLike, manifests: Mapping[str,
     stories = (*train_stories, *test_stories)
     eeg, onsets, sfreq, names, positions = read_preprocessed(preprocessed_h5, stories)
     entries = {s: read_entry(manifests[s], words_tsvs[s], layers=list(layers)) for s in stories}
-    rows = []
+    rows, test_words = [], {}
     for window_name, window in settings.windows.items():
         amplitudes = {s: word_amplitudes(eeg[s], sfreq, onsets[s], window) for s in stories}
         for layer in layers:
             fit = fit_word_level({s: entries[s].layers[layer] for s in stories}, amplitudes, train_stories, test_stories, settings)
             _, significant = fdr_bh(fit["p"], settings.fdr_q)
+            test_words[(window_name, layer)] = int(fit["n_test_words"])
             rows.append(pd.DataFrame({"window": window_name, "layer": layer, "channel": names, "alpha": fit["alpha"],
                                       "r_validation": fit["r_validation"], "r_test": fit["r_test"], "p": fit["p"], "significant": significant}))
             logger.info("window %s layer %d: mean validation r %.3f, mean test r %.3f, %d channels significant", window_name, layer,
@@ -518,7 +558,8 @@ def run_eeg_encoding(preprocessed_h5: str | os.PathLike, manifests: Mapping[str,
     chosen = table[(table["window"] == best_window) & (table["layer"] == best_layer)]
     summary = {
         "chosen_window": best_window, "chosen_layer": int(best_layer), "selection": "mean validation r over channels (leave-one-story-out CV)",
-        "n_channels": len(names), "sfreq": sfreq, "n_test_words": int(sum(len(onsets[s]) for s in test_stories)),
+        "n_channels": len(names), "sfreq": sfreq, "fdr_q": settings.fdr_q,
+        "n_test_words": test_words[(best_window, best_layer)],
         "word_level": {"mean_r_test": float(chosen["r_test"].mean()), "significant_channels": chosen.loc[chosen["significant"], "channel"].tolist()},
         "trf": {"lags_s": [float(trf["lags_s"][0]), float(trf["lags_s"][-1])], "n_components": trf["n_components"],
                 "mean_r_test": float(trf["r_test"].mean()), "peak_latency_s": latency, "latency_channels": [names[i] for i in top],

@@ -48,14 +48,20 @@ def plot_eeg(subjects: Sequence[str], summaries: Sequence[str | os.PathLike], wo
                 weights, lags_s, positions = h5["weights"][()], h5["lags_s"][()], h5["positions"][()]
                 names = [str(n) for n in h5.attrs["ch_names"]]
             r_by_channel = chosen.set_index("channel").loc[names]
-            info = _info_with_positions(names, positions)
             ax = axes[row, 1]
-            limit = max(float(np.abs(r_by_channel["r_test"]).max()), 1e-3)
-            image, _ = mne.viz.plot_topomap(r_by_channel["r_test"].to_numpy(), info, axes=ax, show=False, cmap="RdBu_r",
-                                            vlim=(-limit, limit), mask=r_by_channel["significant"].to_numpy(bool),
-                                            mask_params={"marker": "o", "markerfacecolor": "k", "markersize": 4})
-            fig.colorbar(image, ax=ax, shrink=0.7, label="held-out r")
-            ax.set_title(f"layer {summary['chosen_layer']}: r (● FDR q < 0.05)")
+            title = f"layer {summary['chosen_layer']}: r (● FDR q < {summary['fdr_q']:g})"
+            if np.isfinite(positions).all() and len({tuple(np.round(p, 6)) for p in positions}) == len(names):
+                limit = max(float(np.abs(r_by_channel["r_test"]).max()), 1e-3)
+                image, _ = mne.viz.plot_topomap(r_by_channel["r_test"].to_numpy(), _info_with_positions(names, positions), axes=ax, show=False,
+                                                cmap="RdBu_r", vlim=(-limit, limit), mask=r_by_channel["significant"].to_numpy(bool),
+                                                mask_params={"marker": "o", "markerfacecolor": "k", "markersize": 4})
+                fig.colorbar(image, ax=ax, shrink=0.7, label="held-out r")
+            else:  # no sensor positions (eeg.montage: null on a recording without any): channels as bars
+                ax.bar(range(len(names)), r_by_channel["r_test"], color=np.where(r_by_channel["significant"], "C3", "0.6"))
+                ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+                ax.set_ylabel("held-out r")
+                title = title.replace("●", "red:") + ", no sensor positions"
+            ax.set_title(title)
             ax = axes[row, 2]
             latency_channels = [names.index(n) for n in summary["trf"]["latency_channels"]]
             power = trf_power(weights)[:, latency_channels].mean(axis=1)

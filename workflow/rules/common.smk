@@ -664,8 +664,17 @@ def eeg_sources(wildcards):
         return dataset_ready()
     import glob
 
-    folder = os.path.join(EEG_ROOT, f"sub-{wildcards.subject}", "eeg")
-    return sorted(path for story in STORIES for path in glob.glob(os.path.join(folder, f"sub-{wildcards.subject}_task-{story}_*")))
+    folder = os.path.join(EEG_ROOT, f"sub-{wildcards.subject}")
+    files = [path for story in STORIES for path in glob.glob(os.path.join(folder, "**", "eeg", f"sub-{wildcards.subject}_*task-{story}_*"), recursive=True)]
+    files += glob.glob(os.path.join(folder, "**", "eeg", "*_electrodes.tsv"), recursive=True)
+    files += glob.glob(os.path.join(folder, "**", "eeg", "*_coordsystem.json"), recursive=True)
+    return sorted(set(files))
+
+
+# What each EEG rule reads of the config (params: a change reruns only the jobs it concerns)
+EEG_DATASET = {key: DATASET.get(key) for key in ("subjects", "root", "bids")}
+EEG_INGEST = {key: EEG[key] for key in ("subjects", "root", "montage", "word_column", "events_trial_type", "h_freq") if key in EEG}
+EEG_PREPROCESS = {key: EEG[key] for key in ("line_freq", "l_freq", "h_freq", "reference", "interpolate_bads", "ica", "resample_hz", "seed") if key in EEG}
 
 
 def eeg_file(subject, model, name):

@@ -12,8 +12,8 @@ rule ingest_eeg:
     output:
         f"{RESULTS}/eeg/ingest/sub-{{subject}}/raw.h5",
     params:
-        settings=EEG,
-        dataset=DATASET,
+        settings=EEG_INGEST,
+        dataset=EEG_DATASET,
         stories=STORIES,
     log:
         f"{RESULTS}/logs/eeg/sub-{{subject}}_ingest.log",
@@ -32,8 +32,8 @@ rule preprocess_eeg:
     output:
         f"{RESULTS}/eeg/preprocess/sub-{{subject}}/eeg.h5",
     params:
-        settings=EEG,
-        dataset=DATASET,
+        settings=EEG_PREPROCESS,
+        dataset=EEG_DATASET,
     log:
         f"{RESULTS}/logs/eeg/sub-{{subject}}_preprocess.log",
     resources:
@@ -59,7 +59,7 @@ rule encoding_eeg:
         summary=eeg_file("{subject}", "{model}", "summary.json"),
     params:
         settings=EEG,
-        dataset=DATASET,
+        dataset=EEG_DATASET,
         stories=STORIES,
         layers=lambda wildcards: model_layers(wildcards.model),
         train_stories=DATASET["train_stories"],
