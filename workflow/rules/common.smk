@@ -671,7 +671,7 @@ def eeg_sources(wildcards):
     return sorted(set(files))
 
 
-# What each EEG rule reads of the config (params: a change reruns only the jobs it concerns)
+# What each EEG job reads of the config (params: a change reruns only the jobs it concerns)
 EEG_DATASET = {key: DATASET.get(key) for key in ("subjects", "root", "bids")}
 EEG_INGEST = {key: EEG[key] for key in ("subjects", "root", "montage", "word_column", "events_trial_type", "h_freq") if key in EEG}
 EEG_PREPROCESS = {key: EEG[key] for key in ("line_freq", "l_freq", "h_freq", "reference", "interpolate_bads", "ica", "resample_hz", "seed") if key in EEG}
