@@ -42,13 +42,14 @@ def test_edited_events_file_reruns_its_story_only(demo_run, tmp_path):
     outputs += [f"results/ingest/sub-{subject}/{name}" for subject in config["dataset"]["subjects"] for name in ("responses.h5", "mask.nii.gz", "mean.nii.gz", "atlas.nii.gz", "atlas.tsv")]
     outputs += [f"results/decoding/sub-{subject}/sub-{subject}_{name}" for subject in config["dataset"]["subjects"]
                 for name in ("labels.tsv", "labels_classes.tsv", "labels_confusion.tsv", "labels_predictions.tsv")]  # read the annotation table
+    outputs += [f"results/eeg/ingest/sub-{subject}/raw.h5" for subject in config["dataset"]["subjects"]]  # reads the EEG recordings
     run_snakemake(scratch, "--configfile", "user.yaml", "--cleanup-metadata", *outputs)
     # the derivative's description records the config's hash, which demo.generate changes
     run_snakemake(scratch, "results/dataset_description.json", "--cores", "1", "--configfile", "user.yaml")
     before = run_snakemake(scratch, "-n", "--cores", "1", "--configfile", "user.yaml")
     assert "Nothing to be done" in before.stdout, before.stdout[-3000:]
 
-    events = sorted((scratch / "resources/demo/bids/sub-UTS01").rglob("*task-orchard*_events.tsv"))[0]
+    events = sorted((scratch / "resources/demo/bids/sub-UTS01/func").rglob("*task-orchard*_events.tsv"))[0]  # a BOLD run's
     lines = events.read_text().splitlines()
     fields = lines[1].split("\t")
     fields[lines[0].split("\t").index("word")] = "lantern"  # one word of one run changed
@@ -66,3 +67,4 @@ def test_edited_events_file_reruns_its_story_only(demo_run, tmp_path):
     assert [w["subject"] for w in by_rule.get("ingest_atlas", [])] == ["UTS01"]  # reads that subject's new mask
     assert "demo_dataset" not in by_rule
     assert len(by_rule["align"]) == 4 and "encoding" in by_rule  # every alignment uses orchard's words
+    assert len(by_rule["ingest_eeg"]) == 2  # the EEG words are checked against orchard's words.tsv
