@@ -25,13 +25,14 @@ def _info_with_positions(names: Sequence[str], positions: np.ndarray):
 def plot_eeg(subjects: Sequence[str], summaries: Sequence[str | os.PathLike], word_levels: Sequence[str | os.PathLike],
              trfs: Sequence[str | os.PathLike], png: str | os.PathLike, svg: str | os.PathLike, tsv: str | os.PathLike, dpi: int = 150) -> None:
     """One row per subject: mean r per layer (validation, test) in the chosen window; test r topography at the
-    chosen layer (significant channels marked); TRF power over lags on the channels it predicts best."""
+    chosen layer (significant channels marked); TRF power over lags on the channels it predicts best;
+    identification of held-out segments from the TRF's predictions against chance."""
     import mne
 
     rows = []
     with styled():
-        fig = new_figure(12.0, 3.4 * len(subjects))
-        axes = fig.subplots(len(subjects), 3, squeeze=False)
+        fig = new_figure(16.0, 3.4 * len(subjects))
+        axes = fig.subplots(len(subjects), 4, squeeze=False)
         for row, (subject, summary_path, table_path, trf_path) in enumerate(zip(subjects, summaries, word_levels, trfs)):
             summary = json.loads(open(summary_path).read())
             table = pd.read_csv(table_path, sep="\t")
@@ -69,6 +70,21 @@ def plot_eeg(subjects: Sequence[str], summaries: Sequence[str | os.PathLike], wo
             ax.axvline(1000 * summary["trf"]["peak_latency_s"], color="C3", linestyle="--",
                        label=f"peak {1000 * summary['trf']['peak_latency_s']:.0f} ms")
             ax.set(xlabel="lag after word onset (ms)", ylabel="TRF power (RMS over components)", title="continuous TRF")
+            ax.legend(fontsize=7)
+            ax = axes[row, 3]
+            identification = pd.DataFrame(summary["identification"])
+            lengths = sorted(identification["segment_s"].unique())
+            for offset, (direction, label) in enumerate((("observed_to_predicted", "EEG → prediction"), ("predicted_to_observed", "prediction → EEG"))):
+                part = identification[identification["direction"] == direction].set_index("segment_s").loc[lengths]
+                ax.bar(np.arange(len(lengths)) + 0.4 * offset - 0.2, part["top1"], width=0.38, label=label)
+                for position, value in zip(np.arange(len(lengths)), part["chance_top1"]):
+                    ax.hlines(value, position - 0.4, position + 0.4, color="k", linestyle="--", linewidth=1,
+                              label="chance" if offset == 0 and position == 0 else None)
+                for length, values in part.iterrows():
+                    rows.append({"subject": subject, "panel": "identification", "layer": summary["chosen_layer"], "lag_ms": np.nan,
+                                 "channel": direction, "segment_s": length, "top1": values["top1"], "chance_top1": values["chance_top1"], "p": values["p"]})
+            ax.set_xticks(np.arange(len(lengths)), [f"{length:g} s" for length in lengths])
+            ax.set(xlabel="held-out segment length", ylabel="top-1 identification", ylim=(0, 1), title="segment identification")
             ax.legend(fontsize=7)
             for layer, values in curves.iterrows():
                 rows.append({"subject": subject, "panel": "layers", "layer": layer, "lag_ms": np.nan, "channel": "",
