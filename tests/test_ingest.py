@@ -901,3 +901,33 @@ def test_atlas_files_are_listed(bids_root, tmp_path, opened):
     ingest_atlas(config, "01", paths["out_mask"], tmp_path / "atlas.nii.gz", tmp_path / "atlas.tsv")
     read = _read_under(bids_root, opened) | _read_under(tmp_path, opened) - {os.path.realpath(paths["out_mask"])}
     assert read == _listed(sources.atlas_sources(config, "01"))
+
+
+# --------------------------------------------------------------------------- sentences → words
+
+
+JAPANESE_ROWS = [("word", "灯台守の娘は、", 10.0, 1.4), ("word", "毎晩海を見ていた。", 12.0, 1.8)]
+
+
+def test_sentence_rows_are_segmented_into_words_with_fugashi(bids_root, tmp_path):
+    root = _copy(bids_root, tmp_path)
+    for subject in ("01", "02"):
+        write_events(root / f"sub-{subject}" / "func" / f"{stem(subject, 'alpha', None)}_events.tsv", rows=JAPANESE_ROWS)
+    config = bids_config(root, language="ja", word_separator="", segmenter="fugashi")
+    words = ingest_words(config, "alpha", tmp_path / "words.tsv")
+    assert words["word"].tolist() == ["灯台", "守", "の", "娘", "は", "毎晩", "海", "を", "見", "て", "い", "た"]  # punctuation dropped
+    first = words.iloc[:5]  # 灯台守の娘は: 6 characters over 1.4 s
+    np.testing.assert_allclose(first["onset"], 10.0 + 1.4 * np.array([0, 2, 3, 4, 5]) / 6)
+    np.testing.assert_allclose(first["offset"], 10.0 + 1.4 * np.array([2, 3, 4, 5, 6]) / 6)
+    assert words["offset"].iloc[-1] == pytest.approx(13.8)  # the words fill their row; punctuation takes no time
+    assert (np.diff(words["onset"]) > 0).all()
+
+
+def test_an_unknown_or_missing_segmenter_is_named(monkeypatch):
+    from brainllm import segmentation
+
+    with pytest.raises(InputError, match="dataset.segmenter 'jieba'"):
+        segmentation.analyser("jieba")
+    monkeypatch.setitem(__import__("sys").modules, "fugashi", None)  # as if not installed
+    with pytest.raises(InputError, match="dataset.segmenter is fugashi but fugashi is not installed.*pip install fugashi"):
+        segmentation.analyser("fugashi")

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from brainllm.align import seconds_to_trs, trs_to_seconds
 from brainllm.io import InputError, atomic_path, open_h5, write_tsv
+from brainllm.segmentation import segment_words
 from brainllm.textgrid import read_textgrid, word_tier
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ DATASET_DEFAULTS = {
     "wordcsv": None,
     "segments": None,
     "repeats_dir": None,
+    "segmenter": "none",
 }
 BIDS_DEFAULTS = {
     "space": None,
@@ -918,6 +920,8 @@ def ingest_words(dataset: dict, story: str, out_tsv: str | os.PathLike) -> pd.Da
             words = words_from_wordcsv(source, options["wordcsv"], run_story, _run_stories(options))
     else:
         raise InputError(None, f"unknown dataset.layout {layout!r}.", "use ds003020, bids or wordcsv.")
+    if options.get("segmenter", "none") != "none":  # rows of text, not words (brainllm.segmentation)
+        words = segment_words(words, options["segmenter"], source)
     check_words_within_run(words, float(trs_to_seconds(n_trs_raw, tr)), source)
     if segment_index is not None:
         segments = plan_segments(options, run_story, n_trs_raw, n_trs_raw, run_file)
