@@ -931,3 +931,15 @@ def test_an_unknown_or_missing_segmenter_is_named(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "fugashi", None)  # as if not installed
     with pytest.raises(InputError, match="dataset.segmenter is fugashi but fugashi is not installed.*pip install fugashi"):
         segmentation.analyser("fugashi")
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ({"segmenter": "fugashi", "language": "en", "word_separator": ""}, "dataset.language is 'en'"),
+    ({"segmenter": "fugashi", "language": "ja", "word_separator": " "}, 'set dataset.word_separator: ""'),
+])
+def test_a_segmenter_inconsistent_with_the_language_stops_before_any_job(dataset, message):
+    from brainllm import configuration
+
+    with pytest.raises(InputError, match=message):
+        configuration.check_segmenter(dataset)
+    configuration.check_segmenter({"segmenter": "fugashi", "language": "ja", "word_separator": ""})

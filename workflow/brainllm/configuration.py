@@ -309,12 +309,24 @@ def finish(config: dict, check_inputs: bool = True) -> dict:
     if stage_enabled(config, "group") and not config["encoding"].get("save_predictions", True):
         raise InputError(None, "the group section needs the encoding models' test predictions, but encoding.save_predictions is false.",
                          "set encoding.save_predictions: true, or leave the group section out.")
+    check_segmenter(dataset)
     check_eeg(config)
     if check_inputs:
         check_dataset_files(dataset)
         lengths = ds003020_run_lengths(dataset) if dataset["layout"] == "ds003020" else bids_run_lengths(dataset)
         check_run_lengths(config, lengths)
     return config
+
+
+def check_segmenter(dataset: Mapping) -> None:
+    """fugashi segments Japanese: the language and the separator its words are joined with must say so."""
+    if dataset.get("segmenter", "none") == "fugashi":
+        if dataset.get("language", "en") != "ja":
+            raise InputError(None, f"dataset.segmenter fugashi segments Japanese, but dataset.language is {dataset.get('language', 'en')!r}.",
+                             "set dataset.language: ja, or dataset.segmenter: none.")
+        if dataset.get("word_separator", " ") != "":
+            raise InputError(None, "dataset.segmenter fugashi gives Japanese words, which are written together, but dataset.word_separator "
+                             f"is {dataset.get('word_separator', ' ')!r}.", 'set dataset.word_separator: "".')
 
 
 MAX_TRF_COLUMNS = 8192  # a Gram matrix of 512 MB; its eigendecomposition takes minutes on a few cores
