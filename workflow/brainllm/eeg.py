@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse
 
+from brainllm.align import zscore_columns
 from brainllm.ingest import is_silence
 from brainllm.io import InputError, atomic_path, open_h5, read_words, write_json, write_tsv
 from brainllm.metrics import fdr_bh, pearson_r, permutation_p
@@ -336,12 +337,6 @@ def preprocess_subject(ingested_h5: str | os.PathLike, settings: EegSettings, ou
 # ----------------------------------------------------------------------------- ridge from Gram matrices
 
 
-def zscore(array: np.ndarray) -> np.ndarray:
-    array = np.asarray(array, dtype=np.float64)
-    sd = array.std(axis=0)
-    return (array - array.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-
-
 @dataclass
 class StoryGram:
     """``X^T X`` ``(p, p)``, ``X^T Y`` ``(p, c)`` of one story, and its design and targets for predictions."""
@@ -419,7 +414,7 @@ def fit_word_level(features: Mapping[str, np.ndarray], amplitudes: Mapping[str, 
                    test_stories: Sequence[str], settings: EegSettings) -> dict:
     """Ridge from word features to window amplitudes: per channel α, validation r, test r and one-sided p."""
     keep = {s: np.isfinite(amplitudes[s]).all(axis=1) for s in (*train_stories, *test_stories)}
-    grams = {s: story_gram(zscore(features[s][keep[s]]), zscore(amplitudes[s][keep[s]])) for s in (*train_stories, *test_stories)}
+    grams = {s: story_gram(zscore_columns(features[s][keep[s]]), zscore_columns(amplitudes[s][keep[s]])) for s in (*train_stories, *test_stories)}
     alphas, r_validation = cross_validated_alphas(grams, train_stories, settings.alphas)
     weights = ridge_weights([grams[s] for s in train_stories], alphas)
     prediction = np.vstack([grams[s].X @ weights for s in test_stories])
@@ -460,7 +455,7 @@ def fit_trf(features: Mapping[str, np.ndarray], eeg: Mapping[str, np.ndarray], o
             train_stories: Sequence[str], test_stories: Sequence[str], settings: EegSettings) -> dict:
     """Continuous TRF: α per channel by leave-one-story-out CV, weights ``(k, n_lags, c)``, test r and p per channel."""
     stories = (*train_stories, *test_stories)
-    standard = {s: zscore(features[s]) for s in stories}
+    standard = {s: zscore_columns(features[s]) for s in stories}
     mean, axes = principal_axes(np.vstack([standard[s] for s in train_stories]), settings.trf_components)
     scores = {s: (standard[s] - mean) @ axes for s in stories}
     scale = np.vstack([scores[s] for s in train_stories]).std(axis=0)
@@ -468,7 +463,7 @@ def fit_trf(features: Mapping[str, np.ndarray], eeg: Mapping[str, np.ndarray], o
     grams = {}
     for s in stories:
         design = lagged_impulse_design(np.round(onsets_s[s] * sfreq).astype(int), scores[s] / scale, eeg[s].shape[0], lags)
-        grams[s] = story_gram(design, zscore(eeg[s]))
+        grams[s] = story_gram(design, zscore_columns(eeg[s]))
     alphas, r_validation = cross_validated_alphas(grams, train_stories, settings.alphas)
     weights = ridge_weights([grams[s] for s in train_stories], alphas)
     prediction = np.vstack([grams[s].X @ weights for s in test_stories])
