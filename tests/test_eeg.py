@@ -239,6 +239,8 @@ def test_a_missing_recording_is_named(tmp_path):
     ({"l_freq": 30.0, "h_freq": 20.0}, "eeg.l_freq"),
     ({"trf": {"n_components": 384}}, "31104 columns"),
     ({"h_freq": 40.0, "resample_hz": 60.0}, "half eeg.resample_hz"),
+    ({"epochs": {"window": [0.3, 0.5], "bin_s": 0.15}}, "whole number of bin_s"),
+    ({"epochs": {"window": [0.5, 0.3]}}, "eeg.epochs.window"),
 ])
 def test_inconsistent_eeg_settings_stop_before_any_job(section, message):
     with pytest.raises(InputError, match=message):
@@ -283,3 +285,11 @@ def test_several_recordings_of_one_story_are_named(tmp_path):
         shutil.copy(source, source.with_name(source.name.replace("task-tale", "task-tale_run-2")))
     with pytest.raises(InputError, match=r"2 EEG recordings of task 'tale'"):
         ingest(tmp_path, tmp_path / "bids")
+
+
+def test_demo_loadings_sum_to_zero_so_the_average_reference_spreads_nothing():
+    from brainllm.demo_eeg import EEG_SIGNAL_UV, planted_loadings
+
+    loadings = planted_loadings(np.random.default_rng(3))
+    np.testing.assert_allclose(loadings.sum(axis=1), 0.0, atol=1e-9)
+    assert np.sqrt((loadings**2).sum(axis=0).mean()) == pytest.approx(EEG_SIGNAL_UV)

@@ -1,6 +1,7 @@
 """The demo workflow's EEG stage: the demo's BIDS EEG read by mne-bids and preprocessed by
 MNE; the word-level models choose the planted layer on validation data and find the planted
-channels (and no others) on the held-out story; the TRF peaks at the planted latency."""
+channels (and no others) on the held-out story; the TRF peaks at the planted latency; EEG → text
+beats permuted EEG windows and the report shows it beside fMRI → text."""
 
 from __future__ import annotations
 
@@ -63,8 +64,35 @@ def test_eeg_runs_exactly_when_its_section_is_present(workdir):
     config = yaml.safe_load(path.read_text())
     del config["eeg"]
     path.write_text(yaml.safe_dump(config))
-    assert not {"ingest_eeg", "preprocess_eeg", "encoding_eeg", "report_eeg"} & set(job_counts(dry_run(workdir, "--configfile", str(path)).stdout))
+    assert not {"ingest_eeg", "preprocess_eeg", "encoding_eeg", "report_eeg", "generation_brain_prompt_eeg"} & set(
+        job_counts(dry_run(workdir, "--configfile", str(path)).stdout))
     config["eeg"] = {"subjects": [SUBJECTS[0]]}  # one subject, every other key its default
     path.write_text(yaml.safe_dump(config))
     counts = job_counts(dry_run(workdir, "--configfile", str(path)).stdout)
-    assert [counts.get(rule) for rule in ("ingest_eeg", "preprocess_eeg", "encoding_eeg", "report_eeg")] == [1, 1, 1, 1]
+    rules = ("ingest_eeg", "preprocess_eeg", "encoding_eeg", "report_eeg", "generation_brain_prompt_eeg")
+    assert [counts.get(rule) for rule in rules] == [1, 1, 1, 1, 1]
+    del config["generation"]  # EEG → text needs the generation section
+    path.write_text(yaml.safe_dump(config))
+    counts = job_counts(dry_run(workdir, "--configfile", str(path)).stdout)
+    assert counts.get("encoding_eeg") == 1 and "generation_brain_prompt_eeg" not in counts
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_eeg_prompts_beat_permuted_eeg_windows(demo_run, subject):
+    folder = demo_run / RESULTS / "eeg" / "generation" / f"sub-{subject}" / "brain_prompt"
+    scores = json.loads((folder / "scores.json").read_text())
+    assert scores["segments"]["unit"] == "word" and scores["split"]["test"] == CONFIG["dataset"]["test_stories"]
+    pairwise = scores["pairwise"]
+    assert pairwise["pairwise_accuracy"] > 0.5 and pairwise["p"] < 0.05 and pairwise["ci_low"] > 0.5, pairwise
+    assert scores["means"]["brain/greedy"]["loss"] < scores["means"]["permuted_brain/greedy"]["loss"]
+    texts = pd.read_csv(folder / "texts.tsv", sep="\t", keep_default_na=False)
+    assert set(texts["condition"]) == {"brain", "permuted_brain", "text_only", "llm"}
+    assert (texts["reference"].str.split().str.len() == CONFIG["eeg"]["generation"]["segment_words"]).mean() > 0.9
+
+
+def test_report_shows_eeg_to_text_beside_fmri_to_text(demo_run):
+    table = pd.read_csv(demo_run / RESULTS / "report" / "generation" / "brain_prompt.tsv", sep="\t", dtype={"subject": str})
+    assert set(table["modality"]) == {"fMRI", "EEG"}
+    assert set(table.loc[table["modality"] == "EEG", "subject"]) == {f"{s} (EEG)" for s in SUBJECTS}
+    examples = pd.read_csv(demo_run / RESULTS / "report" / "generation" / "brain_prompt_examples.tsv", sep="\t", dtype={"subject": str})
+    assert set(examples["modality"]) == {"fMRI", "EEG"}

@@ -154,7 +154,7 @@ def test_distant_permutation_keeps_every_window_away_from_its_own():
 
 def _segments(brain):
     n = len(brain)
-    return Segments(story=["s"] * n, start_tr=np.arange(n), onset_s=np.zeros(n), offset_s=np.zeros(n), prompt=[""] * n,
+    return Segments(story=["s"] * n, start=np.arange(n), onset_s=np.zeros(n), offset_s=np.zeros(n), prompt=[""] * n,
                     reference=["w"] * n, prompt_ids=[[]] * n, continuation_ids=[[1]] * n, brain=brain)
 
 

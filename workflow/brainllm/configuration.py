@@ -360,6 +360,12 @@ def check_eeg(config: Mapping) -> None:
                          "leave dataset.segments out when the eeg section is present.")
     if eeg.get("l_freq") and eeg["l_freq"] >= eeg.get("h_freq", 20.0):
         raise InputError(None, f"eeg.l_freq ({eeg['l_freq']} Hz) must be below eeg.h_freq ({eeg.get('h_freq', 20.0)} Hz).", "lower l_freq or raise h_freq.")
+    epochs = eeg.get("epochs") or {}
+    start, end = epochs.get("window", (0.3, 0.5))
+    bins = (end - start) / epochs.get("bin_s", 0.2)
+    if not start < end or abs(bins - round(bins)) > 1e-6:
+        raise InputError(None, f"eeg.epochs.window [{start}, {end}] must run forward and hold a whole number of bin_s "
+                         f"({epochs.get('bin_s', 0.2)} s) bins.", "e.g. window: [0.0, 0.8] with bin_s: 0.1.")
 
 
 def stage_enabled(config: Mapping, section: str) -> bool:

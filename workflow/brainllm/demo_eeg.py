@@ -41,7 +41,7 @@ EEG_TAIL_S = 5.0
 EEG_LATENCY_S = 0.40
 EEG_WIDTH_S = 0.05
 EEG_RANK = 4
-EEG_SIGNAL_UV = 4.0  # sd of the planted amplitude per planted channel
+EEG_SIGNAL_UV = 10.0  # rms sd of the planted amplitude over the planted channels (at 4 µV, EEG → text on the demo is at chance)
 BACKGROUND_UV = 10.0
 DRIFT_UV = 20.0
 LINE_FREQ = 50.0
@@ -62,10 +62,11 @@ def eeg_feature_map(train_features: np.ndarray, rng: np.random.Generator, n_axes
 
 
 def planted_loadings(rng: np.random.Generator) -> np.ndarray:
-    """``(EEG_RANK, n_planted)`` loadings, zero-sum across channels, each channel's amplitude of sd ≈ EEG_SIGNAL_UV."""
+    """``(EEG_RANK, n_planted)`` loadings, zero-sum across channels (one scale for all, which keeps the sums at
+    zero), the channels' amplitudes of root-mean-square sd EEG_SIGNAL_UV."""
     loadings = rng.standard_normal((EEG_RANK, len(PLANTED_CHANNELS)))
     loadings -= loadings.mean(axis=1, keepdims=True)
-    return loadings / np.sqrt((loadings**2).sum(axis=0, keepdims=True)) * EEG_SIGNAL_UV
+    return loadings / np.sqrt((loadings**2).sum(axis=0).mean()) * EEG_SIGNAL_UV
 
 
 def pink_noise(n_samples: int, n_channels: int, rng: np.random.Generator) -> np.ndarray:

@@ -21,7 +21,11 @@ Encoding uses the features of the fMRI path and its statistics:
   components non-zeros, not samples × columns), so the normal equations are formed from
   sparse products and the memory is that of the words and one Gram matrix per story.
   Held-out segments of a few seconds are identified among each other from its
-  predictions (the decoding stage's identification, channels chosen on validation r).
+  predictions (the decoding stage's identification, channels chosen on validation r);
+- whole-vocabulary word classification: each word's epoch (channels × bins) decoded by ridge
+  into the word's text embedding and scored against every vocabulary word as the fMRI word
+  classification scores contrastive embeddings (``brainllm.word_decoding``). EEG → text is
+  ``brainllm.generation.run_eeg_brain_prompt`` on the same epochs.
 
 Both fits solve ridge from per-story Gram matrices: the Gram of a fold is the sum of its
 stories', one eigendecomposition per fold serves every α.
@@ -42,11 +46,13 @@ import scipy.sparse
 from brainllm.align import zscore_columns
 from brainllm.ingest import is_silence
 from brainllm.io import InputError, atomic_path, open_h5, read_words, write_json, write_tsv
-from brainllm.metrics import fdr_bh, pearson_r, permutation_p
+from brainllm.metrics import fdr_bh, permutation_p
 
 logger = logging.getLogger(__name__)
 
 REFERENCES = ("average", "none")
+EEG_EPOCHS = {"window": (0.3, 0.5), "bin_s": 0.2}  # eeg.epochs defaults
+EEG_GENERATION = {"segment_words": 6, "stride_words": 3}  # eeg.generation defaults
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,8 @@ class EegSettings:
     alphas: tuple[float, ...] = tuple(np.logspace(-2, 6, 17))
     identification_s: tuple[float, ...] = (2.0, 5.0)
     channel_fraction: float = 0.25
+    epochs: Mapping = field(default_factory=lambda: dict(EEG_EPOCHS))
+    generation: Mapping = field(default_factory=lambda: dict(EEG_GENERATION))
     block_words: int = 20
     block_s: float = 2.0
     n_permutations: int = 1000
@@ -103,6 +111,8 @@ class EegSettings:
             alphas=tuple(np.logspace(alphas["log10_min"], alphas["log10_max"], int(alphas["num"]))),
             identification_s=tuple(float(v) for v in (section.get("identification") or {}).get("segment_s", (2.0, 5.0))),
             channel_fraction=float((section.get("identification") or {}).get("channel_fraction", 0.25)),
+            epochs={**EEG_EPOCHS, **dict(section.get("epochs") or {})},
+            generation={**EEG_GENERATION, **dict(section.get("generation") or {})},
             block_words=int(section.get("block_words", 20)),
             block_s=float(section.get("block_s", 2.0)),
             n_permutations=int(section.get("n_permutations", 1000)),
@@ -174,7 +184,6 @@ def standard_montage(name: str, source):
 
 def read_recording(root: str | os.PathLike, subject: str, story: str, settings: EegSettings):
     """``(raw, words)``: the recording (MNE Raw, preloaded, montage set, bads marked) and its words."""
-    import mne
     from mne_bids import read_raw_bids
 
     path = recording_path(root, subject, story)
@@ -410,6 +419,29 @@ def word_amplitudes(data: np.ndarray, sfreq: float, onsets_s: np.ndarray, window
     return np.divide(sums, counts, out=np.full(sums.shape, np.nan), where=counts > 0)
 
 
+def epoch_bins(epochs: Mapping) -> np.ndarray:
+    """Bin starts (s after word onset) of ``eeg.epochs``: ``window`` in steps of ``bin_s``."""
+    begin, end = (float(v) for v in epochs["window"])
+    return begin + float(epochs["bin_s"]) * np.arange(int(round((end - begin) / float(epochs["bin_s"]))))
+
+
+def story_words_of_recording(words_tsv: str | os.PathLike, onsets_s: np.ndarray, story: str, source) -> pd.DataFrame:
+    """The story's ``words.tsv``, one row per EEG word onset (ingestion matched them in order)."""
+    words = read_words(words_tsv)
+    if len(words) != len(onsets_s):
+        raise InputError(source, f"story {story!r} has {len(onsets_s)} EEG word onsets and {len(words)} words in words.tsv.",
+                         "rerun ingest_eeg and preprocess_eeg after changing the story's words.")
+    return words
+
+
+def word_epochs(data: np.ndarray, sfreq: float, onsets_s: np.ndarray, epochs: Mapping) -> np.ndarray:
+    """``(n_words, n_bins, n_channels)``: each word's epoch, channels z-scored over the story, averaged in the
+    bins of ``eeg.epochs`` (NaN where a bin runs past the recording)."""
+    standard = zscore_columns(data)
+    width = float(epochs["bin_s"])
+    return np.stack([word_amplitudes(standard, sfreq, onsets_s, (begin, begin + width)) for begin in epoch_bins(epochs)], axis=1)
+
+
 def fit_word_level(features: Mapping[str, np.ndarray], amplitudes: Mapping[str, np.ndarray], train_stories: Sequence[str],
                    test_stories: Sequence[str], settings: EegSettings) -> dict:
     """Ridge from word features to window amplitudes: per channel α, validation r, test r and one-sided p."""
@@ -578,6 +610,93 @@ def run_eeg_encoding(preprocessed_h5: str | os.PathLike, manifests: Mapping[str,
     for row in summary["identification"]:
         logger.info("identification of %g-s segments (%s): top-1 %.3f (chance %.3f), p = %.4f", row["segment_s"], row["direction"],
                     row["top1"], row["chance_top1"], row["p"])
+    return summary
+
+
+# ----------------------------------------------------------------------------- whole-vocabulary word classification
+
+SCALES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # candidate 1 / temperature of the cosine softmax
+
+
+def unit_rows(X: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return np.divide(X, norms, out=np.zeros_like(X), where=norms > 0)
+
+
+def choose_scale(brain: np.ndarray, text: np.ndarray, true_index: np.ndarray, scales: Sequence[float] = SCALES) -> tuple[float, list[float]]:
+    """The softmax scale (1 / temperature) of cosines with the highest mean log-probability of the heard words."""
+    from brainllm.word_decoding import log_softmax
+
+    similarity = brain @ text.T
+    fits = [float(log_softmax(scale * similarity)[np.arange(len(true_index)), true_index].mean()) for scale in scales]
+    return float(scales[int(np.argmax(fits))]), fits
+
+
+def run_eeg_word_decoding(preprocessed_h5: str | os.PathLike, words_tsvs: Mapping[str, str | os.PathLike], vocabulary_tsv: str | os.PathLike,
+                          vocabulary_manifest: str | os.PathLike, encoding_summary: str | os.PathLike, train_stories: Sequence[str],
+                          test_stories: Sequence[str], settings: EegSettings, word_settings, out: Mapping[str, str | os.PathLike],
+                          train_entries: Mapping[str, str | os.PathLike] | None = None, validation_story: str | None = None) -> dict:
+    """Every vocabulary word's probability for each held-out word from its EEG epoch.
+
+    A ridge decoder maps each word's epoch (``word_epochs``, channels × bins) to the word's text embedding
+    (the vocabulary features at the layer the encoding chose on validation data, centred on the training
+    words' mean); α per embedding dimension by leave-one-story-out CV over the training stories. The
+    decoded embedding is scored against every vocabulary word by cosine; the softmax scale and the
+    frequency prior's weight are chosen on the validation story; the test words are scored as the fMRI
+    word classification scores them (``brainllm.word_decoding.classify_words``: top-k, percentile rank,
+    frequency baseline, block-permutation p over ``eeg.block_words`` words).
+    """
+    import json
+    from dataclasses import replace
+
+    from brainllm.contrastive_settings import story_split
+    from brainllm.word_decoding import SplitEmbeddings, classify_words, normalise_word, read_vocabulary, vocabulary_features
+
+    split = story_split(train_stories, test_stories, validation_story, "eeg")
+    layer = int(json.loads(Path(encoding_summary).read_text())["chosen_layer"])
+    vocabulary = read_vocabulary(vocabulary_tsv)
+    text = vocabulary_features(vocabulary_manifest, vocabulary_tsv, layer, word_settings.embedding, train_entries)
+    index = {word: i for i, word in enumerate(vocabulary["word"])}
+    stories = [story for stories in split.values() for story in stories]
+    eeg, onsets, sfreq, names, _ = read_preprocessed(preprocessed_h5, stories)
+    epochs, tables = {}, {}
+    for story in stories:
+        words = story_words_of_recording(words_tsvs[story], onsets[story], story, preprocessed_h5)
+        story_epochs = word_epochs(eeg[story], sfreq, onsets[story], settings.epochs).reshape(len(words), -1)
+        finite = np.isfinite(story_epochs).all(axis=1)
+        table = words[["word", "onset", "offset"]].assign(story=story)
+        table["vocabulary_index"] = [index.get(normalise_word(w), -1) for w in table["word"]]
+        table["pair"] = np.where(finite, np.cumsum(finite) - 1, -1)  # the word's row among the story's decoded epochs
+        epochs[story], tables[story] = zscore_columns(story_epochs[finite]), table
+    fitted = {s: tables[s]["vocabulary_index"].to_numpy()[tables[s]["pair"].to_numpy() >= 0] for s in split["train"]}
+    mean = np.vstack([text[v[v >= 0]] for v in fitted.values()]).mean(axis=0)
+    centred = text - mean
+    grams = {s: story_gram(epochs[s][fitted[s] >= 0], centred[fitted[s][fitted[s] >= 0]]) for s in split["train"]}
+    alphas, r_validation = cross_validated_alphas(grams, split["train"], settings.alphas)
+    weights = ridge_weights([grams[s] for s in split["train"]], alphas)
+    text_unit = unit_rows(centred)
+
+    def embeddings(name: str) -> SplitEmbeddings:
+        frames, brains, offset = [], [], 0
+        for story in split[name]:
+            frame = tables[story].copy()
+            frame["pair"] = np.where(frame["pair"] >= 0, frame["pair"] + offset, -1)
+            brains.append(unit_rows(epochs[story] @ weights))
+            offset += len(epochs[story])
+            frames.append(frame)
+        return SplitEmbeddings(brain=np.vstack(brains), words=pd.concat(frames, ignore_index=True))
+
+    splits = {name: embeddings(name) for name in ("validation", "test")}
+    heard = splits["validation"].words
+    heard = heard[(heard["pair"] >= 0) & (heard["vocabulary_index"] >= 0)]
+    scale, fits = choose_scale(splits["validation"].brain[heard["pair"].to_numpy()], text_unit, heard["vocabulary_index"].to_numpy())
+    logger.info("layer %d; decoder α median %.3g, mean LOSO r %.3f over %d embedding dimensions; softmax scale %g on %s", layer,
+                np.median(alphas), r_validation.mean(), len(alphas), scale, split["validation"][0])
+    summary = classify_words(splits, vocabulary, text_unit, scale, replace(word_settings, block_trs=settings.block_words), out, mode="eeg")
+    summary.update(layer=layer, split=split, decoder={"mean_validation_r": float(r_validation.mean()), "median_alpha": float(np.median(alphas))},
+                   scale_fits=dict(zip([str(s) for s in SCALES], fits)), n_channels=len(names), epochs=dict(settings.epochs),
+                   block_words=settings.block_words)
+    write_json(out["summary"], summary)
     return summary
 
 

@@ -17,6 +17,10 @@ Conditions scored on the test segments, with the same seeds:
   prompt: what training alone buys without brain data);
 - ``llm``: the LM with the text prompt only, untrained.
 
+EEG (:func:`run_eeg_brain_prompt`): segments are ``eeg.generation.segment_words`` consecutive
+words and the brain window their word-locked epochs in order (``brainllm.eeg.word_epochs``);
+the rest is the same.
+
 Texts are generated greedily and by beam search with as many new tokens as the heard
 continuation has, identical for every condition. Pairwise accuracy: the share of
 (test segment, permutation) draws for which the heard continuation's loss is lower with
@@ -158,10 +162,12 @@ class BrainPromptDecoder(nn.Module):
 
 @dataclass
 class Segments:
-    """Test or training segments of some stories: text, tokens, brain windows ``(n, brain_dim)``."""
+    """Test or training segments of some stories: text, tokens, brain windows ``(n, brain_dim)``.
+
+    ``start`` is each segment's first TR (fMRI) or first word (EEG), in ``Spacing.unit``."""
 
     story: list[str]
-    start_tr: np.ndarray
+    start: np.ndarray
     onset_s: np.ndarray
     offset_s: np.ndarray
     prompt: list[str]
@@ -172,6 +178,20 @@ class Segments:
 
     def __len__(self) -> int:
         return len(self.story)
+
+
+@dataclass(frozen=True)
+class Spacing:
+    """How segments lie in time, in the unit of their starts (``tr`` or ``word``): a permuted window comes
+    from a segment at least ``min_gap`` from its own; resampling blocks hold ``block`` consecutive segments."""
+
+    unit: str
+    min_gap: int
+    block: int
+
+
+def fmri_spacing(settings: GenerationSettings) -> Spacing:
+    return Spacing("tr", settings.segment_trs + settings.max_delay, block_segments(settings))
 
 
 def split_tokens(tokenizer, prompt: Sequence[str], heard: Sequence[str], separator: str) -> tuple[list[int], list[int]]:
@@ -187,12 +207,43 @@ def split_tokens(tokenizer, prompt: Sequence[str], heard: Sequence[str], separat
     return prompt_ids, heard_ids
 
 
+class SegmentCollector:
+    """Accumulates segments: tokenizes prompt and heard words, truncates long continuations."""
+
+    def __init__(self, tokenizer, settings: GenerationSettings, separator: str):
+        self.tokenizer, self.settings, self.separator = tokenizer, settings, separator
+        self.columns: dict[str, list] = {name: [] for name in Segments.__dataclass_fields__}
+
+    def add(self, story: str, start: int, words: pd.DataFrame, first: int, context: Sequence[str], heard: Sequence[str],
+            brain: np.ndarray) -> None:
+        """One segment whose heard words are ``words`` rows ``first …`` (skipped when they make no token)."""
+        prompt_ids, continuation = split_tokens(self.tokenizer, context, heard, self.separator)
+        if not continuation:
+            return
+        reference = self.separator.join(heard)
+        if len(continuation) > self.settings.max_continuation_tokens:  # the reference is what is kept
+            continuation = continuation[: self.settings.max_continuation_tokens]
+            reference = self.tokenizer.decode(continuation, skip_special_tokens=True).strip()
+            heard = heard[: max(len(reference.split()), 1)]
+        values = dict(story=story, start=int(start), onset_s=float(words["onset"].iloc[first]),
+                      offset_s=float(words["offset"].iloc[first + len(heard) - 1]), prompt=self.separator.join(context),
+                      reference=reference, prompt_ids=prompt_ids, continuation_ids=continuation, brain=brain)
+        for name, value in values.items():
+            self.columns[name].append(value)
+
+    def segments(self, source, stories: Sequence[str]) -> Segments:
+        columns = self.columns
+        if not columns["story"]:
+            raise InputError(source, f"stories {list(stories)} have no segment with heard words.", "check the words.tsv files and the segment settings.")
+        return Segments(**{**columns, "start": np.asarray(columns["start"]), "onset_s": np.asarray(columns["onset_s"]),
+                           "offset_s": np.asarray(columns["offset_s"]), "brain": np.stack(columns["brain"])})
+
+
 def story_segments(responses_h5, words_tsvs: Mapping[str, str | os.PathLike], stories: Sequence[str], settings: GenerationSettings,
                    tokenizer, separator: str = " ") -> Segments:
     """Every segment of ``stories`` with at least one heard word, its prompt and brain window."""
     responses = read_responses(responses_h5, stories)
-    columns: dict[str, list] = {name: [] for name in ("story", "start_tr", "onset_s", "offset_s", "prompt", "reference",
-                                                       "prompt_ids", "continuation_ids", "brain")}
+    collector = SegmentCollector(tokenizer, settings, separator)
     for story in stories:
         data = np.asarray(responses[story], dtype=np.float32)
         if data.shape[0] < settings.segment_trs + settings.max_delay:
@@ -207,31 +258,63 @@ def story_segments(responses_h5, words_tsvs: Mapping[str, str | os.PathLike], st
         windows = data[brain_rows].mean(2).reshape(len(starts), -1)
         for index, (start, (context, heard)) in enumerate(zip(starts, segment_words(
                 words, centres_s, tr, starts, settings.segment_trs, settings.prompt_words))):
-            prompt_ids, continuation = split_tokens(tokenizer, context, heard, separator)
-            if not continuation:
-                continue
-            reference = separator.join(heard)
-            if len(continuation) > settings.max_continuation_tokens:  # the reference is what is kept
-                continuation = continuation[: settings.max_continuation_tokens]
-                reference = tokenizer.decode(continuation, skip_special_tokens=True).strip()
-                heard = heard[: max(len(reference.split()), 1)]
             first = int(np.searchsorted(midpoints, centres_s[start] - tr / 2.0))
-            columns["story"].append(story)
-            columns["start_tr"].append(int(start))
-            columns["onset_s"].append(float(words["onset"].iloc[first]))
-            columns["offset_s"].append(float(words["offset"].iloc[first + len(heard) - 1]))
-            columns["prompt"].append(separator.join(context))
-            columns["reference"].append(reference)
-            columns["prompt_ids"].append(prompt_ids)
-            columns["continuation_ids"].append(continuation)
-            columns["brain"].append(windows[index])
-    if not columns["story"]:
-        raise InputError(responses_h5, f"stories {list(stories)} have no segment with heard words.", "check the words.tsv files and the TR grid.")
-    return Segments(
-        story=columns["story"], start_tr=np.asarray(columns["start_tr"]), onset_s=np.asarray(columns["onset_s"]),
-        offset_s=np.asarray(columns["offset_s"]), prompt=columns["prompt"], reference=columns["reference"],
-        prompt_ids=columns["prompt_ids"], continuation_ids=columns["continuation_ids"], brain=np.stack(columns["brain"]),
-    )
+            collector.add(story, start, words, first, context, heard, windows[index])
+    return collector.segments(responses_h5, stories)
+
+
+def eeg_story_segments(eeg_h5, words_tsvs: Mapping[str, str | os.PathLike], stories: Sequence[str], settings: GenerationSettings,
+                       eeg_settings, tokenizer, separator: str = " ") -> Segments:
+    """Word-locked EEG segments: ``eeg.generation.segment_words`` consecutive words every ``stride_words``; the
+    brain window is the heard words' epochs (``brainllm.eeg.word_epochs``) concatenated in order. Segments whose
+    epochs run past the recording are left out."""
+    from .eeg import read_preprocessed, story_words_of_recording, word_epochs
+
+    eeg, onsets, sfreq, _, _ = read_preprocessed(eeg_h5, stories)
+    n_words, stride = int(eeg_settings.generation["segment_words"]), int(eeg_settings.generation["stride_words"])
+    collector = SegmentCollector(tokenizer, settings, separator)
+    for story in stories:
+        words = story_words_of_recording(words_tsvs[story], onsets[story], story, eeg_h5)
+        epochs = word_epochs(eeg[story], sfreq, onsets[story], eeg_settings.epochs)
+        tokens = words["word"].astype(str).tolist()
+        for start in range(0, len(words) - n_words + 1, stride):
+            window = epochs[start : start + n_words]  # (words, bins, channels)
+            if not np.isfinite(window).all():
+                continue
+            collector.add(story, start, words, start, tokens[max(0, start - settings.prompt_words) : start], tokens[start : start + n_words],
+                          window.reshape(-1).astype(np.float32))
+    return collector.segments(eeg_h5, stories)
+
+
+def eeg_spacing(eeg_settings) -> Spacing:
+    """Permuted windows ≥ two segments' words away; blocks of ``eeg.block_words`` words of segment starts."""
+    spec = eeg_settings.generation
+    return Spacing("word", 2 * int(spec["segment_words"]), max(1, math.ceil(eeg_settings.block_words / int(spec["stride_words"]))))
+
+
+def run_eeg_brain_prompt(
+    eeg_h5: str | os.PathLike,
+    words_tsvs: Mapping[str, str | os.PathLike],
+    *,
+    llm_cfg: Mapping,
+    subject: str,
+    train_stories: Sequence[str],
+    test_stories: Sequence[str],
+    settings: GenerationSettings,
+    eeg_settings,
+    out: Mapping[str, str | os.PathLike],
+    lm: tuple | None = None,
+) -> dict:
+    """Brain-prompted generation from one EEG subject's word-locked windows (:func:`eeg_story_segments`); the same
+    decoders, conditions, scores and outputs as :func:`run_brain_prompt`."""
+    split = story_split(train_stories, test_stories, settings.validation_story, "generation.brain_prompt")
+    device = pick_device(settings.device, "generation.brain_prompt.device")
+    model, tokenizer, info = lm if lm is not None else load_causal_lm(llm_cfg, device)
+    separator = model_settings(dict(llm_cfg))["word_separator"]
+    data = {name: eeg_story_segments(eeg_h5, words_tsvs, stories, settings, eeg_settings, tokenizer, separator) for name, stories in split.items()}
+    return score_brain_prompt(data, eeg_spacing(eeg_settings), split, (model, tokenizer, info), device, llm_cfg=llm_cfg, subject=subject,
+                              settings=settings, out=out, provenance={"eeg_sha256": sha256_file(eeg_h5), "eeg_epochs": dict(eeg_settings.epochs),
+                                                                              "eeg_segments": dict(eeg_settings.generation)})
 
 
 def reduce_brain(data: Mapping[str, Segments], n_components: int | None) -> dict | None:
@@ -266,25 +349,25 @@ def check_context(segments: Segments, settings: GenerationSettings, max_position
                          "lower generation.brain_prompt.prompt_words, brain_tokens or max_continuation_tokens.")
 
 
-def distant_permutation(start_tr: np.ndarray, story: Sequence[str], min_gap_trs: int, rng: np.random.Generator) -> np.ndarray:
-    """A permutation of segments sending none to a segment of its own story within ``min_gap_trs`` TRs."""
-    n = len(start_tr)
+def distant_permutation(start: np.ndarray, story: Sequence[str], min_gap: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of segments sending none to a segment of its own story whose start lies within ``min_gap``."""
+    n = len(start)
     story = np.asarray(story)
     order = rng.permutation(n)
     for _ in range(50):
-        near = (story[order] == story) & (np.abs(start_tr[order] - start_tr) < min_gap_trs)
+        near = (story[order] == story) & (np.abs(start[order] - start) < min_gap)
         bad = np.flatnonzero(near)
         if bad.size == 0:
             return order
         for i in bad:  # swap with a random partner when that fixes both
             for j in rng.permutation(n):
-                ok_i = story[order[j]] != story[i] or abs(start_tr[order[j]] - start_tr[i]) >= min_gap_trs
-                ok_j = story[order[i]] != story[j] or abs(start_tr[order[i]] - start_tr[j]) >= min_gap_trs
+                ok_i = story[order[j]] != story[i] or abs(start[order[j]] - start[i]) >= min_gap
+                ok_j = story[order[i]] != story[j] or abs(start[order[i]] - start[j]) >= min_gap
                 if ok_i and ok_j:
                     order[i], order[j] = order[j], order[i]
                     break
-    raise InputError(None, f"cannot shuffle {n} test segments so that each window lies ≥ {min_gap_trs} TRs from its own.",
-                     "use a longer test story or shorter generation.brain_prompt.segment_trs / delays.")
+    raise InputError(None, f"cannot shuffle {n} test segments so that each window lies ≥ {min_gap} segment starts from its own.",
+                     "use a longer test story or shorter segments (generation.brain_prompt.segment_trs / delays, eeg.generation.segment_words).")
 
 
 # ----------------------------------------------------------------------------- LM inputs
@@ -449,13 +532,12 @@ def condition_texts(prompted: PromptedLM, segments: Segments, brain: np.ndarray 
 
 
 def pairwise_accuracy(prompted: PromptedLM, segments: Segments, settings: GenerationSettings, true_loss: np.ndarray,
-                      permutations: Sequence[np.ndarray]) -> tuple[dict, np.ndarray]:
+                      permutations: Sequence[np.ndarray], block: int) -> tuple[dict, np.ndarray]:
     """Pairwise accuracy with its block sign-flip p (one-sided, > 0.5) and the binomial p; per-segment wins ``(n,)``."""
     wins = np.zeros(len(segments))
     for order in permutations:
         wins += true_loss < condition_losses(prompted, segments, segments.brain[order], settings.batch_size)
     wins /= len(permutations)
-    block = block_segments(settings)
     test = paired_segment_test(wins - 0.5, block, settings.n_boot, settings.n_flips, settings.seed)
     n_wins = int(round(wins.sum() * len(permutations)))
     binomial = stats.binomtest(n_wins, len(segments) * len(permutations), 0.5, alternative="greater").pvalue
@@ -471,10 +553,10 @@ def block_segments(settings: GenerationSettings) -> int:
     return max(1, math.ceil(settings.block_trs / settings.stride_trs))
 
 
-def compare_conditions(scores: pd.DataFrame, settings: GenerationSettings) -> pd.DataFrame:
-    """``brain`` against each control, per decoding and metric: mean gain, block-bootstrap CI, one-sided p."""
+def compare_conditions(scores: pd.DataFrame, settings: GenerationSettings, block: int) -> pd.DataFrame:
+    """``brain`` against each control, per decoding and metric: mean gain, block-bootstrap CI, one-sided p
+    (resampling blocks of ``block`` consecutive segments)."""
     rows = []
-    block = block_segments(settings)
     for decoding in DECODINGS:
         own = scores[(scores["decoding"] == decoding)]
         brain = own[own["condition"] == "brain"].set_index("segment")
@@ -519,22 +601,31 @@ def run_brain_prompt(
     out: Mapping[str, str | os.PathLike],
     lm: tuple | None = None,
 ) -> dict:
-    """Train, generate and score one subject; writes ``out``'s texts, comparisons, curves, decoders and scores (last)."""
+    """Train, generate and score one fMRI subject; writes ``out``'s texts, comparisons, curves, decoders and scores (last)."""
     split = story_split(train_stories, test_stories, settings.validation_story, "generation.brain_prompt")
     device = pick_device(settings.device, "generation.brain_prompt.device")
     model, tokenizer, info = lm if lm is not None else load_causal_lm(llm_cfg, device)
     separator = model_settings(dict(llm_cfg))["word_separator"]
     data = {name: story_segments(responses_h5, words_tsvs, stories, settings, tokenizer, separator) for name, stories in split.items()}
+    return score_brain_prompt(data, fmri_spacing(settings), split, (model, tokenizer, info), device, llm_cfg=llm_cfg, subject=subject,
+                              settings=settings, out=out, provenance={"responses_sha256": sha256_file(responses_h5)})
+
+
+def score_brain_prompt(data: dict[str, Segments], spacing: Spacing, split: Mapping[str, Sequence[str]], lm: tuple, device: torch.device, *,
+                       llm_cfg: Mapping, subject: str, settings: GenerationSettings, out: Mapping[str, str | os.PathLike],
+                       provenance: Mapping) -> dict:
+    """Train the brain and text-only decoders on ``data['train']`` (early stopping on ``validation``), generate and
+    score the test segments under every condition; writes ``out`` (scores last)."""
+    model, tokenizer, info = lm
     for name, segments in data.items():
         check_context(segments, settings, info.max_positions, str(llm_cfg.get("source")))
         log.info("%s: %d segments from %s", name, len(segments), ", ".join(split[name]))
     test = data["test"]
     rng = np.random.default_rng([settings.seed, 3])
-    min_gap = settings.segment_trs + settings.max_delay
-    permutations = [distant_permutation(test.start_tr, test.story, min_gap, rng) for _ in range(max(settings.pairwise_permutations, 1))]
-    if len(test) < 2 * block_segments(settings):
-        raise InputError(None, f"{len(test)} test segments make fewer than two blocks of generation.brain_prompt.block_trs = {settings.block_trs} TRs.",
-                         "lower generation.brain_prompt.block_trs or stride_trs, or add test stories.")
+    permutations = [distant_permutation(test.start, test.story, spacing.min_gap, rng) for _ in range(max(settings.pairwise_permutations, 1))]
+    if len(test) < 2 * spacing.block:
+        raise InputError(None, f"{len(test)} test segments make fewer than two resampling blocks of {spacing.block} segments.",
+                         "lower the block length (generation.brain_prompt.block_trs, eeg.block_words) or the stride, or add test stories.")
     reduction = reduce_brain(data, settings.brain_components)
     model.requires_grad_(False)
     if settings.lora["enabled"]:
@@ -572,15 +663,15 @@ def run_brain_prompt(
             texts = condition_texts(runner, test, brain, settings, condition)
         for decoding in DECODINGS:
             for i in range(len(test)):
-                rows.append({"segment": i, "story": test.story[i], "start_tr": int(test.start_tr[i]), "onset": test.onset_s[i],
+                rows.append({"segment": i, "story": test.story[i], f"start_{spacing.unit}": int(test.start[i]), "onset": test.onset_s[i],
                              "offset": test.offset_s[i], "condition": condition, "decoding": decoding, "prompt": test.prompt[i],
                              "reference": test.reference[i], "text": texts[decoding][i], "loss": float(losses[condition][i]),
                              **scorer.score(test.reference[i], texts[decoding][i])})
     scores = pd.DataFrame(rows)
     if settings.lora["enabled"]:
         model.set_adapter("brain")
-    pairwise, _ = pairwise_accuracy(prompted["brain"], test, settings, losses["brain"], permutations)
-    comparisons = compare_conditions(scores, settings)
+    pairwise, _ = pairwise_accuracy(prompted["brain"], test, settings, losses["brain"], permutations, spacing.block)
+    comparisons = compare_conditions(scores, settings, spacing.block)
 
     write_tsv(out["texts"], scores)
     write_tsv(out["comparisons"], comparisons)
@@ -599,7 +690,7 @@ def run_brain_prompt(
         "corpus_bleu1": {f"{condition}/{decoding}": scorer.corpus_bleu1(group["reference"], group["text"])
                          for (condition, decoding), group in scores.groupby(["condition", "decoding"])},
         "pairwise": pairwise, "brain_reduction": reduction, "meteor": scorer.meteor_note, "settings": settings.record(),
-        "inputs": {"responses_sha256": sha256_file(responses_h5)},
+        "segments": {"unit": spacing.unit, "min_gap": spacing.min_gap, "block_segments": spacing.block}, "inputs": dict(provenance),
     }
     write_json(out["scores"], summary)
     log.info("pairwise accuracy %.3f (p = %.4f); beam BLEU-1 brain %.3f, permuted %.3f, text only %.3f, llm %.3f", pairwise["pairwise_accuracy"],
@@ -612,26 +703,35 @@ def run_brain_prompt(
 
 def plot_brain_prompt(scores_jsons: Sequence[str | os.PathLike], comparisons_tsvs: Sequence[str | os.PathLike],
                       texts_tsvs: Sequence[str | os.PathLike], out: Mapping[str, str | os.PathLike], dpi: int = 150,
-                      n_examples: int = 5) -> pd.DataFrame:
+                      n_examples: int = 5, modalities: Sequence[str] | None = None) -> pd.DataFrame:
     """Report figure and tables of every subject: ``out['tsv']`` the comparisons with their CIs and p,
-    ``out['examples']`` heard vs generated text (beam search) of ``n_examples`` segments per subject."""
+    ``out['examples']`` heard vs generated text (beam search) of ``n_examples`` segments per subject.
+
+    ``modalities`` names each input's recording (fMRI, EEG; default fMRI); EEG subjects are labelled ``<subject> (EEG)``."""
     import json
 
     from . import figures
     from .report import _subject_of
 
-    comparisons = pd.concat([pd.read_csv(path, sep="\t").assign(subject=_subject_of(path)) for path in comparisons_tsvs], ignore_index=True)
-    pairwise = pd.DataFrame([{"subject": _subject_of(path), **json.loads(Path(path).read_text())["pairwise"]} for path in scores_jsons])
+    modalities = list(modalities or ["fMRI"] * len(scores_jsons))
+
+    def label(path, modality):
+        return _subject_of(path) + (f" ({modality})" if modality != "fMRI" else "")
+
+    comparisons = pd.concat([pd.read_csv(path, sep="\t").assign(subject=label(path, m), modality=m)
+                             for path, m in zip(comparisons_tsvs, modalities)], ignore_index=True)
+    pairwise = pd.DataFrame([{"subject": label(path, m), "modality": m, **json.loads(Path(path).read_text())["pairwise"]}
+                             for path, m in zip(scores_jsons, modalities)])
     examples = []
-    for path in texts_tsvs:
+    for path, modality in zip(texts_tsvs, modalities):
         texts = pd.read_csv(path, sep="\t", keep_default_na=False)
         beam = texts[texts["decoding"] == "beam"]
         segments = sorted(beam["segment"].unique())
         for segment in [segments[i] for i in np.linspace(0, len(segments) - 1, min(n_examples, len(segments))).astype(int)]:
             rows = beam[beam["segment"] == segment].set_index("condition")
             first = rows.iloc[0]
-            examples.append({"subject": _subject_of(path), "story": first["story"], "onset": first["onset"], "prompt": first["prompt"],
-                             "heard": first["reference"], **{condition: rows.loc[condition, "text"] for condition in CONDITIONS}})
+            examples.append({"subject": _subject_of(path), "modality": modality, "story": first["story"], "onset": first["onset"],
+                             "prompt": first["prompt"], "heard": first["reference"], **{condition: rows.loc[condition, "text"] for condition in CONDITIONS}})
     write_tsv(out["tsv"], comparisons)
     write_tsv(out["examples"], pd.DataFrame(examples))
     with figures.styled():

@@ -849,17 +849,21 @@ def plot_identification(identification_tsvs: Sequence[PathLike], layers_tsvs: Se
 
 
 def plot_word_classification(summary_jsons: Sequence[PathLike], words_tsvs: Sequence[PathLike], png: PathLike, svg: PathLike, tsv: PathLike, dpi: int = 150) -> pd.DataFrame:
-    """Word-classification figure of every contrastive decoding run; ``tsv`` holds each run's scores beside chance."""
+    """Word-classification figure of every contrastive decoding run and EEG run; ``tsv`` holds each run's scores beside chance."""
     predictors = list(figures.WORD_PREDICTORS)
     scores, percentiles = [], []
     for summary_path, words_path in zip(summary_jsons, words_tsvs):
-        subject, model, layer = result_key(summary_path)
-        run = f"sub-{subject} · {model} · layer {layer}" + (" · LoRA" if run_mode(summary_path) == "lora" else "")
         summary = read_json(summary_path, "word classification summary")
+        if summary.get("mode") == "eeg":  # EEG runs name no layer: the encoding chose it (summary["layer"])
+            (subject, model), layer = result_key(summary_path, with_layer=False), int(summary["layer"])
+        else:
+            subject, model, layer = result_key(summary_path)
+        mode = "eeg" if summary.get("mode") == "eeg" else run_mode(summary_path)
+        run = f"sub-{subject} · {model} · layer {layer}" + {"lora": " · LoRA", "eeg": " · EEG", "frozen": ""}[mode]
         for predictor in predictors:
             if predictor not in summary:
                 raise InputError(summary_path, f"no {predictor!r} scores.", "rerun the decoding_contrastive rule.")
-            row = {"subject": subject, "model": model, "layer": layer, "mode": run_mode(summary_path), "run": run, "predictor": predictor,
+            row = {"subject": subject, "model": model, "layer": layer, "mode": mode, "run": run, "predictor": predictor,
                    **summary[predictor]}
             row.update({f"chance_{key}": value for key, value in summary["chance"].items()})
             row.update(n_vocabulary=summary["n_vocabulary"], n_scored=summary["n_scored"], prior_weight=summary["prior_weight"])
@@ -913,9 +917,14 @@ def vocabulary_html(vocabulary_tsv: PathLike, html: PathLike) -> None:
     columns = ["word", "probability", "brain + frequency", "frequency", "heard"]
     data = [[str(w), float(p), float(c), float(f), int(h)] for w, p, c, f, h in table[
         ["word", "probability", "brain_and_frequency_probability", "frequency_probability", "n_heard"]].itertuples(index=False)]
-    subject, model, layer = result_key(vocabulary_tsv)
+    if "eeg" in Path(vocabulary_tsv).parts:  # R/eeg/encoding/…: the EEG run of its subject and model (no layer entity)
+        subject, model = result_key(vocabulary_tsv, with_layer=False)
+        title = f"Word probabilities · sub-{subject} · {model} · EEG"
+    else:
+        subject, model, layer = result_key(vocabulary_tsv)
+        title = f"Word probabilities · sub-{subject} · {model} · layer {layer}" + (" · LoRA" if run_mode(vocabulary_tsv) == "lora" else "")
     page = VOCABULARY_HTML.format(
-        title=f"Word probabilities · sub-{subject} · {model} · layer {layer}" + (" · LoRA" if run_mode(vocabulary_tsv) == "lora" else ""), n=len(table), n_words=int(table["n_heard"].sum()),
+        title=title, n=len(table), n_words=int(table["n_heard"].sum()),
         header="".join(f"<th>{name}</th>" for name in columns), columns=json.dumps(columns),
         data=json.dumps(data, ensure_ascii=False).replace("</", "<\\/"),
     )

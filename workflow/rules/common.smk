@@ -468,13 +468,14 @@ def contrastive_decoding_stories():
 
 
 def report_decoding_figures():
-    """The identification curves and, with contrastive runs, the word-classification figure and tables."""
+    """The identification curves and, with contrastive or EEG runs, the word-classification figure and tables."""
     if not (DECODING_ENABLED and rules.has("decoding_identification")):
         return []
     files = report_figure_files([f"{REPORT_DIR}/decoding/identification"])
     if LABELS_ENABLED and rules.has("decoding_labels"):
         files += report_figure_files([f"{REPORT_DIR}/decoding/labels"])
-    if CONTRASTIVE_DECODING_ENABLED and (rules.has("decoding_contrastive") or rules.has("decoding_lora")):
+    contrastive_runs = CONTRASTIVE_DECODING_ENABLED and (rules.has("decoding_contrastive") or rules.has("decoding_lora"))
+    if contrastive_runs or eeg_word_targets():
         files += report_figure_files([f"{REPORT_DIR}/decoding/word_classification"])
         files += vocabulary_tables()
     return files
@@ -482,8 +483,8 @@ def report_decoding_figures():
 
 def vocabulary_tables():
     """The searchable HTML vocabulary table of every contrastive decoding run, in the report."""
-    return [path.replace(f"{RESULTS}/decoding/", f"{REPORT_DIR}/decoding/").replace("_vocabulary.tsv", "_vocabulary.html")
-            for path in contrastive_decoding_targets("vocabulary.tsv")]
+    return [path.replace(f"{RESULTS}/decoding/", f"{REPORT_DIR}/decoding/").replace(f"{RESULTS}/eeg/encoding/", f"{REPORT_DIR}/decoding/eeg/")
+            .replace("_vocabulary.tsv", "_vocabulary.html") for path in contrastive_decoding_targets("vocabulary.tsv") + eeg_word_targets("vocabulary.tsv")]
 
 
 # --- end decoding -----------------------------------------------------------------
@@ -608,6 +609,15 @@ def generation_targets(suffix="scores.json"):
     return [generation_file(subject, suffix) for subject in SUBJECTS] if GENERATION_ENABLED else []
 
 
+def eeg_generation_file(subject, suffix):
+    """R/eeg/generation/sub-S/brain_prompt/<suffix>: EEG → text (docs/outputs.md, EEG)."""
+    return f"{RESULTS}/eeg/generation/sub-{subject}/brain_prompt/{suffix}"
+
+
+def eeg_generation_targets(suffix="scores.json"):
+    return [eeg_generation_file(subject, suffix) for subject in EEG_SUBJECTS] if GENERATION_ENABLED and EEG_ENABLED else []
+
+
 BEAM_SEARCH = GENERATION.get("beam_search")
 BEAM_SEARCH_MODEL = (BEAM_SEARCH or {}).get("model") or next(iter(config["models"]))
 
@@ -642,7 +652,7 @@ def final_targets():
     targets += label_targets()
     targets += group_targets() + group_targets("subject_layers.tsv")
     targets += generation_targets() + beam_search_targets()
-    targets += eeg_targets()
+    targets += eeg_targets() + eeg_word_targets() + eeg_generation_targets()
     targets += [f"{RESULTS}/report/manifest.tsv"]  # report: every registered figure
     targets += [f"{RESULTS}/dataset_description.json"]  # results/ as a BIDS derivative
     return targets
@@ -674,6 +684,7 @@ def eeg_sources(wildcards):
 # What each EEG job reads of the config (params: a change reruns only the jobs it concerns)
 EEG_DATASET = {key: DATASET.get(key) for key in ("subjects", "root", "bids")}
 EEG_INGEST = {key: EEG[key] for key in ("subjects", "root", "montage", "word_column", "events_trial_type", "h_freq") if key in EEG}
+EEG_GENERATION = {key: EEG[key] for key in ("epochs", "generation", "block_words") if key in EEG}
 EEG_PREPROCESS = {key: EEG[key] for key in ("line_freq", "l_freq", "h_freq", "reference", "interpolate_bads", "ica", "resample_hz", "seed") if key in EEG}
 
 
@@ -683,6 +694,11 @@ def eeg_file(subject, model, name):
 
 def eeg_targets(name="summary.json"):
     return [eeg_file(subject, model, name) for subject in EEG_SUBJECTS for model in EEG_MODELS] if EEG_ENABLED else []
+
+
+def eeg_word_targets(name="words.json"):
+    """EEG word classification (with the decoding section)."""
+    return eeg_targets(name) if brainllm_configuration.stage_enabled(config, "decoding") else []
 
 
 def eeg_ground_truth():

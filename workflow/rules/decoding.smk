@@ -161,9 +161,9 @@ rule decoding_lora:
 
 rule report_word_classification:
     input:
-        summaries=lambda wildcards: contrastive_decoding_targets("words.json"),
-        words=lambda wildcards: contrastive_decoding_targets("words.tsv"),
-        vocabularies=lambda wildcards: contrastive_decoding_targets("vocabulary.tsv"),
+        summaries=lambda wildcards: contrastive_decoding_targets("words.json") + eeg_word_targets("words.json"),
+        words=lambda wildcards: contrastive_decoding_targets("words.tsv") + eeg_word_targets("words.tsv"),
+        vocabularies=lambda wildcards: contrastive_decoding_targets("vocabulary.tsv") + eeg_word_targets("vocabulary.tsv"),
     output:
         **report_figure(
             f"{REPORT_DIR}/decoding/word_classification",

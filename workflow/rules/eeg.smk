@@ -2,7 +2,8 @@
 # dataset's stories read from BIDS EEG with mne-bids, preprocessed with MNE (notch,
 # band-pass, optional ICA, re-reference, bad channels interpolated, resampled), then
 # word-level encoding of every layer and window and a continuous TRF at the layer chosen
-# on validation r, per (subject, model), with the stories' features. Figure per model.
+# on validation r, per (subject, model), with the stories' features; with the decoding
+# section, whole-vocabulary word classification from each word's epoch. Figure per model.
 
 
 rule ingest_eeg:
@@ -74,6 +75,36 @@ rule encoding_eeg:
         "../../envs/cpu.yaml"
     script:
         "../scripts/encoding_eeg.py"
+
+
+rule decoding_words_eeg:
+    input:
+        eeg=f"{RESULTS}/eeg/preprocess/sub-{{subject}}/eeg.h5",
+        summary=eeg_file("{subject}", "{model}", "summary.json"),
+        words=[words_tsv(story) for story in STORIES],
+        vocabulary=VOCABULARY,
+        vocabulary_manifest=vocabulary_manifest("{model}"),
+        train_entries=lambda wildcards: [feature_manifest(wildcards.model, story) for story in DATASET["train_stories"]],
+    output:
+        words=eeg_file("{subject}", "{model}", "words.tsv"),
+        vocabulary=eeg_file("{subject}", "{model}", "vocabulary.tsv"),
+        summary=eeg_file("{subject}", "{model}", "words.json"),
+    params:
+        settings=EEG,
+        dataset=EEG_DATASET,
+        words={**DECODING.get("words", {}), "seed": EEG.get("seed", 0)},
+        stories=STORIES,
+        train_stories=DATASET["train_stories"],
+        test_stories=DATASET["test_stories"],
+    log:
+        f"{RESULTS}/logs/eeg/sub-{{subject}}_model-{{model}}_words.log",
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/decoding_words_eeg.py"
 
 
 rule report_eeg:

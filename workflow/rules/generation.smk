@@ -3,7 +3,8 @@
 # only (used when generation.llm.source is workflow:story-lm). `generation_brain_prompt`:
 # per subject, a brain decoder writes prompt vectors of the LLM (Ye et al. 2023), trained
 # on the training stories, scored on the test stories against permuted-brain, text-only
-# and LLM-only controls.
+# and LLM-only controls. `generation_brain_prompt_eeg`: the same from each EEG subject's
+# word-locked windows (when the eeg section is present too).
 
 
 rule story_lm:
@@ -56,11 +57,43 @@ rule generation_brain_prompt:
         "../scripts/generation_brain_prompt.py"
 
 
+rule generation_brain_prompt_eeg:
+    input:
+        eeg=f"{RESULTS}/eeg/preprocess/sub-{{subject}}/eeg.h5",
+        words=[words_tsv(story) for story in STORIES],
+        llm=generation_llm_files(),
+    output:
+        texts=eeg_generation_file("{subject}", "texts.tsv"),
+        comparisons=eeg_generation_file("{subject}", "comparisons.tsv"),
+        curves=eeg_generation_file("{subject}", "curves.tsv"),
+        decoder=eeg_generation_file("{subject}", "decoder.safetensors"),
+        control=eeg_generation_file("{subject}", "control.safetensors"),
+        scores=eeg_generation_file("{subject}", "scores.json"),
+    params:
+        llm=generation_llm(),
+        settings=GENERATION.get("brain_prompt", {}),
+        eeg=EEG_GENERATION,
+        dataset=EEG_DATASET,
+        stories=STORIES,
+        train_stories=DATASET["train_stories"],
+        test_stories=DATASET["test_stories"],
+    log:
+        f"{RESULTS}/logs/generation/sub-{{subject}}_eeg_brain_prompt.log",
+    threads: LLM_JOB_THREADS
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        "../../envs/gpu.yaml"
+    script:
+        "../scripts/generation_brain_prompt_eeg.py"
+
+
 rule report_generation:
     input:
-        scores=lambda wildcards: generation_targets(),
-        comparisons=lambda wildcards: generation_targets("comparisons.tsv"),
-        texts=lambda wildcards: generation_targets("texts.tsv"),
+        scores=lambda wildcards: generation_targets() + eeg_generation_targets(),
+        comparisons=lambda wildcards: generation_targets("comparisons.tsv") + eeg_generation_targets("comparisons.tsv"),
+        texts=lambda wildcards: generation_targets("texts.tsv") + eeg_generation_targets("texts.tsv"),
     output:
         **report_figure(
             f"{REPORT_DIR}/generation/brain_prompt",
@@ -78,6 +111,7 @@ rule report_generation:
         ),
     params:
         dpi=REPORT["dpi"],
+        modalities=lambda wildcards: ["fMRI"] * len(generation_targets()) + ["EEG"] * len(eeg_generation_targets()),
     log:
         f"{RESULTS}/logs/report/generation.log",
     localrule: True
