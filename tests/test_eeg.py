@@ -247,6 +247,14 @@ def test_inconsistent_eeg_settings_stop_before_any_job(section, message):
         configuration.check_eeg({"eeg": section, "dataset": {"train_stories": ["a", "b"]}})
 
 
+def test_eeg_word_classification_needs_three_training_stories():
+    config = {"eeg": {}, "decoding": {}, "dataset": {"train_stories": ["a", "b"]}}
+    with pytest.raises(InputError, match="three or more"):
+        configuration.check_eeg(config)
+    configuration.check_eeg({**config, "dataset": {"train_stories": ["a", "b", "c"]}})
+    configuration.check_eeg({"eeg": {}, "dataset": {"train_stories": ["a", "b"]}})  # without decoding two suffice
+
+
 def test_event_words_match_the_story_s_regardless_of_case_and_silence(tmp_path):
     write_story(tmp_path / "bids", onsets=(1.0, 1.5, 2.0, 3.0), words=("The", "sp", "old", "boat"))
     assert ingest(tmp_path, tmp_path / "bids")["tale"]["n_words"] == 3

@@ -12,13 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainllm import word_decoding
+from brainllm import eeg, word_decoding
 from brainllm.eeg import SCALES, EegSettings, run_eeg_word_decoding
 from brainllm.word_decoding import WordDecodingSettings, write_vocabulary
 
 SFREQ, N_CHANNELS, N_VOCAB, DIM = 100.0, 12, 300, 16
-STORIES = ["a", "b", "c", "d", "e"]  # the last training story validates; "e" is the test story
-TRAIN, TEST = STORIES[:4], ["e"]
+STORIES = ["a", "b", "c", "d", "e", "f"]  # the last training story (d) validates; e and f are the test stories
+TRAIN, TEST = STORIES[:4], ["e", "f"]
+OOV = "zzzq"  # a word the vocabulary lacks, heard in the test stories
+CUT_WORDS = 2  # the last words of story f have epochs past the recording's end
 
 
 def _write(tmp_path, planted: bool, seed: int = 0, n_words: int = 160):
@@ -35,13 +37,17 @@ def _write(tmp_path, planted: bool, seed: int = 0, n_words: int = 160):
             onsets = 1.0 + 0.5 * np.arange(n_words)
             chosen = rng.choice(heard_pool, n_words)
             words[story] = tmp_path / f"{story}.tsv"
-            pd.DataFrame({"word": vocabulary["word"].to_numpy()[chosen], "onset": onsets, "offset": onsets + 0.3}).to_csv(
-                words[story], sep="\t", index=False)
-            data = rng.standard_normal((int((onsets[-1] + 2.0) * SFREQ), N_CHANNELS))
+            heard = vocabulary["word"].to_numpy()[chosen].astype(object)
+            if story in TEST:
+                heard[5:8] = OOV
+            pd.DataFrame({"word": heard, "onset": onsets, "offset": onsets + 0.3}).to_csv(words[story], sep="\t", index=False)
+            end_s = onsets[-CUT_WORDS] + 0.25 if story == "f" else onsets[-1] + 2.0
+            data = rng.standard_normal((int(end_s * SFREQ), N_CHANNELS))
             if planted:
                 for onset, word in zip(onsets, chosen):
                     start = int(round((onset + 0.3) * SFREQ))
-                    data[start : start + 20] += 1.5 * embeddings[word] @ mixing
+                    if start < len(data):
+                        data[start : start + 20] += 1.5 * embeddings[word] @ mixing
             group = h5.create_group(story)
             group.create_dataset("data", data=data.astype(np.float32))
             group.create_dataset("word_onset", data=onsets)
@@ -53,20 +59,23 @@ def _write(tmp_path, planted: bool, seed: int = 0, n_words: int = 160):
 
 def _run(tmp_path, monkeypatch, planted: bool, seed: int = 0):
     words, embeddings = _write(tmp_path, planted, seed)
-    layers = []
+    layers, scale_rows = [], []
     monkeypatch.setattr(word_decoding, "vocabulary_features", lambda manifest, tsv, layer, embedding, entries=None: layers.append(layer) or embeddings)
+    choose = eeg.choose_scale
+    monkeypatch.setattr(eeg, "choose_scale", lambda brain, text, true: scale_rows.append(len(true)) or choose(brain, text, true))
     out = {"words": tmp_path / "words.tsv", "vocabulary": tmp_path / "vocab_probability.tsv", "summary": tmp_path / "words.json"}
     settings = EegSettings.from_config({"block_words": 10, "epochs": {"window": [0.3, 0.5], "bin_s": 0.1}}, {"subjects": ["S"], "root": "."})
     summary = run_eeg_word_decoding(tmp_path / "eeg.h5", words, tmp_path / "vocabulary.tsv", "unused.json", tmp_path / "summary.json",
                                     TRAIN, TEST, settings,
                                     WordDecodingSettings(n_permutations=200, n_bootstrap=200), out)
     assert layers == [2]  # the layer the encoding chose
+    assert scale_rows == [len(pd.read_csv(words["d"], sep="\t"))]  # the scale is chosen on the validation story's words alone
     return summary, out
 
 
 def test_planted_eeg_words_are_decoded_from_their_epochs(tmp_path, monkeypatch):
     summary, out = _run(tmp_path, monkeypatch, planted=True)
-    assert summary["split"] == {"train": ["a", "b", "c"], "validation": ["d"], "test": ["e"]}
+    assert summary["split"] == {"train": ["a", "b", "c"], "validation": ["d"], "test": ["e", "f"]}
     assert summary["brain"]["mean_percentile_rank"] > 0.8 and summary["brain"]["p"] < 0.05
     assert summary["brain"]["top10"] > 10 * summary["chance"]["top10"]
     assert summary["brain_and_frequency"]["mean_percentile_rank"] > summary["frequency"]["mean_percentile_rank"]
@@ -74,8 +83,13 @@ def test_planted_eeg_words_are_decoded_from_their_epochs(tmp_path, monkeypatch):
     vocabulary = pd.read_csv(out["vocabulary"], sep="\t")
     assert vocabulary["probability"].sum() == pytest.approx(1.0, abs=1e-9) and len(vocabulary) == N_VOCAB
     words = pd.read_csv(out["words"], sep="\t")
-    assert set(words["story"]) == {"e"} and (words["brain_top10"].str.split().str.len() == 10).all()
-    assert json.loads(out["summary"].read_text())["mode"] == "eeg"
+    assert set(words["story"]) == {"e", "f"} and (words["brain_top10"].str.split().str.len() == 10).all()
+    assert OOV not in set(words["word"]) and json.loads(out["summary"].read_text())["mode"] == "eeg"
+    assert summary["n_out_of_vocabulary"] == 6 and summary["n_outside_pairs"] == CUT_WORDS
+    assert summary["n_scored"] == 2 * 160 - 6 - CUT_WORDS
+    # pairs index the test stories' decoded epochs in order: story f's follow story e's
+    pairs = {story: group["pair"].to_numpy() for story, group in words.groupby("story")}
+    assert pairs["e"].min() == 0 and pairs["f"].min() == 160 and pairs["f"].max() == 2 * 160 - CUT_WORDS - 1
 
 
 def test_eeg_noise_alone_is_at_chance(tmp_path, monkeypatch):

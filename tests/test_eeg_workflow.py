@@ -1,7 +1,8 @@
 """The demo workflow's EEG stage: the demo's BIDS EEG read by mne-bids and preprocessed by
 MNE; the word-level models choose the planted layer on validation data and find the planted
 channels (and no others) on the held-out story; the TRF peaks at the planted latency; EEG → text
-beats permuted EEG windows and the report shows it beside fMRI → text."""
+beats permuted EEG windows and the report shows it beside fMRI → text; each word's epoch ranks the
+heard word high among every vocabulary word."""
 
 from __future__ import annotations
 
@@ -64,17 +65,16 @@ def test_eeg_runs_exactly_when_its_section_is_present(workdir):
     config = yaml.safe_load(path.read_text())
     del config["eeg"]
     path.write_text(yaml.safe_dump(config))
-    assert not {"ingest_eeg", "preprocess_eeg", "encoding_eeg", "report_eeg", "generation_brain_prompt_eeg"} & set(
-        job_counts(dry_run(workdir, "--configfile", str(path)).stdout))
+    rules = ("ingest_eeg", "preprocess_eeg", "encoding_eeg", "report_eeg", "generation_brain_prompt_eeg", "decoding_words_eeg")
+    assert not set(rules) & set(job_counts(dry_run(workdir, "--configfile", str(path)).stdout))
     config["eeg"] = {"subjects": [SUBJECTS[0]]}  # one subject, every other key its default
     path.write_text(yaml.safe_dump(config))
     counts = job_counts(dry_run(workdir, "--configfile", str(path)).stdout)
-    rules = ("ingest_eeg", "preprocess_eeg", "encoding_eeg", "report_eeg", "generation_brain_prompt_eeg")
-    assert [counts.get(rule) for rule in rules] == [1, 1, 1, 1, 1]
-    del config["generation"]  # EEG → text needs the generation section
+    assert [counts.get(rule) for rule in rules] == [1, 1, 1, 1, 1, 1]
+    del config["generation"], config["decoding"]  # EEG → text and word classification need their sections
     path.write_text(yaml.safe_dump(config))
     counts = job_counts(dry_run(workdir, "--configfile", str(path)).stdout)
-    assert counts.get("encoding_eeg") == 1 and "generation_brain_prompt_eeg" not in counts
+    assert counts.get("encoding_eeg") == 1 and not {"generation_brain_prompt_eeg", "decoding_words_eeg"} & set(counts)
 
 
 @pytest.mark.parametrize("subject", SUBJECTS)
@@ -96,3 +96,16 @@ def test_report_shows_eeg_to_text_beside_fmri_to_text(demo_run):
     assert set(table.loc[table["modality"] == "EEG", "subject"]) == {f"{s} (EEG)" for s in SUBJECTS}
     examples = pd.read_csv(demo_run / RESULTS / "report" / "generation" / "brain_prompt_examples.tsv", sep="\t", dtype={"subject": str})
     assert set(examples["modality"]) == {"fMRI", "EEG"}
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_eeg_epochs_rank_the_heard_words_above_chance(demo_run, subject):
+    _, stem = summary(demo_run, subject)
+    words = json.loads(stem.with_name(stem.name + "_words.json").read_text())
+    assert words["mode"] == "eeg" and words["split"]["test"] == CONFIG["dataset"]["test_stories"]
+    brain, chance = words["brain"], words["chance"]
+    assert brain["mean_percentile_rank"] > 0.7 and brain["p"] < 0.05 and brain["top10"] > 100 * chance["top10"], brain
+    assert words["gain_over_frequency"]["ci_low"] > 0  # the brain adds to the frequency prior
+    assert words["n_vocabulary"] > 10000
+    page = demo_run / RESULTS / "report" / "decoding" / "eeg" / f"sub-{subject}" / f"model-{MODEL}" / f"sub-{subject}_model-{MODEL}_vocabulary.html"
+    assert "· EEG" in page.read_text()

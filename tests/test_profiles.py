@@ -31,7 +31,7 @@ WISTERIA = PROFILES / "wisteria"
 STANDIN = REPO / "tests" / "pjm_standin"
 MINI_SNAKEFILE = REPO / "tests" / "profile_workflow" / "Snakefile"
 GPU_RULES = ["features", "features_tuned", "contrastive", "contrastive_lora", "encoding", "encoding_banded", "group_transfer",
-             "features_vocabulary", "decoding_lora", "generation_brain_prompt",
+             "features_vocabulary", "decoding_lora", "generation_brain_prompt", "generation_brain_prompt_eeg",
              "generation_beam_search"]
 CLUSTER_PROFILES = ["slurm", "wisteria"]
 
@@ -596,7 +596,7 @@ def test_rule_conda_directives_point_to_env_files():
     """Every `conda:` names envs/cpu.yaml or envs/gpu.yaml; GPU-heavy rules use the GPU one."""
     rule_block = re.compile(r"^rule (\w+):(.*?)(?=^rule |^ruleorder|\Z)", re.MULTILINE | re.DOTALL)
     conda_path = re.compile(r"^\s*conda:\s*\n?\s*[\"']([^\"']+)[\"']", re.MULTILINE)
-    checked = 0
+    checked, gpu_env_rules = 0, set()
     for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
         for rule, body in rule_block.findall(smk.read_text()):
             for relative in conda_path.findall(body):
@@ -606,4 +606,8 @@ def test_rule_conda_directives_point_to_env_files():
                 assert env_file.parent == REPO / "envs", f"{smk.name}: rule {rule}: {relative} is outside envs/"
                 if rule in GPU_RULES:
                     assert env_file.name == "gpu.yaml", f"{smk.name}: GPU rule {rule} uses {relative}"
+                if env_file.name == "gpu.yaml":
+                    gpu_env_rules.add(rule)
     assert checked > 0
+    # every rule in the GPU environment is routed to a GPU by the profiles (the demo's tiny story LM trains on CPU)
+    assert gpu_env_rules - {"story_lm"} <= set(GPU_RULES), gpu_env_rules - set(GPU_RULES)

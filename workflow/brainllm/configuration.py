@@ -355,6 +355,10 @@ def check_eeg(config: Mapping) -> None:
     if len(dataset["train_stories"]) < 2:
         raise InputError(None, f"the eeg section chooses α, window and layer by leave-one-story-out cross-validation, and "
                          f"dataset.train_stories lists {len(dataset['train_stories'])}.", "list two or more training stories, or leave eeg out.")
+    if stage_enabled(config, "decoding") and len(dataset["train_stories"]) < 3:
+        raise InputError(None, "EEG word classification (the eeg and decoding sections) holds the validation story out and chooses α by "
+                         f"leave-one-story-out over the other training stories: it needs three or more, dataset.train_stories lists "
+                         f"{len(dataset['train_stories'])}.", "list three or more training stories, or leave decoding or eeg out.")
     if dataset.get("segments"):
         raise InputError(None, "dataset.segments splits runs into stories, but an EEG recording is one story (task) each.",
                          "leave dataset.segments out when the eeg section is present.")

@@ -87,13 +87,16 @@ class EegSettings:
     seed: int = 0
 
     @classmethod
-    def from_config(cls, section: Mapping, dataset: Mapping) -> "EegSettings":
+    def from_config(cls, section: Mapping, dataset: Mapping | None = None) -> "EegSettings":
+        """The settings of ``section`` (any subset of the ``eeg`` keys); ``dataset`` fills in subjects, root
+        and the word column (the jobs that read recordings need it)."""
+        dataset = dataset or {}
         trf = section.get("trf", {})
         alphas = section.get("alphas", {"log10_min": -2, "log10_max": 6, "num": 17})
         bids = dataset.get("bids") or {}
         return cls(
-            subjects=tuple(str(s) for s in (section.get("subjects") or dataset["subjects"])),
-            root=str(section.get("root") or dataset["root"]),
+            subjects=tuple(str(s) for s in (section.get("subjects") or dataset.get("subjects") or ())),
+            root=str(section.get("root") or dataset.get("root") or ""),
             montage=section.get("montage", "standard_1020"),
             word_column=str(section.get("word_column") or bids.get("word_column") or "word"),
             events_trial_type=section.get("events_trial_type", "word"),
@@ -436,7 +439,7 @@ def story_words_of_recording(words_tsv: str | os.PathLike, onsets_s: np.ndarray,
 
 def word_epochs(data: np.ndarray, sfreq: float, onsets_s: np.ndarray, epochs: Mapping) -> np.ndarray:
     """``(n_words, n_bins, n_channels)``: each word's epoch, channels z-scored over the story, averaged in the
-    bins of ``eeg.epochs`` (NaN where a bin runs past the recording)."""
+    bins of ``eeg.epochs`` (NaN where a bin lies wholly past the recording; a cut bin averages the samples it has)."""
     standard = zscore_columns(data)
     width = float(epochs["bin_s"])
     return np.stack([word_amplitudes(standard, sfreq, onsets_s, (begin, begin + width)) for begin in epoch_bins(epochs)], axis=1)

@@ -917,7 +917,7 @@ def vocabulary_html(vocabulary_tsv: PathLike, html: PathLike) -> None:
     columns = ["word", "probability", "brain + frequency", "frequency", "heard"]
     data = [[str(w), float(p), float(c), float(f), int(h)] for w, p, c, f, h in table[
         ["word", "probability", "brain_and_frequency_probability", "frequency_probability", "n_heard"]].itertuples(index=False)]
-    if "eeg" in Path(vocabulary_tsv).parts:  # R/eeg/encoding/…: the EEG run of its subject and model (no layer entity)
+    if "layer" not in path_entities(vocabulary_tsv):  # an EEG run (R/eeg/encoding/…): its layer is the encoding's choice
         subject, model = result_key(vocabulary_tsv, with_layer=False)
         title = f"Word probabilities · sub-{subject} · {model} · EEG"
     else:

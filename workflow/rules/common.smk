@@ -469,13 +469,13 @@ def contrastive_decoding_stories():
 
 def report_decoding_figures():
     """The identification curves and, with contrastive or EEG runs, the word-classification figure and tables."""
-    if not (DECODING_ENABLED and rules.has("decoding_identification")):
-        return []
-    files = report_figure_files([f"{REPORT_DIR}/decoding/identification"])
-    if LABELS_ENABLED and rules.has("decoding_labels"):
-        files += report_figure_files([f"{REPORT_DIR}/decoding/labels"])
+    files = []
+    if DECODING_ENABLED and rules.has("decoding_identification"):
+        files += report_figure_files([f"{REPORT_DIR}/decoding/identification"])
+        if LABELS_ENABLED and rules.has("decoding_labels"):
+            files += report_figure_files([f"{REPORT_DIR}/decoding/labels"])
     contrastive_runs = CONTRASTIVE_DECODING_ENABLED and (rules.has("decoding_contrastive") or rules.has("decoding_lora"))
-    if contrastive_runs or eeg_word_targets():
+    if (contrastive_runs or eeg_word_targets()) and rules.has("report_word_classification"):
         files += report_figure_files([f"{REPORT_DIR}/decoding/word_classification"])
         files += vocabulary_tables()
     return files
@@ -684,7 +684,12 @@ def eeg_sources(wildcards):
 # What each EEG job reads of the config (params: a change reruns only the jobs it concerns)
 EEG_DATASET = {key: DATASET.get(key) for key in ("subjects", "root", "bids")}
 EEG_INGEST = {key: EEG[key] for key in ("subjects", "root", "montage", "word_column", "events_trial_type", "h_freq") if key in EEG}
+EEG_ENCODING = {key: value for key, value in EEG.items() if key not in ("epochs", "generation")}
+EEG_WORDS = {key: EEG[key] for key in ("alphas", "epochs", "block_words", "seed") if key in EEG}
 EEG_GENERATION = {key: EEG[key] for key in ("epochs", "generation", "block_words") if key in EEG}
+# generation.brain_prompt less fMRI's segment keys, which EEG → text does not read
+EEG_BRAIN_PROMPT = {key: value for key, value in GENERATION.get("brain_prompt", {}).items()
+                    if key not in ("segment_trs", "stride_trs", "delays", "block_trs")}
 EEG_PREPROCESS = {key: EEG[key] for key in ("line_freq", "l_freq", "h_freq", "reference", "interpolate_bads", "ica", "resample_hz", "seed") if key in EEG}
 
 

@@ -59,7 +59,7 @@ rule encoding_eeg:
         trf_weights=eeg_file("{subject}", "{model}", "trf.h5"),
         summary=eeg_file("{subject}", "{model}", "summary.json"),
     params:
-        settings=EEG,
+        settings=EEG_ENCODING,
         dataset=EEG_DATASET,
         stories=STORIES,
         layers=lambda wildcards: model_layers(wildcards.model),
@@ -90,8 +90,7 @@ rule decoding_words_eeg:
         vocabulary=eeg_file("{subject}", "{model}", "vocabulary.tsv"),
         summary=eeg_file("{subject}", "{model}", "words.json"),
     params:
-        settings=EEG,
-        dataset=EEG_DATASET,
+        settings=EEG_WORDS,
         words={**DECODING.get("words", {}), "seed": EEG.get("seed", 0)},
         stories=STORIES,
         train_stories=DATASET["train_stories"],

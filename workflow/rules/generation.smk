@@ -71,9 +71,8 @@ rule generation_brain_prompt_eeg:
         scores=eeg_generation_file("{subject}", "scores.json"),
     params:
         llm=generation_llm(),
-        settings=GENERATION.get("brain_prompt", {}),
+        settings=EEG_BRAIN_PROMPT,
         eeg=EEG_GENERATION,
-        dataset=EEG_DATASET,
         stories=STORIES,
         train_stories=DATASET["train_stories"],
         test_stories=DATASET["test_stories"],

@@ -14,7 +14,7 @@ with rule_logging(snakemake.log[0]):
         snakemake.input.summary,
         params.train_stories,
         params.test_stories,
-        EegSettings.from_config(params.settings, params.dataset),
+        EegSettings.from_config(params.settings),
         WordDecodingSettings.from_config(params.words),
         dict(snakemake.output.items()),
         train_entries=dict(zip(params.train_stories, snakemake.input.train_entries)),

@@ -17,6 +17,6 @@ with rule_logging(snakemake.log[0]):
         train_stories=snakemake.params.train_stories,
         test_stories=snakemake.params.test_stories,
         settings=GenerationSettings.from_config(snakemake.params.settings),
-        eeg_settings=EegSettings.from_config(snakemake.params.eeg, snakemake.params.dataset),
+        eeg_settings=EegSettings.from_config(snakemake.params.eeg),
         out=snakemake.output,
     )
