@@ -331,8 +331,8 @@ def planted_word_features(
 ) -> dict[str, np.ndarray]:
     """Story → ``(n_words, hidden)``: hidden state ``layer`` of each word's last sub-token.
 
-    One unbatched forward pass per word over ``" ".join(words[i-context_words+1 : i+1])``
-    tokenized with special tokens; the last sub-token is found through the offsets.
+    One forward pass per word over ``" ".join(words[i-context_words+1 : i+1])`` tokenized with
+    special tokens (windows batched with padding); the last sub-token is found through the offsets.
     """
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -347,30 +347,28 @@ def planted_word_features(
     # Layers above the planted one cannot change its state: run only those below.
     model.encoder.layer = model.encoder.layer[:layer]
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # inputs of ~30 tokens: extra threads only add overhead
-    try:
-        with torch.inference_mode():
-            return {
-                story: _last_token_states(words, tokenizer, model, layer, context_words, story)
-                for story, words in story_words.items()
-            }
-    finally:
-        torch.set_num_threads(threads)
+    with torch.inference_mode():
+        return {story: _last_token_states(words, tokenizer, model, layer, context_words, story) for story, words in story_words.items()}
 
 
-def _last_token_states(words: list[str], tokenizer, model, layer: int, context_words: int, story: str) -> np.ndarray:
+def _last_token_states(words: list[str], tokenizer, model, layer: int, context_words: int, story: str, batch_size: int = 64) -> np.ndarray:
+    """Per word, state ``layer`` at the last sub-token of the word in its own window (windows batched, right-padded:
+    the attention mask keeps padding out, so each window's states are those of its own forward pass)."""
     features = np.empty((len(words), model.config.hidden_size), dtype=np.float32)
-    for i in tqdm(range(len(words)), desc=story, unit="word", mininterval=2.0):
-        window = " ".join(words[max(0, i - context_words + 1) : i + 1])
-        word_start = len(window) - len(words[i])
-        encoded = tokenizer(window, return_offsets_mapping=True, return_tensors="pt")
-        offsets = encoded.pop("offset_mapping")[0].tolist()
-        in_word = [k for k, (s, e) in enumerate(offsets) if e > s and s >= word_start]
-        if not in_word:
-            raise InputError(None, f"{story}: word {words[i]!r} produced no tokens.", "remove it from the story.")
+    for first in tqdm(range(0, len(words), batch_size), desc=story, unit="batch", mininterval=2.0):
+        index = range(first, min(first + batch_size, len(words)))
+        windows = [" ".join(words[max(0, i - context_words + 1) : i + 1]) for i in index]
+        encoded = tokenizer(windows, return_offsets_mapping=True, return_tensors="pt", padding=True)
+        offsets = encoded.pop("offset_mapping").tolist()
+        last = []
+        for row, (i, window) in enumerate(zip(index, windows)):
+            word_start = len(window) - len(words[i])
+            in_word = [k for k, (s, e) in enumerate(offsets[row]) if e > s and s >= word_start]
+            if not in_word:
+                raise InputError(None, f"{story}: word {words[i]!r} produced no tokens.", "remove it from the story.")
+            last.append(in_word[-1])
         states = model(**encoded, output_hidden_states=True).hidden_states[layer]
-        features[i] = states[0, in_word[-1]].numpy()
+        features[first : first + len(windows)] = states[np.arange(len(windows)), last].numpy()
     return features
 
 

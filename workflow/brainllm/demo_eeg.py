@@ -70,11 +70,15 @@ def planted_loadings(rng: np.random.Generator) -> np.ndarray:
 
 
 def pink_noise(n_samples: int, n_channels: int, rng: np.random.Generator) -> np.ndarray:
-    """``(n_channels, n_samples)`` 1/f noise of unit sd (white noise shaped in the frequency domain)."""
-    spectrum = np.fft.rfft(rng.standard_normal((n_channels, n_samples)), axis=1)
-    freqs = np.fft.rfftfreq(n_samples, 1.0 / EEG_SFREQ)
+    """``(n_channels, n_samples)`` 1/f noise of unit sd (white noise shaped in the frequency domain, over an FFT
+    length with small prime factors, then cut to ``n_samples``)."""
+    from scipy import fft
+
+    n_fft = fft.next_fast_len(n_samples, real=True)
+    spectrum = fft.rfft(rng.standard_normal((n_channels, n_fft)), axis=1)
+    freqs = fft.rfftfreq(n_fft, 1.0 / EEG_SFREQ)
     spectrum /= np.sqrt(np.maximum(freqs, 0.5))
-    noise = np.fft.irfft(spectrum, n=n_samples, axis=1)
+    noise = fft.irfft(spectrum, n=n_fft, axis=1)[:, :n_samples]
     return noise / noise.std(axis=1, keepdims=True)
 
 

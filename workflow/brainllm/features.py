@@ -41,6 +41,7 @@ from brainllm.models import (
     ModelInfo,
     build_quantization_config,
     load_model,
+    model_layers,
     model_settings,
     n_hidden_states,
     text_tower,
@@ -69,25 +70,6 @@ logger = logging.getLogger(__name__)
 
 CAUSAL_FAMILIES = ("decoder", "vision-language")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
-
-
-def model_layers(model_cfg: dict) -> list[int]:
-    """Hidden-state indices to use downstream: ``layers: all`` or the validated list."""
-    settings = model_settings(model_cfg)
-    total = n_hidden_states(settings)
-    if settings["layers"] == "all":
-        return list(range(total))
-    layers = settings["layers"]
-    if not isinstance(layers, list) or not layers or any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
-        raise InputError(None, f"model {settings['source']}: layers={layers!r}.", "Set layers to `all` or a list of integers.")
-    bad = [i for i in layers if not 0 <= i < total]
-    if bad:
-        raise InputError(
-            None,
-            f"model {settings['source']}: layers {bad} do not exist; the model has hidden states 0..{total - 1} (0 = embeddings).",
-            f"Choose layers between 0 and {total - 1}.",
-        )
-    return sorted(set(layers))
 
 
 @dataclasses.dataclass

@@ -387,32 +387,36 @@ class PromptedLM:
                              "use a tokenizer with bos_token or eos_token set.")
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
-    def prefixes(self, prompt_ids: Sequence[Sequence[int]], brain: torch.Tensor | None) -> list[torch.Tensor]:
-        """Per segment ``(length, embed_dim)``: the start token (``<s>``, else ``</s>``), brain vectors, prompt tokens."""
-        vectors = self.decoder(brain).to(self.dtype) if brain is not None else None
-        out = []
-        for row, ids in enumerate(prompt_ids):
-            pieces = [self.embeddings(torch.tensor([self.start], device=self.device))]
-            if vectors is not None:
-                pieces.append(vectors[row])
-            if ids:
-                pieces.append(self.embeddings(torch.as_tensor(ids, device=self.device)))
-            out.append(torch.cat(pieces))
-        return out
+    def inputs(self, prompt_ids: Sequence[Sequence[int]], brain: torch.Tensor | None,
+               continuations: Sequence[Sequence[int]] | None = None, left_pad: bool = False):
+        """``(embeds, attention mask, labels)`` of ``<s>`` (``</s>`` for tokenizers without one) · brain vectors ·
+        prompt tokens · continuation per row, padded to one width (right-padded; left-padded for generation);
+        labels are the continuation tokens at their positions, −100 elsewhere. One embedding lookup per batch."""
+        n_brain = 0 if brain is None else self.decoder.n_tokens
+        continuations = continuations if continuations is not None else [[] for _ in prompt_ids]
+        rows = [[self.start] + [self.pad] * n_brain + list(p) + list(c) for p, c in zip(prompt_ids, continuations)]
+        width = max(len(row) for row in rows)
+        offsets = [width - len(row) if left_pad else 0 for row in rows]
+        ids, mask, labels = [], [], []
+        for row, offset, p, c in zip(rows, offsets, prompt_ids, continuations):
+            padding = [0] * (width - len(row))
+            ids.append(padding + row if left_pad else row + padding)
+            mask.append(padding + [1] * len(row) if left_pad else [1] * len(row) + padding)
+            target = [-100] * (1 + n_brain + len(p)) + list(c)
+            labels.append([-100] * len(padding) + target if left_pad else target + [-100] * len(padding))
+        ids_t = torch.tensor(ids, dtype=torch.long, device=self.device)
+        embeds = self.embeddings(ids_t)
+        if n_brain:
+            vectors = self.decoder(brain).to(self.dtype)  # (batch, n_brain, embed_dim)
+            row_index = torch.arange(len(rows), device=self.device)[:, None]
+            columns = torch.tensor(offsets, device=self.device)[:, None] + 1 + torch.arange(n_brain, device=self.device)[None, :]
+            embeds = embeds.index_put((row_index.expand_as(columns), columns), vectors)
+        return embeds, torch.tensor(mask, dtype=torch.long, device=self.device), torch.tensor(labels, dtype=torch.long, device=self.device)
 
-    def continuation_loss(self, prefixes: Sequence[torch.Tensor], continuations: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Mean next-token cross-entropy (nats) of each continuation after its prefix ``(batch,)``."""
-        sequences, targets = [], []
-        for prefix, ids in zip(prefixes, continuations):
-            ids_t = torch.as_tensor(ids, device=self.device)
-            sequences.append(torch.cat([prefix, self.embeddings(ids_t)]))
-            targets.append(torch.cat([torch.full((len(prefix),), -100, device=self.device), ids_t]))
-        width = max(len(s) for s in sequences)
-        embeds = torch.zeros(len(sequences), width, sequences[0].shape[1], dtype=self.dtype, device=self.device)
-        mask = torch.zeros(len(sequences), width, dtype=torch.long, device=self.device)
-        labels = torch.full((len(sequences), width), -100, dtype=torch.long, device=self.device)
-        for row, (seq, tgt) in enumerate(zip(sequences, targets)):
-            embeds[row, : len(seq)], mask[row, : len(seq)], labels[row, : len(seq)] = seq, 1, tgt
+    def continuation_loss(self, prompt_ids: Sequence[Sequence[int]], brain: torch.Tensor | None,
+                          continuations: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Mean next-token cross-entropy (nats) of each continuation after its prompt ``(batch,)``."""
+        embeds, mask, labels = self.inputs(prompt_ids, brain, continuations)
         logits = self.lm(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1].float()
         labels = labels[:, 1:]
         token_loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
@@ -420,8 +424,12 @@ class PromptedLM:
         return token_loss.sum(1) / counts
 
     @torch.no_grad()
-    def generate(self, prefix: torch.Tensor, n_new: int, settings: GenerationSettings, num_beams: int) -> str:
-        """``n_new`` tokens after ``prefix`` (greedy when ``num_beams`` is 1), decoded without special tokens."""
+    def generate(self, prompt_ids: Sequence[Sequence[int]], brain: torch.Tensor | None, n_new: int, settings: GenerationSettings,
+                 num_beams: int) -> list[str]:
+        """``n_new`` tokens after each prompt (greedy when ``num_beams`` is 1), decoded without special tokens.
+
+        The inputs are left-padded into one batch; the attention mask keeps the padding out and the
+        positions count from each row's first vector, so each text is the one its row alone gives."""
         kwargs = dict(max_new_tokens=n_new, min_new_tokens=n_new, num_beams=num_beams, do_sample=False, pad_token_id=self.pad,
                       repetition_penalty=settings.repetition_penalty)
         if settings.no_repeat_ngram_size:
@@ -429,14 +437,13 @@ class PromptedLM:
         special = sorted(set(self.tokenizer.all_special_ids))  # <unk>, <pad>, … are not words
         if special:
             kwargs["bad_words_ids"] = [[token] for token in special]
-        embeds = prefix[None]
+        embeds, mask, _ = self.inputs(prompt_ids, brain, left_pad=True)
         with warnings.catch_warnings():  # n-gram blocking over the generated tokens only is what is wanted
             warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*")
-            out = self.lm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
-                                   **kwargs)
+            out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         if out.shape[1] != n_new:  # decoder-only models given inputs_embeds return the new tokens only
             raise RuntimeError(f"generate returned {out.shape[1]} tokens, {n_new} were asked for")
-        return self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
+        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]
 
 
 # ----------------------------------------------------------------------------- training
@@ -466,8 +473,8 @@ def train_condition(prompted: PromptedLM, train: Segments, validation: Segments,
         with torch.no_grad():
             for start in range(0, len(segments), settings.batch_size):
                 index = np.arange(start, min(start + settings.batch_size, len(segments)))
-                prefixes = prompted.prefixes([segments.prompt_ids[i] for i in index], brain_of(segments, index))
-                total += float(prompted.continuation_loss(prefixes, [segments.continuation_ids[i] for i in index]).sum())
+                total += float(prompted.continuation_loss([segments.prompt_ids[i] for i in index], brain_of(segments, index),
+                                                          [segments.continuation_ids[i] for i in index]).sum())
         return total / len(segments)
 
     curves, best, best_state, waited = [], mean_loss(validation), None, 0
@@ -478,8 +485,8 @@ def train_condition(prompted: PromptedLM, train: Segments, validation: Segments,
         order, total = rng.permutation(len(train)), 0.0
         for start in range(0, len(order), settings.batch_size):
             index = order[start : start + settings.batch_size]
-            prefixes = prompted.prefixes([train.prompt_ids[i] for i in index], brain_of(train, index))
-            loss = prompted.continuation_loss(prefixes, [train.continuation_ids[i] for i in index]).mean()
+            loss = prompted.continuation_loss([train.prompt_ids[i] for i in index], brain_of(train, index),
+                                              [train.continuation_ids[i] for i in index]).mean()
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
@@ -512,22 +519,26 @@ def condition_losses(prompted: PromptedLM, segments: Segments, brain: np.ndarray
     for start in range(0, len(segments), batch_size):
         index = np.arange(start, min(start + batch_size, len(segments)))
         brain_t = None if brain is None else torch.as_tensor(brain[index], dtype=torch.float32, device=prompted.device)
-        prefixes = prompted.prefixes([segments.prompt_ids[i] for i in index], brain_t)
-        out.append(prompted.continuation_loss(prefixes, [segments.continuation_ids[i] for i in index]).cpu().numpy())
+        out.append(prompted.continuation_loss([segments.prompt_ids[i] for i in index], brain_t,
+                                              [segments.continuation_ids[i] for i in index]).cpu().numpy())
     return np.concatenate(out)
 
 
 @torch.no_grad()
 def condition_texts(prompted: PromptedLM, segments: Segments, brain: np.ndarray | None, settings: GenerationSettings,
                     condition: str) -> dict[str, list[str]]:
-    """Greedy and beam-search texts of every segment, as long (in tokens) as its heard continuation."""
-    texts = {decoding: [] for decoding in DECODINGS}
-    for i in tqdm(range(len(segments)), desc=f"generating ({condition})", unit="segment"):
-        brain_t = None if brain is None else torch.as_tensor(brain[i : i + 1], dtype=torch.float32, device=prompted.device)
-        prefix = prompted.prefixes([segments.prompt_ids[i]], brain_t)[0]
-        n_new = len(segments.continuation_ids[i])
-        texts["greedy"].append(prompted.generate(prefix, n_new, settings, 1))
-        texts["beam"].append(prompted.generate(prefix, n_new, settings, settings.beam_width))
+    """Greedy and beam-search texts of every segment, as long (in tokens) as its heard continuation
+    (segments of one continuation length generated together, ``batch_size`` at a time)."""
+    texts = {decoding: [""] * len(segments) for decoding in DECODINGS}
+    lengths = np.array([len(ids) for ids in segments.continuation_ids])
+    batches = [group[start : start + settings.batch_size] for n_new in np.unique(lengths)
+               for group in [np.flatnonzero(lengths == n_new)] for start in range(0, len(group), settings.batch_size)]
+    for index in tqdm(batches, desc=f"generating ({condition})", unit="batch"):
+        brain_t = None if brain is None else torch.as_tensor(brain[index], dtype=torch.float32, device=prompted.device)
+        n_new = int(lengths[index[0]])
+        for decoding, beams in (("greedy", 1), ("beam", settings.beam_width)):
+            for i, text in zip(index, prompted.generate([segments.prompt_ids[i] for i in index], brain_t, n_new, settings, beams)):
+                texts[decoding][i] = text
     return texts
 
 

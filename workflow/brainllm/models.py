@@ -255,6 +255,25 @@ def _loading_kwargs(settings: dict, source: ModelSource) -> dict:
     return kwargs
 
 
+def model_layers(model_cfg: dict) -> list[int]:
+    """Hidden-state indices to use downstream: ``layers: all`` or the validated list."""
+    settings = model_settings(model_cfg)
+    total = n_hidden_states(settings)
+    if settings["layers"] == "all":
+        return list(range(total))
+    layers = settings["layers"]
+    if not isinstance(layers, list) or not layers or any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
+        raise InputError(None, f"model {settings['source']}: layers={layers!r}.", "Set layers to `all` or a list of integers.")
+    bad = [i for i in layers if not 0 <= i < total]
+    if bad:
+        raise InputError(
+            None,
+            f"model {settings['source']}: layers {bad} do not exist; the model has hidden states 0..{total - 1} (0 = embeddings).",
+            f"Choose layers between 0 and {total - 1}.",
+        )
+    return sorted(set(layers))
+
+
 def load_config(model_cfg: dict):
     """The model's transformers config (cheap: no weights)."""
     from transformers import AutoConfig

@@ -116,11 +116,16 @@ def feature_manifest(model, story):
     return f"{RESULTS}/features/{model}/{story}.json"
 
 
-def model_layers(model):
-    """Hidden-state indices used for a model (`layers: all` or the configured list)."""
-    from brainllm.features import model_layers as configured_layers  # imports torch: only when asked
+_MODEL_LAYERS = {}
 
-    return configured_layers(MODELS[model])
+
+def model_layers(model):
+    """Hidden-state indices used for a model (`layers: all` or the configured list; its config read once)."""
+    from brainllm.models import model_layers as configured_layers
+
+    if model not in _MODEL_LAYERS:
+        _MODEL_LAYERS[model] = configured_layers(MODELS[model])
+    return _MODEL_LAYERS[model]
 
 
 def names_pattern(names):
