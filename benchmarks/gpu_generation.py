@@ -5,9 +5,9 @@ gpu_contrastive.py) is saved to a temporary directory and loaded through
 ``brainllm.generation.load_causal_lm`` in bf16 and, when bitsandbytes is installed, in
 4-bit nf4. For each: the decoder's training step time (95 000-voxel windows × 4 delays
 averaged → MLP → 4 prompt vectors, batch 16, 32 prompt + 16 heard tokens, frozen LLM) and
-generation speed (greedy and beam search, 16 new tokens per segment, one segment at a
-time as the stage does), each against the same LLM's plain forward pass measured in the
-same run.
+generation speed (greedy and beam search, 16 new tokens per segment, the segments in one
+batch as the stage does, against one segment at a time measured in the same run); the
+training step against the same LLM's plain forward pass measured in the same run.
 
     python benchmarks/gpu_generation.py [--steps 10] [--segments 8] [--skip-4bit]
 
@@ -62,7 +62,7 @@ def run(source: Path, device: torch.device, quantization: str, steps: int, segme
     brain = torch.randn(batch, n_voxels, device=device)
 
     def step():
-        loss = prompted.continuation_loss(prompted.prefixes(prompts, brain), heard).mean()
+        loss = prompted.continuation_loss(prompts, brain, heard).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -88,15 +88,17 @@ def run(source: Path, device: torch.device, quantization: str, steps: int, segme
     print(f"{quantization}: decoder training step {step_s * 1000:.1f} ms (batch {batch} × {1 + settings.brain_tokens + prompt_tokens + heard_tokens} "
           f"positions) = {step_s / forward_s:.2f} × the LLM's plain forward pass{_memory(device)}")
     decoder.eval()
-    with torch.no_grad():
-        prefixes = prompted.prefixes(prompts[:1] * segments, brain[:1].expand(segments, -1))
+    many_prompts, many_brain = prompts[:1] * segments, brain[:1].expand(segments, -1)
     for name, beams in (("greedy", 1), (f"beam {settings.beam_width}", settings.beam_width)):
         start = _clock(device)
-        for prefix in prefixes:
-            prompted.generate(prefix, heard_tokens, settings, beams)
-        seconds = _clock(device) - start
-        print(f"{quantization}: {name} generation {segments * heard_tokens / seconds:.1f} new tokens/s "
-              f"({seconds / segments * 1000:.0f} ms per segment){_memory(device)}")
+        for row in range(segments):  # the baseline: one segment at a time
+            prompted.generate(many_prompts[row : row + 1], many_brain[row : row + 1], heard_tokens, settings, beams)
+        single_s = _clock(device) - start
+        start = _clock(device)
+        prompted.generate(many_prompts, many_brain, heard_tokens, settings, beams)  # as the workflow does: one batch
+        batched_s = _clock(device) - start
+        print(f"{quantization}: {name} generation {segments * heard_tokens / batched_s:.1f} new tokens/s in one batch of {segments} "
+              f"segments, {single_s / batched_s:.1f} × one segment at a time ({single_s / segments * 1000:.0f} ms per segment){_memory(device)}")
     del lm, prompted, decoder
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -41,7 +41,7 @@ def test_gpu_generation_runs_at_toy_size_on_cpu(capsys):
                                  "--steps", "2", "--segments", "2"])
     out = capsys.readouterr().out
     assert "none: decoder training step" in out and "× the LLM's plain forward pass" in out
-    assert "greedy generation" in out and "beam 4 generation" in out
+    assert "greedy generation" in out and "beam 4 generation" in out and "× one segment at a time" in out
 
 
 def test_bench_eeg_trf_small(capsys):
