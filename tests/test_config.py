@@ -97,6 +97,23 @@ def test_alice_dry_run_lists_exactly_its_jobs(workdir, tmp_path):
     assert job_counts(proc.stdout) == encoding_jobs(10, 6, 7, decoding=True)
 
 
+def test_alice_eeg_variant_adds_its_subjects_eeg_jobs(workdir, tmp_path):
+    config = shipped("alice.yaml")
+    root = tmp_path / "alice"
+    (root / "stimuli").mkdir(parents=True)
+    (root / "stimuli" / "AliceChapterOne-words.csv").write_text("word,onset,offset\nalice,1.0,1.4\n")
+    config["dataset"]["root"] = str(root)
+    variant = shipped("alice_eeg.yaml")
+    variant["eeg"]["root"] = str(tmp_path / "alice_eeg")
+    proc = dry_run(workdir, "--configfile", str(write_yaml(workdir / "alice.yaml", config)), str(write_yaml(workdir / "alice_eeg.yaml", variant)))
+    counts = job_counts(proc.stdout)
+    n_eeg = len(variant["eeg"]["subjects"])
+    assert [counts.get(rule) for rule in ("ingest_eeg", "preprocess_eeg", "encoding_eeg", "decoding_words_eeg", "report_eeg")] == [n_eeg] * 4 + [1]
+    assert {rule: n for rule, n in counts.items() if "eeg" not in rule and rule not in ("all", "features_vocabulary", "decoding_vocabulary",
+                                                                                         "report_word_classification")} == {
+        rule: n for rule, n in encoding_jobs(10, 6, 7, decoding=True).items() if rule != "all"}
+
+
 def test_minimal_bids_config_runs_only_its_own_model(workdir, tmp_path):
     path, _ = minimal_bids(workdir, tmp_path)
     proc = dry_run(workdir, "--configfile", str(path))

@@ -301,3 +301,44 @@ def test_demo_loadings_sum_to_zero_so_the_average_reference_spreads_nothing():
     loadings = planted_loadings(np.random.default_rng(3))
     np.testing.assert_allclose(loadings.sum(axis=1), 0.0, atol=1e-9)
     assert np.sqrt((loadings**2).sum(axis=0).mean()) == pytest.approx(EEG_SIGNAL_UV)
+
+
+def test_a_run_split_into_segments_is_preprocessed_whole_then_cut_at_the_segments_words(tmp_path):
+    """dataset.segments: one recording, two stories; each story is the whole preprocessed run's samples from
+    SEGMENT_LEAD_S before its first word, its onsets shifted alike (the slow reference: the run ingested whole)."""
+    words = ("the", "old", "boat", "sails", "at", "dawn")
+    onsets = (1.0, 2.0, 3.0, 8.0, 9.0, 10.0)
+    write_story(tmp_path / "bids", story="tale", onsets=onsets, words=words)
+    halves = {"taleseg1": (0, 3), "taleseg2": (3, 6)}
+    paths = {}
+    for story, (a, b) in halves.items():
+        paths[story] = tmp_path / f"{story}.tsv"
+        write_tsv(paths[story], pd.DataFrame({"word": list(words[a:b]), "onset": np.array(onsets[a:b]) - onsets[a] + 0.5,
+                                              "offset": np.array(onsets[a:b]) - onsets[a] + 0.8}))
+    dataset = {"segments": {"tale": {"n_segments": 2}}, "train_stories": ["taleseg1"], "test_stories": ["taleseg2"]}
+    assert eeg.recording_stories(["taleseg2", "taleseg1"], dataset) == {"tale": ["taleseg1", "taleseg2"]}
+    summary = eeg.ingest_subject(tmp_path / "bids", "01", ["taleseg1", "taleseg2"], paths, settings(), tmp_path / "raw.h5", dataset=dataset)
+    assert summary["taleseg2"]["recording"] == "tale" and summary["taleseg2"]["n_words"] == 3
+    eeg.preprocess_subject(tmp_path / "raw.h5", settings(), tmp_path / "eeg.h5")
+    whole = {"tale": tmp_path / "whole.tsv"}
+    write_tsv(whole["tale"], pd.DataFrame({"word": list(words), "onset": onsets, "offset": np.array(onsets) + 0.3}))
+    eeg.ingest_subject(tmp_path / "bids", "01", ["tale"], whole, settings(), tmp_path / "raw_whole.h5")
+    eeg.preprocess_subject(tmp_path / "raw_whole.h5", settings(), tmp_path / "eeg_whole.h5")
+    data, onset, *_ = eeg.read_preprocessed(tmp_path / "eeg.h5", ["taleseg1", "taleseg2"])
+    reference, reference_onset, sfreq, *_ = eeg.read_preprocessed(tmp_path / "eeg_whole.h5", ["tale"])
+    cut = int(round((onsets[3] - eeg.SEGMENT_LEAD_S) * sfreq))  # segment 1 ends where segment 2 starts
+    start = int(round((onsets[0] - eeg.SEGMENT_LEAD_S) * sfreq))
+    np.testing.assert_array_equal(data["taleseg1"], reference["tale"][start:cut])
+    np.testing.assert_array_equal(data["taleseg2"], reference["tale"][cut:])
+    np.testing.assert_allclose(onset["taleseg1"], np.array(onsets[:3]) - start / sfreq)
+    np.testing.assert_allclose(onset["taleseg2"], np.array(onsets[3:]) - cut / sfreq)
+
+
+def test_a_segment_whose_words_are_not_in_the_recording_is_named(tmp_path):
+    write_story(tmp_path / "bids", story="tale")
+    path = tmp_path / "taleseg2.tsv"
+    write_tsv(path, pd.DataFrame({"word": ["boat", "old"], "onset": [0.5, 1.5], "offset": [0.8, 1.8]}))
+    dataset = {"segments": {"tale": {"n_segments": 2}}, "train_stories": [], "test_stories": ["taleseg2"]}
+    with pytest.raises(InputError, match=r"2 words of story taleseg2 .* do not run in order"):
+        eeg.ingest_subject(tmp_path / "bids", "01", ["taleseg2"], {"taleseg2": path}, settings(), tmp_path / "raw.h5", dataset=dataset)
+    assert not (tmp_path / "raw.h5").exists()

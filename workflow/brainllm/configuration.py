@@ -359,9 +359,6 @@ def check_eeg(config: Mapping) -> None:
         raise InputError(None, "EEG word classification (the eeg and decoding sections) holds the validation story out and chooses α by "
                          f"leave-one-story-out over the other training stories: it needs three or more, dataset.train_stories lists "
                          f"{len(dataset['train_stories'])}.", "list three or more training stories, or leave decoding or eeg out.")
-    if dataset.get("segments"):
-        raise InputError(None, "dataset.segments splits runs into stories, but an EEG recording is one story (task) each.",
-                         "leave dataset.segments out when the eeg section is present.")
     if eeg.get("l_freq") and eeg["l_freq"] >= eeg.get("h_freq", 20.0):
         raise InputError(None, f"eeg.l_freq ({eeg['l_freq']} Hz) must be below eeg.h_freq ({eeg.get('h_freq', 20.0)} Hz).", "lower l_freq or raise h_freq.")
     epochs = eeg.get("epochs") or {}

@@ -226,33 +226,87 @@ def check_story_words(words: pd.DataFrame, story_words: Sequence[str], source: P
                          "the EEG events must list the story's words in order; fix the events or the story's transcript.")
 
 
+SEGMENT_LEAD_S = 0.5  # a segment of a split recording starts this long before its first word (and the previous one ends there)
+
+
+def recording_stories(stories: Sequence[str], dataset: Mapping | None) -> dict[str, list[str]]:
+    """Recording (BIDS task) → its stories in order: a whole story is its own recording; the segments of a run
+    split by ``dataset.segments`` (``<run>seg<k>``) share the run's recording."""
+    from brainllm.ingest import resolve_story
+
+    if not (dataset or {}).get("segments"):
+        return {story: [story] for story in stories}
+    recordings: dict[str, list[tuple[int, str]]] = {}
+    for story in stories:
+        run, index = resolve_story(dict(dataset), story)
+        recordings.setdefault(run, []).append((index or 0, story))
+    return {run: [story for _, story in sorted(items)] for run, items in recordings.items()}
+
+
+def locate_words(heard: Sequence[str], story_words: Sequence[str], start: int, source, story: str) -> int:
+    """First index ≥ ``start`` where ``story_words`` run contiguously in the recording's words (case not compared)."""
+    heard = [str(w).lower() for w in heard]
+    target = [str(w).lower() for w in story_words]
+    for first in range(start, len(heard) - len(target) + 1):
+        if heard[first : first + len(target)] == target:
+            return first
+    raise InputError(source, f"the {len(target)} words of story {story} (words.tsv) do not run in order among the recording's words "
+                     f"from word {start}.", "the EEG events must list the run's words in order; fix the events or the transcript.")
+
+
 def ingest_subject(root: str | os.PathLike, subject: str, stories: Sequence[str], words_tsvs: Mapping[str, str | os.PathLike],
-                   settings: EegSettings, out_h5: str | os.PathLike) -> dict:
-    """Every story's recording of a subject into one HDF5 (volts, sensor positions, bads, word onsets)."""
+                   settings: EegSettings, out_h5: str | os.PathLike, dataset: Mapping | None = None) -> dict:
+    """Every recording of a subject into one HDF5 group per recording (volts, sensor positions, bads, word onsets),
+    attr ``stories``: the stories it holds as (story, first word, number of words). A split run's segments
+    (``dataset.segments``) are located in its recording's words here and cut after preprocessing."""
+    import json
+
     summary, channels = {}, None
+    recordings = recording_stories(stories, dataset)
     with atomic_path(out_h5) as tmp, open_h5(tmp, "w") as h5:
-        for story in stories:
-            raw, words = read_recording(root, subject, story, settings)
+        for run, run_stories in recordings.items():
+            raw, words = read_recording(root, subject, run, settings)
+            source = recording_path(root, subject, run).fpath
             if channels is None:
                 channels = list(raw.ch_names)
             elif set(raw.ch_names) != set(channels):
-                raise InputError(recording_path(root, subject, story).fpath, f"its channels differ from those of story {stories[0]!r} "
+                raise InputError(source, f"its channels differ from those of recording {next(iter(recordings))!r} "
                                  f"(missing {sorted(set(channels) - set(raw.ch_names))}, extra {sorted(set(raw.ch_names) - set(channels))}).",
                                  "record every story with the same channels (an encoding model is fitted across stories).")
             else:
                 raw.reorder_channels(channels)
-            check_story_words(words, read_words(words_tsvs[story])["word"].tolist(), recording_path(root, subject, story).fpath, story)
-            group = h5.create_group(story)
+            ranges, first = [], 0
+            for story in run_stories:
+                story_words = read_words(words_tsvs[story])["word"].tolist()
+                if story == run:  # a whole story: the recording's words are its words
+                    check_story_words(words, story_words, source, story)
+                else:
+                    first = locate_words(words["word"].tolist(), story_words, first, source, story)
+                ranges.append([story, first, len(story_words)])
+                first += len(story_words)
+                summary[story] = {"recording": run, "n_samples": raw.n_times, "sfreq": raw.info["sfreq"], "bads": list(raw.info["bads"]),
+                                  "n_words": len(story_words)}
+            group = h5.create_group(run)
             group.create_dataset("data", data=raw.get_data().T.astype(np.float32))
             group.create_dataset("positions", data=np.array([ch["loc"][:3] for ch in raw.info["chs"]]))
             group.create_dataset("word_onset", data=words["onset"].to_numpy())
             group.attrs.update({"sfreq": raw.info["sfreq"], "ch_names": list(raw.ch_names), "bads": list(raw.info["bads"]),
-                                "ch_types": list(raw.get_channel_types()),
+                                "ch_types": list(raw.get_channel_types()), "stories": json.dumps(ranges),
                                 "line_freq": raw.info["line_freq"] or np.nan, "unit": "V"})
-            summary[story] = {"n_samples": raw.n_times, "sfreq": raw.info["sfreq"], "bads": list(raw.info["bads"]), "n_words": len(words)}
-            logger.info("sub-%s %s: %d channels, %.1f s at %g Hz, bads %s, %d words", subject, story, len(raw.ch_names),
-                        raw.n_times / raw.info["sfreq"], raw.info["sfreq"], raw.info["bads"] or "none", len(words))
+            logger.info("sub-%s %s: %d channels, %.1f s at %g Hz, bads %s, %d words, stories %s", subject, run, len(raw.ch_names),
+                        raw.n_times / raw.info["sfreq"], raw.info["sfreq"], raw.info["bads"] or "none", len(words), run_stories)
     return summary
+
+
+def story_samples(word_onset: np.ndarray, first: int, n_words: int, n_samples: int, sfreq: float, whole: bool) -> tuple[int, int]:
+    """Samples ``[start, stop)`` of a story in its recording: all of it for a whole story; for a segment, from
+    ``SEGMENT_LEAD_S`` before its first word to the same lead before the next word (or the recording's end)."""
+    if whole:
+        return 0, n_samples
+    start = max(0, int(round((word_onset[first] - SEGMENT_LEAD_S) * sfreq)))
+    after = first + n_words
+    stop = int(round((word_onset[after] - SEGMENT_LEAD_S) * sfreq)) if after < len(word_onset) else n_samples
+    return start, min(stop, n_samples)
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -328,21 +382,31 @@ def remove_blinks(raw, settings: EegSettings, source: str = "recording") -> list
 
 
 def preprocess_subject(ingested_h5: str | os.PathLike, settings: EegSettings, out_h5: str | os.PathLike) -> dict:
-    """Every story of an ingested subject through :func:`preprocess_raw` into the EEG contract."""
+    """Every ingested recording through :func:`preprocess_raw` (whole, so filters see no cut), then cut into its
+    stories (:func:`story_samples`), into the EEG contract: one group per story."""
+    import json
+
     summary = {}
     with open_h5(ingested_h5) as source, atomic_path(out_h5) as tmp, open_h5(tmp, "w") as h5:
-        for story in source:
-            raw = preprocess_raw(raw_from_group(source[story]), settings, f"{ingested_h5}[{story}]")
-            group = h5.create_group(story)
-            group.create_dataset("data", data=raw.get_data().T.astype(np.float32))
-            group.create_dataset("word_onset", data=source[story]["word_onset"][()])
-            bads = [str(b) for b in source[story].attrs["bads"]]
-            group.attrs.update({"sfreq": raw.info["sfreq"], "ch_names": list(raw.ch_names), "unit": "V",
-                                "interpolated": bads if settings.interpolate_bads else [], "dropped": [] if settings.interpolate_bads else bads})
+        for run in source:
+            raw = preprocess_raw(raw_from_group(source[run]), settings, f"{ingested_h5}[{run}]")
+            data = raw.get_data().T.astype(np.float32)
+            onsets = source[run]["word_onset"][()]
+            bads = [str(b) for b in source[run].attrs["bads"]]
             positions = np.array([ch["loc"][:3] for ch in raw.info["chs"]])
-            group.create_dataset("positions", data=positions)
-            summary[story] = {"n_samples": raw.n_times, "sfreq": raw.info["sfreq"]}
-            logger.info("%s: %d samples at %g Hz after preprocessing", story, raw.n_times, raw.info["sfreq"])
+            sfreq = raw.info["sfreq"]
+            ranges = json.loads(source[run].attrs["stories"]) if "stories" in source[run].attrs else [[run, 0, len(onsets)]]
+            for story, first, n_words in ranges:
+                start, stop = story_samples(onsets, first, n_words, data.shape[0], sfreq, whole=story == run)
+                group = h5.create_group(story)
+                group.create_dataset("data", data=data[start:stop])
+                group.create_dataset("word_onset", data=onsets[first : first + n_words] - start / sfreq)
+                group.attrs.update({"sfreq": sfreq, "ch_names": list(raw.ch_names), "unit": "V", "recording": run,
+                                    "start_s": start / sfreq,
+                                    "interpolated": bads if settings.interpolate_bads else [], "dropped": [] if settings.interpolate_bads else bads})
+                group.create_dataset("positions", data=positions)
+                summary[story] = {"n_samples": stop - start, "sfreq": sfreq}
+                logger.info("%s: %d samples at %g Hz after preprocessing (%s from %.2f s)", story, stop - start, sfreq, run, start / sfreq)
     return summary
 
 

@@ -679,15 +679,18 @@ def eeg_sources(wildcards):
         return dataset_ready()
     import glob
 
+    from brainllm.eeg import recording_stories
+
     folder = os.path.join(EEG_ROOT, f"sub-{wildcards.subject}")
-    files = [path for story in STORIES for path in glob.glob(os.path.join(folder, "**", "eeg", f"sub-{wildcards.subject}_*task-{story}_*"), recursive=True)]
+    files = [path for task in recording_stories(STORIES, DATASET)
+             for path in glob.glob(os.path.join(folder, "**", "eeg", f"sub-{wildcards.subject}_*task-{task}_*"), recursive=True)]
     files += glob.glob(os.path.join(folder, "**", "eeg", "*_electrodes.tsv"), recursive=True)
     files += glob.glob(os.path.join(folder, "**", "eeg", "*_coordsystem.json"), recursive=True)
     return sorted(set(files))
 
 
 # What each EEG job reads of the config (params: a change reruns only the jobs it concerns)
-EEG_DATASET = {key: DATASET.get(key) for key in ("subjects", "root", "bids")}
+EEG_DATASET = {key: DATASET.get(key) for key in ("subjects", "root", "bids", "segments", "train_stories", "test_stories")}
 EEG_INGEST = {key: EEG[key] for key in ("subjects", "root", "montage", "word_column", "events_trial_type", "h_freq") if key in EEG}
 EEG_ENCODING = {key: value for key, value in EEG.items() if key not in ("epochs", "generation")}
 EEG_WORDS = {key: EEG[key] for key in ("alphas", "epochs", "block_words", "seed") if key in EEG}

@@ -1,4 +1,4 @@
-"""Snakemake adapter: every story's EEG recording of one subject into raw.h5 (rule ingest_eeg)."""
+"""Snakemake adapter: every EEG recording of one subject's stories into raw.h5 (rule ingest_eeg)."""
 
 from brainllm.eeg import EegSettings, ingest_subject
 from brainllm.io import rule_logging
@@ -12,4 +12,5 @@ with rule_logging(snakemake.log[0]):
         dict(zip(snakemake.params.stories, snakemake.input.words)),
         settings,
         snakemake.output[0],
+        dataset=snakemake.params.dataset,
     )
