@@ -342,3 +342,12 @@ def test_a_segment_whose_words_are_not_in_the_recording_is_named(tmp_path):
     with pytest.raises(InputError, match=r"2 words of story taleseg2 .* do not run in order"):
         eeg.ingest_subject(tmp_path / "bids", "01", ["taleseg2"], {"taleseg2": path}, settings(), tmp_path / "raw.h5", dataset=dataset)
     assert not (tmp_path / "raw.h5").exists()
+
+
+def test_detection_leaves_interpolated_channels_out_of_specificity():
+    chosen = pd.DataFrame({"channel": ["Cz", "Pz", "F7", "O1", "O2"], "significant": [True, False, True, True, False]})
+    truth = {"planted_channels": ["Cz", "Pz"], "latency_s": 0.4}
+    scores = eeg.detection_scores(chosen, truth, 0.41, interpolated=["F7"])
+    assert scores["sensitivity"] == 0.5 and scores["specificity"] == 0.5  # O1 false, O2 right; F7 not counted
+    assert eeg.detection_scores(chosen, truth, 0.41)["specificity"] == pytest.approx(1 / 3)
+    assert scores["latency_error_s"] == pytest.approx(0.01)

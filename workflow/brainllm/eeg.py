@@ -662,7 +662,9 @@ def run_eeg_encoding(preprocessed_h5: str | os.PathLike, manifests: Mapping[str,
                            for row in identification.to_dict("records")],
     }
     if ground_truth is not None:
-        summary["ground_truth"] = detection_scores(chosen, ground_truth, latency)
+        with open_h5(preprocessed_h5) as h5:
+            interpolated = sorted({str(name) for story in stories for name in h5[story].attrs.get("interpolated", [])})
+        summary["ground_truth"] = detection_scores(chosen, ground_truth, latency, interpolated)
     write_tsv(out["word_level"], table)
     write_tsv(out["identification"], identification)
     write_tsv(out["trf"], pd.DataFrame({"channel": names, "alpha": trf["alpha"], "r_validation": trf["r_validation"], "r_test": trf["r_test"],
@@ -767,14 +769,18 @@ def run_eeg_word_decoding(preprocessed_h5: str | os.PathLike, words_tsvs: Mappin
     return summary
 
 
-def detection_scores(chosen: pd.DataFrame, ground_truth: Mapping, latency_s: float) -> dict:
-    """Sensitivity / specificity of the significant channels against the planted ones, and the latency error."""
+def detection_scores(chosen: pd.DataFrame, ground_truth: Mapping, latency_s: float, interpolated: Sequence[str] = ()) -> dict:
+    """Sensitivity / specificity of the significant channels against the planted ones, and the latency error.
+
+    Interpolated channels are left out of specificity: they are computed from the recorded ones
+    (planted channels included), so a response found there is not a false detection."""
     planted = set(ground_truth["planted_channels"])
     significant = set(chosen.loc[chosen["significant"], "channel"])
-    channels = set(chosen["channel"])
+    others = set(chosen["channel"]) - planted - set(interpolated)
     return {
         "planted_channels": sorted(planted),
+        "interpolated_channels": sorted(interpolated),
         "sensitivity": len(significant & planted) / max(len(planted), 1),
-        "specificity": len((channels - planted) - significant) / max(len(channels - planted), 1),
+        "specificity": len(others - significant) / max(len(others), 1),
         "latency_error_s": latency_s - float(ground_truth["latency_s"]),
     }
