@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from brainllm.eeg import EegSettings, epoch_bins
-from brainllm.generation import GenerationSettings, eeg_spacing, eeg_story_segments, run_eeg_brain_prompt
+from brainllm.generation import GenerationSettings, eeg_spacing, eeg_story_segments, run_brain_prompt
 from brainllm.io import InputError
 from brainllm.story_lm import word_tokenizer
 from test_generation import FAST, VOCAB, _tiny_lm
@@ -50,7 +50,7 @@ def _write_eeg(root, planted: bool, seed: int = 0, n_words: int = 80):
 def _run(paths, llm_cfg, out_dir, eeg_section=EEG_SECTION, overrides=None):
     out = {key: out_dir / f"{key}.out" for key in ("texts", "comparisons", "curves", "decoder", "control", "scores")}
     settings = GenerationSettings.from_config({**FAST, "brain_components": 32, **(overrides or {})})
-    summary = run_eeg_brain_prompt(paths["eeg"], paths["words"], llm_cfg=llm_cfg, subject="S1", train_stories=TRAIN, test_stories=TEST,
+    summary = run_brain_prompt(paths["eeg"], paths["words"], llm_cfg=llm_cfg, subject="S1", train_stories=TRAIN, test_stories=TEST,
                                    settings=settings, eeg_settings=EegSettings.from_config(eeg_section, DATASET), out=out)
     return summary, out
 

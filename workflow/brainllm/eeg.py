@@ -25,7 +25,7 @@ Encoding uses the features of the fMRI path and its statistics:
 - whole-vocabulary word classification: each word's epoch (channels × bins) decoded by ridge
   into the word's text embedding and scored against every vocabulary word as the fMRI word
   classification scores contrastive embeddings (``brainllm.word_decoding``). EEG → text is
-  ``brainllm.generation.run_eeg_brain_prompt`` on the same epochs.
+  ``brainllm.generation.run_brain_prompt`` on the same epochs (``eeg_settings``).
 
 Both fits solve ridge from per-story Gram matrices: the Gram of a fold is the sum of its
 stories', one eigendecomposition per fold serves every α.

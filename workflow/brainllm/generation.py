@@ -17,7 +17,7 @@ Conditions scored on the test segments, with the same seeds:
   prompt: what training alone buys without brain data);
 - ``llm``: the LM with the text prompt only, untrained.
 
-EEG (:func:`run_eeg_brain_prompt`): segments are ``eeg.generation.segment_words`` consecutive
+EEG (:func:`run_brain_prompt` with ``eeg_settings``): segments are ``eeg.generation.segment_words`` consecutive
 words and the brain window their word-locked epochs in order (``brainllm.eeg.word_epochs``);
 the rest is the same.
 
@@ -290,31 +290,6 @@ def eeg_spacing(eeg_settings) -> Spacing:
     """Permuted windows ≥ two segments' words away; blocks of ``eeg.block_words`` words of segment starts."""
     spec = eeg_settings.generation
     return Spacing("word", 2 * int(spec["segment_words"]), max(1, math.ceil(eeg_settings.block_words / int(spec["stride_words"]))))
-
-
-def run_eeg_brain_prompt(
-    eeg_h5: str | os.PathLike,
-    words_tsvs: Mapping[str, str | os.PathLike],
-    *,
-    llm_cfg: Mapping,
-    subject: str,
-    train_stories: Sequence[str],
-    test_stories: Sequence[str],
-    settings: GenerationSettings,
-    eeg_settings,
-    out: Mapping[str, str | os.PathLike],
-    lm: tuple | None = None,
-) -> dict:
-    """Brain-prompted generation from one EEG subject's word-locked windows (:func:`eeg_story_segments`); the same
-    decoders, conditions, scores and outputs as :func:`run_brain_prompt`."""
-    split = story_split(train_stories, test_stories, settings.validation_story, "generation.brain_prompt")
-    device = pick_device(settings.device, "generation.brain_prompt.device")
-    model, tokenizer, info = lm if lm is not None else load_causal_lm(llm_cfg, device)
-    separator = model_settings(dict(llm_cfg))["word_separator"]
-    data = {name: eeg_story_segments(eeg_h5, words_tsvs, stories, settings, eeg_settings, tokenizer, separator) for name, stories in split.items()}
-    return score_brain_prompt(data, eeg_spacing(eeg_settings), split, (model, tokenizer, info), device, llm_cfg=llm_cfg, subject=subject,
-                              settings=settings, out=out, provenance={"eeg_sha256": sha256_file(eeg_h5), "eeg_epochs": dict(eeg_settings.epochs),
-                                                                              "eeg_segments": dict(eeg_settings.generation)})
 
 
 def reduce_brain(data: Mapping[str, Segments], n_components: int | None) -> dict | None:
@@ -601,7 +576,7 @@ def _apply_lora(lm, settings: GenerationSettings):
 
 
 def run_brain_prompt(
-    responses_h5: str | os.PathLike,
+    brain_h5: str | os.PathLike,
     words_tsvs: Mapping[str, str | os.PathLike],
     *,
     llm_cfg: Mapping,
@@ -611,15 +586,26 @@ def run_brain_prompt(
     settings: GenerationSettings,
     out: Mapping[str, str | os.PathLike],
     lm: tuple | None = None,
+    eeg_settings=None,
 ) -> dict:
-    """Train, generate and score one fMRI subject; writes ``out``'s texts, comparisons, curves, decoders and scores (last)."""
+    """Train, generate and score one subject; writes ``out``'s texts, comparisons, curves, decoders and scores (last).
+
+    ``brain_h5``: the subject's preprocessed fMRI responses (TR-grid segments), or with ``eeg_settings``
+    (``brainllm.eeg.EegSettings``) its preprocessed EEG (word-locked segments, :func:`eeg_story_segments`)."""
     split = story_split(train_stories, test_stories, settings.validation_story, "generation.brain_prompt")
     device = pick_device(settings.device, "generation.brain_prompt.device")
     model, tokenizer, info = lm if lm is not None else load_causal_lm(llm_cfg, device)
     separator = model_settings(dict(llm_cfg))["word_separator"]
-    data = {name: story_segments(responses_h5, words_tsvs, stories, settings, tokenizer, separator) for name, stories in split.items()}
-    return score_brain_prompt(data, fmri_spacing(settings), split, (model, tokenizer, info), device, llm_cfg=llm_cfg, subject=subject,
-                              settings=settings, out=out, provenance={"responses_sha256": sha256_file(responses_h5)})
+    if eeg_settings is None:
+        data = {name: story_segments(brain_h5, words_tsvs, stories, settings, tokenizer, separator) for name, stories in split.items()}
+        spacing, provenance = fmri_spacing(settings), {"responses_sha256": sha256_file(brain_h5)}
+    else:
+        data = {name: eeg_story_segments(brain_h5, words_tsvs, stories, settings, eeg_settings, tokenizer, separator)
+                for name, stories in split.items()}
+        spacing = eeg_spacing(eeg_settings)
+        provenance = {"eeg_sha256": sha256_file(brain_h5), "eeg_epochs": dict(eeg_settings.epochs), "eeg_segments": dict(eeg_settings.generation)}
+    return score_brain_prompt(data, spacing, split, (model, tokenizer, info), device, llm_cfg=llm_cfg, subject=subject,
+                              settings=settings, out=out, provenance=provenance)
 
 
 def score_brain_prompt(data: dict[str, Segments], spacing: Spacing, split: Mapping[str, Sequence[str]], lm: tuple, device: torch.device, *,

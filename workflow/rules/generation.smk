@@ -85,7 +85,7 @@ rule generation_brain_prompt_eeg:
     conda:
         "../../envs/gpu.yaml"
     script:
-        "../scripts/generation_brain_prompt_eeg.py"
+        "../scripts/generation_brain_prompt.py"
 
 
 rule report_generation:
