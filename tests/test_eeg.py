@@ -179,6 +179,17 @@ def ingest(tmp_path, root, **changes):
     return eeg.ingest_subject(root, "01", ["tale"], {"tale": words_file(tmp_path)}, settings(**changes), tmp_path / "raw.h5")
 
 
+@pytest.mark.parametrize("file_format", ["BrainVision", "EDF", "BDF", "EEGLAB"])
+def test_every_bids_eeg_format_reads_the_same_signal(tmp_path, file_format):
+    data = 1e-6 * np.random.default_rng(6).standard_normal((len(CHANNELS), 5000))
+    write_recording(tmp_path / "bids", "01", "tale", data, ["the", "old", "boat"], np.array([1.0, 2.0, 3.0]), np.full(3, 0.3),
+                    CHANNELS, 250.0, bads=("O1",), file_format=file_format)
+    ingest(tmp_path, tmp_path / "bids")
+    raw, onsets, sfreq, names, _ = eeg.read_preprocessed(tmp_path / "raw.h5", ["tale"])
+    assert sfreq == 250.0 and names == list(CHANNELS) and list(onsets["tale"]) == [1.0, 2.0, 3.0]
+    np.testing.assert_allclose(raw["tale"], data.T, atol=1e-8)  # EDF stores 16-bit samples: a few nV of rounding
+
+
 def test_a_clean_recording_is_ingested(tmp_path):
     write_story(tmp_path / "bids")
     summary = ingest(tmp_path, tmp_path / "bids")

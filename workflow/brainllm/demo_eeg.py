@@ -123,8 +123,8 @@ def simulate_recording(onsets_s: np.ndarray, amplitudes_uv: np.ndarray, duration
 
 def write_recording(bids_root: Path, subject: str, story: str, data_v: np.ndarray, words: list[str], onsets_s: np.ndarray,
                     durations_s: np.ndarray, ch_names: tuple[str, ...] = EEG_CHANNELS, sfreq: float = EEG_SFREQ,
-                    bads: tuple[str, ...] = (BAD_CHANNEL,)) -> None:
-    """One recording as BIDS EEG (BrainVision through mne-bids), bad channels marked, words as events."""
+                    bads: tuple[str, ...] = (BAD_CHANNEL,), file_format: str = "BrainVision") -> None:
+    """One recording as BIDS EEG through mne-bids (BrainVision; or EDF, BDF, EEGLAB), bad channels marked, words as events."""
     import mne
     from mne_bids import BIDSPath, write_raw_bids
 
@@ -134,7 +134,7 @@ def write_recording(bids_root: Path, subject: str, story: str, data_v: np.ndarra
     raw.info["bads"] = list(bads)
     raw.set_meas_date(None)
     path = BIDSPath(subject=subject, task=story, datatype="eeg", suffix="eeg", root=bids_root)
-    write_raw_bids(raw, path, format="BrainVision", allow_preload=True, overwrite=True, verbose="error")
+    write_raw_bids(raw, path, format=file_format, allow_preload=True, overwrite=True, verbose="error")
     events = pd.DataFrame({
         "onset": np.round(onsets_s, 4),
         "duration": np.round(durations_s, 4),
