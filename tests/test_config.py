@@ -87,22 +87,23 @@ def test_ds003020_dry_run_lists_exactly_its_jobs(workdir, ds003020_config):
     assert "minilmtuned" not in proc.stdout and "resources/demo" not in proc.stdout
 
 
-def test_alice_dry_run_lists_exactly_its_jobs(workdir, tmp_path):
+def alice_config(tmp_path):
+    """config/alice.yaml with its root at a stand-in holding the word table."""
     config = shipped("alice.yaml")
     root = tmp_path / "alice"
     (root / "stimuli").mkdir(parents=True)
     (root / "stimuli" / "AliceChapterOne-words.csv").write_text("word,onset,offset\nalice,1.0,1.4\n")
     config["dataset"]["root"] = str(root)
-    proc = dry_run(workdir, "--configfile", str(write_yaml(workdir / "alice.yaml", config)))
+    return config
+
+
+def test_alice_dry_run_lists_exactly_its_jobs(workdir, tmp_path):
+    proc = dry_run(workdir, "--configfile", str(write_yaml(workdir / "alice.yaml", alice_config(tmp_path))))
     assert job_counts(proc.stdout) == encoding_jobs(10, 6, 7, decoding=True)
 
 
 def test_alice_eeg_variant_adds_its_subjects_eeg_jobs(workdir, tmp_path):
-    config = shipped("alice.yaml")
-    root = tmp_path / "alice"
-    (root / "stimuli").mkdir(parents=True)
-    (root / "stimuli" / "AliceChapterOne-words.csv").write_text("word,onset,offset\nalice,1.0,1.4\n")
-    config["dataset"]["root"] = str(root)
+    config = alice_config(tmp_path)
     variant = shipped("alice_eeg.yaml")
     variant["eeg"]["root"] = str(tmp_path / "alice_eeg")
     proc = dry_run(workdir, "--configfile", str(write_yaml(workdir / "alice.yaml", config)), str(write_yaml(workdir / "alice_eeg.yaml", variant)))

@@ -761,12 +761,11 @@ def run_eeg_word_decoding(preprocessed_h5: str | os.PathLike, words_tsvs: Mappin
     scale, fits = choose_scale(splits["validation"].brain[heard["pair"].to_numpy()], text_unit, heard["vocabulary_index"].to_numpy())
     logger.info("layer %d; decoder α median %.3g, mean LOSO r %.3f over %d embedding dimensions; softmax scale %g on %s", layer,
                 np.median(alphas), r_validation.mean(), len(alphas), scale, split["validation"][0])
-    summary = classify_words(splits, vocabulary, text_unit, scale, replace(word_settings, block_trs=settings.block_words), out, mode="eeg")
-    summary.update(layer=layer, split=split, decoder={"mean_validation_r": float(r_validation.mean()), "median_alpha": float(np.median(alphas))},
-                   scale_fits=dict(zip([str(s) for s in SCALES], fits)), n_channels=len(names), epochs=dict(settings.epochs),
-                   block_words=settings.block_words)
-    write_json(out["summary"], summary)
-    return summary
+    record = {"layer": layer, "split": split, "decoder": {"mean_validation_r": float(r_validation.mean()), "median_alpha": float(np.median(alphas))},
+              "scale_fits": dict(zip([str(s) for s in SCALES], fits)), "n_channels": len(names), "epochs": dict(settings.epochs),
+              "block_words": settings.block_words}
+    return classify_words(splits, vocabulary, text_unit, scale, replace(word_settings, block_trs=settings.block_words), out, mode="eeg",
+                          record=record)
 
 
 def detection_scores(chosen: pd.DataFrame, ground_truth: Mapping, latency_s: float, interpolated: Sequence[str] = ()) -> dict:

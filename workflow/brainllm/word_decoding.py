@@ -298,13 +298,14 @@ def classify_words(
     settings: WordDecodingSettings,
     out: Mapping[str, str | os.PathLike],
     mode: str = "frozen",
+    record: Mapping | None = None,
 ) -> dict:
     """Score the test words against the whole vocabulary; write ``out['words']`` (per word),
     ``out['vocabulary']`` (the alphabetical mean-probability table) and ``out['summary']`` (JSON).
 
     ``splits`` holds ``validation`` (to choose β) and ``test``; ``text_embeddings``
     ``(n_vocab, shared_dim)`` are unit norm; ``scale`` is the learned logit scale (1 / temperature);
-    ``mode`` (the run's: frozen or lora) is recorded in the summary.
+    ``mode`` (the run's: frozen, lora or eeg) and ``record`` (further entries) are recorded in the summary.
     """
     n_vocab = len(vocabulary)
     frequency = vocabulary["frequency"].to_numpy(float)
@@ -367,6 +368,7 @@ def classify_words(
         "gain_over_frequency": gain,
         "embedding": settings.embedding,
         "mode": mode,
+        **dict(record or {}),
     }
     write_json(out["summary"], summary)
     log.info(
