@@ -50,8 +50,8 @@ def encoding_jobs(subjects, stories, n_layers, atlas=False, decoding=False, grou
     if decoding:  # segment identification per (subject, model) and its figure
         jobs["decoding_identification"] = subjects
         jobs["report_identification"] = 1
-    if group:  # subject tables and cross-subject transfer per model, their figures
-        jobs.update(group_subjects=1, group_transfer=1, report_group_subjects=1, report_group_transfer=1)
+    if group:  # subject tables and cross-subject transfer per model, the ISC, their figures
+        jobs.update(group_subjects=1, group_transfer=1, report_group_subjects=1, report_group_transfer=1, group_isc=1, report_group_isc=1)
     return jobs
 
 

@@ -351,6 +351,16 @@ def test_simulated_snr_gives_stored_ceiling():
     assert np.abs(r - demo.ceiling_r(volume.snr[voxels], 1)).max() < 0.12
 
 
+def test_subjects_load_alike_on_their_common_grid():
+    """Loadings √(1 − w²)·shared + w·own: unit variance in each subject, correlated 1 − w² between subjects."""
+    shared = demo.shared_loadings(SEED)
+    one, two = (demo.make_subject_volume(s, np.random.default_rng(i), shared) for i, s in enumerate(demo.SUBJECTS))
+    common = one.mask & two.mask
+    a, b = one.mixing[:, common[one.mask]], two.mixing[:, common[two.mask]]
+    assert abs(a.std() - 1) < 0.03 and abs(b.std() - 1) < 0.03
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1] - (1 - demo.OWN_LOADING_WEIGHT**2)) < 0.02
+
+
 # --------------------------------------------------------------------------- bad input
 
 

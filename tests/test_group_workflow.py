@@ -1,6 +1,7 @@
 """The demo workflow's group stage: each subject's encoding model, aligned on the training
 stories, predicts the other subject's planted voxels about as well as that subject's own
-model, and nothing in its pure-noise voxels; the subject tables find the planted layer."""
+model, and nothing in its pure-noise voxels; the subject tables find the planted layer; the
+subjects' responses correlate where both are planted."""
 
 from __future__ import annotations
 
@@ -41,3 +42,20 @@ def test_subject_tables_show_the_planted_layer_for_every_subject(demo_run):
     assert set(rois["subject"]) == set(CONFIG["dataset"]["subjects"]) | {"group"}
     manifest = pd.read_csv(demo_run / RESULTS / "report" / "manifest.tsv", sep="\t")
     assert any(name.endswith("report/group/subjects.png") for name in manifest["file"])
+
+
+def test_isc_finds_the_voxels_planted_in_both_subjects_and_not_the_noise(demo_run):
+    """The demo's subjects load alike on the planted responses (ground_truth.json): their common planted voxels and
+    the planted regions correlate between subjects; voxels of pure noise in both do not."""
+    summary = yaml.safe_load((demo_run / RESULTS / "group" / "isc.json").read_text())
+    assert summary["levels"] == ["voxel", "roi"] and summary["n_trs"] > 800
+    signal, noise = summary["voxel"]["signal"], summary["voxel"]["noise"]
+    assert signal["n_voxels"] > 300 and signal["mean_isc"] > 0.3 and signal["fraction_significant"] > 0.9
+    assert noise["n_voxels"] > 300 and abs(noise["mean_isc"]) < 0.02 and noise["fraction_significant"] < 0.05
+    rois = pd.read_csv(demo_run / RESULTS / "group" / "isc_rois.tsv", sep="\t").set_index("roi")
+    planted = ["language_temporal", "language_frontal", "auditory", "motor"]
+    assert rois.loc[planted, "significant"].all() and not rois.loc["visual", "significant"]
+    voxels = pd.read_csv(demo_run / RESULTS / "group" / "isc_voxels.tsv", sep="\t")
+    assert len(voxels) == summary["voxel"]["n_voxels"] and {"isc_UTS01", "isc_UTS02", "p_fdr"} <= set(voxels.columns)
+    manifest = pd.read_csv(demo_run / RESULTS / "report" / "manifest.tsv", sep="\t")
+    assert any(name.endswith("report/group/isc.png") for name in manifest["file"])

@@ -11,7 +11,9 @@ The planted signal of a voxel is ONE layer of the packaged MiniLM, computed here
 plain path (one unbatched forward pass per word over its own window of the previous
 ``CONTEXT_WORDS`` words, the state of the word's last sub-token), Lanczos-resampled to the
 TR grid, z-scored over the kept TRs, delayed by 1–4 TRs with fixed weights and mixed by
-a random rank-8 map inside the features' leading principal subspace. Noise is Gaussian and
+a random rank-8 map inside the features' leading principal subspace; voxels load on it
+mostly alike across subjects (on their common grid), so responses correlate between
+subjects where both are planted. Noise is Gaussian and
 autocorrelated (AR(1), coefficient drawn per voxel in ``NOISE_AR1_RANGE``, as in fMRI),
 with a per-voxel SNR defined on the data as it is evaluated: detrended, trimmed and
 z-scored by ``brainllm.preprocess.clean_run``. Some voxels are pure noise.
@@ -58,6 +60,7 @@ CONTEXT_WORDS = 20
 DELAYS_TRS = (1, 2, 3, 4)
 DELAY_WEIGHTS = (0.5, 1.0, 0.7, 0.3)
 MIXING_RANK = 8
+OWN_LOADING_WEIGHT = 0.5  # a subject's own part of its voxel loadings (the rest is shared: loadings correlate 0.75)
 # The planted map lies in the span of the leading principal axes of the planted layer's
 # (delayed) training features: responses follow the representation's dominant directions,
 # which ~700 training TRs recover well (an isotropic map in 384 dimensions recovers poorly).
@@ -108,6 +111,7 @@ NOISE_AR1_RANGE = (0.3, 0.7)  # per-voxel AR(1) coefficient of the noise (TR-to-
 
 # Random streams: every draw comes from default_rng([seed, stream, ...]).
 _STREAM_TIMING, _STREAM_MIXING, _STREAM_SUBJECT, _STREAM_RUN, _STREAM_EMOTION, _STREAM_EEG_MAP, _STREAM_EEG_RUN = 1, 2, 3, 4, 5, 6, 7
+_STREAM_LOADINGS = 8
 
 # Planted emotion: each story is cut into segments of EMOTION_SEGMENT_S seconds, each with
 # one category and a continuous valence; EMOTION_VOXELS pure-noise voxels outside every ROI
@@ -468,8 +472,18 @@ def demo_affine() -> np.ndarray:
     return affine
 
 
-def make_subject_volume(subject: str, rng: np.random.Generator) -> SubjectVolume:
-    """Ellipsoid brain mask, ROI blobs, per-voxel SNR (smooth inside ROIs), baseline, loadings."""
+def shared_loadings(seed: int) -> np.ndarray:
+    """``(MIXING_RANK, *GRID_SHAPE)`` voxel loadings common to the subjects on the shared grid."""
+    return np.random.default_rng([seed, _STREAM_LOADINGS]).standard_normal((MIXING_RANK, *GRID_SHAPE))
+
+
+def make_subject_volume(subject: str, rng: np.random.Generator, shared: np.ndarray | None = None) -> SubjectVolume:
+    """Ellipsoid brain mask, ROI blobs, per-voxel SNR (smooth inside ROIs), baseline, loadings.
+
+    Loadings: sqrt(1 − w²)·``shared`` + w·the subject's own (w = ``OWN_LOADING_WEIGHT``), so a
+    voxel responds alike in every subject (inter-subject correlation) up to the subject's part;
+    without ``shared``, the subject's own alone.
+    """
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in GRID_SHAPE], indexing="ij"), axis=-1)
     centre = (np.array(GRID_SHAPE) - 1) / 2.0
     radius = np.sqrt((((grid - centre) / np.array(BRAIN_SEMI_AXES[subject])) ** 2).sum(axis=-1))
@@ -493,6 +507,8 @@ def make_subject_volume(subject: str, rng: np.random.Generator) -> SubjectVolume
     brightness = 0.85 + 0.3 * np.exp(-(radius[mask] ** 2))
     baseline = 1000.0 * brightness * (1.0 + 0.02 * rng.standard_normal(mask.sum()))
     mixing = rng.standard_normal((MIXING_RANK, int(mask.sum())))
+    if shared is not None:
+        mixing = np.sqrt(1.0 - OWN_LOADING_WEIGHT**2) * shared[:, mask] + OWN_LOADING_WEIGHT * mixing
     noise_ar1 = rng.uniform(*NOISE_AR1_RANGE, size=int(mask.sum()))
     return SubjectVolume(mask=mask, rois=rois, snr=snr, baseline=baseline, mixing=mixing, noise_ar1=noise_ar1)
 
@@ -756,10 +772,11 @@ def generate_demo(
 
     # --- per subject: volume, raw runs, preprocessed replica
     affine = demo_affine()
+    loadings = shared_loadings(seed)
     per_subject = {}
     runs = [(story, run) for story in stories for run in (range(1, TEST_REPEATS + 1) if story == TEST_STORY else [None])]
     for s_index, subject in enumerate(SUBJECTS):
-        volume = make_subject_volume(subject, np.random.default_rng([seed, _STREAM_SUBJECT, s_index]))
+        volume = make_subject_volume(subject, np.random.default_rng([seed, _STREAM_SUBJECT, s_index]), loadings)
         emotion_voxel_index, emotion_loadings = emotion_voxels(volume, np.random.default_rng([seed, _STREAM_EMOTION, 100 + s_index]))
         n_voxels = int(volume.mask.sum())
         func = bids / f"sub-{subject}" / "func"
@@ -828,7 +845,8 @@ def generate_demo(
         "mixing": (
             "latent = weighted delayed features @ (hidden, rank) map shared by the subjects, drawn in the span "
             "of the top principal axes of the training stories' delayed features; voxel = latent @ per-subject "
-            "(rank, n_voxels) loadings"
+            f"(rank, n_voxels) loadings = sqrt(1 - w^2) * loadings shared by the subjects on the common grid + w * the "
+            f"subject's own, w = {OWN_LOADING_WEIGHT} (a voxel planted in two subjects responds alike in both)"
         ),
         "rank": MIXING_RANK,
         "planted_subspace_pcs": PLANTED_SUBSPACE_PCS,

@@ -580,6 +580,48 @@ def subjects_figure(layers: pd.DataFrame, rois: pd.DataFrame) -> Figure:
     return fig
 
 
+def isc_figure(voxels: pd.DataFrame, rois: pd.DataFrame) -> Figure:
+    """Inter-subject correlation: the common voxels' ISC (significant ones after FDR apart) and, per ROI,
+    the ISC (bar; * FDR-significant) with each subject's leave-one-out r and the null's 95th percentile.
+
+    ``voxels``/``rois``: the group_isc tables (``isc``, ``isc_<subject>``, ``null_95``, ``significant``); either may be empty.
+    """
+    panels = [name for name, table in (("voxels", voxels), ("rois", rois)) if len(table)]
+    fig = new_figure(4.2 * max(len(panels), 1), 3.4)
+    axes = np.atleast_1d(fig.subplots(1, max(len(panels), 1)))
+    if not panels:
+        axes[0].text(0.5, 0.5, "no common grid and no atlas:\nno inter-subject correlation", ha="center", va="center", transform=axes[0].transAxes)
+        axes[0].set_axis_off()
+        return fig
+    for ax, panel in zip(axes, panels):
+        if panel == "voxels":
+            significant = voxels["significant"].astype(bool)
+            bins = np.linspace(min(voxels["isc"].min(), 0.0), max(voxels["isc"].max(), 0.1), 40)
+            ax.hist([voxels.loc[~significant, "isc"], voxels.loc[significant, "isc"]], bins=bins, stacked=True,
+                    color=[MEAN_COLOUR, SERIES_COLOURS[0]], label=["not significant", "FDR-significant"])
+            ax.axvline(float(voxels["null_95"].median()), color="black", ls="--", lw=0.8, label="null 95th pct. (median)")
+            ax.set_xlabel("leave-one-out ISC (mean over subjects)")
+            ax.set_ylabel("voxels")
+            ax.set_title(f"{len(voxels)} voxels common to all subjects", fontsize=9)
+            ax.legend(fontsize=7)
+        else:
+            subjects = [c.removeprefix("isc_") for c in rois.columns if c.startswith("isc_")]
+            x = np.arange(len(rois))
+            ax.bar(x, rois["isc"], color=SERIES_COLOURS[0], alpha=0.6, label="mean")
+            for index, subject in enumerate(subjects):
+                ax.plot(x, rois[f"isc_{subject}"], ls="none", ms=4, label=f"sub-{subject}", **series_style(index + 1))
+            ax.plot(x, rois["null_95"], ls="none", marker="_", ms=14, color="black", label="null 95th pct.")
+            for xi, value, passed in zip(x, rois["isc"], rois["significant"].astype(bool)):
+                if passed:
+                    ax.text(xi, value, "*", ha="center", va="bottom", fontsize=10)
+            ax.axhline(0.0, color=MEAN_COLOUR, lw=0.8)
+            ax.set_xticks(x, rois["roi"], rotation=45, ha="right", fontsize=7)
+            ax.set_ylabel("leave-one-out ISC")
+            ax.set_title("ISC of the ROIs' mean responses", fontsize=9)
+            ax.legend(fontsize=7)
+    return fig
+
+
 def generation_figure(comparisons: pd.DataFrame, pairwise: pd.DataFrame) -> Figure:
     """Brain-prompted generation: gain of the brain condition over each control per metric (beam search,
     95 % block-bootstrap CI, * one-sided p < 0.05) and the pairwise accuracy per subject against chance.

@@ -1,4 +1,5 @@
-"""Across subjects: subjects' layer and ROI scores side by side, and cross-subject encoding transfer.
+"""Across subjects: subjects' layer and ROI scores side by side, cross-subject encoding transfer,
+and the inter-subject correlation (ISC) of the responses.
 
 **Subject tables** (:func:`subject_tables`): every subject's per-layer scores and ROI scores
 at its own layer chosen on validation r, with group rows (mean, between-subject spread,
@@ -53,7 +54,7 @@ from .metrics import holm, paired_block_bootstrap, pearson_r
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SubjectEncoding", "cross_subject_transfer", "plot_transfer", "stacked_responses", "plot_subjects", "subject_inputs", "subject_tables", "transfer_pair"]
+__all__ = ["IscSettings", "SubjectEncoding", "cross_subject_transfer", "inter_subject_correlation", "isc_scores", "plot_isc", "plot_transfer", "stacked_responses", "plot_subjects", "subject_inputs", "subject_tables", "transfer_pair"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,14 @@ class SubjectEncoding:
     noise: np.ndarray | None = None
 
 
+def planted_voxels(truth, subject: str, dataset_mask, mask) -> tuple[np.ndarray, np.ndarray]:
+    """Over ``subject``'s analysed voxels: the planted layer's voxels, and the pure-noise ones (neither it nor the planted emotion)."""
+    from .report import ground_truth_voxels
+
+    planted = ground_truth_voxels(str(truth), subject, dataset_mask, mask)
+    return planted["signal"], ~planted["signal"] & ~planted["emotion"]
+
+
 def subject_inputs(subjects: Sequence[str], layers: Sequence[int], inputs) -> dict[str, SubjectEncoding]:
     """Each subject's :class:`SubjectEncoding` from the rule's inputs (lists in subject order, layers within).
 
@@ -80,8 +89,6 @@ def subject_inputs(subjects: Sequence[str], layers: Sequence[int], inputs) -> di
     truth, ``truth``, ``dataset_masks``, ``masks`` (noise voxels: neither the planted layer's
     nor the planted emotion's).
     """
-    from .report import ground_truth_voxels
-
     n_layers = len(layers)
     responses, tables, scores, predictions = (list(inputs.get(name)) for name in ("responses", "layers", "scores", "predictions"))
     truth, dataset_masks, masks = inputs.get("truth"), inputs.get("dataset_masks"), inputs.get("masks")
@@ -90,8 +97,7 @@ def subject_inputs(subjects: Sequence[str], layers: Sequence[int], inputs) -> di
         per_layer = slice(index * n_layers, (index + 1) * n_layers)
         signal = noise = None
         if truth:
-            planted = ground_truth_voxels(str(truth), subject, dataset_masks[index], masks[index])
-            signal, noise = planted["signal"], ~planted["signal"] & ~planted["emotion"]
+            signal, noise = planted_voxels(truth, subject, dataset_masks[index], masks[index])
         out[subject] = SubjectEncoding(
             responses[index], tables[index], dict(zip(layers, scores[per_layer])), dict(zip(layers, predictions[per_layer])), signal, noise,
         )
@@ -374,3 +380,285 @@ def plot_subjects(layer_tsvs: Sequence[str | os.PathLike], roi_tsvs: Sequence[st
         figures.save_figure(figures.subjects_figure(layers, rois), png, svg, dpi)
     log.info("subjects side by side, %d models -> %s", layers["model"].nunique(), png)
     return layers
+
+
+# ----------------------------------------------------------------------------- inter-subject correlation
+
+ISC_LEVELS = ("voxel", "roi")
+
+
+@dataclass(frozen=True)
+class IscSettings:
+    """``group.isc``: the circular-shift null of the leave-one-out ISC."""
+
+    n_permutations: int = 1000
+    min_shift_trs: int = 10  # smallest circular shift of a story's time series in the null
+    fdr_q: float = 0.05
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, section: Mapping | None, seed: int = 0) -> "IscSettings":
+        section = dict(section or {})
+        return cls(int(section.get("n_permutations", cls.n_permutations)), int(section.get("min_shift_trs", cls.min_shift_trs)),
+                   float(section.get("fdr_q", cls.fdr_q)), int(seed))
+
+
+def leave_one_out_isc(data: np.ndarray) -> np.ndarray:
+    """``data (n_subjects, n_trs, n_units)`` → ``(n_subjects, n_units)``: each subject's r with the mean of the
+    others, every series standardised first (a subject's scale does not weigh in the mean)."""
+    z = np.stack([_unit_columns(x) for x in data])
+    total = z.sum(axis=0)
+    return np.stack([pearson_r(z[s], total - z[s]) for s in range(z.shape[0])])
+
+
+def _unit_columns(x: np.ndarray) -> np.ndarray:
+    """Columns centred and scaled to unit norm (zero columns stay zero): r of two such columns is their dot product."""
+    centred = x - x.mean(axis=0)
+    norms = np.linalg.norm(centred, axis=0)
+    return np.divide(centred, norms, out=np.zeros_like(centred), where=norms > 0)
+
+
+def shifted_dot_products(x: np.ndarray, y: np.ndarray, lengths: Sequence[int]) -> list[np.ndarray]:
+    """Per story, ``(n_trs_story, n_columns)``: row τ = Σ_t roll(x_story, τ)[t] · y_story[t] (circular, by FFT)."""
+    bounds = np.cumsum([0, *lengths])
+    out = []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        n = stop - start
+        spectrum = np.conj(np.fft.rfft(x[start:stop], axis=0)) * np.fft.rfft(y[start:stop], axis=0)
+        out.append(np.fft.irfft(spectrum, n=n, axis=0))
+    return out
+
+
+def isc_null_shifts(lengths: Sequence[int], n_subjects: int, settings: IscSettings) -> np.ndarray:
+    """``(n_permutations, n_subjects, n_stories)`` circular shifts: the first subject stays, each other subject
+    moves by its own shift per story, at least ``min_shift_trs`` from 0 either way."""
+    rng = np.random.default_rng([settings.seed, 0x15C])
+    shifts = np.stack([rng.integers(settings.min_shift_trs, n - settings.min_shift_trs + 1, size=(settings.n_permutations, n_subjects))
+                       for n in lengths], axis=-1)
+    shifts[:, 0] = 0
+    return shifts
+
+
+def circular_shift_null(data: np.ndarray, lengths: Sequence[int], settings: IscSettings, chunk_bytes: int = 2**28) -> np.ndarray:
+    """``(n_permutations, n_units)`` null of the subjects' mean leave-one-out ISC.
+
+    Each permutation shifts the subjects' series circularly within each story
+    (:func:`isc_null_shifts`) and recomputes the whole statistic: every series keeps its
+    autocorrelation, the time locking between subjects is broken. Computed from pairwise dot
+    products of centred unit-norm columns z: a shift within a story keeps a column's mean and
+    norm, so with T = Σ_b z_b, subject s's r = Σ_{b≠s} z_s·z_b / ‖T − z_s‖, where
+    ‖T − z_s‖² = (n − 1) + 2 Σ_{a<b; a,b≠s} z_a·z_b and each dot product at a pair's relative
+    shifts is a sum over stories of circular cross-correlations (FFT).
+    """
+    n_subjects, n_trs, n_units = data.shape
+    shifts = isc_null_shifts(lengths, n_subjects, settings)
+    lengths_array = np.asarray(lengths)
+    pairs = [(a, b) for a in range(n_subjects) for b in range(a + 1, n_subjects)]
+    null = np.empty((settings.n_permutations, n_units))
+    chunk = max(1, chunk_bytes // (8 * len(pairs) * max(n_trs, settings.n_permutations)))
+    for first in range(0, n_units, chunk):
+        units = slice(first, min(first + chunk, n_units))
+        z = [_unit_columns(data[s, :, units]) for s in range(n_subjects)]
+        dots = {}
+        for a, b in pairs:
+            relative = (shifts[:, b] - shifts[:, a]) % lengths_array  # (n_permutations, n_stories)
+            by_story = shifted_dot_products(z[b], z[a], lengths)
+            dots[a, b] = sum(lagged[relative[:, story]] for story, lagged in enumerate(by_story))
+        total = 0.0
+        for s in range(n_subjects):
+            numerator = sum(dots[min(s, b), max(s, b)] for b in range(n_subjects) if b != s)
+            squared_norm = (n_subjects - 1) + 2 * sum((dots[a, b] for a, b in pairs if s not in (a, b)), start=np.zeros_like(numerator))
+            total = total + numerator / np.sqrt(np.maximum(squared_norm, 1e-12))
+        null[:, units] = total / n_subjects
+    return null
+
+
+def isc_scores(data: np.ndarray, lengths: Sequence[int], settings: IscSettings, fdr: bool = True) -> pd.DataFrame:
+    """Per unit: each subject's leave-one-out ISC, their mean, the null's 95th percentile, one-sided
+    circular-shift p (ISC > 0) and, with ``fdr``, BH-FDR over the units (:func:`with_fdr`)."""
+    if data.shape[0] < 2:
+        raise InputError(None, f"ISC needs two or more subjects, got {data.shape[0]}.", "list more dataset.subjects.")
+    too_short = [n for n in lengths if n < 2 * settings.min_shift_trs + 1]
+    if too_short:
+        raise InputError(None, f"stories of {too_short} TRs are too short for circular shifts of at least {settings.min_shift_trs} TRs.",
+                         "lower group.isc.min_shift_trs.")
+    per_subject = leave_one_out_isc(data)
+    observed = per_subject.mean(axis=0)
+    null = circular_shift_null(data, lengths, settings)
+    table = pd.DataFrame({f"isc_{i}": row for i, row in enumerate(per_subject)})
+    table.insert(0, "isc", observed)
+    table["null_95"] = np.quantile(null, 0.95, axis=0)
+    table["p"] = (1 + (null >= observed[None, :]).sum(axis=0)) / (1 + settings.n_permutations)
+    return with_fdr(table, settings.fdr_q) if fdr else table
+
+
+def with_fdr(table: pd.DataFrame, q: float) -> pd.DataFrame:
+    """``p_fdr`` (BH over the table's rows) and ``significant`` (p_fdr ≤ q and ISC > 0)."""
+    from .metrics import fdr_bh
+
+    p_fdr, passed = fdr_bh(table["p"].to_numpy(), q)
+    return table.assign(p_fdr=p_fdr, significant=passed & (table["isc"].to_numpy() > 0))
+
+
+def _story_lengths(responses_h5s: Sequence[str | os.PathLike], subjects: Sequence[str], stories: Sequence[str]) -> list[int]:
+    """The stories' TR counts, the same for every subject (else a clear error)."""
+    from .io import open_h5
+
+    lengths = None
+    for subject, path in zip(subjects, responses_h5s):
+        with open_h5(path) as h5:
+            missing = [story for story in stories if story not in h5 or "data" not in h5[story]]
+            if missing:
+                raise InputError(path, f"no responses for stories {missing}.", "check dataset.train_stories/test_stories against the ingested runs.")
+            these = [int(h5[story]["data"].shape[0]) for story in stories]
+        if lengths is None:
+            lengths = these
+        elif these != lengths:
+            differs = [story for story, a, b in zip(stories, lengths, these) if a != b]
+            raise InputError(path, f"subject {subject!r} has other TR counts than subject {subjects[0]!r} on {differs}.",
+                             "ISC needs the same stories on the same TR grid: check the runs' trims (preprocess.trim_start/trim_end).")
+    return lengths
+
+
+def _read_columns(responses_h5: str | os.PathLike, stories: Sequence[str], columns: np.ndarray) -> np.ndarray:
+    """``(n_trs, len(columns))`` float64: the stories' responses in the (increasing) ``columns``, concatenated."""
+    from .io import open_h5
+
+    low, high = int(columns[0]), int(columns[-1]) + 1
+    with open_h5(responses_h5) as h5:
+        return np.concatenate([h5[story]["data"][:, low:high][:, columns - low] for story in stories]).astype(np.float64)
+
+
+def _common_grid(masks: Sequence[str | os.PathLike]) -> np.ndarray | None:
+    """The voxels inside every subject's mask when all masks share one grid and affine, else None."""
+    import nibabel as nib
+
+    images = [nib.load(os.fspath(path)) for path in masks]
+    first = images[0]
+    if any(image.shape != first.shape or not np.allclose(image.affine, first.affine, atol=1e-3) for image in images[1:]):
+        return None
+    return np.logical_and.reduce([np.asarray(image.dataobj) > 0 for image in images])
+
+
+def inter_subject_correlation(subjects: Sequence[str], responses_h5s: Sequence[str | os.PathLike], masks: Sequence[str | os.PathLike],
+                              stories: Sequence[str], settings: IscSettings, out: Mapping[str, str | os.PathLike],
+                              atlases: Sequence[tuple[str | os.PathLike, str | os.PathLike]] | None = None,
+                              truth: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None, chunk_bytes: int = 2**29) -> dict:
+    """Leave-one-out ISC of the subjects' responses to the same stories.
+
+    **Voxel level** when every subject's mask lies on one grid (one space, e.g. MNI): each
+    voxel inside every mask. **ROI level** when atlases are given (one per subject, same
+    label names): each subject's mean response per label, the labels all subjects have. A
+    unit's ISC is the mean over subjects of each one's r with the mean of the others, tested
+    one-sided (ISC > 0) against a circular-shift null that keeps every series'
+    autocorrelation (:func:`circular_shift_null`), BH-FDR over units.
+
+    Writes ``out['voxels']`` (TSV, one row per common voxel: its index among the first
+    subject's mask voxels; empty without a common grid), ``out['map']`` (the ISC on the first
+    subject's mask, 0 outside the common voxels), ``out['rois']`` (TSV, empty without atlases)
+    and ``out['summary']`` (JSON). ``truth``: ``{subject: (signal, noise)}`` boolean masks over
+    each subject's voxels (the demo's planted voxels), summarised over the voxels planted
+    (or pure noise) in every subject. Responses are read ``chunk_bytes`` at a time (whole-brain data
+    of many subjects need not fit in memory).
+    """
+    import nibabel as nib
+    from tqdm import tqdm
+
+    from .encoding import vector_to_volume, voxel_labels
+    from .io import open_h5, write_json
+
+    if len(subjects) < 2:
+        raise InputError(None, f"ISC needs two or more subjects, got {list(subjects)}.", "list more dataset.subjects or omit the group section.")
+    lengths = _story_lengths(responses_h5s, subjects, stories)
+    n_trs = sum(lengths)
+    subject_masks = [np.asarray(nib.load(os.fspath(path)).dataobj) > 0 for path in masks]
+    for subject, mask, responses, path in zip(subjects, subject_masks, responses_h5s, masks):
+        with open_h5(responses) as h5:
+            n_columns = int(h5[stories[0]]["data"].shape[1])
+        if int(mask.sum()) != n_columns:
+            raise InputError(path, f"subject {subject!r}: {int(mask.sum())} mask voxels but {n_columns} response columns.",
+                             "pass the mask written beside the responses (preprocess).")
+    summary = {"subjects": list(subjects), "stories": list(stories), "n_trs": int(n_trs), "levels": [],
+               "null": {"method": "circular_shift", "shifted": "each subject but the first, per story", "min_shift_trs": settings.min_shift_trs,
+                        "n_permutations": settings.n_permutations, "alternative": "greater", "correction": "fdr_bh", "fdr_q": settings.fdr_q,
+                        "seed": settings.seed}}
+    renamed = {f"isc_{i}": f"isc_{subject}" for i, subject in enumerate(subjects)}
+    chunk = max(1, chunk_bytes // (8 * len(subjects) * n_trs))  # voxels read at a time
+    common = _common_grid(masks)
+    map_values = np.zeros(int(subject_masks[0].sum()))
+    voxel_table = pd.DataFrame(columns=["voxel", "isc", *renamed.values(), "null_95", "p", "p_fdr", "significant"])
+    if common is None:
+        summary["voxel_note"] = "the subjects' masks lie on different grids: no voxel-level ISC (use one space, e.g. fMRIPrep's MNI outputs)"
+        log.info(summary["voxel_note"])
+    else:
+        columns = [np.flatnonzero(common[mask]) for mask in subject_masks]
+        parts = []
+        for first in tqdm(range(0, len(columns[0]), chunk), desc="voxel ISC", unit="chunk", disable=None):
+            part = slice(first, first + chunk)
+            data = np.stack([_read_columns(path, stories, c[part]) for path, c in zip(responses_h5s, columns)])
+            parts.append(isc_scores(data, lengths, settings, fdr=False))
+        scored = with_fdr(pd.concat(parts, ignore_index=True), settings.fdr_q).rename(columns=renamed)
+        voxel_table = scored.assign(voxel=columns[0])[list(voxel_table.columns)]
+        map_values[columns[0]] = scored["isc"].to_numpy()
+        summary["levels"].append("voxel")
+        summary["voxel"] = {"n_voxels": int(common.sum()), **_isc_summary(scored)}
+        if truth:
+            for which, name in enumerate(("signal", "noise")):
+                chosen = np.logical_and.reduce([truth[s][which][c] for s, c in zip(subjects, columns)])
+                summary["voxel"][name] = {"n_voxels": int(chosen.sum()), **_isc_summary(scored[chosen])}
+        log.info("voxel ISC over %d common voxels: mean %.3f, %.1f %% significant", common.sum(), scored["isc"].mean(),
+                 100 * scored["significant"].mean())
+    vector_to_volume(map_values, masks[0], out["map"])
+
+    roi_table = pd.DataFrame(columns=["roi", "n_voxels", "isc", *renamed.values(), "null_95", "p", "p_fdr", "significant"])
+    if atlases:
+        labelled = [voxel_labels(mask, atlas_nii, atlas_tsv) for mask, (atlas_nii, atlas_tsv) in zip(masks, atlases)]
+        present = [{names[index] for index in np.unique(labels) if index in names and index != 0} for labels, names in labelled]
+        first_names = labelled[0][1]
+        rois = [first_names[i] for i in sorted(first_names) if i != 0 and all(first_names[i] in these for these in present)]
+        if not rois:
+            raise InputError(atlases[0][1], "the subjects' atlases share no labelled region.", "give every subject an atlas with the same label names.")
+        means, sizes = [], []
+        for (labels, names), path in zip(labelled, responses_h5s):
+            index = {name: i for i, name in names.items()}
+            codes = np.array([index[roi] for roi in rois])
+            sums = np.zeros((n_trs, len(rois)))
+            for first in range(0, labels.size, chunk):
+                part = np.arange(first, min(first + chunk, labels.size))
+                block = _read_columns(path, stories, part)
+                sums += block @ (labels[part, None] == codes[None, :])
+            counts = (labels[:, None] == codes[None, :]).sum(axis=0)
+            means.append(sums / counts)
+            sizes.append(counts)
+        scored = isc_scores(np.stack(means), lengths, settings).rename(columns=renamed)
+        scored["roi"] = rois
+        scored["n_voxels"] = np.rint(np.mean(sizes, axis=0)).astype(int)
+        roi_table = scored[list(roi_table.columns)]
+        summary["levels"].append("roi")
+        summary["roi"] = {"n_rois": len(rois), **_isc_summary(scored)}
+        log.info("ROI ISC: %s", ", ".join(f"{row.roi} {row.isc:.3f}" for row in roi_table.itertuples()))
+    if not summary["levels"]:
+        summary["note"] = "no common grid and no atlas: nothing to correlate between subjects"
+        log.warning(summary["note"])
+    write_tsv(out["voxels"], voxel_table)
+    write_tsv(out["rois"], roi_table)
+    write_json(out["summary"], summary)
+    return summary
+
+
+def _isc_summary(table: pd.DataFrame) -> dict:
+    return {"mean_isc": float(table["isc"].mean()), "fraction_significant": float(table["significant"].mean()),
+            "fraction_p_below_05": float((table["p"] < 0.05).mean())}
+
+
+def plot_isc(voxels_tsv: str | os.PathLike, rois_tsv: str | os.PathLike, png, svg, tsv, dpi: int = 150) -> pd.DataFrame:
+    """The ISC figure: the voxels' ISC distribution (significant ones apart) and ISC per ROI with each subject's value."""
+    from . import figures
+
+    voxels = pd.read_csv(voxels_tsv, sep="\t")
+    rois = pd.read_csv(rois_tsv, sep="\t")
+    write_tsv(tsv, pd.concat([voxels.assign(level="voxel"), rois.assign(level="roi")], ignore_index=True))
+    with figures.styled():
+        figures.save_figure(figures.isc_figure(voxels, rois), png, svg, dpi)
+    log.info("ISC figure (%d voxels, %d ROIs) -> %s", len(voxels), len(rois), png)
+    return rois

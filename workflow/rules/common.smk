@@ -549,6 +549,10 @@ def group_targets(suffix="transfer.tsv"):
     return [group_file(model, suffix) for model in config["models"]] if GROUP_ENABLED else []
 
 
+def isc_targets():
+    return [f"{RESULTS}/group/isc.json"] if GROUP_ENABLED else []
+
+
 def group_transfer_inputs(wildcards):
     """Every subject's responses, layer table, per-layer scores and predictions (and ground truth)."""
     inputs = {
@@ -564,10 +568,21 @@ def group_transfer_inputs(wildcards):
     return inputs
 
 
+def group_isc_inputs(wildcards):
+    """Every subject's responses and mask, its atlas (when configured) and the ground truth (the demo)."""
+    inputs = {"responses": [preprocessed(s) for s in SUBJECTS], "masks": [preprocessed_mask(s) for s in SUBJECTS]}
+    if DATASET.get("atlas"):
+        inputs["atlases"] = [path for s in SUBJECTS for path in atlas_files(s)]
+    if DATASET.get("ground_truth"):
+        inputs["truth"] = DATASET["ground_truth"]
+        inputs["dataset_masks"] = [ingest_mask(s) for s in SUBJECTS]
+    return inputs
+
+
 def report_group_figures():
     if not (GROUP_ENABLED and rules.has("group_transfer")):
         return []
-    return report_figure_files([f"{REPORT_DIR}/group/subjects", f"{REPORT_DIR}/group/transfer"])
+    return report_figure_files([f"{REPORT_DIR}/group/subjects", f"{REPORT_DIR}/group/transfer", f"{REPORT_DIR}/group/isc"])
 
 
 # --- end group ----------------------------------------------------------------------
@@ -655,7 +670,7 @@ def final_targets():
     targets += decoding_targets()
     targets += contrastive_decoding_targets("words.json")
     targets += label_targets()
-    targets += group_targets() + group_targets("subject_layers.tsv")
+    targets += group_targets() + group_targets("subject_layers.tsv") + isc_targets()
     targets += generation_targets() + beam_search_targets()
     targets += eeg_targets() + eeg_word_targets() + eeg_generation_targets()
     targets += [f"{RESULTS}/report/manifest.tsv"]  # report: every registered figure

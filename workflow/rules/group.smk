@@ -1,8 +1,10 @@
 # Across subjects (brainllm.group), per model: the subjects' layer and ROI scores side by
 # side with group rows (a sign-flip test from three subjects on); every subject's encoding
 # model scored in every other subject after a response-to-response alignment learned on
-# the training stories, each subject at its layer chosen on validation r. Figures: layer
-# curves with the between-subject interval and subject × ROI scores; the transfer matrix.
+# the training stories, each subject at its layer chosen on validation r; the inter-subject
+# correlation of the responses (voxels of a common grid, atlas ROIs), model-free. Figures:
+# layer curves with the between-subject interval and subject × ROI scores; the transfer
+# matrix; the ISC distribution and ROI bars.
 
 
 rule group_subjects:
@@ -46,6 +48,54 @@ rule group_transfer:
         "../../envs/gpu.yaml"
     script:
         "../scripts/group_transfer.py"
+
+
+rule group_isc:
+    input:
+        unpack(group_isc_inputs),
+    output:
+        voxels=f"{RESULTS}/group/isc_voxels.tsv",
+        rois=f"{RESULTS}/group/isc_rois.tsv",
+        map=f"{RESULTS}/group/isc_map.nii.gz",
+        summary=f"{RESULTS}/group/isc.json",
+    params:
+        subjects=SUBJECTS,
+        stories=STORIES,
+        settings=GROUP.get("isc", {}),
+        seed=ENCODING.get("seed", 0),
+    log:
+        f"{RESULTS}/logs/group/isc.log",
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/group_isc.py"
+
+
+rule report_group_isc:
+    input:
+        voxels=rules.group_isc.output.voxels,
+        rois=rules.group_isc.output.rois,
+    output:
+        **report_figure(
+            f"{REPORT_DIR}/group/isc",
+            "../report/group_isc.rst",
+            "Group",
+            "All subjects",
+            {"figure": "inter-subject correlation"},
+        ),
+    params:
+        dpi=REPORT["dpi"],
+    log:
+        f"{RESULTS}/logs/report/group_isc.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/report_group_isc.py"
 
 
 rule report_group_transfer:
