@@ -47,9 +47,9 @@ def encoding_jobs(subjects, stories, n_layers, atlas=False, decoding=False, grou
         jobs["ingest_atlas"] = subjects
     if subjects >= 3:  # group comparisons across subjects
         jobs["encoding_group"] = 1
-    if decoding:  # segment identification per (subject, model) and its figure
-        jobs["decoding_identification"] = subjects
-        jobs["report_identification"] = 1
+    if decoding:  # segment identification and ridge word classification per (subject, model), the vocabulary, the figures
+        jobs.update(decoding_identification=subjects, report_identification=1, decoding_words_ridge=subjects, decoding_vocabulary=1,
+                    features_vocabulary=1, report_word_classification=1)
     if group:  # subject tables and cross-subject transfer per model, the ISC, their figures
         jobs.update(group_subjects=1, group_transfer=1, report_group_subjects=1, report_group_transfer=1, group_isc=1, report_group_isc=1)
     return jobs
@@ -110,9 +110,7 @@ def test_alice_eeg_variant_adds_its_subjects_eeg_jobs(workdir, tmp_path):
     counts = job_counts(proc.stdout)
     n_eeg = len(variant["eeg"]["subjects"])
     assert [counts.get(rule) for rule in ("ingest_eeg", "preprocess_eeg", "encoding_eeg", "decoding_words_eeg", "report_eeg")] == [n_eeg] * 4 + [1]
-    assert {rule: n for rule, n in counts.items() if "eeg" not in rule and rule not in ("all", "features_vocabulary", "decoding_vocabulary",
-                                                                                         "report_word_classification")} == {
-        rule: n for rule, n in encoding_jobs(10, 6, 7, decoding=True).items() if rule != "all"}
+    assert {rule: n for rule, n in counts.items() if "eeg" not in rule} == encoding_jobs(10, 6, 7, decoding=True)
 
 
 def test_minimal_bids_config_runs_only_its_own_model(workdir, tmp_path):
@@ -139,6 +137,10 @@ def test_decoding_runs_when_its_section_is_present_and_predictions_are_saved(wor
     path, config = minimal_bids(workdir, tmp_path)
     config["decoding"] = {}
     assert job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout) == encoding_jobs(1, 3, 7, decoding=True)
+    config["decoding"] = {"words": {"ridge": {"enabled": False}}}  # identification alone: no vocabulary is read
+    counts = job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
+    assert counts["decoding_identification"] == 1 and not {"decoding_words_ridge", "features_vocabulary"} & set(counts)
+    config["decoding"] = {}
     config["encoding"] = {"save_predictions": False}  # nothing to decode from
     assert "decoding_identification" not in job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
     config["encoding"], config["decoding"] = {}, {"identification": {"segment_trs": [0]}}

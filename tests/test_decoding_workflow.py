@@ -101,27 +101,77 @@ def test_contrastive_decoding_reads_segments_and_words(demo_run, subject, mode, 
     assert row[f"{prefix}words_percentile_rank"] == pytest.approx(brain["mean_percentile_rank"])
 
 
-def test_noise_voxels_decode_words_at_chance(demo_run, tmp_path):
-    """A contrastive model trained on the demo's pure-noise voxels only: words and segments at chance."""
+def _noise_responses(workdir, subject, tmp_path):
+    """The demo's pure-noise voxels of ``subject`` (neither planted layer nor emotion) and a copy of its responses holding only them."""
     import h5py
 
-    from brainllm.contrastive import run_contrastive
-    from brainllm.word_decoding import WordDecodingSettings
-
-    subject, layer = SUBJECTS[0], int(CONFIG["contrastive"]["layers"][0])
     masks = {
-        "dataset_mask": demo_run / RESULTS / "ingest" / f"sub-{subject}" / "mask.nii.gz",
-        "analysis_mask": demo_run / RESULTS / "preprocess" / f"sub-{subject}" / "mask.nii.gz",
+        "dataset_mask": workdir / RESULTS / "ingest" / f"sub-{subject}" / "mask.nii.gz",
+        "analysis_mask": workdir / RESULTS / "preprocess" / f"sub-{subject}" / "mask.nii.gz",
     }
-    truth = ground_truth_voxels(demo_run / CONFIG["dataset"]["ground_truth"], subject, **masks)
+    truth = ground_truth_voxels(workdir / CONFIG["dataset"]["ground_truth"], subject, **masks)
     noise = np.flatnonzero(~truth["signal"] & ~truth["emotion"])
-    responses = demo_run / RESULTS / "preprocess" / f"sub-{subject}" / "responses.h5"
     noise_h5 = tmp_path / "noise.h5"
-    with h5py.File(responses, "r") as source, h5py.File(noise_h5, "w") as target:
+    with h5py.File(workdir / RESULTS / "preprocess" / f"sub-{subject}" / "responses.h5", "r") as source, h5py.File(noise_h5, "w") as target:
         for story in source:
             group = target.create_group(story)
             group.attrs.update(dict(source[story].attrs))
             group.create_dataset("data", data=source[story]["data"][:, noise])
+    return noise, noise_h5
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_ridge_decoder_reads_words_from_the_responses(demo_run, subject):
+    """The ridge word classification: at the encoding's layer chosen on validation r, well above chance and the frequency
+    baseline; its vocabulary table in the report and its row of summary.tsv."""
+    stem = demo_run / RESULTS / "decoding" / f"sub-{subject}" / f"model-{MODEL}" / f"sub-{subject}_model-{MODEL}_desc-ridge"
+    summary = json.loads(Path(f"{stem}_words.json").read_text())
+    layer = _best_layer(demo_run, subject)
+    assert summary["mode"] == "ridge" and summary["layer"] == layer and summary["n_vocabulary"] >= 20000
+    assert summary["split"]["validation"] == [CONFIG["dataset"]["train_stories"][-1]] and summary["split"]["test"] == CONFIG["dataset"]["test_stories"]
+    brain, frequency, both = summary["brain"], summary["frequency"], summary["brain_and_frequency"]
+    assert brain["mean_percentile_rank"] > 0.62 and brain["p"] < 0.01, brain
+    assert both["mean_percentile_rank"] > frequency["mean_percentile_rank"] and summary["gain_over_frequency"]["ci_low"] > 0, summary
+    html = demo_run / RESULTS / "report" / "decoding" / f"sub-{subject}" / f"model-{MODEL}" / f"{stem.name}_vocabulary.html"
+    assert "masquerade" in html.read_text(encoding="utf-8")
+    summary_table = pd.read_csv(demo_run / RESULTS / "summary.tsv", sep="\t")
+    row = summary_table[(summary_table["subject"].astype(str) == subject) & (summary_table["layer"] == layer)].iloc[0]
+    assert row["ridge_words_percentile_rank"] == pytest.approx(brain["mean_percentile_rank"])
+    runs = pd.read_csv(demo_run / RESULTS / "report" / "decoding" / "word_classification.tsv", sep="\t")
+    assert ((runs["mode"] == "ridge") & (runs["subject"].astype(str) == subject)).sum() == 3  # brain, frequency, brain + frequency
+
+
+def test_ridge_decoder_on_noise_voxels_is_at_chance(demo_run, tmp_path):
+    """The ridge decoder given the demo's pure-noise voxels only (their encoding scores as the voxel choice): at chance."""
+    from brainllm.encoding import alpha_grid
+    from brainllm.word_decoding import WordDecodingSettings, run_fmri_word_decoding
+
+    subject = SUBJECTS[0]
+    noise, noise_h5 = _noise_responses(demo_run, subject, tmp_path)
+    layer = _best_layer(demo_run, subject)
+    encoding_dir = demo_run / RESULTS / "encoding" / f"sub-{subject}" / f"model-{MODEL}"
+    scores = pd.read_csv(encoding_dir / f"sub-{subject}_model-{MODEL}_layer-{layer:02d}_scores.tsv", sep="\t").iloc[noise]
+    scores.assign(voxel=np.arange(len(noise))).to_csv(tmp_path / "scores.tsv", sep="\t", index=False)
+    stories = CONFIG["dataset"]["train_stories"] + CONFIG["dataset"]["test_stories"]
+    out = {name: tmp_path / f"{name}.out" for name in ("words", "vocabulary", "summary")}
+    summary = run_fmri_word_decoding(
+        noise_h5, {s: demo_run / RESULTS / "ingest" / "stories" / s / "words.tsv" for s in stories},
+        demo_run / RESULTS / "decoding" / "vocabulary" / "words.tsv", demo_run / RESULTS / "decoding" / "vocabulary" / f"model-{MODEL}.json",
+        encoding_dir / f"sub-{subject}_model-{MODEL}_layers.tsv", {layer: tmp_path / "scores.tsv"}, CONFIG["dataset"]["train_stories"],
+        CONFIG["dataset"]["test_stories"], CONFIG["encoding"]["delays"], alpha_grid(), 0.1, 20,
+        WordDecodingSettings.from_config(CONFIG["decoding"]["words"]), out,
+    )
+    assert abs(summary["brain"]["mean_percentile_rank"] - 0.5) < 0.08 and summary["brain"]["p"] > 0.01, summary["brain"]
+    assert summary["gain_over_frequency"]["ci_low"] <= 0.002, summary["gain_over_frequency"]
+
+
+def test_noise_voxels_decode_words_at_chance(demo_run, tmp_path):
+    """A contrastive model trained on the demo's pure-noise voxels only: words and segments at chance."""
+    from brainllm.contrastive import run_contrastive
+    from brainllm.word_decoding import WordDecodingSettings
+
+    subject, layer = SUBJECTS[0], int(CONFIG["contrastive"]["layers"][0])
+    _, noise_h5 = _noise_responses(demo_run, subject, tmp_path)
     features = demo_run / RESULTS / "align" / f"sub-{subject}" / f"model-{MODEL}" / "features.h5"
     run = {name: tmp_path / name for name in ("curves.tsv", "config.json", "model.safetensors", "retrieval.json")}
     run_contrastive(

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainllm import eeg, word_decoding
-from brainllm.eeg import SCALES, EegSettings, run_eeg_word_decoding
-from brainllm.word_decoding import WordDecodingSettings, write_vocabulary
+from brainllm import word_decoding
+from brainllm.eeg import EegSettings, run_eeg_word_decoding
+from brainllm.word_decoding import SCALES, WordDecodingSettings, write_vocabulary
 
 SFREQ, N_CHANNELS, N_VOCAB, DIM = 100.0, 12, 300, 16
 STORIES = ["a", "b", "c", "d", "e", "f"]  # the last training story (d) validates; e and f are the test stories
@@ -61,8 +61,8 @@ def _run(tmp_path, monkeypatch, planted: bool, seed: int = 0):
     words, embeddings = _write(tmp_path, planted, seed)
     layers, scale_rows = [], []
     monkeypatch.setattr(word_decoding, "vocabulary_features", lambda manifest, tsv, layer, embedding, entries=None: layers.append(layer) or embeddings)
-    choose = eeg.choose_scale
-    monkeypatch.setattr(eeg, "choose_scale", lambda brain, text, true: scale_rows.append(len(true)) or choose(brain, text, true))
+    choose = word_decoding.choose_scale
+    monkeypatch.setattr(word_decoding, "choose_scale", lambda brain, text, true: scale_rows.append(len(true)) or choose(brain, text, true))
     out = {"words": tmp_path / "words.tsv", "vocabulary": tmp_path / "vocab_probability.tsv", "summary": tmp_path / "words.json"}
     settings = EegSettings.from_config({"block_words": 10, "epochs": {"window": [0.3, 0.5], "bin_s": 0.1}}, {"subjects": ["S"], "root": "."})
     summary = run_eeg_word_decoding(tmp_path / "eeg.h5", words, tmp_path / "vocabulary.tsv", "unused.json", tmp_path / "summary.json",

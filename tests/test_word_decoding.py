@@ -192,3 +192,74 @@ def test_contrastive_identification_matches_loops():
     assert rows[0]["n_segments"] == 8 and rows[0]["chance_top1"] == pytest.approx(1 / 8)
     with pytest.raises(InputError, match="segment_trs 30"):
         decoding.identify_contrastive_segments(brain, text, [20, 13], decoding.IdentificationSettings(segment_trs=(30,)))
+
+
+# ----------------------------------------------------------------------------- fMRI ridge decoder
+
+RIDGE_STORIES, RIDGE_TRAIN, RIDGE_TEST = ["a", "b", "c", "d", "e"], ["a", "b", "c", "d"], ["e"]
+N_VOCAB, DIM, N_VOXELS, TR, N_TRS = 300, 12, 60, 2.0, 120
+
+
+def _write_fmri(tmp_path, planted: bool, seed: int = 0):
+    """Stories of 120 TRs, 2 words per TR; planted voxels (the first 20, best by validation r but not by test r) carry the
+    mean embedding of the words heard 2 TRs earlier."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    embeddings = rng.standard_normal((N_VOCAB, DIM))
+    mixing = np.zeros((DIM, N_VOXELS))
+    mixing[:, :20] = rng.standard_normal((DIM, 20))
+    vocabulary = pd.DataFrame({"word": [f"w{i:03d}" for i in range(N_VOCAB)], "onset": 0.0, "offset": 0.5,
+                               "frequency": rng.pareto(1.2, N_VOCAB) + 1e-6, "source": "wordfreq"})
+    wd.write_vocabulary(vocabulary, tmp_path / "vocabulary.tsv")
+    pool = rng.choice(N_VOCAB, 80, replace=False)
+    words = {}
+    with h5py.File(tmp_path / "responses.h5", "w") as h5:
+        for story in RIDGE_STORIES:
+            onsets = np.arange(2 * N_TRS - 4) * TR / 2 + 0.1
+            chosen = rng.choice(pool, len(onsets))
+            words[story] = tmp_path / f"{story}.tsv"
+            pd.DataFrame({"word": vocabulary["word"].to_numpy()[chosen], "onset": onsets, "offset": onsets + 0.5}).to_csv(words[story], sep="\t", index=False)
+            per_tr = np.zeros((N_TRS, DIM))
+            np.add.at(per_tr, ((onsets + 0.25) // TR).astype(int), embeddings[chosen] / 2)
+            data = rng.standard_normal((N_TRS, N_VOXELS))
+            if planted:
+                data[2:] += 1.2 * (per_tr @ mixing)[:-2] / np.sqrt(DIM)
+            group = h5.create_group(story)
+            group.create_dataset("data", data=data.astype(np.float32))
+            group.attrs.update(tr=TR, trim_start=0)
+    r_val = np.r_[np.full(20, 0.5), np.full(N_VOXELS - 20, 0.01)]
+    pd.DataFrame({"voxel": np.arange(N_VOXELS), "r": r_val[::-1], "r_val": r_val}).to_csv(tmp_path / "scores.tsv", sep="\t", index=False)
+    pd.DataFrame({"layer": [1, 2], "best": [False, True]}).to_csv(tmp_path / "layers.tsv", sep="\t", index=False)
+    return words, embeddings
+
+
+def _run_fmri(tmp_path, monkeypatch, planted: bool, seed: int = 0):
+    words, embeddings = _write_fmri(tmp_path, planted, seed)
+    layers = []
+    monkeypatch.setattr(wd, "vocabulary_features", lambda manifest, tsv, layer, embedding, entries=None: layers.append(layer) or embeddings)
+    out = {"words": tmp_path / "words.tsv", "vocabulary": tmp_path / "vocab_probability.tsv", "summary": tmp_path / "words.json"}
+    summary = wd.run_fmri_word_decoding(tmp_path / "responses.h5", words, tmp_path / "vocabulary.tsv", "unused.json", tmp_path / "layers.tsv",
+                                        {2: tmp_path / "scores.tsv"}, RIDGE_TRAIN, RIDGE_TEST, [1, 2, 3], np.logspace(0, 5, 11), 20 / N_VOXELS,
+                                        20, wd.WordDecodingSettings(n_permutations=200, n_bootstrap=200), out)
+    assert layers == [2]  # the layer chosen on validation r
+    return summary, out
+
+
+def test_fmri_ridge_decoder_reads_planted_words_from_the_validation_chosen_voxels(tmp_path, monkeypatch):
+    summary, out = _run_fmri(tmp_path, monkeypatch, planted=True)
+    assert summary["mode"] == "ridge" and summary["layer"] == 2 and summary["n_voxels"] == 20
+    assert summary["split"] == {"train": ["a", "b", "c"], "validation": ["d"], "test": ["e"]}
+    assert summary["brain"]["mean_percentile_rank"] > 0.75 and summary["brain"]["p"] < 0.05
+    assert summary["block_words"] == int(np.ceil(20 * summary["n_scored"] / N_TRS))  # the words of 20 test TRs
+    words = pd.read_csv(out["words"], sep="\t")
+    assert summary["n_outside_pairs"] == 2  # the two words of TR 117: its delay-3 TR is past the story's 120
+    by_tr = words.groupby(((words["onset"] + words["offset"]) / 2 // TR).astype(int))
+    assert len(words) == summary["n_scored"] and (by_tr["brain_top10"].nunique() == 1).all()  # the two words of a TR share their window
+    vocabulary = pd.read_csv(out["vocabulary"], sep="\t")
+    assert vocabulary["probability"].sum() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_fmri_ridge_decoder_on_noise_is_at_chance(tmp_path, monkeypatch):
+    summary, _ = _run_fmri(tmp_path, monkeypatch, planted=False, seed=6)
+    assert summary["brain"]["p"] > 0.05 and abs(summary["brain"]["mean_percentile_rank"] - 0.5) < 0.06

@@ -684,23 +684,6 @@ def run_eeg_encoding(preprocessed_h5: str | os.PathLike, manifests: Mapping[str,
 
 # ----------------------------------------------------------------------------- whole-vocabulary word classification
 
-SCALES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # candidate 1 / temperature of the cosine softmax
-
-
-def unit_rows(X: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return np.divide(X, norms, out=np.zeros_like(X), where=norms > 0)
-
-
-def choose_scale(brain: np.ndarray, text: np.ndarray, true_index: np.ndarray, scales: Sequence[float] = SCALES) -> tuple[float, list[float]]:
-    """The softmax scale (1 / temperature) of cosines with the highest mean log-probability of the heard words."""
-    from brainllm.word_decoding import log_softmax
-
-    similarity = brain @ text.T
-    fits = [float(log_softmax(scale * similarity)[np.arange(len(true_index)), true_index].mean()) for scale in scales]
-    return float(scales[int(np.argmax(fits))]), fits
-
-
 def run_eeg_word_decoding(preprocessed_h5: str | os.PathLike, words_tsvs: Mapping[str, str | os.PathLike], vocabulary_tsv: str | os.PathLike,
                           vocabulary_manifest: str | os.PathLike, encoding_summary: str | os.PathLike, train_stories: Sequence[str],
                           test_stories: Sequence[str], settings: EegSettings, word_settings, out: Mapping[str, str | os.PathLike],
@@ -719,7 +702,7 @@ def run_eeg_word_decoding(preprocessed_h5: str | os.PathLike, words_tsvs: Mappin
     from dataclasses import replace
 
     from brainllm.contrastive_settings import story_split
-    from brainllm.word_decoding import SplitEmbeddings, classify_words, normalise_word, read_vocabulary, vocabulary_features
+    from brainllm.word_decoding import decode_words_by_ridge, normalise_word, read_vocabulary, vocabulary_features
 
     split = story_split(train_stories, test_stories, validation_story, "eeg")
     layer = int(json.loads(Path(encoding_summary).read_text())["chosen_layer"])
@@ -737,35 +720,10 @@ def run_eeg_word_decoding(preprocessed_h5: str | os.PathLike, words_tsvs: Mappin
         table["vocabulary_index"] = [index.get(normalise_word(w), -1) for w in table["word"]]
         table["pair"] = np.where(finite, np.cumsum(finite) - 1, -1)  # the word's row among the story's decoded epochs
         epochs[story], tables[story] = zscore_columns(story_epochs[finite]), table
-    fitted = {s: tables[s]["vocabulary_index"].to_numpy()[tables[s]["pair"].to_numpy() >= 0] for s in split["train"]}
-    mean = np.vstack([text[v[v >= 0]] for v in fitted.values()]).mean(axis=0)
-    centred = text - mean
-    grams = {s: story_gram(epochs[s][fitted[s] >= 0], centred[fitted[s][fitted[s] >= 0]]) for s in split["train"]}
-    alphas, r_validation = cross_validated_alphas(grams, split["train"], settings.alphas)
-    weights = ridge_weights([grams[s] for s in split["train"]], alphas)
-    text_unit = unit_rows(centred)
-
-    def embeddings(name: str) -> SplitEmbeddings:
-        frames, brains, offset = [], [], 0
-        for story in split[name]:
-            frame = tables[story].copy()
-            frame["pair"] = np.where(frame["pair"] >= 0, frame["pair"] + offset, -1)
-            brains.append(unit_rows(epochs[story] @ weights))
-            offset += len(epochs[story])
-            frames.append(frame)
-        return SplitEmbeddings(brain=np.vstack(brains), words=pd.concat(frames, ignore_index=True))
-
-    splits = {name: embeddings(name) for name in ("validation", "test")}
-    heard = splits["validation"].words
-    heard = heard[(heard["pair"] >= 0) & (heard["vocabulary_index"] >= 0)]
-    scale, fits = choose_scale(splits["validation"].brain[heard["pair"].to_numpy()], text_unit, heard["vocabulary_index"].to_numpy())
-    logger.info("layer %d; decoder α median %.3g, mean LOSO r %.3f over %d embedding dimensions; softmax scale %g on %s", layer,
-                np.median(alphas), r_validation.mean(), len(alphas), scale, split["validation"][0])
-    record = {"layer": layer, "split": split, "decoder": {"mean_validation_r": float(r_validation.mean()), "median_alpha": float(np.median(alphas))},
-              "scale_fits": dict(zip([str(s) for s in SCALES], fits)), "n_channels": len(names), "epochs": dict(settings.epochs),
-              "block_words": settings.block_words}
-    return classify_words(splits, vocabulary, text_unit, scale, replace(word_settings, block_trs=settings.block_words), out, mode="eeg",
-                          record=record)
+    logger.info("layer %d: %d channels, epochs %s", layer, len(names), dict(settings.epochs))
+    record = {"layer": layer, "n_channels": len(names), "epochs": dict(settings.epochs), "block_words": settings.block_words}
+    return decode_words_by_ridge(epochs, tables, split, text, vocabulary, settings.alphas, replace(word_settings, block_trs=settings.block_words),
+                                 out, mode="eeg", record=record)
 
 
 def detection_scores(chosen: pd.DataFrame, ground_truth: Mapping, latency_s: float, interpolated: Sequence[str] = ()) -> dict:

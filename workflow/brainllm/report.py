@@ -649,13 +649,14 @@ def _identification_rows(identification_tsvs: Sequence[PathLike]) -> dict[tuple,
 
 
 def _word_classification_rows(word_jsons: Sequence[PathLike], contrastive_identification_tsvs: Sequence[PathLike]) -> dict[tuple, dict]:
-    """``{(subject, model, layer): summary columns}`` of the contrastive decoding runs (see :func:`metrics_summary`)."""
+    """``{(subject, model, layer): summary columns}`` of the word classification runs (see :func:`metrics_summary`)."""
     rows: dict[tuple, dict] = {}
     for path in word_jsons:
         summary = read_json(path, "word classification summary")
-        prefix = "lora_" if run_mode(path) == "lora" else ""
+        subject, model, layer, mode = _word_run(path, summary)
+        prefix = {"lora": "lora_", "ridge": "ridge_"}.get(mode, "")
         try:
-            rows.setdefault(result_key(path), {}).update({prefix + key: value for key, value in {
+            rows.setdefault((subject, model, layer), {}).update({prefix + key: value for key, value in {
                 "words_n_vocabulary": int(summary["n_vocabulary"]),
                 "words_top10": float(summary["brain"]["top10"]),
                 "words_chance_top10": float(summary["chance"]["top10"]),
@@ -716,7 +717,9 @@ def metrics_summary(
     permutation ``words_p``, ``words_frequency_percentile_rank``,
     ``words_brain_and_frequency_percentile_rank`` and ``words_gain_ci_low`` (the lower 95 %
     bound of brain + frequency's gain over frequency alone); the same with a ``lora_`` prefix
-    for the LoRA runs (files named ``…_desc-lora_…``, at ``contrastive.lora.layer``). With ``label_tsvs`` (label
+    for the LoRA runs (files named ``…_desc-lora_…``, at ``contrastive.lora.layer``) and a
+    ``ridge_`` prefix for the ridge decoder (``…_desc-ridge_…``, on the row of the layer the
+    encoding chose). With ``label_tsvs`` (label
     decoding, per subject, so the same on each of its rows): ``labels_<target>_balanced_accuracy``
     (categorical) or ``labels_<target>_r`` (continuous), ``labels_<target>_chance`` and
     ``labels_<target>_p``.
@@ -848,18 +851,23 @@ def plot_identification(identification_tsvs: Sequence[PathLike], layers_tsvs: Se
     return curves
 
 
+def _word_run(summary_path: PathLike, summary: Mapping) -> tuple[str, str, int, str]:
+    """``(subject, model, layer, mode)`` of a word classification run: ridge and EEG runs name no layer in
+    their files (the encoding chose it: ``summary["layer"]``); contrastive runs are frozen or LoRA."""
+    if summary.get("mode") in ("eeg", "ridge"):
+        (subject, model), layer = result_key(summary_path, with_layer=False), int(summary["layer"])
+        return subject, model, layer, summary["mode"]
+    return (*result_key(summary_path), run_mode(summary_path))
+
+
 def plot_word_classification(summary_jsons: Sequence[PathLike], words_tsvs: Sequence[PathLike], png: PathLike, svg: PathLike, tsv: PathLike, dpi: int = 150) -> pd.DataFrame:
-    """Word-classification figure of every contrastive decoding run and EEG run; ``tsv`` holds each run's scores beside chance."""
+    """Word-classification figure of every run (ridge, contrastive, EEG); ``tsv`` holds each run's scores beside chance."""
     predictors = list(figures.WORD_PREDICTORS)
     scores, percentiles = [], []
     for summary_path, words_path in zip(summary_jsons, words_tsvs):
         summary = read_json(summary_path, "word classification summary")
-        if summary.get("mode") == "eeg":  # EEG runs name no layer: the encoding chose it (summary["layer"])
-            (subject, model), layer = result_key(summary_path, with_layer=False), int(summary["layer"])
-        else:
-            subject, model, layer = result_key(summary_path)
-        mode = "eeg" if summary.get("mode") == "eeg" else run_mode(summary_path)
-        run = f"sub-{subject} · {model} · layer {layer}" + {"lora": " · LoRA", "eeg": " · EEG", "frozen": ""}[mode]
+        subject, model, layer, mode = _word_run(summary_path, summary)
+        run = f"sub-{subject} · {model} · layer {layer}" + {"lora": " · LoRA", "eeg": " · EEG", "ridge": " · ridge", "frozen": ""}[mode]
         for predictor in predictors:
             if predictor not in summary:
                 raise InputError(summary_path, f"no {predictor!r} scores.", "rerun the decoding_contrastive rule.")

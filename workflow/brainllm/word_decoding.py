@@ -31,7 +31,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -377,6 +377,132 @@ def classify_words(
         scores["brain_and_frequency"]["mean_percentile_rank"],
     )
     return summary
+
+
+# ----------------------------------------------------------------------------- ridge decoder
+
+SCALES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # candidate 1 / temperature of the cosine softmax of a ridge decoder
+
+
+def unit_rows(X: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return np.divide(X, norms, out=np.zeros_like(X), where=norms > 0)
+
+
+def choose_scale(brain: np.ndarray, text: np.ndarray, true_index: np.ndarray, scales: Sequence[float] = SCALES) -> tuple[float, list[float]]:
+    """The softmax scale (1 / temperature) of cosines with the highest mean log-probability of the heard words."""
+    similarity = brain @ text.T
+    fits = [float(log_softmax(scale * similarity)[np.arange(len(true_index)), true_index].mean()) for scale in scales]
+    return float(scales[int(np.argmax(fits))]), fits
+
+
+def decode_words_by_ridge(brain: Mapping[str, np.ndarray], tables: Mapping[str, pd.DataFrame], split: Mapping[str, Sequence[str]],
+                          text: np.ndarray, vocabulary: pd.DataFrame, alphas: Sequence[float], settings: WordDecodingSettings,
+                          out: Mapping[str, str | os.PathLike], mode: str, record: Mapping | None = None) -> dict:
+    """Every vocabulary word's probability for each held-out word from its brain row, by a ridge decoder.
+
+    ``brain[story]``: ``(n_rows, n_features)``, one row per decodable word, z-scored over the story;
+    ``tables[story]``: the story's words with ``pair`` (the word's row in ``brain[story]``, −1 for
+    none, rows in order) and ``vocabulary_index`` (−1 outside the vocabulary); ``text``: the
+    vocabulary's features ``(n_vocab, hidden)``. A ridge maps rows to the heard words' features
+    (centred on the training words' mean), one α per feature dimension by leave-one-story-out CV
+    over ``split['train']``; decoded rows are scored against every vocabulary word by cosine, the
+    softmax scale (:func:`choose_scale`) and the frequency prior's weight are chosen on
+    ``split['validation']``, and the test words are scored by :func:`classify_words`.
+    """
+    from .eeg import cross_validated_alphas, ridge_weights, story_gram
+
+    def decodable(story):
+        table = tables[story]
+        return table.loc[table["pair"] >= 0].sort_values("pair")["vocabulary_index"].to_numpy()
+
+    fitted = {story: decodable(story) for story in split["train"]}
+    mean = np.vstack([text[index[index >= 0]] for index in fitted.values()]).mean(axis=0)
+    centred = text - mean
+    grams = {story: story_gram(brain[story][index >= 0], centred[index[index >= 0]]) for story, index in fitted.items()}
+    chosen_alphas, r_validation = cross_validated_alphas(grams, split["train"], alphas)
+    weights = ridge_weights([grams[story] for story in split["train"]], chosen_alphas)
+    text_unit = unit_rows(centred)
+
+    def embeddings(name: str) -> SplitEmbeddings:
+        frames, decoded, offset = [], [], 0
+        for story in split[name]:
+            frame = tables[story].copy()
+            frame["pair"] = np.where(frame["pair"] >= 0, frame["pair"] + offset, -1)
+            decoded.append(unit_rows(brain[story] @ weights))
+            offset += len(brain[story])
+            frames.append(frame)
+        return SplitEmbeddings(brain=np.vstack(decoded), words=pd.concat(frames, ignore_index=True))
+
+    splits = {name: embeddings(name) for name in ("validation", "test")}
+    heard = splits["validation"].words
+    heard = heard[(heard["pair"] >= 0) & (heard["vocabulary_index"] >= 0)]
+    scale, fits = choose_scale(splits["validation"].brain[heard["pair"].to_numpy()], text_unit, heard["vocabulary_index"].to_numpy())
+    log.info("ridge decoder α median %.3g, mean LOSO r %.3f over %d feature dimensions; softmax scale %g on %s",
+             np.median(chosen_alphas), r_validation.mean(), len(chosen_alphas), scale, list(split["validation"]))
+    record = {"split": {name: list(stories) for name, stories in split.items()},
+              "decoder": {"mean_validation_r": float(r_validation.mean()), "median_alpha": float(np.median(chosen_alphas))},
+              "scale_fits": dict(zip([str(s) for s in SCALES], fits)), **dict(record or {})}
+    return classify_words(splits, vocabulary, text_unit, scale, settings, out, mode=mode, record=record)
+
+
+def run_fmri_word_decoding(responses_h5: str | os.PathLike, words_tsvs: Mapping[str, str | os.PathLike], vocabulary_tsv: str | os.PathLike,
+                           vocabulary_manifest: str | os.PathLike, layers_tsv: str | os.PathLike, scores_tsvs: Mapping[int, str | os.PathLike],
+                           train_stories: Sequence[str], test_stories: Sequence[str], delays: Sequence[int], alphas: Sequence[float],
+                           voxel_fraction: float, block_trs: int, settings: WordDecodingSettings, out: Mapping[str, str | os.PathLike],
+                           train_entries: Mapping[str, str | os.PathLike] | None = None, validation_story: str | None = None) -> dict:
+    """Every vocabulary word's probability for each held-out word from the fMRI responses that follow it, by a ridge decoder.
+
+    A word's row: the responses, at the TRs ``delays`` after the TR holding the word's midpoint, of
+    the encoding model's best voxels — the top ``voxel_fraction`` by validation r at the layer
+    chosen on validation r (``layers_tsv``, ``scores_tsvs[layer]``), never by test r; words of
+    one TR share their row. The text side is the vocabulary's features at that layer. Decoding and
+    scoring: :func:`decode_words_by_ridge` (validation story: the last training story unless
+    ``validation_story``); the permutation and bootstrap blocks hold as many words as
+    ``block_trs`` TRs of the test stories carry.
+    """
+    from .align import zscore_columns
+    from .contrastive_settings import story_split
+    from .group import chosen_layer
+    from .inference import top_voxels
+    from .io import open_h5
+
+    split = story_split(train_stories, test_stories, validation_story, "decoding.words")
+    layer = chosen_layer(layers_tsv)
+    scores = pd.read_csv(scores_tsvs[layer], sep="\t")
+    if "r_val" not in scores.columns:
+        raise InputError(scores_tsvs[layer], "no r_val column (validation r).", "rerun the encoding rule.")
+    voxels = np.sort(top_voxels(scores["r_val"].to_numpy(), voxel_fraction))
+    vocabulary = read_vocabulary(vocabulary_tsv)
+    text = vocabulary_features(vocabulary_manifest, vocabulary_tsv, layer, settings.embedding, train_entries)
+    index = {word: i for i, word in enumerate(vocabulary["word"])}
+    delays = [int(d) for d in delays]
+    brain, tables, test_trs = {}, {}, 0
+    with open_h5(responses_h5) as h5:
+        for story in [story for stories in split.values() for story in stories]:
+            if story not in h5 or "data" not in h5[story]:
+                raise InputError(responses_h5, f"no responses for story {story!r}.", "check dataset.train_stories/test_stories against the ingested runs.")
+            group = h5[story]
+            data = group["data"][()][:, voxels].astype(np.float64)
+            words = read_words(words_tsvs[story])
+            midpoints = (words["onset"].to_numpy(float) + words["offset"].to_numpy(float)) / 2
+            rows = np.floor(midpoints / float(group.attrs["tr"])).astype(np.int64) - int(group.attrs["trim_start"])
+            kept = (rows + min(delays) >= 0) & (rows + max(delays) < len(data))
+            table = words[["word", "onset", "offset"]].assign(story=story)
+            table["vocabulary_index"] = [index.get(normalise_word(w), -1) for w in table["word"]]
+            table["pair"] = np.where(kept, np.cumsum(kept) - 1, -1)  # the word's row among the story's decoded rows
+            brain[story] = zscore_columns(np.hstack([data[rows[kept] + d] for d in delays]))
+            tables[story] = table
+            test_trs += len(data) if story in split["test"] else 0
+    n_test_words = sum(int((tables[story]["pair"] >= 0).sum()) for story in split["test"])
+    block_words = max(1, int(np.ceil(block_trs * n_test_words / max(test_trs, 1))))
+    log.info("layer %d: %d voxels (top %.0f %% by validation r) × delays %s; blocks of %d words (%d TRs)", layer, len(voxels),
+             100 * voxel_fraction, delays, block_words, block_trs)
+    record = {"layer": layer, "n_voxels": int(len(voxels)), "voxel_fraction": float(voxel_fraction),
+              "voxel_selection": "validation r of the encoding model at its layer chosen on validation r", "delays": delays,
+              "block_words": block_words, "block_trs": int(block_trs)}
+    return decode_words_by_ridge(brain, tables, split, text, vocabulary, alphas, replace(settings, block_trs=block_words), out,
+                                 mode="ridge", record=record)
 
 
 # ----------------------------------------------------------------------------- vocabulary features

@@ -443,6 +443,28 @@ def label_targets(suffix="labels.tsv"):
     return [label_file(subject, suffix) for subject in SUBJECTS] if LABELS_ENABLED else []
 
 
+RIDGE_WORDS = DECODING.get("words", {}).get("ridge", {}) if DECODING_ENABLED else {}
+RIDGE_WORDS_ENABLED = DECODING_ENABLED and bool(RIDGE_WORDS.get("enabled", True))
+RIDGE_WORDS_SUFFIXES = ("words.tsv", "vocabulary.tsv", "words.json")
+
+
+def ridge_words_file(subject, model, suffix):
+    """R/decoding/sub-S/model-M/sub-S_model-M_desc-ridge_<suffix>: word classification by the ridge decoder."""
+    return decoding_file(subject, model, f"desc-ridge_{suffix}")
+
+
+def ridge_words_targets(suffix="words.json"):
+    """The ridge word classification of every (subject, configured model), with the decoding section."""
+    if not RIDGE_WORDS_ENABLED:
+        return []
+    return [ridge_words_file(subject, model, suffix) for subject in SUBJECTS for model in config["models"]]
+
+
+def word_classification_runs(suffix):
+    """One file of every word classification run: ridge (fMRI), contrastive (frozen, LoRA), EEG."""
+    return ridge_words_targets(suffix) + contrastive_decoding_targets(suffix) + eeg_word_targets(suffix)
+
+
 def vocabulary_manifest(model):
     """This checkout's record of the store entry of the vocabulary read alone by a model."""
     return f"{RESULTS}/decoding/vocabulary/model-{model}.json"
@@ -473,23 +495,22 @@ def contrastive_decoding_stories():
 
 
 def report_decoding_figures():
-    """The identification curves and, with contrastive or EEG runs, the word-classification figure and tables."""
+    """The identification curves and, with word classification runs (ridge, contrastive, EEG), its figure and tables."""
     files = []
     if DECODING_ENABLED and rules.has("decoding_identification"):
         files += report_figure_files([f"{REPORT_DIR}/decoding/identification"])
         if LABELS_ENABLED and rules.has("decoding_labels"):
             files += report_figure_files([f"{REPORT_DIR}/decoding/labels"])
-    contrastive_runs = CONTRASTIVE_DECODING_ENABLED and (rules.has("decoding_contrastive") or rules.has("decoding_lora"))
-    if (contrastive_runs or eeg_word_targets()) and rules.has("report_word_classification"):
+    if word_classification_runs("words.json") and rules.has("report_word_classification"):
         files += report_figure_files([f"{REPORT_DIR}/decoding/word_classification"])
         files += vocabulary_tables()
     return files
 
 
 def vocabulary_tables():
-    """The searchable HTML vocabulary table of every contrastive decoding run, in the report."""
+    """The searchable HTML vocabulary table of every word classification run, in the report."""
     return [path.replace(f"{RESULTS}/decoding/", f"{REPORT_DIR}/decoding/").replace(f"{RESULTS}/eeg/encoding/", f"{REPORT_DIR}/decoding/eeg/")
-            .replace("_vocabulary.tsv", "_vocabulary.html") for path in contrastive_decoding_targets("vocabulary.tsv") + eeg_word_targets("vocabulary.tsv")]
+            .replace("_vocabulary.tsv", "_vocabulary.html") for path in word_classification_runs("vocabulary.tsv")]
 
 
 # --- end decoding -----------------------------------------------------------------
@@ -668,7 +689,7 @@ def final_targets():
     targets += encoding_targets()
     targets += contrastive_targets()
     targets += decoding_targets()
-    targets += contrastive_decoding_targets("words.json")
+    targets += contrastive_decoding_targets("words.json") + ridge_words_targets()
     targets += label_targets()
     targets += group_targets() + group_targets("subject_layers.tsv") + isc_targets()
     targets += generation_targets() + beam_search_targets()

@@ -159,11 +159,49 @@ rule decoding_lora:
         "../scripts/decoding_lora.py"
 
 
+# A ridge decoder from the responses after each word to its text features (no contrastive
+# run needed), per (subject, model), at the layer and voxels the encoding chose on validation r.
+
+
+rule decoding_words_ridge:
+    input:
+        responses=preprocessed("{subject}"),
+        layers=encoding_file("{subject}", "{model}", "layers.tsv"),
+        scores=lambda wildcards: report_encoding_layers(wildcards.subject, wildcards.model, "scores.tsv"),
+        words=[words_tsv(story) for story in STORIES],
+        vocabulary=VOCABULARY,
+        vocabulary_manifest=vocabulary_manifest("{model}"),
+        train_entries=lambda wildcards: [feature_manifest(wildcards.model, story) for story in DATASET["train_stories"]],
+    output:
+        words=ridge_words_file("{subject}", "{model}", "words.tsv"),
+        vocabulary=ridge_words_file("{subject}", "{model}", "vocabulary.tsv"),
+        summary=ridge_words_file("{subject}", "{model}", "words.json"),
+    params:
+        layers=lambda wildcards: model_layers(wildcards.model),
+        stories=STORIES,
+        train_stories=DATASET["train_stories"],
+        test_stories=DATASET["test_stories"],
+        delays=ENCODING["delays"],
+        alphas=ENCODING.get("alphas", {}),
+        block_trs=ENCODING.get("significance", {}).get("block_trs", 20),
+        ridge=RIDGE_WORDS,
+        words={**DECODING.get("words", {}), "seed": ENCODING.get("seed", 0)},
+    log:
+        f"{RESULTS}/logs/decoding/sub-{{subject}}_model-{{model}}_words_ridge.log",
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/decoding_words_ridge.py"
+
+
 rule report_word_classification:
     input:
-        summaries=lambda wildcards: contrastive_decoding_targets("words.json") + eeg_word_targets("words.json"),
-        words=lambda wildcards: contrastive_decoding_targets("words.tsv") + eeg_word_targets("words.tsv"),
-        vocabularies=lambda wildcards: contrastive_decoding_targets("vocabulary.tsv") + eeg_word_targets("vocabulary.tsv"),
+        summaries=lambda wildcards: word_classification_runs("words.json"),
+        words=lambda wildcards: word_classification_runs("words.tsv"),
+        vocabularies=lambda wildcards: word_classification_runs("vocabulary.tsv"),
     output:
         **report_figure(
             f"{REPORT_DIR}/decoding/word_classification",

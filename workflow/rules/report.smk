@@ -167,7 +167,7 @@ rule report_metrics:
         ],
         trimming=[trimming_checks(subject) for subject in SUBJECTS],
         identification=lambda wildcards: decoding_targets(),
-        words=lambda wildcards: contrastive_decoding_targets("words.json"),
+        words=lambda wildcards: contrastive_decoding_targets("words.json") + ridge_words_targets(),
         labels=lambda wildcards: label_targets(),
         contrastive_identification=lambda wildcards: contrastive_decoding_targets("contrastive-identification.tsv"),
     output:
