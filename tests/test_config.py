@@ -35,7 +35,7 @@ def shipped(name):
     return yaml.safe_load((REPO / "config" / name).read_text())
 
 
-def encoding_jobs(subjects, stories, n_layers, atlas=False, decoding=False, group=False):
+def encoding_jobs(subjects, stories, n_layers, atlas=False, decoding=False, group=False, ridge_words=True):
     """Jobs of a run without contrastive stage (every layer of MiniLM: 7 hidden states)."""
     jobs = {
         "ingest": subjects, "ingest_words": stories, "features": 1, "preprocess": subjects,
@@ -47,9 +47,10 @@ def encoding_jobs(subjects, stories, n_layers, atlas=False, decoding=False, grou
         jobs["ingest_atlas"] = subjects
     if subjects >= 3:  # group comparisons across subjects
         jobs["encoding_group"] = 1
-    if decoding:  # segment identification and ridge word classification per (subject, model), the vocabulary, the figures
-        jobs.update(decoding_identification=subjects, report_identification=1, decoding_words_ridge=subjects, decoding_vocabulary=1,
-                    features_vocabulary=1, report_word_classification=1)
+    if decoding:  # segment identification per (subject, model) and its figure
+        jobs.update(decoding_identification=subjects, report_identification=1)
+    if decoding and ridge_words:  # ridge word classification per (subject, model) (3+ training stories), the vocabulary, the figure
+        jobs.update(decoding_words_ridge=subjects, decoding_vocabulary=1, features_vocabulary=1, report_word_classification=1)
     if group:  # subject tables and cross-subject transfer per model, the ISC, their figures
         jobs.update(group_subjects=1, group_transfer=1, report_group_subjects=1, report_group_transfer=1, group_isc=1, report_group_isc=1)
     return jobs
@@ -136,11 +137,11 @@ def test_contrastive_runs_exactly_when_its_section_is_present(workdir, tmp_path)
 def test_decoding_runs_when_its_section_is_present_and_predictions_are_saved(workdir, tmp_path):
     path, config = minimal_bids(workdir, tmp_path)
     config["decoding"] = {}
-    assert job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout) == encoding_jobs(1, 3, 7, decoding=True)
-    config["decoding"] = {"words": {"ridge": {"enabled": False}}}  # identification alone: no vocabulary is read
-    counts = job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
-    assert counts["decoding_identification"] == 1 and not {"decoding_words_ridge", "features_vocabulary"} & set(counts)
-    config["decoding"] = {}
+    proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)))  # two training stories: no ridge word classification
+    assert job_counts(proc.stdout) == encoding_jobs(1, 3, 7, decoding=True, ridge_words=False)
+    assert "no ridge word classification (it needs three or more training stories, dataset.train_stories lists 2" in proc.stdout
+    config["decoding"] = {"words": {"ridge": {"enabled": False}}}  # said so: no note
+    assert "no ridge word classification" not in dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout
     config["encoding"] = {"save_predictions": False}  # nothing to decode from
     assert "decoding_identification" not in job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
     config["encoding"], config["decoding"] = {}, {"identification": {"segment_trs": [0]}}

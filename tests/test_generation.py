@@ -346,7 +346,7 @@ class _Reader:
 
 def test_beam_search_recovers_planted_words_and_noise_recovers_none():
     from brainllm.align import lanczos_matrix, tr_times
-    from brainllm.beam_search import BeamSearchSettings, StoryGrid, _delayed_rows, beam_decode
+    from brainllm.beam_search import BeamSearchSettings, StoryGrid, _delayed_rows, beam_decode, encoding_log_likelihood
 
     rng = np.random.default_rng(2)
     model = _response_model(rng, hidden=12, n_voxels=60)
@@ -366,6 +366,14 @@ def test_beam_search_recovers_planted_words_and_noise_recovers_none():
         accuracy = np.mean([a == b for a, b in zip(decoded, truth)])
         assert expect_accuracy[0] <= accuracy < expect_accuracy[1], accuracy
         assert features.shape == (n_words, 12)
+    # the whole-text brain term: the planted text's predicted responses leave only the noise; any other text fits worse
+    grid = StoryGrid(tr=TR, word_times=times, row_times=row_times, word_rows=rows.T, observed=signal)
+    truth_features = reader.last_word([[w] for w in truth])
+    assert encoding_log_likelihood(grid, model, truth_features) == pytest.approx(0.0, abs=1e-9)
+    other = reader.last_word([[w] for w in rng.choice(VOCAB, n_words)])
+    residual = signal - model.baseline(rows.shape[0]) - sum(_delayed_rows(rows[:, i], g, model.delays) for i, g in enumerate(model.feature_gain(other)))
+    expected = -0.5 * float((residual**2 / model.noise_var).sum())
+    assert encoding_log_likelihood(grid, model, other) == pytest.approx(expected) and expected < -1.0
 
 
 def test_beam_search_settings_are_checked():

@@ -222,6 +222,7 @@ def test_leave_one_out_isc_and_its_null_equal_plain_loops():
     z = np.stack([zscore_columns(x) for x in data])
     expected = [[np.corrcoef(data[s, :, v], np.delete(z, s, axis=0)[:, :, v].mean(0))[0, 1] for v in range(10)] for s in range(4)]
     np.testing.assert_allclose(group.leave_one_out_isc(data), expected, atol=1e-12)
+    data[2, :, 0] = 5.0  # a constant series (a voxel outside one subject's signal): it adds nothing to the others' mean
     settings = group.IscSettings(n_permutations=5, min_shift_trs=10, seed=3)
     shifts = group.isc_null_shifts(ISC_LENGTHS, 4, settings)
     assert (shifts[:, 0] == 0).all() and (shifts[:, 1:] >= 10).all()

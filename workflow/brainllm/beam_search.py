@@ -267,6 +267,15 @@ def beam_decode(grid: StoryGrid, model: ResponseModel, proposer: WordProposer, r
     return best[0], np.stack(best[1])
 
 
+def encoding_log_likelihood(grid: StoryGrid, model: ResponseModel, features: np.ndarray) -> float:
+    """The beam's brain term for a whole text: Gaussian log-likelihood (up to a constant) of the observed responses
+    given the responses the encoding model predicts from the text's word features ``(n_words, hidden)``."""
+    prediction = model.baseline(len(grid.row_times))
+    for slot, gain in enumerate(model.feature_gain(features)):
+        prediction = prediction + _delayed_rows(grid.word_rows[slot], gain, model.delays)
+    return -0.5 * float((((grid.observed - prediction) ** 2) / model.noise_var).sum())
+
+
 def null_texts(proposer: WordProposer, n_words: int, settings: BeamSearchSettings) -> list[list[str]]:
     """``n_null`` texts for the same slots, each word drawn from the LLM's proposals without brain data."""
     texts = []
@@ -310,7 +319,7 @@ def run_beam_search(responses_h5, words_tsvs: Mapping[str, str | os.PathLike], a
     proposer = WordProposer(lm, tokenizer, device, settings.lm_context_words)
     reader = FeatureReader(model_cfg, layer)
     scorer = TextScorer()
-    frames, n_words = [], 0
+    frames, n_words, loglik = [], 0, {}
     for story in test_stories:
         words = read_words(words_tsvs[story]).sort_values("onset", kind="stable")
         grid = story_grid(responses_h5, story, words, model, settings.max_words)
@@ -320,9 +329,12 @@ def run_beam_search(responses_h5, words_tsvs: Mapping[str, str | os.PathLike], a
         decoded, features = beam_decode(grid, model, proposer, reader, settings)
         frames.append(window_scores(grid.word_times, reference, decoded, ref_features, features, settings.window_s, scorer)
                       .assign(story=story, source="brain"))
+        loglik["brain"] = loglik.get("brain", 0.0) + encoding_log_likelihood(grid, model, features)
         for k, text in enumerate(null_texts(proposer, len(reference), settings)):
-            frames.append(window_scores(grid.word_times, reference, text, ref_features, reader.all_words(text), settings.window_s, scorer)
+            text_features = reader.all_words(text)
+            frames.append(window_scores(grid.word_times, reference, text, ref_features, text_features, settings.window_s, scorer)
                           .assign(story=story, source=f"null_{k:02d}"))
+            loglik[f"null_{k:02d}"] = loglik.get(f"null_{k:02d}", 0.0) + encoding_log_likelihood(grid, model, text_features)
     table = pd.concat(frames, ignore_index=True)
     metrics = {**{m: METRICS[m] for m in ("bleu1", "rouge1", "meteor", "wer")}, "embedding": "higher"}
     per_text = table.groupby("source")[list(metrics)].mean()
@@ -335,11 +347,13 @@ def run_beam_search(responses_h5, words_tsvs: Mapping[str, str | os.PathLike], a
         "decoded": {m: float(per_text.loc["brain", m]) for m in metrics},
         "null_mean": {m: float(null[m].mean()) for m in metrics}, "null_sd": {m: float(null[m].std(ddof=1)) for m in metrics},
         "z": z, "n_metrics_z_above_2": int(sum(v > 2 for v in z.values())), "n_null": settings.n_null,
+        "encoding_log_likelihood": {"decoded": loglik["brain"], "null": [loglik[f"null_{k:02d}"] for k in range(settings.n_null)]},
         "settings": asdict(settings), "meteor": scorer.meteor_note,
     }
     write_tsv(out["texts"], table)
     write_json(out["scores"], summary)
-    log.info("beam search: z %s", ", ".join(f"{m} {v:+.2f}" for m, v in z.items()))
+    log.info("beam search: z %s; encoding log-likelihood decoded %.1f, null texts %.1f … %.1f", ", ".join(f"{m} {v:+.2f}" for m, v in z.items()),
+             loglik["brain"], min(summary["encoding_log_likelihood"]["null"]), max(summary["encoding_log_likelihood"]["null"]))
     return summary
 
 

@@ -444,11 +444,13 @@ def circular_shift_null(data: np.ndarray, lengths: Sequence[int], settings: IscS
 
     Each permutation shifts the subjects' series circularly within each story
     (:func:`isc_null_shifts`) and recomputes the whole statistic: every series keeps its
-    autocorrelation, the time locking between subjects is broken. Computed from pairwise dot
-    products of centred unit-norm columns z: a shift within a story keeps a column's mean and
-    norm, so with T = Σ_b z_b, subject s's r = Σ_{b≠s} z_s·z_b / ‖T − z_s‖, where
-    ‖T − z_s‖² = (n − 1) + 2 Σ_{a<b; a,b≠s} z_a·z_b and each dot product at a pair's relative
-    shifts is a sum over stories of circular cross-correlations (FFT).
+    autocorrelation, the time locking with the first subject is broken (two shifted subjects
+    may land close to each other's timing, which can only make the null conservative).
+    Computed from pairwise dot products of centred unit-norm columns z (a constant column
+    stays 0): a shift within a story keeps a column's mean and norm, so with T = Σ_b z_b,
+    subject s's r = Σ_{b≠s} z_s·z_b / ‖T − z_s‖, where ‖T − z_s‖² = Σ_{b≠s} ‖z_b‖² +
+    2 Σ_{a<b; a,b≠s} z_a·z_b and each dot product at a pair's relative shifts is a sum over
+    stories of circular cross-correlations (FFT).
     """
     n_subjects, n_trs, n_units = data.shape
     shifts = isc_null_shifts(lengths, n_subjects, settings)
@@ -464,11 +466,13 @@ def circular_shift_null(data: np.ndarray, lengths: Sequence[int], settings: IscS
             relative = (shifts[:, b] - shifts[:, a]) % lengths_array  # (n_permutations, n_stories)
             by_story = shifted_dot_products(z[b], z[a], lengths)
             dots[a, b] = sum(lagged[relative[:, story]] for story, lagged in enumerate(by_story))
+        norms = np.stack([(column**2).sum(axis=0) for column in z])  # (n_subjects, n_units): 1, or 0 for a constant column
+        all_pairs = sum(dots.values())
         total = 0.0
         for s in range(n_subjects):
-            numerator = sum(dots[min(s, b), max(s, b)] for b in range(n_subjects) if b != s)
-            squared_norm = (n_subjects - 1) + 2 * sum((dots[a, b] for a, b in pairs if s not in (a, b)), start=np.zeros_like(numerator))
-            total = total + numerator / np.sqrt(np.maximum(squared_norm, 1e-12))
+            own = sum(dots[min(s, b), max(s, b)] for b in range(n_subjects) if b != s)  # z_s · (T − z_s)
+            squared_norm = (norms.sum(axis=0) - norms[s]) + 2 * (all_pairs - own)
+            total = total + own / np.sqrt(np.maximum(squared_norm, 1e-12))
         null[:, units] = total / n_subjects
     return null
 
@@ -589,6 +593,9 @@ def inter_subject_correlation(subjects: Sequence[str], responses_h5s: Sequence[s
     voxel_table = pd.DataFrame(columns=["voxel", "isc", *renamed.values(), "null_95", "p", "p_fdr", "significant"])
     if common is None:
         summary["voxel_note"] = "the subjects' masks lie on different grids: no voxel-level ISC (use one space, e.g. fMRIPrep's MNI outputs)"
+        log.info(summary["voxel_note"])
+    elif not common.any():
+        summary["voxel_note"] = "no voxel lies inside every subject's mask: no voxel-level ISC"
         log.info(summary["voxel_note"])
     else:
         columns = [np.flatnonzero(common[mask]) for mask in subject_masks]

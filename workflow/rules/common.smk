@@ -1,6 +1,7 @@
 # Shared definitions: paths, wildcard constraints, input functions.
 
 import os
+import sys
 
 RESULTS = config["results"]
 DATASET = config["dataset"]
@@ -444,7 +445,15 @@ def label_targets(suffix="labels.tsv"):
 
 
 RIDGE_WORDS = DECODING.get("words", {}).get("ridge", {}) if DECODING_ENABLED else {}
-RIDGE_WORDS_ENABLED = DECODING_ENABLED and bool(RIDGE_WORDS.get("enabled", True))
+# the ridge decoder holds the validation story out and cross-validates α over the other training stories
+RIDGE_WORDS_ENABLED = DECODING_ENABLED and bool(RIDGE_WORDS.get("enabled", True)) and len(DATASET["train_stories"]) >= 3
+RIDGE_WORDS_NOTE = (
+    f"decoding: no ridge word classification (it needs three or more training stories, dataset.train_stories lists "
+    f"{len(DATASET['train_stories'])}; set decoding.words.ridge.enabled: false to silence this)"
+    if DECODING_ENABLED and RIDGE_WORDS.get("enabled", True) and not RIDGE_WORDS_ENABLED else ""
+)
+if RIDGE_WORDS_NOTE and workflow.is_main_process:
+    print(RIDGE_WORDS_NOTE, file=sys.stderr)
 RIDGE_WORDS_SUFFIXES = ("words.tsv", "vocabulary.tsv", "words.json")
 
 
