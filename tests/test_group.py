@@ -334,3 +334,33 @@ def test_inter_subject_correlation_bad_and_partial_inputs(tmp_path):
         group.inter_subject_correlation(["A"], [a / "responses.h5"], [a / "mask.nii.gz"], ["story0"], settings, out)
     with pytest.raises(InputError, match="min_shift_trs"):
         group.isc_scores(ar1(rng, 30, 4)[None].repeat(2, 0), [30], group.IscSettings(min_shift_trs=20))
+
+
+def test_map_similarity_correlates_maps_at_each_subjects_chosen_layer(tmp_path):
+    """Two subjects on one grid: their maps at their own chosen layers (1 and 2) correlate over the voxels both masks
+    hold, equal to a plain computation; on different grids only the ROI level remains."""
+    rng = np.random.default_rng(9)
+    grid_shape = (4, 4, 2)
+    masks = [np.ones(grid_shape, dtype=bool), np.ones(grid_shape, dtype=bool)]
+    masks[1][0] = False  # 8 voxels outside the second mask
+    base = rng.standard_normal(grid_shape)
+    volumes = {("A", 1): base, ("A", 2): rng.standard_normal(grid_shape), ("B", 1): rng.standard_normal(grid_shape),
+               ("B", 2): base + 0.3 * rng.standard_normal(grid_shape)}
+    maps = {s: {} for s in "AB"}
+    for (subject, layer), volume in volumes.items():
+        maps[subject][layer] = tmp_path / f"{subject}_{layer}.nii.gz"
+        nib.save(nib.Nifti1Image(volume.astype(np.float32), np.eye(4)), maps[subject][layer])
+    mask_paths = []
+    for subject, mask in zip("AB", masks):
+        mask_paths.append(tmp_path / f"{subject}_mask.nii.gz")
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), np.eye(4)), mask_paths[-1])
+    layers = pd.DataFrame({"subject": ["A", "A", "B", "B", "group"], "layer": [1, 2, 1, 2, 1], "best": [True, False, False, True, True]})
+    rois = pd.DataFrame({"subject": ["A"] * 5 + ["B"] * 5 + ["group"], "roi": [*"wxyz", "all", *"wxyz", "all", "w"],
+                         "mean_r": [0.1, 0.2, 0.3, 0.4, 0.9, 0.15, 0.2, 0.35, 0.5, -0.9, 0.0]})  # "all" (every voxel) is no region
+    table = group.map_similarity(layers, maps, mask_paths, rois, tmp_path / "similarity.tsv").set_index("level")
+    both = masks[0] & masks[1]
+    assert table.loc["voxel", "n"] == 24
+    assert table.loc["voxel", "r"] == pytest.approx(np.corrcoef(volumes["A", 1][both], volumes["B", 2][both])[0, 1]) and table.loc["voxel", "r"] > 0.8
+    assert table.loc["roi", "r"] == pytest.approx(np.corrcoef([0.1, 0.2, 0.3, 0.4], [0.15, 0.2, 0.35, 0.5])[0, 1])
+    nib.save(nib.Nifti1Image(masks[1].astype(np.uint8), np.diag([2.0, 2.0, 2.0, 1.0])), mask_paths[1])
+    assert group.map_similarity(layers, maps, mask_paths, rois, tmp_path / "similarity.tsv")["level"].tolist() == ["roi"]

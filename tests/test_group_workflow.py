@@ -42,6 +42,9 @@ def test_subject_tables_show_the_planted_layer_for_every_subject(demo_run):
     assert set(rois["subject"]) == set(CONFIG["dataset"]["subjects"]) | {"group"}
     manifest = pd.read_csv(demo_run / RESULTS / "report" / "manifest.tsv", sep="\t")
     assert any(name.endswith("report/group/subjects.png") for name in manifest["file"])
+    similarity = pd.read_csv(demo_run / RESULTS / "group" / f"model-{MODEL}_map_similarity.tsv", sep="\t").set_index("level")
+    assert similarity.loc["voxel", "n"] > 2000 and similarity.loc["voxel", "r"] > 0.5  # one grid; planted regions nearly in place
+    assert similarity.loc["roi", "n"] == 5 and similarity.loc["roi", "r"] > 0.5
 
 
 def test_isc_finds_the_voxels_planted_in_both_subjects_and_not_the_noise(demo_run):

@@ -263,3 +263,14 @@ def test_fmri_ridge_decoder_reads_planted_words_from_the_validation_chosen_voxel
 def test_fmri_ridge_decoder_on_noise_is_at_chance(tmp_path, monkeypatch):
     summary, _ = _run_fmri(tmp_path, monkeypatch, planted=False, seed=6)
     assert summary["brain"]["p"] > 0.05 and abs(summary["brain"]["mean_percentile_rank"] - 0.5) < 0.06
+
+
+def test_circular_shifts_rotate_by_at_least_the_minimum():
+    orders = wd.circular_shifts(10, 3, 1000, 0)
+    assert len(orders) == 5  # shifts 3…7: all of them
+    for order in orders:
+        assert sorted(order) == list(range(10)) and 3 <= (0 - order[0]) % 10 <= 7
+        np.testing.assert_array_equal(order, np.roll(np.arange(10), (0 - order[0]) % 10))
+    assert len(wd.circular_shifts(1000, 10, 50, 0)) == 50
+    with pytest.raises(InputError, match="too few for circular shifts"):
+        wd.circular_shifts(10, 6, 100, 0)

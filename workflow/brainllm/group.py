@@ -54,7 +54,7 @@ from .metrics import holm, paired_block_bootstrap, pearson_r
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IscSettings", "SubjectEncoding", "cross_subject_transfer", "inter_subject_correlation", "isc_scores", "plot_isc", "plot_transfer", "stacked_responses", "plot_subjects", "subject_inputs", "subject_tables", "transfer_pair"]
+__all__ = ["IscSettings", "SubjectEncoding", "cross_subject_transfer", "inter_subject_correlation", "isc_scores", "map_similarity", "plot_isc", "plot_transfer", "stacked_responses", "plot_subjects", "subject_inputs", "subject_tables", "transfer_pair"]
 
 
 @dataclass(frozen=True)
@@ -364,6 +364,40 @@ def subject_tables(
     write_tsv(out_rois, roi_table)
     log.info("subjects' chosen layers %s; group layer %d", chosen.to_dict(), group_best)
     return layer_table, roi_table
+
+
+def map_similarity(layer_table: pd.DataFrame, maps: Mapping[str, Mapping[int, str | os.PathLike]], masks: Sequence[str | os.PathLike],
+                   roi_table: pd.DataFrame, out_tsv: str | os.PathLike) -> pd.DataFrame:
+    """How alike the subjects' score maps are: per pair of subjects, Pearson r of their test-r maps (``maps``:
+    subject → layer → r map; each subject's at its layer chosen on validation r, the ``best`` rows of
+    ``layer_table``) over the voxels inside both masks when every mask lies on one grid (level ``voxel``), and of
+    their ROI mean r (``roi_table``, the subject_rois rows; the whole-mask row ``all`` left out) across the ROIs
+    both have (level ``roi``; r is left empty with fewer than 3). The tables are those :func:`subject_tables` returns."""
+    import nibabel as nib
+
+    subjects = list(maps)
+    chosen = layer_table[(layer_table["subject"] != "group") & layer_table["best"].astype(bool)].set_index("subject")["layer"]
+    r_maps = {s: maps[s][int(chosen.loc[s])] for s in subjects}
+    rows = []
+    common = _common_grid(masks)
+    volumes = {s: np.asarray(nib.load(os.fspath(path)).dataobj, dtype=np.float64) for s, path in r_maps.items()} if common is not None else {}
+    subject_masks = {s: np.asarray(nib.load(os.fspath(path)).dataobj) > 0 for s, path in zip(subjects, masks)} if common is not None else {}
+    regions = roi_table[(roi_table["subject"].astype(str) != "group") & (roi_table["roi"] != "all")]  # "all": every voxel, not a region
+    per_roi = regions.pivot_table(index="roi", columns="subject", values="mean_r")
+    per_roi.columns = per_roi.columns.astype(str)
+    for i, a in enumerate(subjects):
+        for b in subjects[i + 1:]:
+            if common is not None:
+                both = subject_masks[a] & subject_masks[b]
+                rows.append({"subject_a": a, "subject_b": b, "level": "voxel", "n": int(both.sum()),
+                             "r": float(pearson_r(volumes[a][both], volumes[b][both])[0]) if both.sum() > 2 else np.nan})
+            shared = per_roi[[a, b]].dropna() if {a, b} <= set(per_roi.columns) else per_roi.iloc[:0]
+            rows.append({"subject_a": a, "subject_b": b, "level": "roi", "n": len(shared),
+                         "r": float(pearson_r(shared[a].to_numpy(), shared[b].to_numpy())[0]) if len(shared) >= 3 else np.nan})
+    table = pd.DataFrame(rows, columns=["subject_a", "subject_b", "level", "n", "r"])
+    write_tsv(out_tsv, table)
+    log.info("score-map similarity: %s", ", ".join(f"{r.subject_a}-{r.subject_b} {r.level} {r.r:.2f}" for r in table.itertuples()))
+    return table
 
 
 def plot_subjects(layer_tsvs: Sequence[str | os.PathLike], roi_tsvs: Sequence[str | os.PathLike], png, svg, tsv, dpi: int = 150) -> pd.DataFrame:

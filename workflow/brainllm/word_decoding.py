@@ -76,6 +76,7 @@ class WordDecodingSettings:
     n_permutations: int = 1000
     n_bootstrap: int = 2000
     seed: int = 0
+    null: str = "block"  # the brain's p: blocks of block_trs pairs permuted, or "circular" shifts of at least block_trs pairs
 
     @classmethod
     def from_config(cls, section: Mapping | None, seed: int = 0) -> "WordDecodingSettings":
@@ -250,17 +251,35 @@ def choose_prior_weight(brain_logits: np.ndarray, log_prior: np.ndarray, true_in
     return float(weights[int(np.argmax(fits))]), fits
 
 
-def _permutation_p(similarity: np.ndarray, pair_index: np.ndarray, true_index: np.ndarray, block_trs: int, n_permutations: int, seed: int) -> float:
-    """One-sided p of the mean percentile rank when brain windows change places in blocks of TRs."""
+def circular_shifts(n_pairs: int, min_shift: int, n_permutations: int, seed: int) -> np.ndarray:
+    """``(n, n_pairs)`` orders rotating the pairs by every shift in [min_shift, n_pairs − min_shift] (a random
+    ``n_permutations`` of them when there are more)."""
+    shifts = np.arange(min_shift, n_pairs - min_shift + 1)
+    if len(shifts) == 0:
+        raise InputError(None, f"{n_pairs} decoded rows are too few for circular shifts of at least {min_shift}.",
+                         "add test stories or shorten the permutation blocks.")
+    if len(shifts) > n_permutations:
+        shifts = np.sort(np.random.default_rng(seed).choice(shifts, n_permutations, replace=False))
+    return (np.arange(n_pairs)[None, :] - shifts[:, None]) % n_pairs
+
+
+def _permutation_p(similarity: np.ndarray, pair_index: np.ndarray, true_index: np.ndarray, block_trs: int, n_permutations: int, seed: int,
+                   null: str = "block") -> float:
+    """One-sided p of the mean percentile rank when brain windows change places in blocks of ``block_trs`` pairs
+    (``null`` ``block``), or are rotated against the words by at least that many pairs (``circular``: every
+    slow trend of either side is kept)."""
     n_pairs, n_vocab = similarity.shape
     ordered = np.sort(similarity, axis=1)
     # below[p, i]: vocabulary words scored strictly below word i's true word by pair p
     below = np.stack([np.searchsorted(ordered[p], similarity[p, true_index], side="left") for p in range(n_pairs)])
     percentile = below / (n_vocab - 1)
     observed = percentile[pair_index, np.arange(len(true_index))].mean()
-    orders = metrics.block_permutations(n_pairs, block_trs, n_permutations, seed)
-    null = percentile[orders[:, pair_index], np.arange(len(true_index))[None, :]].mean(1)
-    return float((1 + np.sum(null >= observed - 1e-12)) / (1 + n_permutations))
+    if null == "circular":
+        orders = circular_shifts(n_pairs, block_trs, n_permutations, seed)
+    else:
+        orders = metrics.block_permutations(n_pairs, block_trs, n_permutations, seed)
+    values = percentile[orders[:, pair_index], np.arange(len(true_index))[None, :]].mean(1)
+    return float((1 + np.sum(values >= observed - 1e-12)) / (1 + len(orders)))
 
 
 def _gain_bootstrap(gain: np.ndarray, pair_index: np.ndarray, n_pairs: int, block_trs: int, n_boot: int, seed: int) -> dict:
@@ -325,7 +344,7 @@ def classify_words(
     combined = log_softmax(beta * scale * similarity + log_prior[None, :])
     per_word = {"brain": brain[pair], "frequency": np.broadcast_to(log_prior, (len(true), n_vocab)), "brain_and_frequency": combined[pair]}
     scores = {name: class_scores(values, true, settings.top_k) for name, values in per_word.items()}
-    scores["brain"]["p"] = _permutation_p(similarity, pair, true, settings.block_trs, settings.n_permutations, settings.seed)
+    scores["brain"]["p"] = _permutation_p(similarity, pair, true, settings.block_trs, settings.n_permutations, settings.seed, settings.null)
     chance = {f"top{k}": k / n_vocab for k in settings.top_k}
     chance.update(mean_percentile_rank=0.5, sensitivity=1 / n_vocab, specificity=1 - 1 / n_vocab, mean_log2_probability=float(np.log2(1 / n_vocab)))
     percentile = {name: percentile_of_true(values, true) for name, values in per_word.items()}
@@ -367,6 +386,7 @@ def classify_words(
         "chance": chance,
         "gain_over_frequency": gain,
         "embedding": settings.embedding,
+        "null": {"method": "circular_shift" if settings.null == "circular" else "block_permutation", "pairs": settings.block_trs},
         "mode": mode,
         **dict(record or {}),
     }
@@ -458,8 +478,10 @@ def run_fmri_word_decoding(responses_h5: str | os.PathLike, words_tsvs: Mapping[
     chosen on validation r (``layers_tsv``, ``scores_tsvs[layer]``), never by test r; words of
     one TR share their row. The text side is the vocabulary's features at that layer. Decoding and
     scoring: :func:`decode_words_by_ridge` (validation story: the last training story unless
-    ``validation_story``); the permutation and bootstrap blocks hold as many words as
-    ``block_trs`` TRs of the test stories carry.
+    ``validation_story``). The brain's p rotates the decoded rows against the words by at least as
+    many words as ``block_trs`` TRs of the test stories carry (slow trends of the responses and of
+    the story's words, which block permutations would break, stay in the null); the bootstrap
+    blocks hold that many words.
     """
     from .align import zscore_columns
     from .contrastive_settings import story_split
@@ -501,8 +523,8 @@ def run_fmri_word_decoding(responses_h5: str | os.PathLike, words_tsvs: Mapping[
     record = {"layer": layer, "n_voxels": int(len(voxels)), "voxel_fraction": float(voxel_fraction),
               "voxel_selection": "validation r of the encoding model at its layer chosen on validation r", "delays": delays,
               "block_words": block_words, "block_trs": int(block_trs)}
-    return decode_words_by_ridge(brain, tables, split, text, vocabulary, alphas, replace(settings, block_trs=block_words), out,
-                                 mode="ridge", record=record)
+    return decode_words_by_ridge(brain, tables, split, text, vocabulary, alphas, replace(settings, block_trs=block_words, null="circular"),
+                                 out, mode="ridge", record=record)
 
 
 # ----------------------------------------------------------------------------- vocabulary features

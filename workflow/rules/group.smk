@@ -11,9 +11,12 @@ rule group_subjects:
     input:
         layers=lambda wildcards: [encoding_file(subject, wildcards.model, "layers.tsv") for subject in SUBJECTS],
         rois=lambda wildcards: [encoding_file(s, wildcards.model, "roi.tsv", layer) for s in SUBJECTS for layer in model_layers(wildcards.model)],
+        maps=lambda wildcards: [encoding_file(s, wildcards.model, "r.nii.gz", layer) for s in SUBJECTS for layer in model_layers(wildcards.model)],
+        masks=[preprocessed_mask(s) for s in SUBJECTS],
     output:
         layers=group_file("{model}", "subject_layers.tsv"),
         rois=group_file("{model}", "subject_rois.tsv"),
+        similarity=group_file("{model}", "map_similarity.tsv"),
     params:
         subjects=SUBJECTS,
         layers=lambda wildcards: model_layers(wildcards.model),

@@ -1,14 +1,16 @@
-"""Snakemake adapter: subject × layer and subject × ROI tables of one model (rule group_subjects)."""
+"""Snakemake adapter: subject × layer and subject × ROI tables of one model, and how alike the subjects' maps are (rule group_subjects)."""
 
-from brainllm.group import subject_tables
+from brainllm.group import map_similarity, subject_tables
 from brainllm.io import rule_logging
 
 with rule_logging(snakemake.log[0]):
     subjects, layers = snakemake.params.subjects, snakemake.params.layers
-    rois = list(snakemake.input.rois)
-    subject_tables(
-        dict(zip(subjects, snakemake.input.layers)),
-        {subject: dict(zip(layers, rois[i * len(layers) : (i + 1) * len(layers)])) for i, subject in enumerate(subjects)},
-        snakemake.output.layers,
-        snakemake.output.rois,
+
+    def per_subject(paths):
+        paths = list(paths)
+        return {subject: dict(zip(layers, paths[i * len(layers) : (i + 1) * len(layers)])) for i, subject in enumerate(subjects)}
+
+    layer_table, roi_table = subject_tables(
+        dict(zip(subjects, snakemake.input.layers)), per_subject(snakemake.input.rois), snakemake.output.layers, snakemake.output.rois
     )
+    map_similarity(layer_table, per_subject(snakemake.input.maps), snakemake.input.masks, roi_table, snakemake.output.similarity)
