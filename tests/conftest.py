@@ -63,10 +63,11 @@ DEMO_TIMEOUT_S = 2700  # stops a hung run only
 
 def pytest_collection_modifyitems(session, config, items):
     """Tests that need the demo run go last, so the others run while it computes."""
-    needs_demo = [item for item in items if "demo_run" in getattr(item, "fixturenames", ())]
-    others = [item for item in items if "demo_run" not in getattr(item, "fixturenames", ())]
-    items[:] = others + needs_demo
-    config.stash[DEMO_NEEDED] = bool(needs_demo)
+    def needs_demo(item) -> bool:
+        return "demo_run" in getattr(item, "fixturenames", ())
+
+    items.sort(key=needs_demo)  # stable: each group keeps its order
+    config.stash[DEMO_NEEDED] = any(needs_demo(item) for item in items)
 
 
 @pytest.fixture(scope="session", autouse=True)

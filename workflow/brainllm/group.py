@@ -50,7 +50,7 @@ from .encoding import (
 )
 from .inference import MIN_GROUP_SUBJECTS, Significance, across_subjects, read_predictions, score_voxels, top_voxels
 from .io import InputError, write_tsv
-from .metrics import holm, paired_block_bootstrap, pearson_r
+from .metrics import holm, paired_block_bootstrap, pearson_r, unit_columns
 
 log = logging.getLogger(__name__)
 
@@ -418,9 +418,6 @@ def plot_subjects(layer_tsvs: Sequence[str | os.PathLike], roi_tsvs: Sequence[st
 
 # ----------------------------------------------------------------------------- inter-subject correlation
 
-ISC_LEVELS = ("voxel", "roi")
-
-
 @dataclass(frozen=True)
 class IscSettings:
     """``group.isc``: the circular-shift null of the leave-one-out ISC."""
@@ -440,16 +437,9 @@ class IscSettings:
 def leave_one_out_isc(data: np.ndarray) -> np.ndarray:
     """``data (n_subjects, n_trs, n_units)`` → ``(n_subjects, n_units)``: each subject's r with the mean of the
     others, every series standardised first (a subject's scale does not weigh in the mean)."""
-    z = np.stack([_unit_columns(x) for x in data])
+    z = np.stack([unit_columns(x) for x in data])
     total = z.sum(axis=0)
     return np.stack([pearson_r(z[s], total - z[s]) for s in range(z.shape[0])])
-
-
-def _unit_columns(x: np.ndarray) -> np.ndarray:
-    """Columns centred and scaled to unit norm (zero columns stay zero): r of two such columns is their dot product."""
-    centred = x - x.mean(axis=0)
-    norms = np.linalg.norm(centred, axis=0)
-    return np.divide(centred, norms, out=np.zeros_like(centred), where=norms > 0)
 
 
 def shifted_dot_products(x: np.ndarray, y: np.ndarray, lengths: Sequence[int]) -> list[np.ndarray]:
@@ -494,7 +484,7 @@ def circular_shift_null(data: np.ndarray, lengths: Sequence[int], settings: IscS
     chunk = max(1, chunk_bytes // (8 * len(pairs) * max(n_trs, settings.n_permutations)))
     for first in range(0, n_units, chunk):
         units = slice(first, min(first + chunk, n_units))
-        z = [_unit_columns(data[s, :, units]) for s in range(n_subjects)]
+        z = [unit_columns(data[s, :, units]) for s in range(n_subjects)]
         dots = {}
         for a, b in pairs:
             relative = (shifts[:, b] - shifts[:, a]) % lengths_array  # (n_permutations, n_stories)

@@ -85,7 +85,7 @@ def pearson_p(r: np.ndarray, n_samples: int, alternative: str = "greater") -> np
 SIGNIFICANCE_METHODS = ("block_permutation", "circular_shift", "t_test")
 
 
-def _standardise(x: np.ndarray) -> np.ndarray:
+def unit_columns(x: np.ndarray) -> np.ndarray:
     """Columns centred and scaled to unit norm (zero-variance columns stay 0), float64."""
     x = _as_2d(x)
     x = x - x.mean(0)
@@ -148,7 +148,7 @@ def permutation_p(
     computed once per voxel batch; a permutation's r is the sum of its pairs, so all null r
     are one matrix product ``indicator (n_perm, n_pairs) @ C (n_pairs, n_voxels)``.
     """
-    z_pred, z_resp = _standardise(pred), _standardise(resp)
+    z_pred, z_resp = unit_columns(pred), unit_columns(resp)
     if z_pred.shape != z_resp.shape:
         raise ValueError(f"pred {z_pred.shape} and resp {z_resp.shape} differ in shape")
     n_trs, n_voxels = z_pred.shape
@@ -201,7 +201,7 @@ def circular_shift_p(pred: np.ndarray, resp: np.ndarray, min_shift_trs: int = 10
     Shifts of ``min_shift_trs`` … n − ``min_shift_trs`` rows (exhaustive; all voxels at once by
     FFT cross-correlation); p = (1 + #{shifted r ≥ r}) / (1 + n_shifts). Resolution 1/(n − 2·shift + 2).
     """
-    z_pred, z_resp = _standardise(pred), _standardise(resp)
+    z_pred, z_resp = unit_columns(pred), unit_columns(resp)
     if z_pred.shape != z_resp.shape:
         raise ValueError(f"pred {z_pred.shape} and resp {z_resp.shape} differ in shape")
     n_trs = z_pred.shape[0]

@@ -195,13 +195,16 @@ def check_tokenizable(tokenizer, vocabulary: pd.DataFrame, source: str | os.Path
 # ----------------------------------------------------------------------------- scoring
 
 
-def word_rows(words: pd.DataFrame, tr: float, trim_start: int, pair_starts: np.ndarray, segment_trs: int) -> np.ndarray:
-    """Per word, the index of the pair whose text TRs hold its midpoint, or −1 when none does.
-
-    TR k of the raw grid spans [k·TR, (k+1)·TR); row = k − trim_start on the trimmed grid.
-    """
+def word_tr_rows(words: pd.DataFrame, tr: float, trim_start: int) -> np.ndarray:
+    """Per word, the row of the trimmed TR grid holding its midpoint: TR k of the raw grid spans [k·TR, (k+1)·TR),
+    row = k − trim_start (negative or past the end for words outside the kept TRs)."""
     midpoints = (words["onset"].to_numpy(float) + words["offset"].to_numpy(float)) / 2
-    rows = np.floor(midpoints / tr).astype(np.int64) - int(trim_start)
+    return np.floor(midpoints / tr).astype(np.int64) - int(trim_start)
+
+
+def word_rows(words: pd.DataFrame, tr: float, trim_start: int, pair_starts: np.ndarray, segment_trs: int) -> np.ndarray:
+    """Per word, the index of the pair whose text TRs hold its midpoint (:func:`word_tr_rows`), or −1 when none does."""
+    rows = word_tr_rows(words, tr, trim_start)
     pair = np.full(len(rows), -1, dtype=np.int64)
     for index, start in enumerate(np.asarray(pair_starts, dtype=np.int64)):
         pair[(rows >= start) & (rows < start + segment_trs) & (pair < 0)] = index
@@ -475,8 +478,8 @@ def run_fmri_word_decoding(responses_h5: str | os.PathLike, words_tsvs: Mapping[
 
     A word's row: the responses, at the TRs ``delays`` after the TR holding the word's midpoint, of
     the encoding model's best voxels — the top ``voxel_fraction`` by validation r at the layer
-    chosen on validation r (``layers_tsv``, ``scores_tsvs[layer]``), never by test r; words of
-    one TR share their row. The text side is the vocabulary's features at that layer. Decoding and
+    chosen on validation r (``layers_tsv``, ``scores_tsvs[layer]``), never by test r; the words of
+    one TR have equal rows. The text side is the vocabulary's features at that layer. Decoding and
     scoring: :func:`decode_words_by_ridge` (validation story: the last training story unless
     ``validation_story``). The brain's p rotates the decoded rows against the words by at least as
     many words as ``block_trs`` TRs of the test stories carry (slow trends of the responses and of
@@ -507,8 +510,7 @@ def run_fmri_word_decoding(responses_h5: str | os.PathLike, words_tsvs: Mapping[
             group = h5[story]
             data = group["data"][()][:, voxels].astype(np.float64)
             words = read_words(words_tsvs[story])
-            midpoints = (words["onset"].to_numpy(float) + words["offset"].to_numpy(float)) / 2
-            rows = np.floor(midpoints / float(group.attrs["tr"])).astype(np.int64) - int(group.attrs["trim_start"])
+            rows = word_tr_rows(words, float(group.attrs["tr"]), int(group.attrs["trim_start"]))
             kept = (rows + min(delays) >= 0) & (rows + max(delays) < len(data))
             table = words[["word", "onset", "offset"]].assign(story=story)
             table["vocabulary_index"] = [index.get(normalise_word(w), -1) for w in table["word"]]

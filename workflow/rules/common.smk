@@ -454,7 +454,6 @@ RIDGE_WORDS_NOTE = (
 )
 if RIDGE_WORDS_NOTE and workflow.is_main_process:
     print(RIDGE_WORDS_NOTE, file=sys.stderr)
-RIDGE_WORDS_SUFFIXES = ("words.tsv", "vocabulary.tsv", "words.json")
 
 
 def ridge_words_file(subject, model, suffix):
