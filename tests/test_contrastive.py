@@ -460,6 +460,8 @@ def test_lora_run_loads_back_for_decoding(lora_run, dataset):
     scores = evaluate(model, test.to(torch.device("cpu")), settings, int(settings["lora"]["batch_size"]), int(settings["seed"]))
     assert scores["loss"] == pytest.approx(summary["loss"], abs=1e-6)
     assert scores["brain_to_text"] == pytest.approx(summary["brain_to_text"])
+    lora_layers = [module for module in model.modules() if hasattr(module, "lora_A")]
+    assert lora_layers and all(module.merged for module in lora_layers)  # the adapter is in the weights
     frozen = json.loads((out_dir / "config.json").read_text())
     (out_dir.parent / "frozen.json").write_text(json.dumps({**frozen, "mode": "frozen"}))
     with pytest.raises(InputError, match="not a LoRA run"):

@@ -6,6 +6,7 @@ forward pass per word over exactly the context that word sees).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer, T5ForConditionalGeneration
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer, T5ForConditionalGeneration
 
 import tiny_models
 from brainllm import features, models, store
@@ -396,6 +397,25 @@ def test_model_layers_validates_against_the_model(tiny):
         features.model_layers({**MINILM, "pooling": "max"})
 
 
+def test_hidden_state_count_is_cached_by_config_content(tiny, tmp_path, monkeypatch):
+    cfg = {"source": str(tiny["llama"])}
+    count = features.n_hidden_states(cfg)
+    assert count == AutoConfig.from_pretrained(tiny["llama"]).num_hidden_layers + 1
+    cached = models._hidden_states_cache_file(models.model_settings(cfg))
+    assert cached.is_file()
+    real_load_config = models.load_config
+    monkeypatch.setattr(models, "load_config", lambda *args: pytest.fail("the config was read although its count is cached"))
+    assert features.model_layers(cfg) == list(range(count))
+    # an edited config.json is another key; an unreadable cache entry is counted again
+    config = AutoConfig.from_pretrained(tiny["llama"])
+    config.num_hidden_layers += 2
+    config.save_pretrained(tmp_path / "deeper")
+    monkeypatch.setattr(models, "load_config", real_load_config)
+    assert features.n_hidden_states({"source": str(tmp_path / "deeper")}) == count + 2
+    cached.write_text("{")
+    assert features.n_hidden_states(cfg) == count and json.loads(cached.read_text()) == {"n_hidden_states": count}
+
+
 def test_out_of_memory_halves_the_batch_and_retries(tiny, monkeypatch, caplog):
     words = WORDS[:20]
     expected, _ = run(tiny["llama"], words, context_words=5, batch_size=16)
@@ -503,6 +523,8 @@ def test_lora_adapter_equals_merged_weights_and_changes_the_key(tiny, adapters):
     # load_model's adapter_dir argument does the same as the config key
     model, tokenizer, info = features.load_model({**cfg, "device": "cpu"}, adapter_dir=adapters / "lora")
     assert max_diff(features.extract_words(model, tokenizer, words, {**cfg, "context_words": 5}, info), adapted) < 1e-6
+    # a full-precision model carries the adapter in its weights: no LoRA modules left to run
+    assert not [name for name, _ in model.named_modules() if "lora_" in name]
 
 
 def test_adapter_for_another_module_layout_is_refused(tiny, adapters):

@@ -186,8 +186,13 @@ def hub_offline() -> bool:
     return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+def _cache_dir() -> Path:
+    """``$BRAINLLM_CACHE_DIR`` (default ``~/.cache/brainllm``): what planning a run would otherwise recompute."""
+    return Path(os.environ.get("BRAINLLM_CACHE_DIR", Path.home() / ".cache" / "brainllm"))
+
+
 def _hash_cache_path() -> Path:
-    return Path(os.environ.get("BRAINLLM_CACHE_DIR", Path.home() / ".cache" / "brainllm")) / "file_sha256.json"
+    return _cache_dir() / "file_sha256.json"
 
 
 _memory_hashes: dict[str, str] = {}
@@ -324,11 +329,40 @@ def _count_hidden_states(config, family: str, t5_states: str) -> int:
 
 
 def n_hidden_states(model_cfg: dict) -> int:
-    """Number of hidden states the extractor yields: layers + 1 (index 0 = embeddings)."""
+    """Number of hidden states the extractor yields: layers + 1 (index 0 = embeddings).
+
+    For a local model the count is kept in ``$BRAINLLM_CACHE_DIR``, keyed by its config.json's
+    content: planning a run asks for it, and reading the config through transformers costs
+    seconds of imports.
+    """
     settings = model_settings(model_cfg)
+    cached = _hidden_states_cache_file(settings)
+    if cached is not None and cached.is_file():
+        try:
+            return int(json.loads(cached.read_text())["n_hidden_states"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable: counted again and rewritten
     config = load_config(settings)
     family = resolve_family(config, settings["family"])
-    return _count_hidden_states(config, family, settings["t5_states"])
+    count = _count_hidden_states(config, family, settings["t5_states"])
+    if cached is not None:
+        try:
+            write_json(cached, {"n_hidden_states": count})
+        except OSError:
+            pass  # a read-only cache only costs the next start the same seconds
+    return count
+
+
+def _hidden_states_cache_file(settings: dict) -> Path | None:
+    """``hidden_states/<key>.json`` in the cache directory for a local model, else None."""
+    source = resolve_source(settings["source"])
+    config_json = Path(source.location) / "config.json"
+    if not source.is_local or not config_json.is_file():
+        return None
+    key = hashlib.sha256(json.dumps(
+        [sha256_file(config_json), settings["family"], settings["t5_states"], bool(settings["trust_remote_code"])]
+    ).encode()).hexdigest()[:32]
+    return _cache_dir() / "hidden_states" / f"{key}.json"
 
 
 def build_quantization_config(model_cfg: dict):
@@ -417,8 +451,12 @@ def _check_loaded(model, loading_info: dict, tower_names: set[str], location: st
         )
 
 
-def _attach_adapter(model, adapter_dir: Path):
-    """Load a peft LoRA adapter onto ``model`` and check that every tensor was applied."""
+def _attach_adapter(model, adapter_dir: Path, merge: bool):
+    """Load a peft LoRA adapter onto ``model`` and check that every tensor was applied.
+
+    With ``merge`` the adapter is added into the base weights (inference then costs what the
+    base model costs); quantized weights keep it beside them.
+    """
     import torch
     from peft import PeftModel, get_peft_model_state_dict
     from safetensors.torch import load_file
@@ -433,7 +471,7 @@ def _attach_adapter(model, adapter_dir: Path):
             f"{len(unmatched)} of {len(saved)} adapter tensors do not match the model (e.g. {unmatched[:2]}).",
             "Use the adapter with the base model (and model class) it was trained on.",
         )
-    return peft_model
+    return peft_model.merge_and_unload() if merge else peft_model
 
 
 def load_model(model_cfg: dict, adapter_dir: str | os.PathLike | None = None):
@@ -498,7 +536,7 @@ def load_model(model_cfg: dict, adapter_dir: str | os.PathLike | None = None):
     if adapter is not None:
         adapter = Path(adapter).expanduser()
         adapter_hash = adapter_sha256(adapter)
-        model = _attach_adapter(model, adapter)
+        model = _attach_adapter(model, adapter, merge=quantization is None)
     model.eval()
     model.requires_grad_(False)
 

@@ -70,6 +70,7 @@ rule decoding_vocabulary:
     localrule: True
     conda:
         "../../envs/cpu.yaml"
+    priority: 1  # unblocks long jobs: scheduled before ready leaf jobs
     script:
         "../scripts/decoding_vocabulary.py"
 
@@ -150,6 +151,7 @@ rule decoding_lora:
     log:
         f"{RESULTS}/logs/decoding/sub-{{subject}}_model-{{model}}_lora.log",
     threads: LLM_JOB_THREADS
+    priority: 1  # a long job: started early, short jobs fill the other cores
     resources:
         mem_mb=16000,
         runtime=60,

@@ -18,6 +18,7 @@ rule story_lm:
     log:
         f"{RESULTS}/logs/generation/story_lm.log",
     threads: LLM_JOB_THREADS
+    priority: 1  # a long job: started early, short jobs fill the other cores
     resources:
         mem_mb=4000,
         runtime=60,
@@ -48,6 +49,7 @@ rule generation_brain_prompt:
     log:
         f"{RESULTS}/logs/generation/sub-{{subject}}_brain_prompt.log",
     threads: LLM_JOB_THREADS
+    priority: 1  # a long job: started early, short jobs fill the other cores
     resources:
         mem_mb=16000,
         runtime=240,
@@ -79,6 +81,7 @@ rule generation_brain_prompt_eeg:
     log:
         f"{RESULTS}/logs/generation/sub-{{subject}}_eeg_brain_prompt.log",
     threads: LLM_JOB_THREADS
+    priority: 1  # a long job: started early, short jobs fill the other cores
     resources:
         mem_mb=16000,
         runtime=240,
@@ -145,6 +148,7 @@ rule generation_beam_search:
     log:
         f"{RESULTS}/logs/generation/sub-{{subject}}_beam_search.log",
     threads: LLM_JOB_THREADS
+    priority: 1  # a long job: started early, short jobs fill the other cores
     resources:
         mem_mb=16000,
         runtime=480,
