@@ -467,9 +467,9 @@ def test_loading_passes_offline_and_remote_code_flags(tiny, monkeypatch):
         return real(cls, *args, **kwargs)
 
     monkeypatch.setattr(AutoConfig, "from_pretrained", classmethod(spy))
-    features.n_hidden_states({"source": str(tiny["gpt2"])})
+    models.load_config({"source": str(tiny["gpt2"])})
     assert calls[-1]["local_files_only"] is True and calls[-1]["trust_remote_code"] is False
-    features.n_hidden_states({"source": str(tiny["gpt2"]), "trust_remote_code": True})
+    models.load_config({"source": str(tiny["gpt2"]), "trust_remote_code": True})
     assert calls[-1]["trust_remote_code"] is True
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert models._loading_kwargs(models.model_settings({"source": "org/model", "revision": "abc"}), models.resolve_source("org/model")) == {
