@@ -17,11 +17,11 @@ rule align:
         settings={key: ENCODING[key] for key in ("lanczos_window", "lanczos_cutoff_mult", "lanczos_normalise")},
     log:
         f"{RESULTS}/logs/align/sub-{{subject}}_model-{{model}}.log",
-    priority: 1  # unblocks most of the DAG: scheduled before ready leaf jobs
     resources:
         mem_mb=8000,
         runtime=30,
     conda:
         "../../envs/cpu.yaml"
+    priority: UNBLOCKS
     script:
         "../scripts/align.py"

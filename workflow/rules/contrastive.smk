@@ -57,12 +57,12 @@ rule contrastive_lora:
     log:
         f"{RESULTS}/logs/contrastive/sub-{{subject}}_model-{{model}}_lora.log",
     threads: LLM_JOB_THREADS
-    priority: 1  # unblocks most of the DAG: scheduled before ready leaf jobs
     resources:
         mem_mb=16000,
         runtime=240,
     conda:
         "../../envs/gpu.yaml"
+    priority: UNBLOCKS
     script:
         "../scripts/contrastive_lora.py"
 
@@ -82,12 +82,12 @@ rule features_tuned:
     wildcard_constraints:
         model=names_pattern(TUNED_MODELS),
     threads: LLM_JOB_THREADS
-    priority: 1  # unblocks most of the DAG: scheduled before ready leaf jobs
     resources:
         mem_mb=16000,
         runtime=480,
     conda:
         "../../envs/gpu.yaml"
+    priority: UNBLOCKS
     script:
         "../scripts/features.py"
 

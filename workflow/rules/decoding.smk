@@ -70,7 +70,7 @@ rule decoding_vocabulary:
     localrule: True
     conda:
         "../../envs/cpu.yaml"
-    priority: 1  # unblocks long jobs: scheduled before ready leaf jobs
+    priority: UNBLOCKS
     script:
         "../scripts/decoding_vocabulary.py"
 
@@ -86,12 +86,12 @@ rule features_vocabulary:
     log:
         f"{RESULTS}/logs/features/model-{{model}}/vocabulary.log",
     threads: LLM_JOB_THREADS
-    priority: 1  # a long job two decoding jobs wait for: started early
     resources:
         mem_mb=16000,
         runtime=120,
     conda:
         "../../envs/gpu.yaml"
+    priority: LONG_JOB
     script:
         "../scripts/features_vocabulary.py"
 
@@ -151,12 +151,12 @@ rule decoding_lora:
     log:
         f"{RESULTS}/logs/decoding/sub-{{subject}}_model-{{model}}_lora.log",
     threads: LLM_JOB_THREADS
-    priority: 1  # a long job: started early, short jobs fill the other cores
     resources:
         mem_mb=16000,
         runtime=60,
     conda:
         "../../envs/gpu.yaml"
+    priority: LONG_JOB
     script:
         "../scripts/decoding_lora.py"
 

@@ -23,7 +23,7 @@ rule ingest_eeg:
         runtime=30,
     conda:
         "../../envs/cpu.yaml"
-    priority: 1  # unblocks long jobs: scheduled before ready leaf jobs
+    priority: UNBLOCKS
     script:
         "../scripts/ingest_eeg.py"
 
@@ -43,7 +43,7 @@ rule preprocess_eeg:
         runtime=60,
     conda:
         "../../envs/cpu.yaml"
-    priority: 1  # unblocks long jobs: scheduled before ready leaf jobs
+    priority: UNBLOCKS
     script:
         "../scripts/preprocess_eeg.py"
 

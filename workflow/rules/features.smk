@@ -21,11 +21,11 @@ rule features:
     wildcard_constraints:
         model=names_pattern(config["models"]),
     threads: LLM_JOB_THREADS
-    priority: 1  # unblocks most of the DAG: scheduled before ready leaf jobs
     resources:
         mem_mb=16000,
         runtime=480,
     conda:
         "../../envs/gpu.yaml"
+    priority: UNBLOCKS
     script:
         "../scripts/features.py"

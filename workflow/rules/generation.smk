@@ -18,12 +18,12 @@ rule story_lm:
     log:
         f"{RESULTS}/logs/generation/story_lm.log",
     threads: LLM_JOB_THREADS
-    priority: 1  # a long job: started early, short jobs fill the other cores
     resources:
         mem_mb=4000,
         runtime=60,
     conda:
         "../../envs/gpu.yaml"
+    priority: UNBLOCKS
     script:
         "../scripts/story_lm.py"
 
@@ -49,12 +49,12 @@ rule generation_brain_prompt:
     log:
         f"{RESULTS}/logs/generation/sub-{{subject}}_brain_prompt.log",
     threads: LLM_JOB_THREADS
-    priority: 1  # a long job: started early, short jobs fill the other cores
     resources:
         mem_mb=16000,
         runtime=240,
     conda:
         "../../envs/gpu.yaml"
+    priority: LONG_JOB
     script:
         "../scripts/generation_brain_prompt.py"
 
@@ -81,12 +81,12 @@ rule generation_brain_prompt_eeg:
     log:
         f"{RESULTS}/logs/generation/sub-{{subject}}_eeg_brain_prompt.log",
     threads: LLM_JOB_THREADS
-    priority: 1  # a long job: started early, short jobs fill the other cores
     resources:
         mem_mb=16000,
         runtime=240,
     conda:
         "../../envs/gpu.yaml"
+    priority: LONG_JOB
     script:
         "../scripts/generation_brain_prompt.py"
 
@@ -148,12 +148,12 @@ rule generation_beam_search:
     log:
         f"{RESULTS}/logs/generation/sub-{{subject}}_beam_search.log",
     threads: LLM_JOB_THREADS
-    priority: 1  # a long job: started early, short jobs fill the other cores
     resources:
         mem_mb=16000,
         runtime=480,
     conda:
         "../../envs/gpu.yaml"
+    priority: LONG_JOB
     script:
         "../scripts/generation_beam_search.py"
 

@@ -36,6 +36,7 @@ rule ingest:
         runtime=60,
     conda:
         "../../envs/cpu.yaml"
+    priority: UNBLOCKS
     script:
         "../scripts/ingest.py"
 

@@ -26,5 +26,6 @@ rule preprocess:
         runtime=60,
     conda:
         "../../envs/cpu.yaml"
+    priority: UNBLOCKS
     script:
         "../scripts/preprocess.py"
