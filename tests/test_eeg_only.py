@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from brainllm import configuration
+from brainllm import configuration, sources
 from brainllm.io import InputError
 from conftest import make_workdir, run_snakemake
 from test_config import dry_run, job_counts, write_yaml
@@ -88,6 +88,22 @@ def test_fmri_datasets_still_need_their_tr(workdir, tmp_path):
     del config["dataset"]["modality"], config["eeg"]
     proc = dry_run(workdir, "--configfile", str(write_yaml(workdir / "fmri.yaml", config)), check=False)
     assert proc.returncode != 0 and "'tr' is a required property" in proc.stdout
+
+
+def test_story_words_come_from_the_first_subject_with_the_recording(tmp_path):
+    from brainllm.demo_eeg import write_recording
+    from brainllm.ingest import ingest_words
+
+    root = tmp_path / "bids"
+    data = 1e-6 * np.random.default_rng(0).standard_normal((3, 2500))
+    write_recording(root, "02", "tale", data, ["The", "sp", "old", "boat"], np.array([1.0, 1.5, 2.0, 3.0]), np.full(4, 0.3),
+                    ("Cz", "Pz", "Fz"), 250.0, bads=())
+    dataset = eeg_only_config(root)["dataset"]  # subject 01 has no recording of the story
+    words = ingest_words(dataset, "tale", tmp_path / "words.tsv", eeg={})
+    assert words["word"].tolist() == ["The", "old", "boat"] and np.allclose(words["offset"] - words["onset"], 0.3)
+    assert sources.story_sources(dataset, "tale", {}) == [str(root / "sub-02" / "eeg" / "sub-02_task-tale_events.tsv")]
+    with pytest.raises(InputError, match="no EEG recording of task 'other'"):
+        ingest_words(dataset, "other", tmp_path / "other.tsv", eeg={"subjects": ["02"]})
 
 
 # --------------------------------------------------------------------------- a small run
