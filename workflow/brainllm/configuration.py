@@ -284,7 +284,9 @@ def finish(config: dict, check_inputs: bool = True) -> dict:
     it once, in the main process, and skips it when the run generates the dataset).
     """
     dataset = config["dataset"]
-    resolve_trims(dataset)
+    check_modality(config)
+    if not is_eeg_only(config):  # TRs: fMRI only
+        resolve_trims(dataset)
     check_models(config["models"])
     overlap = sorted(set(dataset["train_stories"]) & set(dataset["test_stories"]))
     if overlap:
@@ -313,9 +315,65 @@ def finish(config: dict, check_inputs: bool = True) -> dict:
     check_eeg(config)
     if check_inputs:
         check_dataset_files(dataset)
-        lengths = ds003020_run_lengths(dataset) if dataset["layout"] == "ds003020" else bids_run_lengths(dataset)
-        check_run_lengths(config, lengths)
+        if not is_eeg_only(config):
+            lengths = ds003020_run_lengths(dataset) if dataset["layout"] == "ds003020" else bids_run_lengths(dataset)
+            check_run_lengths(config, lengths)
     return config
+
+
+def is_eeg_only(config: Mapping) -> bool:
+    """``dataset.modality: eeg``: the dataset's subjects have EEG recordings only, no fMRI stage runs."""
+    return config["dataset"].get("modality", "fmri") == "eeg"
+
+
+# what an EEG-only dataset cannot have: settings naming fMRI files or layouts, and stages that read BOLD responses
+FMRI_ONLY_DATASET_KEYS = {
+    "mask": "a brain mask of the BOLD grid", "atlas": "an ROI atlas of the BOLD grid", "atlas_labels": "the atlas's labels",
+    "repeats_dir": "ds003020 repeat runs", "wordcsv": "a word table for fMRI runs",
+}
+FMRI_ONLY_SECTIONS = {
+    "contrastive": "trains brain↔text models on fMRI responses",
+    "group": "compares the fMRI subjects' encoding models and responses",
+}
+
+
+def check_modality(config: Mapping) -> None:
+    """With ``dataset.modality: eeg``: an eeg section, BIDS, and no setting or stage that needs fMRI."""
+    if not is_eeg_only(config):
+        return
+    dataset = config["dataset"]
+    fix = "leave it out (an EEG-only dataset has no BOLD), or set dataset.modality: fmri."
+    if not stage_enabled(config, "eeg"):
+        raise InputError(None, "dataset.modality is eeg but the config has no (enabled) eeg section, so nothing would run.",
+                         "add an eeg section: `eeg: {}` takes every default (config/README.md, eeg).")
+    others = sorted(set(config["eeg"].get("subjects") or ()) - set(dataset["subjects"]))
+    if others:
+        raise InputError(None, f"eeg.subjects {others} are not in dataset.subjects, which are the EEG subjects of an EEG-only dataset.",
+                         "list every subject in dataset.subjects (eeg.subjects may pick some of them), or set eeg.subjects: null.")
+    if dataset["layout"] != "bids":
+        raise InputError(None, f"dataset.modality eeg reads BIDS EEG (sub-*/eeg/ with *_events.tsv), but dataset.layout is {dataset['layout']!r}.",
+                         "set dataset.layout: bids.")
+    for key, what in FMRI_ONLY_DATASET_KEYS.items():
+        if dataset.get(key):
+            raise InputError(None, f"dataset.{key} ({what}) is set but dataset.modality is eeg.", fix)
+    for key in ("space", "desc"):
+        if (dataset.get("bids") or {}).get(key):
+            raise InputError(None, f"dataset.bids.{key} chooses fMRIPrep BOLD series but dataset.modality is eeg.", fix)
+    if dataset.get("segments"):
+        raise InputError(None, "dataset.segments cuts runs at TR boundaries of the fMRI, and dataset.modality is eeg: an EEG-only "
+                         "dataset cannot split a recording into stories.", "record (or export) each story as its own BIDS task and list those.")
+    if dataset.get("segmenter", "none") != "none":
+        raise InputError(None, f"dataset.segmenter {dataset['segmenter']!r} cuts event rows into words, but EEG events must list words "
+                         "(each word's epoch starts at its own onset).", "set dataset.segmenter: none and list one word per events row.")
+    for section, what in FMRI_ONLY_SECTIONS.items():
+        if stage_enabled(config, section):
+            raise InputError(None, f"the {section} section {what}, but dataset.modality is eeg.", f"remove the {section} section.")
+    if ((config.get("decoding") or {}).get("labels")) and stage_enabled(config, "decoding"):
+        raise InputError(None, "decoding.labels decodes annotations from fMRI responses, but dataset.modality is eeg.",
+                         "remove decoding.labels (EEG word classification runs with the decoding section).")
+    if ((config.get("generation") or {}).get("beam_search")) is not None and stage_enabled(config, "generation"):
+        raise InputError(None, "generation.beam_search scores candidates with an fMRI encoding model, but dataset.modality is eeg.",
+                         "remove generation.beam_search (EEG → text runs with the generation section).")
 
 
 def check_segmenter(dataset: Mapping) -> None:

@@ -58,7 +58,8 @@ def dataset_description(config: Mapping, version: str | None = None) -> dict:
         "GeneratedBy": [{
             "Name": PIPELINE,
             "Version": version or package_version(),
-            "Description": f"LLM hidden states -> voxelwise encoding models; config sha256 {config_sha256(config)}",
+            "Description": f"LLM hidden states -> {'EEG' if dataset.get('modality') == 'eeg' else 'voxelwise'} encoding models; "
+                           f"config sha256 {config_sha256(config)}",
             "ConfigSha256": config_sha256(config),
         }],
         "SourceDatasets": [source],

@@ -142,6 +142,29 @@ def recording_path(root: str | os.PathLike, subject: str, story: str):
     return matches[0]
 
 
+def events_path(recording) -> Path:
+    """The ``*_events.tsv`` beside a recording (its BIDSPath)."""
+    return Path(recording.copy().update(suffix="events", extension=".tsv").fpath)
+
+
+def story_words_from_events(settings: EegSettings, story: str) -> tuple[pd.DataFrame, Path]:
+    """``(words, events file)``: the words of ``story`` (``word onset offset``, seconds from the recording's first
+    sample) in the events of the first of ``settings.subjects`` with a recording of it, read as fMRI ingestion reads
+    BIDS events (an EEG-only dataset's words.tsv; ingestion checks every subject's words against it)."""
+    from brainllm.ingest import words_from_events
+
+    first_error = None
+    for subject in settings.subjects:
+        try:
+            recording = recording_path(settings.root, subject, story)
+        except InputError as error:
+            first_error = first_error or error
+            continue
+        source = events_path(recording)
+        return words_from_events(source, settings.word_column, settings.events_trial_type), source
+    raise first_error or InputError(None, f"no EEG subject to read story {story!r} from.", "list the subjects in dataset.subjects.")
+
+
 def read_events_words(events_tsv: Path, settings: EegSettings, duration_s: float) -> pd.DataFrame:
     """Words (``word``, ``onset`` in s from the recording's first sample) of an ``*_events.tsv``."""
     if not events_tsv.exists():
@@ -211,8 +234,7 @@ def read_recording(root: str | os.PathLike, subject: str, story: str, settings: 
     if settings.h_freq * 2 >= raw.info["sfreq"]:
         raise InputError(path.fpath, f"sampled at {raw.info['sfreq']:g} Hz, below twice eeg.h_freq ({settings.h_freq:g} Hz).",
                          "lower eeg.h_freq under half the sampling rate.")
-    events_tsv = Path(path.copy().update(suffix="events", extension=".tsv").fpath)
-    words = read_events_words(events_tsv, settings, raw.n_times / raw.info["sfreq"])
+    words = read_events_words(events_path(path), settings, raw.n_times / raw.info["sfreq"])
     return raw, words
 
 

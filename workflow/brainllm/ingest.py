@@ -48,6 +48,7 @@ TR_TOLERANCE_S = 1e-3
 RUN_END_TOLERANCE_S = 1e-6
 
 DATASET_DEFAULTS = {
+    "modality": "fmri",
     "trim_start": 10,
     "trim_end": 10,
     "audio_onset_s": 10.0,
@@ -887,13 +888,22 @@ def read_confounds(path: Path | None, names: list[str], n_trs: int, bold: Path) 
 # --------------------------------------------------------------------------- entry points
 
 
-def ingest_words(dataset: dict, story: str, out_tsv: str | os.PathLike) -> pd.DataFrame:
+def ingest_words(dataset: dict, story: str, out_tsv: str | os.PathLike, eeg: dict | None = None) -> pd.DataFrame:
     """Write ``words.tsv`` (word onset offset, seconds from scan start) for ``story``.
 
     For a segment of a split run (``dataset.segments``) the run's words are read, checked
-    against the whole run, then cut: the segment's words, in its own scan time.
+    against the whole run, then cut: the segment's words, in its own scan time. An EEG-only
+    dataset (``dataset.modality: eeg``) takes them from the EEG recordings' events (``eeg``:
+    the eeg config section), in seconds from the recording's start.
     """
     options = dataset_options(dataset)
+    if options["modality"] == "eeg":
+        from brainllm.eeg import EegSettings, story_words_from_events
+
+        words, source = story_words_from_events(EegSettings.from_config(eeg or {}, dataset), story)
+        logger.info("story %s: %d words from %s", story, len(words), source)
+        write_tsv(out_tsv, words)
+        return words
     root = _root(options)
     layout = options["layout"]
     tr = float(options["tr"])

@@ -44,9 +44,11 @@ def _is_bold(path: Path) -> bool:
     return path.name.endswith(("_bold.nii.gz", "_bold.nii"))
 
 
-def story_sources(dataset: dict, story: str) -> list[str]:
-    """Files read to make a story's words.tsv (rule ingest_words)."""
+def story_sources(dataset: dict, story: str, eeg: dict | None = None) -> list[str]:
+    """Files read to make a story's words.tsv (rule ingest_words; ``eeg``: the eeg section, read by an EEG-only dataset)."""
     options = dataset_options(dataset)
+    if options["modality"] == "eeg":
+        return eeg_story_sources(eeg or {}, dataset, story)
     root = _root(options)
     if root is None:
         return []
@@ -63,6 +65,16 @@ def story_sources(dataset: dict, story: str) -> list[str]:
         if options["layout"] == "wordcsv" and options["wordcsv"]:
             files.append(root / options["wordcsv"]["words"])
     return [str(path) for path in files if path.is_file()]
+
+
+def eeg_story_sources(eeg: dict, dataset: dict, story: str) -> list[str]:
+    """The events file of the first EEG subject that recorded ``story`` (``brainllm.eeg.story_words_from_events``)."""
+    root = Path(eeg.get("root") or dataset["root"])
+    for subject in eeg.get("subjects") or dataset["subjects"]:
+        found = sorted(root.glob(f"sub-{subject}/**/eeg/sub-{subject}_*task-{story}_*events.tsv"))
+        if found:
+            return [str(found[0])]
+    return []
 
 
 def subject_sources(dataset: dict, subject: str) -> list[str]:
@@ -110,7 +122,7 @@ def check_plan(dataset: dict, delays: list[int]) -> None:
         raise InputError(None, f"dataset: stories {both} are in both train_stories and test_stories.",
                          "a test story must be held out: list each story once.")
     root = _root(options)
-    if root is None or not delays:
+    if root is None or not delays or options["modality"] == "eeg":  # FIR delays are fMRI's
         return
     longest = max(abs(int(delay)) for delay in delays)
     trims = int(options["trim_start"]) + int(options["trim_end"])

@@ -5,7 +5,9 @@ import sys
 
 RESULTS = config["results"]
 DATASET = config["dataset"]
-SUBJECTS = DATASET["subjects"]
+# dataset.modality eeg: the subjects are EEG subjects only (EEG_SUBJECTS), no fMRI stage runs
+EEG_ONLY = brainllm_configuration.is_eeg_only(config)
+SUBJECTS = [] if EEG_ONLY else DATASET["subjects"]  # fMRI subjects
 STORIES = DATASET["train_stories"] + DATASET["test_stories"]
 
 
@@ -34,7 +36,7 @@ brainllm_sources.check_plan(DATASET, config["encoding"]["delays"])
 
 
 def story_sources(wildcards):
-    return dataset_ready() or brainllm_sources.story_sources(DATASET, wildcards.story)
+    return dataset_ready() or brainllm_sources.story_sources(DATASET, wildcards.story, EEG_WORD_SOURCE)
 
 
 def subject_sources(wildcards):
@@ -271,8 +273,8 @@ def report_ground_truth(subject):
 
 
 def report_encoding_figures():
-    """Encoding figures and the metrics table (when the encoding stage is in the workflow)."""
-    if not rules.has("best_layer"):
+    """Encoding figures and the metrics table (when the encoding stage is in the workflow and there are fMRI subjects)."""
+    if not (SUBJECTS and rules.has("best_layer")):
         return []
     stems = [f"{REPORT_DIR}/encoding/layer_curves", f"{REPORT_DIR}/encoding/roi_ranking"]
     for subject in SUBJECTS:
@@ -510,7 +512,7 @@ def contrastive_decoding_stories():
 def report_decoding_figures():
     """The identification curves and, with word classification runs (ridge, contrastive, EEG), its figure and tables."""
     files = []
-    if DECODING_ENABLED and rules.has("decoding_identification"):
+    if DECODING_ENABLED and SUBJECTS and rules.has("decoding_identification"):
         files += report_figure_files([f"{REPORT_DIR}/decoding/identification"])
         if LABELS_ENABLED and rules.has("decoding_labels"):
             files += report_figure_files([f"{REPORT_DIR}/decoding/labels"])
@@ -741,6 +743,8 @@ def eeg_sources(wildcards):
 # What each EEG job reads of the config (params: a change reruns only the jobs it concerns)
 EEG_DATASET = {key: DATASET.get(key) for key in ("subjects", "root", "bids", "segments", "train_stories", "test_stories")}
 EEG_INGEST = {key: EEG[key] for key in ("subjects", "root", "montage", "word_column", "events_trial_type", "h_freq") if key in EEG}
+# an EEG-only dataset's story words come from the recordings' events (rule ingest_words)
+EEG_WORD_SOURCE = {key: EEG[key] for key in ("subjects", "root", "word_column", "events_trial_type") if key in EEG} if EEG_ONLY else {}
 EEG_ENCODING = {key: value for key, value in EEG.items() if key not in ("epochs", "generation")}
 EEG_WORDS = {key: EEG[key] for key in ("alphas", "epochs", "block_words", "seed") if key in EEG}
 EEG_GENERATION = {key: EEG[key] for key in ("epochs", "generation", "block_words") if key in EEG}

@@ -1,5 +1,6 @@
 # Ingestion: story words and per-subject responses, mask and mean image from the
-# configured dataset (layouts ds003020, bids, wordcsv; see docs/outputs.md). Inputs: every
+# configured dataset (layouts ds003020, bids, wordcsv; see docs/outputs.md); an EEG-only
+# dataset's words from its recordings' events (the EEG itself: eeg.smk). Inputs: every
 # dataset file a rule reads (common.smk, brainllm.sources), so an edited one reruns its jobs.
 
 
@@ -10,6 +11,7 @@ rule ingest_words:
         words_tsv("{story}"),
     params:
         dataset=DATASET,
+        **({"eeg": EEG_WORD_SOURCE} if EEG_ONLY else {}),
     log:
         f"{RESULTS}/logs/ingest/words_{{story}}.log",
     localrule: True
