@@ -90,7 +90,7 @@ def test_fmri_datasets_still_need_their_tr(workdir, tmp_path):
     assert proc.returncode != 0 and "'tr' is a required property" in proc.stdout
 
 
-def test_story_words_come_from_the_first_subject_with_the_recording(tmp_path):
+def test_story_words_come_from_the_first_subject_with_its_events(tmp_path):
     from brainllm.demo_eeg import write_recording
     from brainllm.ingest import ingest_words
 
@@ -102,7 +102,7 @@ def test_story_words_come_from_the_first_subject_with_the_recording(tmp_path):
     words = ingest_words(dataset, "tale", tmp_path / "words.tsv", eeg={})
     assert words["word"].tolist() == ["The", "old", "boat"] and np.allclose(words["offset"] - words["onset"], 0.3)
     assert sources.story_sources(dataset, "tale", {}) == [str(root / "sub-02" / "eeg" / "sub-02_task-tale_events.tsv")]
-    with pytest.raises(InputError, match="no EEG recording of task 'other'"):
+    with pytest.raises(InputError, match="no EEG events file of story 'other'"):
         ingest_words(dataset, "other", tmp_path / "other.tsv", eeg={"subjects": ["02"]})
 
 
@@ -162,3 +162,17 @@ def test_an_eeg_only_dataset_runs_to_rule_all_and_the_report(eeg_only_run):
     description = json.loads((results / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative" and "EEG" in description["GeneratedBy"][0]["Description"]
     assert (workdir / "report.html").stat().st_size > 50_000
+
+
+def test_eeg_events_are_read_as_the_words_are(tmp_path):
+    """ingest_eeg's reader keeps the rows ingest_words keeps: numeric trial types compared as text, n/a words dropped."""
+    from brainllm.eeg import EegSettings, read_events_words
+    from brainllm.ingest import words_from_events
+
+    events = tmp_path / "sub-01_task-tale_events.tsv"
+    events.write_text("onset\tduration\ttrial_type\tword\n1.0\t0.3\t1\tThe\n1.5\t0.3\t1\tn/a\n2.0\t0.3\t2\tbeep\n3.0\t0.3\t1\tboat\n")
+    settings = EegSettings.from_config({"events_trial_type": "1"}, eeg_only_config(tmp_path)["dataset"])
+    words = words_from_events(events, settings.word_column, settings.events_trial_type)
+    eeg_words = read_events_words(events, settings, duration_s=10.0)
+    assert eeg_words["word"].tolist() == words["word"].tolist() == ["The", "boat"]
+    assert np.allclose(eeg_words["onset"], words["onset"])

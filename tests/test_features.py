@@ -403,6 +403,7 @@ def test_hidden_state_count_is_cached_by_config_content(tiny, tmp_path, monkeypa
     assert count == AutoConfig.from_pretrained(tiny["llama"]).num_hidden_layers + 1
     cached = models._hidden_states_cache_file(models.model_settings(cfg))
     assert cached.is_file()
+    assert models._hidden_states_cache_file(models.model_settings({**cfg, "trust_remote_code": True})) is None
     real_load_config = models.load_config
     monkeypatch.setattr(models, "load_config", lambda *args: pytest.fail("the config was read although its count is cached"))
     assert features.model_layers(cfg) == list(range(count))

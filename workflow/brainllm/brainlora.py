@@ -465,8 +465,8 @@ def load_lora_model(config_json: str | os.PathLike, towers_safetensors: str | os
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(towers[name].to(p.device, p.dtype))
-    if info.quantization == "none":
-        model.text_tower.model.merge_adapter()  # inference at the base model's cost
+    if info.quantization == "none" and info.dtype == "float32":
+        model.text_tower.model.merge_adapter()  # inference at the base model's cost; lossless in float32
     return model.eval(), record, tokenizer
 
 

@@ -147,24 +147,6 @@ def events_path(recording) -> Path:
     return Path(recording.copy().update(suffix="events", extension=".tsv").fpath)
 
 
-def story_words_from_events(settings: EegSettings, story: str) -> tuple[pd.DataFrame, Path]:
-    """``(words, events file)``: the words of ``story`` (``word onset offset``, seconds from the recording's first
-    sample) in the events of the first of ``settings.subjects`` with a recording of it, read as fMRI ingestion reads
-    BIDS events (an EEG-only dataset's words.tsv; ingestion checks every subject's words against it)."""
-    from brainllm.ingest import words_from_events
-
-    first_error = None
-    for subject in settings.subjects:
-        try:
-            recording = recording_path(settings.root, subject, story)
-        except InputError as error:
-            first_error = first_error or error
-            continue
-        source = events_path(recording)
-        return words_from_events(source, settings.word_column, settings.events_trial_type), source
-    raise first_error or InputError(None, f"no EEG subject to read story {story!r} from.", "list the subjects in dataset.subjects.")
-
-
 def read_events_words(events_tsv: Path, settings: EegSettings, duration_s: float) -> pd.DataFrame:
     """Words (``word``, ``onset`` in s from the recording's first sample) of an ``*_events.tsv``."""
     if not events_tsv.exists():
@@ -181,8 +163,9 @@ def read_events_words(events_tsv: Path, settings: EegSettings, duration_s: float
     if settings.events_trial_type is not None:
         if "trial_type" not in events.columns:
             raise InputError(events_tsv, "has no trial_type column to select the word rows.", "set eeg.events_trial_type: null to take every row.")
-        events = events[events["trial_type"] == settings.events_trial_type]
-    events = events[~events[settings.word_column].astype(str).map(is_silence)]  # as ingestion drops them from words.tsv
+        events = events[events["trial_type"].astype(str) == settings.events_trial_type]  # as ingestion compares them
+    words = events[settings.word_column].fillna("").astype(str).str.strip()
+    events = events[~words.map(is_silence)]  # n/a and silence dropped, as ingestion drops them from words.tsv
     if events.empty:
         raise InputError(events_tsv, f"has no word rows (trial_type {settings.events_trial_type!r}).", "check eeg.events_trial_type.")
     onset = pd.to_numeric(events["onset"], errors="coerce").to_numpy()

@@ -898,10 +898,16 @@ def ingest_words(dataset: dict, story: str, out_tsv: str | os.PathLike, eeg: dic
     """
     options = dataset_options(dataset)
     if options["modality"] == "eeg":
-        from brainllm.eeg import EegSettings, story_words_from_events
+        from brainllm.eeg import EegSettings
+        from brainllm.sources import eeg_story_sources
 
-        words, source = story_words_from_events(EegSettings.from_config(eeg or {}, dataset), story)
-        logger.info("story %s: %d words from %s", story, len(words), source)
+        settings = EegSettings.from_config(eeg or {}, dataset)
+        found = eeg_story_sources(eeg or {}, dataset, story)  # the file the rule tracks is the file read
+        if not found:
+            raise InputError(settings.root, f"no EEG events file of story {story!r} (sub-<subject>/eeg/*task-{story}_*events.tsv) "
+                             f"for subjects {list(settings.subjects)}.", "record each story as its own BIDS task, or fix the story name.")
+        words = words_from_events(found[0], settings.word_column, settings.events_trial_type)
+        logger.info("story %s: %d words from %s", story, len(words), found[0])
         write_tsv(out_tsv, words)
         return words
     root = _root(options)

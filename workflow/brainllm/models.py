@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -353,14 +354,17 @@ def n_hidden_states(model_cfg: dict) -> int:
     return count
 
 
+HIDDEN_STATES_CACHE_VERSION = 1  # raise when _count_hidden_states or resolve_family change
+
+
 def _hidden_states_cache_file(settings: dict) -> Path | None:
     """``hidden_states/<key>.json`` in the cache directory for a local model, else None."""
     source = resolve_source(settings["source"])
     config_json = Path(source.location) / "config.json"
-    if not source.is_local or not config_json.is_file():
-        return None
+    if not source.is_local or settings["trust_remote_code"] or not config_json.is_file():
+        return None  # remote code may count its layers in its own files
     key = hashlib.sha256(json.dumps(
-        [sha256_file(config_json), settings["family"], settings["t5_states"], bool(settings["trust_remote_code"])]
+        [HIDDEN_STATES_CACHE_VERSION, importlib.metadata.version("transformers"), sha256_file(config_json), settings["family"], settings["t5_states"]]
     ).encode()).hexdigest()[:32]
     return _cache_dir() / "hidden_states" / f"{key}.json"
 
@@ -455,7 +459,8 @@ def _attach_adapter(model, adapter_dir: Path, merge: bool):
     """Load a peft LoRA adapter onto ``model`` and check that every tensor was applied.
 
     With ``merge`` the adapter is added into the base weights (inference then costs what the
-    base model costs); quantized weights keep it beside them.
+    base model costs): only float32 weights, where the sum loses nothing the adapter changes;
+    half-precision and quantized weights keep it beside them.
     """
     import torch
     from peft import PeftModel, get_peft_model_state_dict
@@ -536,7 +541,7 @@ def load_model(model_cfg: dict, adapter_dir: str | os.PathLike | None = None):
     if adapter is not None:
         adapter = Path(adapter).expanduser()
         adapter_hash = adapter_sha256(adapter)
-        model = _attach_adapter(model, adapter, merge=quantization is None)
+        model = _attach_adapter(model, adapter, merge=quantization is None and settings["dtype"] == "float32")
     model.eval()
     model.requires_grad_(False)
 

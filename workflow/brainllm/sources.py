@@ -68,7 +68,7 @@ def story_sources(dataset: dict, story: str, eeg: dict | None = None) -> list[st
 
 
 def eeg_story_sources(eeg: dict, dataset: dict, story: str) -> list[str]:
-    """The events file of the first EEG subject that recorded ``story`` (``brainllm.eeg.story_words_from_events``)."""
+    """The events file an EEG-only dataset's words of ``story`` are read from: the first EEG subject's that has one."""
     root = Path(eeg.get("root") or dataset["root"])
     for subject in eeg.get("subjects") or dataset["subjects"]:
         found = sorted(root.glob(f"sub-{subject}/**/eeg/sub-{subject}_*task-{story}_*events.tsv"))

@@ -75,6 +75,7 @@ rule encoding_eeg:
         runtime=120,
     conda:
         "../../envs/cpu.yaml"
+    priority: LONG_JOB
     script:
         "../scripts/encoding_eeg.py"
 
