@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib import colors as mcolors
-from scipy import stats
 from tqdm import tqdm
 
 from . import figures, metrics
@@ -228,7 +227,9 @@ def null_r_density(r: np.ndarray, n_samples: int) -> np.ndarray:
     if n_samples < 4:
         raise ValueError(f"the null of r needs at least 4 samples, got {n_samples}")
     shape = n_samples / 2.0 - 1.0
-    return stats.beta(shape, shape, loc=-1.0, scale=2.0).pdf(np.asarray(r, dtype=np.float64))
+    from scipy.stats import beta  # imported where used: scipy.stats costs every report job a second
+
+    return beta(shape, shape, loc=-1.0, scale=2.0).pdf(np.asarray(r, dtype=np.float64))
 
 
 def fdr_threshold(scores: pd.DataFrame) -> float | None:

@@ -3,6 +3,8 @@
 import os
 import sys
 
+from brainllm import configuration as brainllm_configuration
+
 RESULTS = config["results"]
 DATASET = config["dataset"]
 # dataset.modality eeg: the subjects are EEG subjects only (EEG_SUBJECTS), no fMRI stage runs
@@ -157,7 +159,6 @@ def names_pattern(names):
 # requested by contrastive_compare). Rule features_tuned (contrastive.smk) extracts its
 # entries; their store key holds the trained adapter's content hash.
 
-from brainllm import configuration as brainllm_configuration
 from brainllm import contrastive_settings as brainllm_contrastive
 
 CONTRASTIVE = brainllm_configuration.stage_settings(config, "contrastive")  # {} = stage off
