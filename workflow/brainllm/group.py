@@ -283,7 +283,40 @@ def plot_transfer(transfer_tsvs: Sequence[str | os.PathLike], png, svg, tsv, dpi
 # ----------------------------------------------------------------------------- subjects side by side
 
 SUBJECT_LAYER_COLUMNS = ("layer", "mean_r_val", "mean_r", "mean_r_top10", "best")
+WITHIN_SUBJECT_COLUMNS = ("delta_vs_best", "delta_ci_low", "delta_ci_high", "p_vs_best")  # best_layer's paired block bootstrap
 NO_TEST_NOTE = f"fewer than {MIN_GROUP_SUBJECTS} subjects: no sign-flip test across subjects"
+DIFFERENCE_COLUMNS = ("subject", "chosen_layer", "others_layer", "delta_r", "ci_low", "ci_high", "p", "p_holm", "differs")
+
+
+def subject_differences(per_subject: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Which subjects differ from the others: one row per subject.
+
+    ``per_subject``: the subjects' best_layer rows (``subject``, ``layer``, ``mean_r_val``,
+    ``best`` and the within-subject comparison with the subject's own layer chosen on
+    validation r: ``delta_vs_best``, its CI and paired block-bootstrap ``p_vs_best``).
+    ``others_layer`` is the layer the other subjects choose (highest mean validation r over
+    them); ``delta_r`` = the subject's test r at that layer − at its own chosen layer, with the
+    subject's own CI and p. A subject ``differs`` when that Δ is negative (the others' layer
+    predicts its test story worse) with Holm-corrected p < ``alpha`` over the subjects whose
+    own layer is not the others'. Every choice is made on validation r; the test story only
+    decides the test.
+    """
+    rows = []
+    for subject, own in per_subject.groupby("subject", sort=False):
+        others = per_subject[per_subject["subject"] != subject]
+        others_layer = int(others.groupby("layer")["mean_r_val"].mean().idxmax())
+        chosen = int(own.loc[own["best"].astype(bool), "layer"].iloc[0])
+        at = own.set_index("layer").loc[others_layer]
+        tested = chosen != others_layer
+        rows.append({"subject": subject, "chosen_layer": chosen, "others_layer": others_layer,
+                     "delta_r": float(at["delta_vs_best"]), "ci_low": float(at["delta_ci_low"]), "ci_high": float(at["delta_ci_high"]),
+                     "p": float(at["p_vs_best"]) if tested else 1.0, "tested": tested})
+    table = pd.DataFrame(rows)
+    table["p_holm"] = 1.0
+    if table["tested"].any():
+        table.loc[table["tested"], "p_holm"] = holm(table.loc[table["tested"], "p"].to_numpy())
+    table["differs"] = table["tested"] & (table["delta_r"] < 0) & (table["p_holm"] < alpha)
+    return table[list(DIFFERENCE_COLUMNS)]
 
 
 def subject_tables(
@@ -291,15 +324,19 @@ def subject_tables(
     roi_tsvs: Mapping[str, Mapping[int, str | os.PathLike]],
     out_layers: str | os.PathLike,
     out_rois: str | os.PathLike,
+    out_differences: str | os.PathLike | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Subject × layer and subject × ROI tables of one model, with group rows.
+    """Subject × layer and subject × ROI tables of one model, with group rows; and, to
+    ``out_differences``, :func:`subject_differences` (its ``differs`` also marks the subject's
+    rows of the layer table).
 
     ``layers_tsvs``: ``{subject: _layers.tsv}`` (each subject's layer chosen on validation r
     is its ``best`` row); ``roi_tsvs``: ``{subject: {layer: _roi.tsv}}``. The layer table
     holds one row per (subject, layer) and per layer a ``group`` row: means over subjects,
     the between-subject SD and 95 % t-interval of mean test r, and — with ≥ 3 subjects — Δ
     mean r against the group's layer chosen on mean validation r with its t-interval,
-    exact sign-flip p and Holm over layers (else a note says why not); ``chosen_layer_*``
+    exact one-sided sign-flip p (H1: the layer chosen on validation predicts the test data
+    better) and Holm over layers (else a note says why not); ``chosen_layer_*``
     columns give the spread of the subjects' chosen layers. The ROI table holds each
     subject's ROI scores at its own chosen layer and per ROI a ``group`` row (mean, SD).
     """
@@ -308,12 +345,15 @@ def subject_tables(
     frames = []
     for subject, path in layers_tsvs.items():
         frame = pd.read_csv(path, sep="\t")
-        missing = set(SUBJECT_LAYER_COLUMNS) - set(frame.columns)
+        missing = set(SUBJECT_LAYER_COLUMNS + WITHIN_SUBJECT_COLUMNS) - set(frame.columns)
         if missing:
             raise InputError(path, f"missing columns {sorted(missing)}.", "rerun the best_layer rule.")
-        frames.append(frame[list(SUBJECT_LAYER_COLUMNS)].assign(subject=str(subject)))
-    per_subject = pd.concat(frames, ignore_index=True)
-    per_subject["best"] = per_subject["best"].astype(bool)
+        frames.append(frame[list(SUBJECT_LAYER_COLUMNS + WITHIN_SUBJECT_COLUMNS)].assign(subject=str(subject)))
+    within = pd.concat(frames, ignore_index=True)
+    within["best"] = within["best"].astype(bool)
+    differences = subject_differences(within)
+    per_subject = within[list(SUBJECT_LAYER_COLUMNS) + ["subject"]].copy()
+    per_subject["differs_from_group"] = per_subject["subject"].map(differences.set_index("subject")["differs"])
     chosen = per_subject[per_subject["best"]].set_index("subject")["layer"].astype(int)
     n_subjects = len(layers_tsvs)
     layers = sorted(set.intersection(*[set(frame["layer"]) for frame in frames]))
@@ -329,7 +369,7 @@ def subject_tables(
                "sd_r": float(r.std(ddof=1)) if n_subjects > 1 else np.nan, "r_ci_low": float(r.mean()) - half, "r_ci_high": float(r.mean()) + half,
                "n_subjects": n_subjects, "chosen_by": int((chosen == layer).sum())}
         if n_subjects >= MIN_GROUP_SUBJECTS:
-            comparison = across_subjects(r - reference.loc[values.index].to_numpy(dtype=np.float64))
+            comparison = across_subjects(r - reference.loc[values.index].to_numpy(dtype=np.float64), alternative="less")
             row.update({f"{key}_vs_best" if key in ("delta", "ci_low", "ci_high") else key: value for key, value in comparison.items() if key != "n_subjects"})
             tested.append(layer != group_best)
         rows.append(row)
@@ -362,7 +402,10 @@ def subject_tables(
     roi_table = pd.concat([per_roi, roi_group], ignore_index=True)
     write_tsv(out_layers, layer_table)
     write_tsv(out_rois, roi_table)
-    log.info("subjects' chosen layers %s; group layer %d", chosen.to_dict(), group_best)
+    if out_differences is not None:
+        write_tsv(out_differences, differences)
+    log.info("subjects' chosen layers %s; group layer %d; differing from the others: %s", chosen.to_dict(), group_best,
+             differences.loc[differences["differs"], "subject"].tolist() or "none")
     return layer_table, roi_table
 
 

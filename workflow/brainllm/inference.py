@@ -263,14 +263,15 @@ def compare_models(
 MIN_GROUP_SUBJECTS = 3
 
 
-def across_subjects(deltas: np.ndarray, ci: float = 0.95) -> dict:
-    """Mean Δ over subjects, its t-interval and the exact sign-flip p (``deltas`` ``(n_subjects,)``)."""
+def across_subjects(deltas: np.ndarray, ci: float = 0.95, alternative: str = "two-sided") -> dict:
+    """Mean Δ over subjects, its t-interval and the exact sign-flip p (``deltas`` ``(n_subjects,)``; ``alternative``
+    as :func:`brainllm.metrics.sign_flip_p`)."""
     from scipy import stats
 
     n = deltas.size
     mean = float(deltas.mean())
     half = float(stats.t.ppf(0.5 + ci / 2, n - 1) * deltas.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-    p = metrics.sign_flip_p(deltas) if np.any(deltas != 0) else 1.0
+    p = metrics.sign_flip_p(deltas, alternative=alternative) if np.any(deltas != 0) else 1.0
     return {"delta": mean, "ci_low": mean - half, "ci_high": mean + half, "p_sign_flip": p, "n_subjects": int(n)}
 
 
@@ -278,7 +279,8 @@ def group_comparison(tables: Mapping[str, str | os.PathLike], kind: str, out_tsv
     """Across subjects (≥ 3): per layer, mean Δ with a 95 % t-interval, sign-flip p, Holm over layers.
 
     ``kind`` ``layers``: ``{subject: _layers.tsv}``; the group's best layer has the highest
-    mean over subjects of mean validation r, Δ_s = mean test r of a layer − of that layer.
+    mean over subjects of mean validation r, Δ_s = mean test r of a layer − of that layer,
+    tested one-sided (H1: Δ < 0, the layer chosen on validation data predicts the test data better).
     ``kind`` ``base_vs_tuned``: ``{subject: base_vs_tuned.tsv}``; Δ_s = ``delta_mean_r``.
     """
     if len(tables) < MIN_GROUP_SUBJECTS:
@@ -300,7 +302,7 @@ def group_comparison(tables: Mapping[str, str | os.PathLike], kind: str, out_tsv
     for layer in layers:
         values = by_layer[layer]
         deltas = values["mean_r"].to_numpy(float) - reference if kind == "layers" else values["delta_mean_r"].to_numpy(float)
-        row = {"layer": int(layer), **across_subjects(deltas)}
+        row = {"layer": int(layer), **across_subjects(deltas, alternative="less" if kind == "layers" else "two-sided")}
         tested.append(layer != best if kind == "layers" else bool(np.any(deltas != 0)))
         if kind == "layers":
             row = {"layer": int(layer), "mean_r_val": float(values["mean_r_val"].mean()), "mean_r": float(values["mean_r"].mean()),

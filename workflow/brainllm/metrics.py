@@ -346,16 +346,28 @@ def paired_block_bootstrap(
     }
 
 
-def sign_flip_p(differences: np.ndarray, n_flips: int = 10000, seed: int = 0) -> float:
-    """Two-sided sign-flip test of mean(differences) = 0 across subjects (exact up to 2^12 subjects)."""
+def sign_flip_p(differences: np.ndarray, n_flips: int = 10000, seed: int = 0, alternative: str = "two-sided") -> float:
+    """Sign-flip test of mean(differences) = 0 across subjects (exact up to 2^12 subjects).
+
+    ``alternative``: ``two-sided``, ``less`` (H1: mean < 0) or ``greater`` (H1: mean > 0).
+    """
     d = np.asarray(differences, dtype=np.float64)
     if d.ndim != 1 or d.size < 2:
         raise ValueError(f"need a 1-D array of at least 2 differences, got shape {d.shape}")
+    if alternative not in ("two-sided", "less", "greater"):
+        raise ValueError(f"alternative must be two-sided, less or greater, got {alternative!r}")
     if d.size <= 12:
         signs = 1.0 - 2.0 * ((np.arange(2**d.size)[:, None] >> np.arange(d.size)) & 1)
-        return float((np.abs(signs @ d) >= abs(d.sum()) - 1e-12).mean())
-    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_flips, d.size))
-    return float((1.0 + (np.abs(signs @ d) >= abs(d.sum()) - 1e-12).sum()) / (1.0 + n_flips))
+    else:
+        signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_flips, d.size))
+    sums, observed = signs @ d, d.sum()
+    if alternative == "two-sided":
+        extreme = np.abs(sums) >= abs(observed) - 1e-12
+    elif alternative == "greater":
+        extreme = sums >= observed - 1e-12
+    else:
+        extreme = sums <= observed + 1e-12
+    return float(extreme.mean()) if d.size <= 12 else float((1.0 + extreme.sum()) / (1.0 + n_flips))
 
 
 def _copula_normal_scores(x: np.ndarray) -> np.ndarray:

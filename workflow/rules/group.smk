@@ -17,6 +17,7 @@ rule group_subjects:
         layers=group_file("{model}", "subject_layers.tsv"),
         rois=group_file("{model}", "subject_rois.tsv"),
         similarity=group_file("{model}", "map_similarity.tsv"),
+        differences=group_file("{model}", "subject_differences.tsv"),
     params:
         subjects=SUBJECTS,
         layers=lambda wildcards: model_layers(wildcards.model),

@@ -11,6 +11,7 @@ with rule_logging(snakemake.log[0]):
         return {subject: dict(zip(layers, paths[i * len(layers) : (i + 1) * len(layers)])) for i, subject in enumerate(subjects)}
 
     layer_table, roi_table = subject_tables(
-        dict(zip(subjects, snakemake.input.layers)), per_subject(snakemake.input.rois), snakemake.output.layers, snakemake.output.rois
+        dict(zip(subjects, snakemake.input.layers)), per_subject(snakemake.input.rois), snakemake.output.layers, snakemake.output.rois,
+        snakemake.output.differences,
     )
     map_similarity(layer_table, per_subject(snakemake.input.maps), snakemake.input.masks, roi_table, snakemake.output.similarity)
