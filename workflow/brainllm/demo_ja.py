@@ -103,8 +103,8 @@ def story_clauses(text: str) -> list[tuple[str, str]]:
     return clauses
 
 
-def speak_clauses(clauses: list[tuple[str, str]], rng: np.random.Generator) -> tuple[pd.DataFrame, float, int]:
-    """Clause events (onset in scan seconds, duration, text), the audio length (s) and the run's raw TRs.
+def speak_clauses(clauses: list[tuple[str, str]], rng: np.random.Generator) -> tuple[pd.DataFrame, int]:
+    """Clause events (onset in scan seconds, duration, text) and the run's raw TRs.
 
     A clause lasts ``SECONDS_PER_CHARACTER`` per letter or digit (punctuation takes no time),
     jittered by ±15 % per clause; pauses follow 、 and 。. The scan starts ``demo.AUDIO_ONSET_S``
@@ -119,7 +119,7 @@ def speak_clauses(clauses: list[tuple[str, str]], rng: np.random.Generator) -> t
         t += duration + rng.uniform(*PAUSE_S[pause])
     audio_s = round(t + rng.uniform(0.4, 0.8), 3)
     n_trs_raw = int(np.ceil((demo.AUDIO_ONSET_S + audio_s + rng.uniform(10.0, 12.0)) / demo.TR))
-    return pd.DataFrame(rows), audio_s, n_trs_raw
+    return pd.DataFrame(rows), n_trs_raw
 
 
 def clause_words(events: pd.DataFrame) -> pd.DataFrame:
@@ -264,7 +264,7 @@ def generate_japanese(out_dir: str | os.PathLike, seed: int) -> dict:
 
     events, words, n_trs = {}, {}, {}
     for index, story in enumerate(stories):
-        events[story], _, n_trs[story] = speak_clauses(story_clauses(story_text(story)), np.random.default_rng([seed, _STREAM_TIMING, index]))
+        events[story], n_trs[story] = speak_clauses(story_clauses(story_text(story)), np.random.default_rng([seed, _STREAM_TIMING, index]))
         words[story] = clause_words(events[story])
         logger.info("%s: %d clauses, %d words, %d raw TRs", story, len(events[story]), len(words[story]), n_trs[story])
 
