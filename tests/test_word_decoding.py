@@ -41,6 +41,22 @@ def test_vocabulary_merges_dataset_files_and_word_list(tmp_path):
     assert table.loc[table["word"] == "zyzzyva", "frequency"].item() == 0
 
 
+def test_japanese_vocabulary_keeps_japanese_words_whole(tmp_path):
+    assert [wd.normalise_word(w) for w in ("「灯台」", "海。", "ホーム、", "々", "ＡＢＣ")] == ["灯台", "海", "ホーム", "々", "ａｂｃ"]
+    assert wd.normalise_word("हिंदी") == "हिंदी"  # a combining mark at the end stays
+    assert wd.plain_word("ストーブ", "ja") and wd.plain_word("見", "ja") and not wd.plain_word("1", "ja") and not wd.plain_word("♪", "ja")
+    assert not wd.plain_word("café", "en") and wd.plain_word("café", "fr") and wd.plain_word("don't", "en")
+    story = _words_tsv(tmp_path / "words.tsv", ["灯台", "守", "の", "娘", "、", "ストーブ"])
+    table = wd.build_vocabulary({"a": story}, wd.WordDecodingSettings(wordfreq_top_n=500, language="ja"))
+    frequency = dict(zip(table["word"], table["frequency"]))
+    assert {"灯台", "守", "の", "娘", "ストーブ"} <= set(frequency) and "、" not in frequency
+    assert frequency["の"] > frequency["灯台"] > 0  # wordfreq's Japanese list, looked up without MeCab
+    assert (table["source"] == "wordfreq").sum() == 500 - 2  # "の" and "娘" were already the dataset's
+    assert all(wd.plain_word(w, "ja") for w in table.loc[table["source"] == "wordfreq", "word"])
+    with pytest.raises(InputError, match="language 'xx' has no wordfreq word list.*dataset.language"):
+        wd.build_vocabulary({"a": story}, wd.WordDecodingSettings(wordfreq_top_n=0, language="xx"))
+
+
 def test_bad_vocabulary_files_name_file_and_line(tmp_path):
     story = _words_tsv(tmp_path / "words.tsv", ["a", "b"])
     two = tmp_path / "two.txt"

@@ -297,6 +297,9 @@ def finish(config: dict, check_inputs: bool = True) -> dict:
             model_cfg.setdefault("word_separator", dataset["word_separator"])
         if generation and generation["llm"].get("source") != "workflow:story-lm":  # the story LM's words are space-separated
             generation["llm"].setdefault("word_separator", dataset["word_separator"])
+    words = (config.get("decoding") or {}).get("words")
+    if isinstance(words, dict):  # the vocabulary's word list and frequencies are the stories' language unless set
+        words.setdefault("vocabulary", {}).setdefault("language", dataset.get("language", "en"))
     beam_model = ((generation or {}).get("beam_search") or {}).get("model")
     if beam_model is not None and beam_model not in config["models"]:
         raise InputError(None, f"generation.beam_search.model {beam_model!r} is not one of models: {', '.join(config['models'])}.",

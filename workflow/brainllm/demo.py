@@ -5,7 +5,8 @@ in two layouts (see docs/outputs.md): a ds003020-style replica (Praat TextGrids,
 ``respdict.json``, preprocessed ``.hf5`` responses, masks) and a generic BIDS dataset
 (raw 4D BOLD with drift, word events, brain mask and ROI atlas), whose subjects also have
 BIDS EEG recordings of the stories (``brainllm.demo_eeg``). ``ground_truth.json``
-records what was planted, so the workflow's recovery can be checked against it.
+records what was planted, so the workflow's recovery can be checked against it. The
+Japanese demo (``brainllm.demo_ja``) is written beside them, from its own random streams.
 
 The planted signal of a voxel is ONE layer of the packaged MiniLM, computed here by a
 plain path (one unbatched forward pass per word over its own window of the previous
@@ -848,6 +849,10 @@ def generate_demo(
                              (_STREAM_EEG_MAP, _STREAM_EEG_RUN))
     write_tsv(bids / "participants.tsv", pd.DataFrame({"participant_id": [f"sub-{s}" for s in SUBJECTS]}))  # as mne-bids left it, less its n/a columns
 
+    from brainllm.demo_ja import generate_japanese  # it builds on this module
+
+    japanese = generate_japanese(out_dir, seed)  # bids_ja/ and ground_truth_ja.json (own random streams)
+
     model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
     weights = model_dir / "model.safetensors"
     ground_truth = {
@@ -909,6 +914,7 @@ def generate_demo(
         "voxel_order": "numpy C order of mask > 0",
         "per_subject": per_subject,
         "eeg": eeg_truth,
+        "japanese": japanese,
         "versions": _versions(),
     }
     write_json(out_dir / "ground_truth.json", ground_truth)

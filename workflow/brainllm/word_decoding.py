@@ -1,8 +1,9 @@
 """Whole-vocabulary word classification from brain responses through a contrastive model.
 
-Vocabulary (:func:`build_vocabulary`): the dataset's words plus a general English word
-list (``wordfreq``'s top-N words) and any user word files, normalised (lower case,
-surrounding punctuation removed), sorted and unique. Its text features are the words
+Vocabulary (:func:`build_vocabulary`): the dataset's words plus a general word list of
+the stories' language (``wordfreq``'s top-N words; ``decoding.words.vocabulary.language``,
+by default ``dataset.language``) and any user word files, normalised (lower case,
+surrounding punctuation and symbols of any script removed), sorted and unique. Its text features are the words
 read by the same LLM alone (``context_words: 1``), kept in the feature store like a
 story (one entry per model and settings, every layer, shared between runs).
 
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "WordDecodingSettings",
     "normalise_word",
+    "plain_word",
+    "word_frequencies",
     "build_vocabulary",
     "write_vocabulary",
     "read_vocabulary",
@@ -58,7 +61,9 @@ __all__ = [
 ]
 
 VOCABULARY_COLUMNS = ("word", "onset", "offset", "frequency", "source")
-WORDFREQ_PATTERN = re.compile(r"[a-z]+(?:['-][a-z]+)*")  # plain words of a general list (no numbers, no symbols)
+ENGLISH_WORD = re.compile(r"[a-z]+(?:['-][a-z]+)*")
+# wordfreq cuts these languages' text into words with MeCab or jieba (optional packages) before it looks a word up
+UNSPACED_LANGUAGES = ("ja", "ko", "zh")
 
 
 @dataclass(frozen=True)
@@ -104,15 +109,35 @@ class WordDecodingSettings:
 
 
 def normalise_word(word: str) -> str:
-    """Lower case (NFC) without the punctuation and symbols around it; "" when nothing is left."""
+    """Lower case (NFC) without the punctuation and symbols around it (of any script: 「」、。 too); "" when nothing is left."""
     word = unicodedata.normalize("NFC", str(word)).strip().lower()
-    keep = lambda ch: unicodedata.category(ch)[0] in "LN"  # letters and numbers  # noqa: E731
+    keep = lambda ch: unicodedata.category(ch)[0] in "LMN"  # letters, their combining marks (a Hindi word ends in one), numbers  # noqa: E731
     start, end = 0, len(word)
     while start < end and not keep(word[start]):
         start += 1
     while end > start and not keep(word[end - 1]):
         end -= 1
     return word[start:end]
+
+
+def plain_word(word: str, language: str) -> bool:
+    """A general list's entry worth adding: letters (with their combining marks), ' or - only inside, no numbers or
+    symbols. English: ASCII letters (its list's other entries are mostly names and stray letters of other scripts)."""
+    if language == "en":
+        return ENGLISH_WORD.fullmatch(word) is not None
+    parts = re.split(r"['-]", word)
+    return all(part and unicodedata.category(part[0])[0] == "L" and all(unicodedata.category(ch)[0] in "LM" for ch in part) for part in parts)
+
+
+def word_frequencies(words: Sequence[str], language: str) -> list[float]:
+    """wordfreq's frequency of each word, 0 when it has none; for Japanese, Korean and Chinese the list's own entry
+    for the word (wordfreq would first cut it into its own words, with packages the project does not install)."""
+    import wordfreq
+
+    if language in UNSPACED_LANGUAGES:
+        table = wordfreq.get_frequency_dict(language)
+        return [float(table.get(word, 0.0)) for word in words]
+    return [wordfreq.word_frequency(word, language) for word in words]
 
 
 def _read_word_file(path: str | os.PathLike) -> list[str]:
@@ -141,6 +166,9 @@ def build_vocabulary(words_tsvs: Mapping[str, str | os.PathLike], settings: Word
     """
     import wordfreq
 
+    if settings.language not in wordfreq.available_languages():  # its list and the words' frequencies
+        raise InputError(None, f"decoding.words.vocabulary.language {settings.language!r} has no wordfreq word list.",
+                         f"set it (or dataset.language) to one of {', '.join(sorted(wordfreq.available_languages()))}.")
     sources: dict[str, str] = {}
     if settings.dataset_words:
         for story, path in sorted(words_tsvs.items()):
@@ -150,7 +178,7 @@ def build_vocabulary(words_tsvs: Mapping[str, str | os.PathLike], settings: Word
         for word in _read_word_file(path):
             sources.setdefault(word, os.fspath(path))
     if settings.wordfreq_top_n > 0:
-        listed = [w for w in wordfreq.top_n_list(settings.language, settings.wordfreq_top_n * 2) if WORDFREQ_PATTERN.fullmatch(w)]
+        listed = [w for w in wordfreq.top_n_list(settings.language, settings.wordfreq_top_n * 2) if plain_word(w, settings.language)]
         for word in listed[: settings.wordfreq_top_n]:
             sources.setdefault(word, "wordfreq")
     sources.pop("", None)
@@ -161,7 +189,7 @@ def build_vocabulary(words_tsvs: Mapping[str, str | os.PathLike], settings: Word
         "word": words,
         "onset": np.arange(len(words), dtype=float),
         "offset": np.arange(len(words), dtype=float) + 0.5,
-        "frequency": [wordfreq.word_frequency(w, settings.language) for w in words],
+        "frequency": word_frequencies(words, settings.language),
         "source": [sources[w] for w in words],
     })
 
