@@ -187,6 +187,17 @@ def test_the_section_needs_the_contrastive_section():
     configuration.check_shared_encoder({**config, "group": {"shared_encoder": None}})  # null: off
 
 
+def test_schema_lists_the_shared_keys_and_the_training_keys_without_defaults():
+    import yaml
+
+    from brainllm.contrastive_settings import DEFAULTS, PAIR_KEYS, SHARED_ENCODER_KEYS
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    properties = schema["properties"]["group"]["properties"]["shared_encoder"]["properties"]
+    assert {key: spec["default"] for key, spec in properties.items() if "default" in spec} == SHARED_ENCODER_KEYS
+    assert set(properties) - set(SHARED_ENCODER_KEYS) == set(DEFAULTS) - set(PAIR_KEYS) - {"lora"}
+
+
 @pytest.mark.workflow
 def test_rule_is_planned_from_the_default_config(tmp_path):
     """The demo (two subjects, a contrastive section) with group.shared_encoder: one job per model and its figure."""
