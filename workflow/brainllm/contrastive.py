@@ -988,10 +988,6 @@ class SharedEncoderModel(nn.Module):
         """A new input layer (default initialisation) on the model's device."""
         self.input_layers[subject] = nn.Linear(brain_dim, self.input_width).to(self.logit_scale.device)
 
-    def shared_state(self) -> dict[str, torch.Tensor]:
-        """Copies of the shared parameters (brain tower, text projector, temperature)."""
-        return {name: p.detach().clone() for name, p in self.shared.named_parameters()}
-
 
 def percentile_rank_test(similarity: np.ndarray, min_shift: int, n_permutations: int, seed: int) -> dict:
     """Mean percentile rank of the true pair (the diagonal) among all candidates of each row, and its one-sided p.
