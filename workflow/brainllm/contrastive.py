@@ -656,7 +656,7 @@ def train(
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
 
 
-def _subject_sources(model: nn.Module, split: "PairData | Mapping[str, PairData]") -> list[tuple[str | None, nn.Module, PairData]]:
+def _subject_sources(model: nn.Module, split: PairData | Mapping[str, PairData]) -> list[tuple[str | None, nn.Module, PairData]]:
     """``(subject, model, pairs)`` of one split: a PairData as it is (subject None), or ``{subject: PairData}``
     through each subject's path of a :class:`SharedEncoderModel`."""
     if isinstance(split, PairData):
@@ -920,9 +920,9 @@ def load_frozen_model(config_json: str | os.PathLike, weights_safetensors: str |
 # group.shared_encoder (config/README.md). One ContrastiveModel (brain tower, text projector,
 # temperature) is shared by several subjects, each reaching it through its own linear input
 # layer from its brain windows (n_delays · n_voxels) to ``input_width``. Every training batch
-# holds one subject's pairs: a mixed batch would hold the same text segment twice (two
-# subjects heard it) with one copy a negative of the other's brain window, and the subjects'
-# windows would only need telling apart by subject. Splits are the single-subject model's
+# holds one subject's pairs: a mixed batch would hold the same text segment once per subject
+# who heard it, each copy a false negative of the others' brain windows; and retrieval is
+# scored within a subject, as one-subject batches train it. Splits are the single-subject model's
 # (same validation story for early stopping, the test story never seen). A held-out subject
 # gets a new input layer fitted on its training stories with everything shared frozen.
 
