@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from brainllm import configuration, contrastive
+from brainllm import configuration, contrastive, contrastive_shared
 from brainllm.contrastive_settings import shared_encoder_settings
 from brainllm.io import InputError
 from conftest import REPO, run_snakemake
@@ -74,7 +74,7 @@ def shared_run(data, single_runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("shared_run")
     files = {"table_tsv": out / "shared.tsv", "summary_json": out / "shared.json", "weights_safetensors": out / "shared.safetensors",
              "curves_tsv": out / "curves.tsv"}
-    table = contrastive.run_shared_encoder(
+    table = contrastive_shared.run_shared_encoder(
         data["features"], data["responses"], model_name="tiny", train_stories=TRAIN, test_stories=TEST,
         shared=shared_encoder_settings(SECTION, FAST, SUBJECTS), single_runs=single_runs, checkpoint_dir=out / "checkpoint", **files,
     )
@@ -125,9 +125,9 @@ def test_held_out_fit_changes_only_its_input_layer(data):
     pairs = {s: {name: p.to(torch.device("cpu")) for name, p in contrastive.load_pairs(data["features"][s], data["responses"][s], 3, split, settings).items()}
              for s in SUBJECTS}
     torch.manual_seed(0)
-    model = contrastive.SharedEncoderModel({s: pairs[s]["train"].brain_dim for s in SUBJECTS[:2]}, HIDDEN, settings, input_width=16)
+    model = contrastive_shared.SharedEncoderModel({s: pairs[s]["train"].brain_dim for s in SUBJECTS[:2]}, HIDDEN, settings, input_width=16)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    view, result = contrastive.fit_held_out_subject(model, "S04", pairs["S04"], settings, contrastive.Checkpoint(data["features"]["S01"].parent / "fit", "r"))
+    view, result = contrastive_shared.fit_held_out_subject(model, "S04", pairs["S04"], settings, contrastive.Checkpoint(data["features"]["S01"].parent / "fit", "r"))
     for name, parameter in model.named_parameters():
         if name.startswith("input_layers.S04."):
             assert name not in before
@@ -149,9 +149,9 @@ def test_percentile_rank_test_against_circular_shifts():
     rng = np.random.default_rng(0)
     latent = rng.standard_normal((80, 4))
     latent /= np.linalg.norm(latent, axis=1, keepdims=True)
-    aligned = contrastive.percentile_rank_test(latent @ latent.T, min_shift=5, n_permutations=1000, seed=0)
+    aligned = contrastive_shared.percentile_rank_test(latent @ latent.T, min_shift=5, n_permutations=1000, seed=0)
     assert aligned["mean_percentile_rank"] == 1.0 and aligned["p"] == pytest.approx(1 / 72)  # all 71 shifts in [5, 75]
-    unrelated = contrastive.percentile_rank_test(latent @ rng.standard_normal((80, 4)).T, min_shift=5, n_permutations=1000, seed=0)
+    unrelated = contrastive_shared.percentile_rank_test(latent @ rng.standard_normal((80, 4)).T, min_shift=5, n_permutations=1000, seed=0)
     assert abs(unrelated["mean_percentile_rank"] - 0.5) < 0.1 and unrelated["p"] > 0.05
 
 

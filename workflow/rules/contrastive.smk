@@ -1,5 +1,6 @@
-# Contrastive brain↔text training (brainllm.contrastive, brainllm.brainlora); outputs in
-# docs/outputs.md. `contrastive`: frozen LLM features per (subject, model, layer).
+# Contrastive brain↔text training (brainllm.contrastive, brainllm.brainlora,
+# brainllm.contrastive_shared); outputs in docs/outputs.md. `contrastive`: frozen LLM
+# features per (subject, model, layer).
 # `contrastive_lora`: LoRA adapters on the LLM per (subject, model); `features_tuned`
 # extracts (or reuses) the store entries of the tuned model <model>tuned<subject> through the
 # adapter, the usual align/encoding rules score it, and `contrastive_compare` sets its

@@ -2,8 +2,9 @@
 
 import torch
 
-from brainllm.contrastive import discard_checkpoint, run_shared_encoder
+from brainllm.contrastive import discard_checkpoint
 from brainllm.contrastive_settings import shared_encoder_settings
+from brainllm.contrastive_shared import run_shared_encoder
 from brainllm.io import rule_logging
 
 torch.set_num_threads(snakemake.threads)
