@@ -30,7 +30,7 @@ PROFILES = REPO / "profiles"
 WISTERIA = PROFILES / "wisteria"
 STANDIN = REPO / "tests" / "pjm_standin"
 MINI_SNAKEFILE = REPO / "tests" / "profile_workflow" / "Snakefile"
-GPU_RULES = ["features", "features_tuned", "contrastive", "contrastive_lora", "encoding", "encoding_banded", "group_transfer",
+GPU_RULES = ["features", "features_tuned", "contrastive", "contrastive_lora", "contrastive_shared", "encoding", "encoding_banded", "group_transfer",
              "features_vocabulary", "decoding_lora", "generation_brain_prompt", "generation_brain_prompt_eeg",
              "generation_beam_search"]
 CLUSTER_PROFILES = ["slurm", "wisteria"]

@@ -314,6 +314,7 @@ def finish(config: dict, check_inputs: bool = True) -> dict:
     if stage_enabled(config, "group") and not config["encoding"].get("save_predictions", True):
         raise InputError(None, "the group section needs the encoding models' test predictions, but encoding.save_predictions is false.",
                          "set encoding.save_predictions: true, or leave the group section out.")
+    check_shared_encoder(config)
     check_segmenter(dataset)
     check_eeg(config)
     if check_inputs:
@@ -377,6 +378,30 @@ def check_modality(config: Mapping) -> None:
     if ((config.get("generation") or {}).get("beam_search")) is not None and stage_enabled(config, "generation"):
         raise InputError(None, "generation.beam_search scores candidates with an fMRI encoding model, but dataset.modality is eeg.",
                          "remove generation.beam_search (EEG → text runs with the generation section).")
+
+
+def contrastive_section(config: Mapping) -> dict:
+    """The enabled contrastive section as its settings ({} when off): without ``enabled`` and ``keep_checkpoints``."""
+    return {key: value for key, value in stage_settings(config, "contrastive").items() if key != "keep_checkpoints"}
+
+
+def shared_encoder_section(config: Mapping) -> dict | None:
+    """``group.shared_encoder`` when the group stage runs and the subsection is present (not null), else None."""
+    return (config.get("group") or {}).get("shared_encoder") if stage_enabled(config, "group") else None
+
+
+def check_shared_encoder(config: Mapping) -> None:
+    """``group.shared_encoder`` needs the contrastive section and two or more training subjects."""
+    from .contrastive_settings import shared_encoder_settings
+
+    section = shared_encoder_section(config)
+    if section is None:
+        return
+    if not stage_enabled(config, "contrastive"):
+        raise InputError(None, "group.shared_encoder trains the contrastive model across subjects with the contrastive section's "
+                         "settings, but the config has no (enabled) contrastive section.",
+                         "add a contrastive section (`contrastive: {}` takes every default), or remove group.shared_encoder.")
+    shared_encoder_settings(section, contrastive_section(config), config["dataset"]["subjects"])
 
 
 def check_segmenter(dataset: Mapping) -> None:

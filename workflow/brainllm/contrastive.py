@@ -634,6 +634,10 @@ def train(
 ) -> TrainResult:
     """Train on ``data["train"]`` with early stopping on ``data["validation"]`` top-1 brain→text.
 
+    Each split is a PairData, or ``{subject: PairData}`` for a
+    :class:`~brainllm.contrastive_shared.SharedEncoderModel` (every batch one subject's pairs,
+    early stopping on the subjects' mean top-1).
+
     Each epoch reseeds torch (dropout) and draws its batch order and mixup from
     ``seed`` and the epoch number, so resuming from the last saved epoch replays exactly.
     ``step_callback(step)`` runs after every optimizer step (used to interrupt in tests).
@@ -647,19 +651,52 @@ def train(
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
 
 
+def _subject_sources(model: nn.Module, split: PairData | Mapping[str, PairData]) -> list[tuple[str | None, nn.Module, PairData]]:
+    """``(subject, model, pairs)`` of one split: a PairData as it is (subject None), or ``{subject: PairData}``
+    through each subject's path of a :class:`~brainllm.contrastive_shared.SharedEncoderModel`."""
+    if isinstance(split, PairData):
+        return [(None, model, split)]
+    return [(subject, model.for_subject(subject), pairs) for subject, pairs in split.items()]
+
+
+def _epoch_batches(sources: Sequence[tuple], batch_size: int, rng: np.random.Generator | None) -> list[tuple[int, torch.Tensor]]:
+    """``(source, pair indices)`` of an epoch: every batch holds one source's pairs; several sources' batches
+    are interleaved in a random order (a single source's draws are those of :func:`_batches`)."""
+    batches = [(k, index) for k, (_, _, pairs) in enumerate(sources) for index in _batches(pairs.n_pairs, batch_size, rng)]
+    if len(sources) > 1 and rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def _mean_scores(scores: Sequence[Mapping]) -> dict:
+    """Evaluation dicts of several subjects averaged key by key."""
+    return {key: _mean_scores([s[key] for s in scores]) if isinstance(value, Mapping) else float(np.mean([s[key] for s in scores]))
+            for key, value in scores[0].items()}
+
+
+def _evaluate_sources(sources, settings, batch_size, seed, indices=None, n_draws=None) -> tuple[dict, dict]:
+    """The mean evaluation over the sources (the one source's own when single) and each subject's."""
+    per_subject = {subject: evaluate(model, pairs, settings, batch_size, seed, index=None if indices is None else indices[k], n_draws=n_draws)
+                   for k, (subject, model, pairs) in enumerate(sources)}
+    scores = list(per_subject.values())
+    return (scores[0] if len(scores) == 1 else _mean_scores(scores)), per_subject
+
+
 def _train(model, data, settings, checkpoint, *, epochs, batch_size, lr, patience, step_callback) -> TrainResult:
     seed = int(settings["seed"])
-    train_data, validation_data = data["train"], data["validation"]
+    train_sources, validation_sources = _subject_sources(model, data["train"]), _subject_sources(model, data["validation"])
     device = model.logit_scale.device
-    steps_per_epoch = len(_batches(train_data.n_pairs, batch_size, None))
+    steps_per_epoch = len(_epoch_batches(train_sources, batch_size, None))
     total_steps = epochs * steps_per_epoch
     warmup_steps = max(1, round(float(settings["warmup_fraction"]) * total_steps))
     optimizer = make_optimizer(model, lr, float(settings["weight_decay"]))
     soft_temperature = _soft_temperature(settings)
     mixup = settings["mixup"]
     mixup_epochs = math.ceil(float(mixup["epochs_fraction"]) * epochs) if mixup["enabled"] else 0
-    n_train_eval = min(int(settings["eval"]["n_train_pairs"]), train_data.n_pairs)
-    train_eval_index = torch.randperm(train_data.n_pairs, generator=torch.Generator().manual_seed(seed))[:n_train_eval].sort().values
+    train_eval_indices = [
+        torch.randperm(pairs.n_pairs, generator=torch.Generator().manual_seed(seed))[:min(int(settings["eval"]["n_train_pairs"]), pairs.n_pairs)].sort().values
+        for _, _, pairs in train_sources
+    ]
 
     state = checkpoint.load()
     best_weights = None
@@ -679,7 +716,8 @@ def _train(model, data, settings, checkpoint, *, epochs, batch_size, lr, patienc
         rng = np.random.default_rng(_epoch_seed(seed, epoch))
         model.train()
         epoch_losses = []
-        for index in _batches(train_data.n_pairs, batch_size, rng):
+        for source, index in _epoch_batches(train_sources, batch_size, rng):
+            _, source_model, pairs = train_sources[source]
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(state["step"], total_steps, warmup_steps, lr)
             mixing = None
@@ -688,15 +726,14 @@ def _train(model, data, settings, checkpoint, *, epochs, batch_size, lr, patienc
                 mix_index = torch.as_tensor(rng.permutation(len(index)), device=device)
                 mixing = mixing_matrix(mix_index, mix_lambda)
             loss = training_step(
-                model, optimizer, train_data.brain_batch(index.to(device)), train_data.text_batch(index.to(device)),
-                soft_temperature, mixing,
+                source_model, optimizer, pairs.brain_batch(index.to(device)), pairs.text_batch(index.to(device)), soft_temperature, mixing,
             )
             state["step"] += 1
             epoch_losses.append(loss)
             if step_callback is not None:
                 step_callback(state["step"])
-        validation = evaluate(model, validation_data, settings, batch_size, seed)
-        train_scores = evaluate(model, train_data, settings, batch_size, seed, index=train_eval_index, n_draws=5)
+        validation, validation_by_subject = _evaluate_sources(validation_sources, settings, batch_size, seed)
+        train_scores, _ = _evaluate_sources(train_sources, settings, batch_size, seed, indices=train_eval_indices, n_draws=5)
         row = {
             "epoch": epoch + 1, "step": state["step"], "lr": optimizer.param_groups[0]["lr"],
             "logit_scale": model.scale_value(), "mixup": epoch < mixup_epochs,
@@ -708,6 +745,9 @@ def _train(model, data, settings, checkpoint, *, epochs, batch_size, lr, patienc
             "validation_top5_text_to_brain": validation["text_to_brain"]["top5"],
             "validation_chance_top1": validation["chance"]["top1"],
         }
+        if len(validation_sources) > 1:  # several subjects: early stopping reads their mean; each subject's beside it
+            row.update({f"validation_top1_brain_to_text_sub-{subject}": scores["brain_to_text"]["top1"]
+                        for subject, scores in validation_by_subject.items()})
         state["curves"].append(row)
         state["epoch"] = epoch + 1
         top1, best = validation["brain_to_text"]["top1"], state["best"]
@@ -869,3 +909,4 @@ def load_frozen_model(config_json: str | os.PathLike, weights_safetensors: str |
     model = ContrastiveModel(brain_dim, text_dim, record["settings"])
     load_trainable_state(model, load_file(str(weights_safetensors)), weights_safetensors)
     return model.to(device or torch.device("cpu")).eval(), record
+

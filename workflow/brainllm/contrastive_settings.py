@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from .io import InputError, sha256_text
 
@@ -22,6 +23,8 @@ __all__ = [
     "tuned_model_name",
     "lora_recipe_sha256",
     "tuned_model_config",
+    "SharedEncoderSettings",
+    "shared_encoder_settings",
 ]
 
 DEFAULTS: dict = {
@@ -180,3 +183,59 @@ def tuned_model_config(model_cfg: Mapping, contrastive_cfg: Mapping | None, subj
         "adapter": adapter_dir,
         "adapter_recipe": lora_recipe_sha256(model_cfg, contrastive_cfg, subject, dataset_cfg),
     }
+
+
+# ----------------------------------------------------------------------------- shared encoder (group.shared_encoder)
+
+# contrastive keys that define the pairs and how they are scored: the shared encoder keeps the
+# contrastive section's, so that it and the single-subject models are scored on the same test pairs
+PAIR_KEYS = ("segment_trs", "stride_trs", "delays", "delay_mode", "validation_story", "eval")
+# the shared encoder's own keys (the others are contrastive training keys it may set differently)
+SHARED_ENCODER_KEYS = {"held_out_subjects": None, "input_width": 256, "n_permutations": 1000, "min_shift_trs": 10}
+
+
+@dataclass(frozen=True)
+class SharedEncoderSettings:
+    """``group.shared_encoder`` resolved (config/README.md): the subjects' roles and the training settings."""
+
+    train_subjects: tuple[str, ...]
+    held_out_subjects: tuple[str, ...]
+    input_width: int  # width of every subject's input layer, the shared brain tower's input
+    n_permutations: int  # circular shifts of the test pairs in the null of the mean percentile rank
+    min_shift_trs: int  # smallest shift of that null (TRs)
+    contrastive: dict  # contrastive settings (resolve_settings) with the section's training keys on top
+
+
+def shared_encoder_settings(section: Mapping | None, contrastive_cfg: Mapping | None, subjects: Sequence[str]) -> SharedEncoderSettings:
+    """``group.shared_encoder`` over the ``contrastive`` section (``enabled``/``keep_checkpoints`` removed) for ``subjects``.
+
+    Held-out subjects default to the last subject; two or more subjects must remain to train.
+    """
+    section = dict(section or {})
+    subjects = [str(subject) for subject in subjects]
+    own = {key: section.pop(key, default) for key, default in SHARED_ENCODER_KEYS.items()}
+    fixed = sorted(set(section) & set(PAIR_KEYS))
+    if fixed:
+        raise InputError(
+            None, f"group.shared_encoder sets {', '.join(fixed)}, which define the contrastive pairs and their scoring; the shared "
+            "encoder keeps the contrastive section's so that it is scored on the same test pairs as the single-subject models.",
+            f"set {', '.join(fixed)} in the contrastive section, or remove them from group.shared_encoder.",
+        )
+    if "lora" in section:
+        raise InputError(None, "group.shared_encoder.lora: the shared encoder trains on frozen LLM features.", "remove lora from group.shared_encoder.")
+    settings = _merge(resolve_settings(contrastive_cfg), section, "group.shared_encoder.")
+    settings = resolve_settings({key: value for key, value in settings.items() if key != "lora"})
+    held_out = [subjects[-1]] if own["held_out_subjects"] is None else [str(s) for s in own["held_out_subjects"]]
+    unknown = sorted(set(held_out) - set(subjects))
+    if unknown:
+        raise InputError(None, f"group.shared_encoder.held_out_subjects {unknown} are not in dataset.subjects ({', '.join(subjects)}).",
+                         "list subjects of dataset.subjects (null = the last one; [] = no held-out subject).")
+    train = [subject for subject in subjects if subject not in held_out]
+    if len(train) < 2:
+        raise InputError(
+            None, f"group.shared_encoder trains on the subjects not held out, and {len(train)} remain ({', '.join(train) or 'none'}) "
+            f"of dataset.subjects {subjects} with held_out_subjects {held_out}.",
+            "hold out fewer subjects (held_out_subjects: [] holds none out), add subjects, or leave group.shared_encoder out.",
+        )
+    return SharedEncoderSettings(tuple(train), tuple(held_out), int(own["input_width"]), int(own["n_permutations"]),
+                                 int(own["min_shift_trs"]), frozen_section(settings))

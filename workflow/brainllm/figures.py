@@ -672,3 +672,35 @@ def generation_figure(comparisons: pd.DataFrame, pairwise: pd.DataFrame) -> Figu
     pair_ax.set_title("true vs permuted brain:\nlower loss of the heard words", fontsize=9)
     pair_ax.legend(fontsize=7)
     return fig
+
+
+def shared_encoder_figure(table: pd.DataFrame) -> Figure:
+    """Test mean percentile rank (brain → text) per subject of the shared contrastive encoder beside each subject's
+    single-subject model, one panel per (model, layer); held-out subjects hatched; chance (0.5) dashed.
+
+    ``table``: columns ``model layer subject role mean_percentile_rank_brain_to_text
+    single_mean_percentile_rank_brain_to_text`` (role ``train`` | ``held_out``; single NaN when absent).
+    """
+    panels = list(dict.fromkeys(zip(table["model"], table["layer"])))
+    n_subjects = table.groupby(["model", "layer"]).size().max()
+    fig = new_figure(max(4.8, 1.2 + 0.6 * n_subjects) * len(panels), 3.6)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    width = 0.38
+    for ax, (model, layer) in zip(axes, panels):
+        rows = table[(table["model"] == model) & (table["layer"] == layer)].reset_index(drop=True)
+        x = np.arange(len(rows))
+        held_out = (rows["role"] == "held_out").to_numpy()
+        for offset, column, label, index in ((-width / 2, "mean_percentile_rank_brain_to_text", "shared encoder", 0),
+                                             (width / 2, "single_mean_percentile_rank_brain_to_text", "single-subject", 1)):
+            bars = ax.bar(x + offset, rows[column].to_numpy(float), width, color=SERIES_COLOURS[index], label=label)
+            for bar, hatched in zip(bars, held_out):
+                if hatched:
+                    bar.set_hatch("//")
+                    bar.set_edgecolor("white")
+        ax.axhline(0.5, color="0.4", ls="--", lw=1, label="chance")
+        ax.set_xticks(x, [f"sub-{s}" + ("\n(held out)" if h else "") for s, h in zip(rows["subject"], held_out)], rotation=45, ha="right")
+        ax.set_ylim(0.0, 1.0)
+        ax.set_title(f"{model}, layer {int(layer)}")
+    axes[0].set_ylabel("Test mean percentile rank\n(brain → text)")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncols=3)
+    return fig

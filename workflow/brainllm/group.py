@@ -280,6 +280,21 @@ def plot_transfer(transfer_tsvs: Sequence[str | os.PathLike], png, svg, tsv, dpi
     return table
 
 
+def plot_shared_encoder(tables: Sequence[str | os.PathLike], png, svg, tsv, dpi: int = 150) -> pd.DataFrame:
+    """The shared contrastive encoder's tables of every model (``R/group/model-M_shared_encoder.tsv``) as one figure and table."""
+    from . import figures
+
+    table = pd.concat([
+        pd.read_csv(path, sep="\t", dtype={"subject": str}).assign(model=os.path.basename(str(path)).removeprefix("model-").removesuffix("_shared_encoder.tsv"))
+        for path in tables
+    ], ignore_index=True)
+    write_tsv(tsv, table)
+    with figures.styled():
+        figures.save_figure(figures.shared_encoder_figure(table), png, svg, dpi)
+    log.info("shared encoder of %d models -> %s", len(tables), png)
+    return table
+
+
 # ----------------------------------------------------------------------------- subjects side by side
 
 SUBJECT_LAYER_COLUMNS = ("layer", "mean_r_val", "mean_r", "mean_r_top10", "best")

@@ -616,10 +616,42 @@ def group_isc_inputs(wildcards):
     return inputs
 
 
+# group.shared_encoder (rule contrastive_shared): one contrastive model across subjects, scored on the
+# test story for its training subjects and for held-out subjects through a new input layer
+SHARED_ENCODER_SECTION = brainllm_configuration.shared_encoder_section(config) if GROUP_ENABLED else None
+SHARED_ENCODER = None if SHARED_ENCODER_SECTION is None else brainllm_contrastive.shared_encoder_settings(
+    SHARED_ENCODER_SECTION, brainllm_contrastive.frozen_section(CONTRASTIVE), SUBJECTS
+)
+
+
+def shared_encoder_targets(suffix="shared_encoder.tsv"):
+    return group_targets(suffix) if SHARED_ENCODER is not None else []
+
+
+def shared_encoder_single_runs():
+    """(subject, layer) of the single-subject contrastive runs beside the shared encoder: its layers that rule contrastive trains."""
+    layers = [int(layer) for layer in SHARED_ENCODER.contrastive["layers"] if layer in CONTRASTIVE_SETTINGS["layers"]]
+    return [(subject, layer) for subject in SUBJECTS for layer in layers]
+
+
+def shared_encoder_inputs(wildcards):
+    """Every subject's aligned features and responses, and the single-subject runs' config and weights."""
+    runs = [f"{CONTRASTIVE_OUT.format(subject=s, model=wildcards.model)}/layer-{layer:02d}" for s, layer in shared_encoder_single_runs()]
+    return {
+        "features": [aligned_features(subject, wildcards.model) for subject in SUBJECTS],
+        "responses": [preprocessed(subject) for subject in SUBJECTS],
+        "single_configs": [f"{run}/config.json" for run in runs],
+        "single_weights": [f"{run}/model.safetensors" for run in runs],
+    }
+
+
 def report_group_figures():
     if not (GROUP_ENABLED and rules.has("group_transfer")):
         return []
-    return report_figure_files([f"{REPORT_DIR}/group/subjects", f"{REPORT_DIR}/group/transfer", f"{REPORT_DIR}/group/isc"])
+    stems = [f"{REPORT_DIR}/group/subjects", f"{REPORT_DIR}/group/transfer", f"{REPORT_DIR}/group/isc"]
+    if SHARED_ENCODER is not None and rules.has("report_group_shared_encoder"):
+        stems.append(f"{REPORT_DIR}/group/shared_encoder")
+    return report_figure_files(stems)
 
 
 # --- end group ----------------------------------------------------------------------
@@ -707,7 +739,7 @@ def final_targets():
     targets += decoding_targets()
     targets += contrastive_decoding_targets("words.json") + ridge_words_targets()
     targets += label_targets()
-    targets += group_targets() + group_targets("subject_layers.tsv") + isc_targets()
+    targets += group_targets() + group_targets("subject_layers.tsv") + isc_targets() + shared_encoder_targets()
     targets += generation_targets() + beam_search_targets()
     targets += eeg_targets() + eeg_word_targets() + eeg_generation_targets()
     targets += [f"{RESULTS}/report/manifest.tsv"]  # report: every registered figure

@@ -1,11 +1,15 @@
-# Contrastive brain↔text training (brainllm.contrastive, brainllm.brainlora); outputs in
-# docs/outputs.md. `contrastive`: frozen LLM features per (subject, model, layer).
+# Contrastive brain↔text training (brainllm.contrastive, brainllm.brainlora,
+# brainllm.contrastive_shared); outputs in docs/outputs.md. `contrastive`: frozen LLM
+# features per (subject, model, layer).
 # `contrastive_lora`: LoRA adapters on the LLM per (subject, model); `features_tuned`
 # extracts (or reuses) the store entries of the tuned model <model>tuned<subject> through the
 # adapter, the usual align/encoding rules score it, and `contrastive_compare` sets its
 # held-out encoding r beside the base model's. Both training rules resume from their
 # checkpoint/ directory (not a declared output, so a failed job keeps it); a finished
-# job removes it unless contrastive.keep_checkpoints.
+# job removes it unless contrastive.keep_checkpoints. `contrastive_shared` (with
+# group.shared_encoder): one model across subjects, each through its own input layer, per
+# model; a held-out subject gets only a new input layer; every subject scored on the test
+# story beside its single-subject run.
 
 
 rule contrastive:
@@ -133,3 +137,32 @@ rule contrastive_compare_group:
         "../../envs/cpu.yaml"
     script:
         "../scripts/group_comparison.py"
+
+
+rule contrastive_shared:
+    input:
+        unpack(shared_encoder_inputs),
+    output:
+        table=group_file("{model}", "shared_encoder.tsv"),
+        summary=group_file("{model}", "shared_encoder.json"),
+        weights=group_file("{model}", "shared_encoder.safetensors"),
+        curves=group_file("{model}", "shared_encoder_curves.tsv"),
+    params:
+        checkpoint_dir=lambda wildcards: group_file(wildcards.model, "shared_encoder_checkpoint"),
+        section=SHARED_ENCODER_SECTION,
+        settings=brainllm_contrastive.frozen_section(CONTRASTIVE),
+        keep_checkpoints=CONTRASTIVE_KEEP_CHECKPOINTS,
+        subjects=SUBJECTS,
+        single_runs=lambda wildcards: shared_encoder_single_runs(),
+        train_stories=DATASET["train_stories"],
+        test_stories=DATASET["test_stories"],
+    log:
+        f"{RESULTS}/logs/group/model-{{model}}_shared_encoder.log",
+    threads: LLM_JOB_THREADS
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        "../../envs/gpu.yaml"
+    script:
+        "../scripts/contrastive_shared.py"

@@ -4,7 +4,9 @@
 # the training stories, each subject at its layer chosen on validation r; the inter-subject
 # correlation of the responses (voxels of a common grid, atlas ROIs), model-free. Figures:
 # layer curves with the between-subject interval and subject × ROI scores; the transfer
-# matrix; the ISC distribution and ROI bars.
+# matrix; the ISC distribution and ROI bars; with group.shared_encoder, the shared contrastive
+# encoder's test retrieval per subject beside the single-subject models (rule contrastive_shared
+# in contrastive.smk).
 
 
 rule group_subjects:
@@ -145,6 +147,28 @@ rule report_group_subjects:
         "../../envs/cpu.yaml"
     script:
         "../scripts/report_group_subjects.py"
+
+
+rule report_group_shared_encoder:
+    input:
+        tables=lambda wildcards: shared_encoder_targets(),
+    output:
+        **report_figure(
+            f"{REPORT_DIR}/group/shared_encoder",
+            "../report/group_shared_encoder.rst",
+            "Group",
+            "All subjects",
+            {"figure": "shared contrastive encoder"},
+        ),
+    params:
+        dpi=REPORT["dpi"],
+    log:
+        f"{RESULTS}/logs/report/group_shared_encoder.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    script:
+        "../scripts/report_group_shared_encoder.py"
 
 
 REPORT_TARGETS.append(report_group_figures)
