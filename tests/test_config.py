@@ -319,3 +319,16 @@ def test_generation_schema_defaults_equal_package_defaults():
     from brainllm.beam_search import BeamSearchSettings
 
     assert defaults(schema["beam_search"]["properties"]) == {"model": None, **asdict(BeamSearchSettings())}
+
+
+@pytest.mark.parametrize("language, separator, message", [
+    ("ja", " ", 'set dataset.word_separator: ""'),
+    ("zh", " ", "written without spaces"),
+    ("en", "", 'set dataset.word_separator: " "'),
+    ("de", "", "spaces its words"),
+])
+def test_a_word_separator_the_language_does_not_use_is_refused(language, separator, message):
+    with pytest.raises(InputError, match=message):
+        configuration.check_word_separator({"language": language, "word_separator": separator})
+    configuration.check_word_separator({"language": language, "word_separator": "" if separator == " " else " "})
+    configuration.check_word_separator({})  # English, spaced: the defaults

@@ -316,6 +316,7 @@ def finish(config: dict, check_inputs: bool = True) -> dict:
                          "set encoding.save_predictions: true, or leave the group section out.")
     check_shared_encoder(config)
     check_segmenter(dataset)
+    check_word_separator(dataset)
     check_eeg(config)
     if check_inputs:
         check_dataset_files(dataset)
@@ -402,6 +403,23 @@ def check_shared_encoder(config: Mapping) -> None:
                          "settings, but the config has no (enabled) contrastive section.",
                          "add a contrastive section (`contrastive: {}` takes every default), or remove group.shared_encoder.")
     shared_encoder_settings(section, contrastive_section(config), config["dataset"]["subjects"])
+
+
+#: languages whose script writes words together (ISO 639-1): their words are joined with ""
+UNSPACED_LANGUAGES = ("ja", "zh", "th", "lo", "km", "my", "bo")
+
+
+def check_word_separator(dataset: Mapping) -> None:
+    """The separator that rebuilds text from words must be the language's: a model reading "猫 が 寝る" or "thecatsleeps"
+    gets text no tokenizer was trained on, and nothing downstream would say so."""
+    language, separator = dataset.get("language", "en"), dataset.get("word_separator", " ")
+    unspaced = language.split("-")[0].lower() in UNSPACED_LANGUAGES
+    if unspaced and separator != "":
+        raise InputError(None, f"dataset.language is {language!r}, written without spaces between words, but dataset.word_separator is "
+                         f"{separator!r}: models would read the words spaced apart.", 'set dataset.word_separator: "".')
+    if not unspaced and separator == "":
+        raise InputError(None, f'dataset.word_separator is "" (words written together), but dataset.language {language!r} spaces its words.',
+                         'set dataset.word_separator: " ", or dataset.language to the stories\' language (e.g. ja, zh).')
 
 
 def check_segmenter(dataset: Mapping) -> None:
