@@ -53,3 +53,20 @@ def test_isc_over_eight_subjects(group_demo_run):
     summary = json.loads((group_demo_run / RESULTS / "group" / "isc.json").read_text())
     assert summary["subjects"] == CONFIG["dataset"]["subjects"] and summary["levels"] == ["voxel", "roi"]
     assert summary["voxel"]["signal"]["fraction_significant"] > 0.9 and summary["voxel"]["noise"]["fraction_significant"] < 0.05
+
+
+def test_shared_encoder_retrieves_the_test_story_for_trained_and_held_out_subjects(group_demo_run):
+    """Six subjects train one contrastive model through their own input layers; UTS07 and UTS08 (planted at
+    another layer) get only a new input layer. Every subject retrieves the test story's text from its brain far
+    above chance, each beside its single-subject model scored on the same pairs."""
+    table = pd.read_csv(group_demo_run / RESULTS / "group" / "model-minilm_shared_encoder.tsv", sep="\t",
+                        dtype={"subject": str}).set_index("subject")
+    held_out = CONFIG["group"]["shared_encoder"]["held_out_subjects"]
+    assert sorted(table.index[table["role"] == "held_out"]) == sorted(held_out)
+    assert sorted(table.index[table["role"] == "train"]) == sorted(set(CONFIG["dataset"]["subjects"]) - set(held_out))
+    for direction in ("brain_to_text", "text_to_brain"):
+        assert (table[f"mean_percentile_rank_{direction}"] > 0.8).all() and (table[f"p_{direction}"] < 0.05).all(), table
+        assert (table[f"top1_{direction}"] > 5 * table["chance_top1"]).all()
+        assert table[f"single_mean_percentile_rank_{direction}"].notna().all()
+    summary = json.loads((group_demo_run / RESULTS / "group" / "model-minilm_shared_encoder.json").read_text())
+    assert summary["layers"]["03"]["shared_vs_single"]["brain_to_text"]["n_subjects"] == 6
