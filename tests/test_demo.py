@@ -35,7 +35,7 @@ def generated(demo_run):
 def stored_word_features(generated):
     out, _ = generated
     with h5py.File(out / "planted_features.h5", "r") as h5:
-        return {story: h5[story][f"layer_{demo.PLANTED_LAYER:02d}"][()] for story in STORIES}
+        return {layer: {story: h5[story][f"layer_{layer:02d}"][()] for story in STORIES} for layer in demo.planted_layers()}
 
 
 @pytest.fixture(scope="session")
@@ -240,18 +240,18 @@ def test_pybids_finds_subjects_tasks_runs(generated):
     bids = pytest.importorskip("bids")
     out, _ = generated
     layout = bids.BIDSLayout(out / "bids")
-    assert layout.get_subjects() == ["UTS01", "UTS02"]
+    assert layout.get_subjects() == list(demo.SUBJECTS)
     assert sorted(layout.get_tasks()) == sorted(STORIES)
     assert layout.get_runs(subject="UTS01", task=demo.TEST_STORY) == [1, 2, 3]
     bold = layout.get(subject="UTS02", task="nightmarket", suffix="bold", extension=".nii.gz")
     assert len(bold) == 1 and bold[0].get_metadata()["RepetitionTime"] == 2.0
-    assert len(layout.get(suffix="events", extension=".tsv", datatype="func")) == 2 * (len(STORIES) + 2)
+    assert len(layout.get(suffix="events", extension=".tsv", datatype="func")) == len(demo.SUBJECTS) * (len(STORIES) + 2)
     eeg = layout.get(subject="UTS02", task="orchard", datatype="eeg", suffix="eeg", extension=".vhdr")
     assert len(eeg) == 1 and eeg[0].get_metadata()["SamplingFrequency"] == demo_eeg.EEG_SFREQ
-    assert len(layout.get(suffix="events", extension=".tsv", datatype="eeg")) == 2 * len(STORIES)
+    assert len(layout.get(suffix="events", extension=".tsv", datatype="eeg")) == len(demo.EEG_SUBJECTS) * len(STORIES)
     with_derivatives = bids.BIDSLayout(out / "bids", derivatives=True)
     masks = with_derivatives.get(scope="derivatives", desc="brain", suffix="mask", extension=".nii.gz")
-    assert len(masks) == 2
+    assert len(masks) == len(demo.SUBJECTS)
 
 
 def test_rois_snr_and_ceilings(generated):
@@ -357,7 +357,7 @@ def test_simulated_snr_gives_stored_ceiling():
 def test_subjects_load_alike_on_their_common_grid():
     """Loadings √(1 − w²)·shared + w·own: unit variance in each subject, correlated 1 − w² between subjects."""
     shared = demo.shared_loadings(SEED)
-    one, two = (demo.make_subject_volume(s, np.random.default_rng(i), shared) for i, s in enumerate(demo.SUBJECTS))
+    one, two = (demo.make_subject_volume(s, np.random.default_rng(i), shared) for i, s in enumerate(demo.SUBJECTS[:2]))
     common = one.mask & two.mask
     a, b = one.mixing[:, common[one.mask]], two.mixing[:, common[two.mask]]
     assert abs(a.std() - 1) < 0.03 and abs(b.std() - 1) < 0.03
@@ -382,7 +382,7 @@ def test_bad_seed(tmp_path, seed):
 
 def test_word_features_must_match_words(tmp_path):
     with pytest.raises(InputError, match="one row per word"):
-        demo.generate_demo(tmp_path / "out", SEED, word_features={s: np.zeros((3, 4)) for s in STORIES})
+        demo.generate_demo(tmp_path / "out", SEED, word_features={layer: {s: np.zeros((3, 4)) for s in STORIES} for layer in demo.planted_layers()})
 
 
 def test_planted_emotion_segments_and_voxels(generated):

@@ -189,7 +189,7 @@ def test_minilm_per_word_matches_the_demos_planted_features():
     from brainllm import demo
 
     words = WORDS[:30]
-    planted = demo.planted_word_features({"story": words}, context_words=demo.CONTEXT_WORDS)["story"]
+    planted = demo.planted_word_features({"story": words}, context_words=demo.CONTEXT_WORDS)[demo.PLANTED_LAYER]["story"]
     got, _ = run(MINILM["source"], words, context_words=demo.CONTEXT_WORDS, batch_size=16)
     assert np.abs(got[demo.PLANTED_LAYER] - planted).max() < 1e-5
 

@@ -781,8 +781,8 @@ def demo_dir(tmp_path_factory) -> Path:
     comparison below does not depend on what was planted)."""
     demo = pytest.importorskip("brainllm.demo")
     rng = np.random.default_rng(0)
-    features = {story: rng.normal(size=(len(demo.story_words(demo.story_text(story))), 8))
-                for story in demo.story_names()}
+    features = {layer: {story: rng.normal(size=(len(demo.story_words(demo.story_text(story))), 8)) for story in demo.story_names()}
+                for layer in demo.planted_layers()}
     out = tmp_path_factory.mktemp("demo")
     demo.generate_demo(out, 20241130, word_features=features)
     return out

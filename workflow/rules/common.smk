@@ -616,7 +616,7 @@ def group_isc_inputs(wildcards):
     return inputs
 
 
-# group.shared_encoder (rule contrastive_shared): one contrastive model across subjects, scored on the
+# group.shared_encoder, for the contrastive_shared rule. One contrastive model across subjects, scored on the
 # test story for its training subjects and for held-out subjects through a new input layer
 SHARED_ENCODER_SECTION = brainllm_configuration.shared_encoder_section(config) if GROUP_ENABLED else None
 SHARED_ENCODER = None if SHARED_ENCODER_SECTION is None else brainllm_contrastive.shared_encoder_settings(
