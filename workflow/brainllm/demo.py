@@ -147,12 +147,17 @@ def story_names() -> tuple[str, ...]:
     return TRAIN_STORIES + (TEST_STORY,)
 
 
+def packaged_story(folder: str, story: str, names: tuple[str, ...]) -> str:
+    """The prose of ``story`` packaged in ``brainllm/data/<folder>/`` (one of ``names``)."""
+    resource = importlib.resources.files("brainllm") / "data" / folder / f"{story}.txt"
+    if not resource.is_file():
+        raise InputError(resource, f"no story named {story!r} in brainllm/data/{folder}.", f"use one of {names}.")
+    return resource.read_text(encoding="utf-8")
+
+
 def story_text(story: str) -> str:
     """The packaged prose of ``story``."""
-    resource = importlib.resources.files("brainllm") / "data" / "stories" / f"{story}.txt"
-    if not resource.is_file():
-        raise InputError(resource, f"no packaged story named {story!r}.", f"use one of {story_names()}.")
-    return resource.read_text(encoding="utf-8")
+    return packaged_story("stories", story, story_names())
 
 
 def story_words(text: str) -> list[StoryWord]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import importlib.resources
 import json
 import logging
 import os
@@ -88,10 +87,7 @@ def story_names() -> tuple[str, ...]:
 
 def story_text(story: str) -> str:
     """The packaged Japanese prose of ``story`` (paragraphs on lines, no spaces)."""
-    resource = importlib.resources.files("brainllm") / "data" / "stories_ja" / f"{story}.txt"
-    if not resource.is_file():
-        raise InputError(resource, f"no packaged Japanese story named {story!r}.", f"use one of {story_names()}.")
-    return resource.read_text(encoding="utf-8")
+    return demo.packaged_story("stories_ja", story, story_names())
 
 
 def story_clauses(text: str) -> list[tuple[str, str]]:
