@@ -77,6 +77,7 @@ GROUP_DEMO_TARGETS = tuple(f"results/group_demo/group/{name}" for name in (
     "model-minilm_subject_layers.tsv", "isc.json", "model-minilm_shared_encoder.tsv"))
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
 def pytest_collection_modifyitems(session, config, items):
     """Tests that need the demo run go last, so the others run while it computes; those that
     need the group run after them, so the other demo tests run while it computes."""

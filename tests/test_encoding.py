@@ -449,6 +449,11 @@ def test_ground_truth_follows_dropped_voxels(synthetic_subject, tmp_path):
     assert truth["signal"].size == N_VOXELS - 3 and truth["planted_layer"] == PLANTED_LAYER
     with pytest.raises(InputError, match="60 ceiling values for the 57 voxels"):
         encoding.load_ground_truth(synthetic_subject / "ground_truth.json", "S1", tmp_path / "analysis.nii.gz", synthetic_subject / "mask.nii.gz")
+    recorded = json.loads((synthetic_subject / "ground_truth.json").read_text())
+    recorded["per_subject"]["S1"]["planted_layer"] = PLANTED_LAYER + 1  # a subject planted at its own layer
+    (tmp_path / "truth.json").write_text(json.dumps(recorded))
+    own = encoding.load_ground_truth(tmp_path / "truth.json", "S1", synthetic_subject / "mask.nii.gz", tmp_path / "analysis.nii.gz")
+    assert own["planted_layer"] == PLANTED_LAYER + 1
 
 
 

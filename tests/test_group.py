@@ -206,6 +206,16 @@ def test_subject_differences_flag_the_subject_whose_layer_differs():
     assert table["differs"].tolist() == [False, False, False, True, False, False]
 
 
+def test_subject_differences_with_two_subjects_compare_nothing():
+    """With two subjects "the others" are one subject: each would flag the other, so neither is tested."""
+    rows = [{"subject": subject, "layer": layer, "mean_r_val": 0.3 - 0.05 * abs(layer - chosen), "best": layer == chosen,
+             "delta_vs_best": 0.0 if layer == chosen else -0.04, "delta_ci_low": -0.05, "delta_ci_high": -0.03,
+             "p_vs_best": 1.0 if layer == chosen else 0.001}
+            for subject, chosen in (("A", 1), ("B", 3)) for layer in range(4)]
+    table = group.subject_differences(pd.DataFrame(rows))
+    assert not table["differs"].any() and (table["p_holm"] == 1.0).all() and (table["note"] == group.NO_DIFFERENCE_NOTE).all()
+
+
 def test_sign_flip_one_sided_against_enumeration():
     from itertools import product
 

@@ -784,7 +784,7 @@ def demo_dir(tmp_path_factory) -> Path:
     features = {layer: {story: rng.normal(size=(len(demo.story_words(demo.story_text(story))), 8)) for story in demo.story_names()}
                 for layer in demo.planted_layers()}
     out = tmp_path_factory.mktemp("demo")
-    demo.generate_demo(out, 20241130, word_features=features)
+    demo.generate_demo(out, 20241130, word_features=features, japanese=False)
     return out
 
 

@@ -909,4 +909,3 @@ def load_frozen_model(config_json: str | os.PathLike, weights_safetensors: str |
     model = ContrastiveModel(brain_dim, text_dim, record["settings"])
     load_trainable_state(model, load_file(str(weights_safetensors)), weights_safetensors)
     return model.to(device or torch.device("cpu")).eval(), record
-

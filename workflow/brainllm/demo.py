@@ -689,14 +689,15 @@ def generate_demo(
     seed: int,
     model_dir: str | os.PathLike | None = None,
     *,
-    word_features: dict[str, np.ndarray] | None = None,
+    word_features: dict[int, dict[str, np.ndarray]] | None = None,
+    japanese: bool = True,
 ) -> dict:
     """Write the demo dataset into ``out_dir`` (cleared first) and return its ground truth.
 
     ``word_features`` (layer → story → (n_words, hidden), for every layer of
     :func:`planted_layers`) skips the model; pass the ``planted_features.h5`` arrays of an
-    earlier run (they do not depend on the seed).
-    ``ground_truth.json`` is written last.
+    earlier run (they do not depend on the seed). ``japanese`` also writes the Japanese demo
+    (``brainllm.demo_ja``, its own tiny model). ``ground_truth.json`` is written last.
     """
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise InputError(None, f"demo.seed must be a non-negative integer, got {seed!r}.", "set demo.seed in the config.")
@@ -856,7 +857,7 @@ def generate_demo(
 
     from brainllm.demo_ja import generate_japanese  # it builds on this module
 
-    japanese = generate_japanese(out_dir, seed)  # bids_ja/ and ground_truth_ja.json (own random streams)
+    japanese = generate_japanese(out_dir, seed) if japanese else None  # bids_ja/ and ground_truth_ja.json (own random streams)
 
     model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
     weights = model_dir / "model.safetensors"

@@ -542,7 +542,7 @@ def load_ground_truth(
         raise InputError(analysis_mask, f"holds voxels outside the dataset mask {dataset_mask}.", "re-run ingest and preprocess.")
     signal = np.zeros(dataset_positions.size, dtype=bool)
     signal[np.asarray(entry["signal_voxels"], dtype=np.int64)] = True
-    return {"planted_layer": int(truth["planted_layer"]), "signal": signal[index], "ceiling_r_test": ceiling[index]}
+    return {"planted_layer": int(entry.get("planted_layer", truth["planted_layer"])), "signal": signal[index], "ceiling_r_test": ceiling[index]}
 
 
 def _ground_truth_summary(truth: Mapping, scores: pd.DataFrame) -> dict:

@@ -300,7 +300,8 @@ def plot_shared_encoder(tables: Sequence[str | os.PathLike], png, svg, tsv, dpi:
 SUBJECT_LAYER_COLUMNS = ("layer", "mean_r_val", "mean_r", "mean_r_top10", "best")
 WITHIN_SUBJECT_COLUMNS = ("delta_vs_best", "delta_ci_low", "delta_ci_high", "p_vs_best")  # best_layer's paired block bootstrap
 NO_TEST_NOTE = f"fewer than {MIN_GROUP_SUBJECTS} subjects: no sign-flip test across subjects"
-DIFFERENCE_COLUMNS = ("subject", "chosen_layer", "others_layer", "delta_r", "ci_low", "ci_high", "p", "p_holm", "differs")
+DIFFERENCE_COLUMNS = ("subject", "chosen_layer", "others_layer", "delta_r", "ci_low", "ci_high", "p", "p_holm", "differs", "note")
+NO_DIFFERENCE_NOTE = f"fewer than {MIN_GROUP_SUBJECTS} subjects: no subject is compared with the others"
 
 
 def subject_differences(per_subject: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
@@ -314,15 +315,17 @@ def subject_differences(per_subject: pd.DataFrame, alpha: float = 0.05) -> pd.Da
     subject's own CI and p. A subject ``differs`` when that Δ is negative (the others' layer
     predicts its test story worse) with Holm-corrected p < ``alpha`` over the subjects whose
     own layer is not the others'. Every choice is made on validation r; the test story only
-    decides the test.
+    decides the test. With fewer than ``MIN_GROUP_SUBJECTS`` subjects "the others" are one
+    subject and the comparison is symmetric: nothing is tested and ``note`` says so.
     """
+    enough = per_subject["subject"].nunique() >= MIN_GROUP_SUBJECTS
     rows = []
     for subject, own in per_subject.groupby("subject", sort=False):
         others = per_subject[per_subject["subject"] != subject]
         others_layer = int(others.groupby("layer")["mean_r_val"].mean().idxmax())
         chosen = int(own.loc[own["best"].astype(bool), "layer"].iloc[0])
         at = own.set_index("layer").loc[others_layer]
-        tested = chosen != others_layer
+        tested = enough and chosen != others_layer
         rows.append({"subject": subject, "chosen_layer": chosen, "others_layer": others_layer,
                      "delta_r": float(at["delta_vs_best"]), "ci_low": float(at["delta_ci_low"]), "ci_high": float(at["delta_ci_high"]),
                      "p": float(at["p_vs_best"]) if tested else 1.0, "tested": tested})
@@ -331,6 +334,7 @@ def subject_differences(per_subject: pd.DataFrame, alpha: float = 0.05) -> pd.Da
     if table["tested"].any():
         table.loc[table["tested"], "p_holm"] = holm(table.loc[table["tested"], "p"].to_numpy())
     table["differs"] = table["tested"] & (table["delta_r"] < 0) & (table["p_holm"] < alpha)
+    table["note"] = "" if enough else NO_DIFFERENCE_NOTE
     return table[list(DIFFERENCE_COLUMNS)]
 
 

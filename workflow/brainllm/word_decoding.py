@@ -63,7 +63,7 @@ __all__ = [
 VOCABULARY_COLUMNS = ("word", "onset", "offset", "frequency", "source")
 ENGLISH_WORD = re.compile(r"[a-z]+(?:['-][a-z]+)*")
 # wordfreq cuts these languages' text into words with MeCab or jieba (optional packages) before it looks a word up
-UNSPACED_LANGUAGES = ("ja", "ko", "zh")
+SEGMENTED_FREQUENCY_LANGUAGES = ("ja", "ko", "zh")
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def word_frequencies(words: Sequence[str], language: str) -> list[float]:
     for the word (wordfreq would first cut it into its own words, with packages the project does not install)."""
     import wordfreq
 
-    if language in UNSPACED_LANGUAGES:
+    if language in SEGMENTED_FREQUENCY_LANGUAGES:
         table = wordfreq.get_frequency_dict(language)
         return [float(table.get(word, 0.0)) for word in words]
     return [wordfreq.word_frequency(word, language) for word in words]
