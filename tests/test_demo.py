@@ -43,7 +43,7 @@ def regenerated(generated, stored_word_features, tmp_path_factory):
     """Same seed and a different seed, reusing the (seed-independent) word features."""
     root = tmp_path_factory.mktemp("regen")
     same = demo.generate_demo(root / "same", SEED, word_features=stored_word_features)
-    other = demo.generate_demo(root / "other", SEED + 1, word_features=stored_word_features)
+    other = demo.generate_demo(root / "other", SEED + 1, word_features=stored_word_features, japanese=False)
     return {"same": (root / "same", same), "other": (root / "other", other)}
 
 
@@ -119,7 +119,7 @@ def test_planted_features_equal_plain_forward_pass(stored_word_features):
         for i in checked:
             encoded = tokenizer(" ".join(words[max(0, i - 19) : i + 1]), return_tensors="pt")
             state = model(**encoded, output_hidden_states=True).hidden_states[demo.PLANTED_LAYER][0, -2]
-            np.testing.assert_allclose(stored_word_features[demo.TEST_STORY][i], state.numpy(), atol=1e-5)
+            np.testing.assert_allclose(stored_word_features[demo.PLANTED_LAYER][demo.TEST_STORY][i], state.numpy(), atol=1e-5)
 
 
 # --------------------------------------------------------------------------- stimuli
@@ -290,7 +290,7 @@ def test_planted_signal_is_recovered_near_ceiling(generated, stored_word_feature
 
     def delayed(story):
         n_trs = truth["stories"]["n_trs_raw"][story]
-        grid = lanczos_loop(stored_word_features[story].astype(float), midpoints[story], (np.arange(n_trs) + 0.5) * 2.0, 2.0)
+        grid = lanczos_loop(stored_word_features[demo.PLANTED_LAYER][story].astype(float), midpoints[story], (np.arange(n_trs) + 0.5) * 2.0, 2.0)
         kept = grid[10 : n_trs - 10]
         grid = (grid - kept.mean(0)) / kept.std(0)
         out_rows = np.zeros_like(grid)
