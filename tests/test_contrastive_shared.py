@@ -81,6 +81,22 @@ def shared_run(data, single_runs, tmp_path_factory):
     return table, files
 
 
+def test_too_few_test_pairs_stop_before_any_training(data, single_runs, tmp_path, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the test pairs were checked")
+
+    monkeypatch.setattr(contrastive_shared, "train", no_training)
+    files = {"table_tsv": tmp_path / "shared.tsv", "summary_json": tmp_path / "shared.json",
+             "weights_safetensors": tmp_path / "shared.safetensors", "curves_tsv": tmp_path / "curves.tsv"}
+    with pytest.raises(InputError, match="lower group.shared_encoder.min_shift_trs"):
+        contrastive_shared.run_shared_encoder(
+            data["features"], data["responses"], model_name="tiny", train_stories=TRAIN, test_stories=TEST,
+            shared=shared_encoder_settings({**SECTION, "min_shift_trs": 10_000}, FAST, SUBJECTS), single_runs=single_runs,
+            checkpoint_dir=tmp_path / "checkpoint", **files,
+        )
+    assert not any(path.exists() for path in files.values())
+
+
 def test_shared_encoder_retrieves_the_test_story_for_every_training_subject(shared_run):
     table, files = shared_run
     trained = table[table["role"] == "train"].set_index("subject")

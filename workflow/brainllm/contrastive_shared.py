@@ -141,18 +141,23 @@ def percentile_rank_test(similarity: np.ndarray, min_shift: int, n_permutations:
     return {"mean_percentile_rank": observed, "p": float((1 + np.sum(null >= observed - 1e-12)) / (1 + len(null)))}
 
 
+def min_shift_pairs(settings: Mapping, min_shift_trs: int, n_test_pairs: int) -> int:
+    """The null's smallest circular shift in pairs; an error when the test pairs are too few for it."""
+    min_shift = math.ceil(min_shift_trs / (settings["stride_trs"] or settings["segment_trs"]))
+    if n_test_pairs < 2 * min_shift + 1:
+        raise InputError(None, f"{n_test_pairs} test pairs are too few for circular shifts of at least {min_shift} pairs.",
+                         "lower group.shared_encoder.min_shift_trs.")
+    return min_shift
+
+
 def score_test_pairs(model: nn.Module, data: PairData, settings: Mapping, *, n_permutations: int, min_shift_trs: int) -> dict:
     """:func:`evaluate` of the test pairs (top-1/top-5 among ``eval.n_candidates``, chance) with, per direction,
     the mean percentile rank among all test pairs and its circular-shift p (:func:`percentile_rank_test`)."""
     batch_size, seed = int(settings["batch_size"]), int(settings["seed"])
+    min_shift = min_shift_pairs(settings, min_shift_trs, data.n_pairs)
     scores = evaluate(model, data, settings, batch_size, seed)
     brain, text, _ = embed(model, data, batch_size)
     similarity = (brain @ text.T).cpu().numpy()
-    stride = settings["stride_trs"] or settings["segment_trs"]
-    min_shift = math.ceil(min_shift_trs / stride)
-    if data.n_pairs < 2 * min_shift + 1:
-        raise InputError(None, f"{data.n_pairs} test pairs are too few for circular shifts of at least {min_shift} pairs.",
-                         "lower group.shared_encoder.min_shift_trs.")
     for direction, matrix in (("brain_to_text", similarity), ("text_to_brain", similarity.T)):
         scores[direction].update(percentile_rank_test(matrix, min_shift, n_permutations, seed))
     scores["chance"]["mean_percentile_rank"] = 0.5
@@ -236,6 +241,8 @@ def run_shared_encoder(
         layer = int(layer)
         pairs = {subject: {name: p.to(device) for name, p in load_pairs(features[subject], responses[subject], layer, split, settings).items()}
                  for subject in subjects}
+        for subject in subjects:  # before any training
+            min_shift_pairs(settings, shared.min_shift_trs, pairs[subject]["test"].n_pairs)
         text_dims = {subject: pairs[subject]["train"].text.shape[1] for subject in subjects}
         if len(set(text_dims.values())) != 1:
             raise InputError(None, f"layer {layer}: the subjects' aligned features differ in width {text_dims}.", "re-run the align rule.")
