@@ -26,20 +26,26 @@ brainllm_configuration.finish(
 )
 
 
-include: "workflow/rules/common.smk"
-include: "workflow/rules/demo.smk"
-include: "workflow/rules/ingest.smk"
-include: "workflow/rules/preprocess.smk"
-include: "workflow/rules/features.smk"
-include: "workflow/rules/contrastive.smk"
-include: "workflow/rules/report.smk"
-include: "workflow/rules/align.smk"
-include: "workflow/rules/encoding.smk"
-include: "workflow/rules/decoding.smk"
-include: "workflow/rules/group.smk"
-include: "workflow/rules/generation.smk"
-include: "workflow/rules/eeg.smk"
-include: "workflow/rules/derivatives.smk"
+if brainllm_configuration.is_image_dataset(config):  # image stimuli: the visual stages alone
+
+    include: "workflow/rules/visual.smk"
+
+else:
+
+    include: "workflow/rules/common.smk"
+    include: "workflow/rules/demo.smk"
+    include: "workflow/rules/ingest.smk"
+    include: "workflow/rules/preprocess.smk"
+    include: "workflow/rules/features.smk"
+    include: "workflow/rules/contrastive.smk"
+    include: "workflow/rules/report.smk"
+    include: "workflow/rules/align.smk"
+    include: "workflow/rules/encoding.smk"
+    include: "workflow/rules/decoding.smk"
+    include: "workflow/rules/group.smk"
+    include: "workflow/rules/generation.smk"
+    include: "workflow/rules/eeg.smk"
+    include: "workflow/rules/derivatives.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -47,5 +53,5 @@ report: "workflow/report/workflow.rst"
 
 rule all:
     input:
-        final_targets(),
+        visual_targets() if brainllm_configuration.is_image_dataset(config) else final_targets(),
     default_target: True

@@ -32,7 +32,7 @@ STANDIN = REPO / "tests" / "pjm_standin"
 MINI_SNAKEFILE = REPO / "tests" / "profile_workflow" / "Snakefile"
 GPU_RULES = ["features", "features_tuned", "contrastive", "contrastive_lora", "contrastive_shared", "encoding", "encoding_banded", "group_transfer",
              "features_vocabulary", "decoding_lora", "generation_brain_prompt", "generation_brain_prompt_eeg",
-             "generation_beam_search"]
+             "generation_beam_search", "visual_features", "visual_generative"]
 CLUSTER_PROFILES = ["slurm", "wisteria"]
 
 HANG_GUARD_S = 1800  # stops a hung run only; no test outcome depends on how fast the machine is

@@ -284,6 +284,11 @@ def finish(config: dict, check_inputs: bool = True) -> dict:
     it once, in the main process, and skips it when the run generates the dataset).
     """
     dataset = config["dataset"]
+    if is_image_dataset(config):
+        return check_images(config)
+    if stage_enabled(config, "visual"):
+        raise InputError(None, "the visual section analyses image stimuli, but dataset.stimuli is words.",
+                         "set dataset.stimuli: images (events with a stim_file column), or remove the visual section.")
     check_modality(config)
     if not is_eeg_only(config):  # TRs: fMRI only
         resolve_trims(dataset)
@@ -323,6 +328,35 @@ def finish(config: dict, check_inputs: bool = True) -> dict:
         if not is_eeg_only(config):
             lengths = ds003020_run_lengths(dataset) if dataset["layout"] == "ds003020" else bids_run_lengths(dataset)
             check_run_lengths(config, lengths)
+    return config
+
+
+def is_image_dataset(config: Mapping) -> bool:
+    """``dataset.stimuli: images``: events name image files; only the visual section's stages run."""
+    return config["dataset"].get("stimuli", "words") == "images"
+
+
+# the stages that read words (every section but the visual one is about stories)
+WORD_SECTIONS = ("models", "contrastive", "decoding", "group", "generation", "eeg")
+
+
+def check_images(config: dict) -> dict:
+    """An image dataset: fMRI in BIDS, a visual section, no stage that needs words; train and test runs distinct."""
+    dataset = config["dataset"]
+    if dataset["layout"] != "bids":
+        raise InputError(None, f"dataset.stimuli images reads BIDS runs whose events name images, but dataset.layout is {dataset['layout']!r}.",
+                         "set dataset.layout: bids.")
+    if dataset.get("modality", "fmri") != "fmri":
+        raise InputError(None, "dataset.stimuli images analyses fMRI responses, but dataset.modality is eeg.", "set dataset.modality: fmri.")
+    for section in WORD_SECTIONS:
+        if config.get(section) is not None:
+            what = "lists language models (vision models go in visual.models)" if section == "models" else "analyses words"
+            raise InputError(None, f"the {section} section {what}, but dataset.stimuli is images.", f"remove the {section} section.")
+    if dataset.get("segments") or dataset.get("segmenter", "none") != "none" or dataset.get("wordcsv"):
+        raise InputError(None, "dataset.segments / segmenter / wordcsv cut or read words, but dataset.stimuli is images.", "remove them.")
+    overlap = sorted(set(dataset["train_stories"]) & set(dataset["test_stories"]))
+    if overlap:
+        raise InputError(None, f"runs {overlap} are in both dataset.train_stories and dataset.test_stories.", "list each run (task) once.")
     return config
 
 
