@@ -36,7 +36,9 @@ The model (``MODEL_SOURCE = "package:brainllm.demo_visual"``) is a random-weight
 (32×32) and a tiny word-level tokenizer, so that ``AutoModel``/``AutoImageProcessor``
 load it offline. Its initializer factor is ``INIT_FACTOR`` rather than 1: at 1 every
 block adds little to the residual stream and the mean-pooled states of all layers are
-nearly the same (linear CKA ≥ 0.97 between layers), so no layer could be told apart.
+nearly the same (linear CKA 0.97–1.0 between layers), so no layer could be told apart; at
+15 consecutive states have CKA 0.69–0.94 on the demo's images and the planted layer is
+the best one for LOC on held-out images (tests/test_demo_visual.py).
 """
 
 from __future__ import annotations
