@@ -253,3 +253,106 @@ def test_bad_input(models, image_files, tmp_path):
         vf.vision_settings(cfg(models["clip"], dtype="float64"))
     with pytest.raises(InputError, match="repeated"):
         vf.obtain_image_features(tmp_path / "store", cfg(models["clip"]), image_files[:2], ["a", "a"], tmp_path / "m.json")
+
+
+def _relayout(source: Path, target: Path, rename, n_shards: int = 2) -> Path:
+    """A copy of a checkpoint with renamed tensors split over ``n_shards`` files and an index."""
+    from safetensors.torch import load_file, save_file
+
+    target.mkdir()
+    for item in source.iterdir():
+        if item.suffix == ".json":
+            shutil.copy(item, target / item.name)
+    tensors = {rename(name): value for name, value in load_file(source / "model.safetensors").items()}
+    names = sorted(tensors)
+    weight_map = {}
+    for shard in range(n_shards):
+        filename = f"model-{shard + 1:05d}-of-{n_shards:05d}.safetensors"
+        part = names[shard::n_shards]
+        save_file({name: tensors[name].contiguous() for name in part}, target / filename, metadata={"format": "pt"})
+        weight_map.update({name: filename for name in part})
+    (target / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return target
+
+
+def test_llava_sharded_and_older_tensor_names(models, image_files, tmp_path):
+    """Sharded checkpoints, and the tensor names of the hub's LLaVA checkpoints and of transformers 5's modules, load the same tower."""
+
+    def hub_name(name: str) -> str:  # llava-hf checkpoints: the CLIPVisionModel's own vision_model level
+        return "vision_tower.vision_model." + name[len("vision_tower."):] if name.startswith("vision_tower.") else name
+
+    def module_name(name: str) -> str:  # transformers 5's module names (what it reads without conversion)
+        for old, new in (("vision_tower.", "model.vision_tower."), ("multi_modal_projector.", "model.multi_modal_projector."),
+                         ("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head.")):
+            if name.startswith(old):
+                return new + name[len(old):]
+        return name
+
+    images = _images(image_files)
+    expected = vf.extract_image_features(*vf.load_vision_model(cfg(models["llava"]))[:2], images)
+    for target, rename in ((tmp_path / "sharded", lambda n: n), (tmp_path / "hub_names", hub_name), (tmp_path / "module_names", module_name)):
+        model, processor, info = vf.load_vision_model(cfg(_relayout(models["llava"], target, rename)))
+        layers, embedding = vf.extract_image_features(model, processor, images)
+        for got, want in zip(layers, expected[0]):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(embedding, expected[1])
+    incomplete = tmp_path / "incomplete"
+    _relayout(models["llava"], incomplete, lambda n: n)
+    from safetensors.torch import load_file, save_file
+
+    shard = incomplete / "model-00001-of-00002.safetensors"
+    tensors = load_file(shard)
+    dropped = next(name for name in tensors if name.startswith("vision_tower."))
+    del tensors[dropped]
+    save_file(tensors, shard, metadata={"format": "pt"})
+    index = json.loads((incomplete / "model.safetensors.index.json").read_text())
+    del index["weight_map"][dropped]
+    (incomplete / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match="missing from the checkpoint"):
+        vf.load_vision_model(cfg(incomplete))
+
+
+def test_generic_vision_language_model(image_files, tmp_path):
+    """A PaliGemma (SigLIP tower, Gemma LM): the whole model is loaded, its vision_tower used; no embedding."""
+    import transformers
+
+    config = transformers.PaliGemmaConfig(
+        vision_config=dict(model_type="siglip_vision_model", **TINY, projection_dim=32),
+        text_config=dict(model_type="gemma", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=8, vocab_size=300),
+        projection_dim=32,
+    )
+    torch.manual_seed(0)
+    full = transformers.PaliGemmaForConditionalGeneration(config).eval()
+    full.save_pretrained(tmp_path / "pali", safe_serialization=True)
+    transformers.SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "pali")
+    model_cfg = cfg(tmp_path / "pali")
+    model, processor, info = vf.load_vision_model(model_cfg)
+    assert info["kind"] == "generic" and vf.n_vision_hidden_states(model_cfg) == 3 and not info["has_class_token"]
+    images = _images(image_files)
+    layers, embedding = vf.extract_image_features(model, processor, images, batch_size=4)
+    assert len(layers) == 3 and embedding is None
+    with torch.no_grad():
+        pixels = processor(images=[images[1]], return_tensors="pt")["pixel_values"]
+        reference = full.model.vision_tower(pixel_values=pixels, output_hidden_states=True).hidden_states[1][0].mean(dim=0).numpy()
+    np.testing.assert_allclose(layers[1][1], reference, atol=1e-5)
+    with pytest.raises(InputError, match="class token"):
+        vf.extract_image_features(model, processor, images, pooling="cls")
+
+
+def test_vision_only_checkpoint_and_half_precision(models, image_files, tmp_path):
+    """A saved CLIPVisionModelWithProjection loads like the CLIPModel it came from; bfloat16 gives float32 arrays near float32's."""
+    model, processor, _ = vf.load_vision_model(cfg(models["clip"]))
+    model.tower.save_pretrained(tmp_path / "clip_vision", safe_serialization=True)
+    processor.save_pretrained(tmp_path / "clip_vision")
+    vision_cfg = cfg(tmp_path / "clip_vision")
+    assert vf.n_vision_hidden_states(vision_cfg) == 3
+    images = _images(image_files)
+    layers, embedding = vf.extract_image_features(model, processor, images)
+    again, again_embedding = vf.extract_image_features(*vf.load_vision_model(vision_cfg)[:2], images)
+    np.testing.assert_array_equal(again[2], layers[2])
+    np.testing.assert_array_equal(again_embedding, embedding)
+    half, half_embedding = vf.extract_image_features(*vf.load_vision_model(cfg(models["clip"], dtype="bfloat16"))[:2], images)
+    assert half[2].dtype == np.float32 and half_embedding.dtype == np.float32
+    np.testing.assert_allclose(half[2], layers[2], atol=0.1)
+    assert vf.vision_settings_hash(cfg(models["clip"], dtype="bfloat16")) != vf.vision_settings_hash(cfg(models["clip"]))
+    assert vf.vision_settings_hash(cfg(models["clip"], batch_size=7, device="auto")) == vf.vision_settings_hash(cfg(models["clip"]))

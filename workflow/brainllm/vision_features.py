@@ -290,6 +290,9 @@ def _checkpoint_tensor_files(settings: dict, source) -> dict[str, str]:
     return {"": single}
 
 
+_INNER_PREFIXES = ("vision_model.",)
+
+
 def _load_prefixed(module, prefixes: tuple[str, ...], settings: dict, source, what: str) -> None:
     """Fill ``module`` with the checkpoint tensors under the first matching prefix (safetensors only)."""
     from safetensors import safe_open
@@ -324,6 +327,14 @@ def _load_prefixed(module, prefixes: tuple[str, ...], settings: dict, source, wh
             for name in tensor_names:
                 state[name[len(prefix):]] = handle.get_tensor(name)
     own = module.state_dict()
+    # The tower's inner prefix differs between checkpoints and transformers versions (hub
+    # LLaVA checkpoints: vision_tower.vision_model.*; transformers 5's CLIPVisionModel has
+    # no vision_model level): use the reading that fits the module.
+    for inner in _INNER_PREFIXES:
+        if inner and all(name.startswith(inner) for name in state) and not any(name.startswith(inner) for name in own):
+            state = {name[len(inner):]: tensor for name, tensor in state.items()}
+        elif inner and all(name.startswith(inner) for name in own) and not any(name.startswith(inner) for name in state):
+            state = {inner + name: tensor for name, tensor in state.items()}
     missing = set(own) - set(state)
     _check_missing(source.location, missing, what)
     unexpected = set(state) - set(own)
@@ -435,7 +446,7 @@ def _load_generic(config, source, load: dict):
     model = None
     for auto in (transformers.AutoModelForImageTextToText, transformers.AutoModel):
         try:
-            model, _ = auto.from_pretrained(source.location, **load)
+            model, loading_info = auto.from_pretrained(source.location, **load)
             break
         except ValueError:
             continue
@@ -446,6 +457,9 @@ def _load_generic(config, source, load: dict):
     tower = next((getattr(h, name) for h in holders if h is not None for name in ("vision_tower", "vision_model", "visual") if getattr(h, name, None) is not None), None)
     if tower is None:
         raise InputError(source.location, f"{type(model).__name__} exposes no vision_tower, vision_model or visual module.", "Use a CLIP, SigLIP or LLaVA-type model.")
+    prefix = {id(module): name for name, module in model.named_modules()}.get(id(tower), "")
+    tower_names = {f"{prefix}.{name}" if prefix else name for name, _ in tower.named_parameters()}
+    _check_missing(source.location, set(loading_info.get("missing_keys", ())) & tower_names, "vision tower")
     projector = next((getattr(h, "multi_modal_projector") for h in holders if h is not None and getattr(h, "multi_modal_projector", None) is not None), None)
     has_cls = _has_class_token(tower)
     embed = _llava_embedding if projector is not None and hasattr(config, "vision_feature_layer") else None
