@@ -49,7 +49,6 @@ from brainllm.models import (
     MODEL_DEFAULTS,
     _loading_kwargs,
     directory_sha256,
-    hub_offline,
     load_config,
     resolve_device,
     resolve_source,
@@ -264,30 +263,33 @@ def _check_missing(location: str, missing, what: str) -> None:
                          "Check that the source is a complete checkpoint of this architecture.")
 
 
-def _checkpoint_tensor_files(settings: dict, source) -> dict[str, str]:
-    """Tensor name → local safetensors file (downloading only the index and needed shards from the hub)."""
+def _checkpoint_file(settings: dict, source, filename: str) -> str | None:
+    """A file of the checkpoint as a local path (from the hub cache or download for hub models), None if absent."""
+    if source.is_local:
+        path = Path(source.location) / filename
+        return str(path) if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
     kwargs = _loading_kwargs(_base_cfg(settings), source)
+    try:
+        return hf_hub_download(source.location, filename, revision=kwargs.get("revision"), local_files_only=kwargs.get("local_files_only", False))
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        return None
 
-    def fetch(filename: str) -> str | None:
-        if source.is_local:
-            path = Path(source.location) / filename
-            return str(path) if path.is_file() else None
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-        try:
-            return hf_hub_download(source.location, filename, revision=kwargs.get("revision"), local_files_only=kwargs.get("local_files_only", False))
-        except (EntryNotFoundError, LocalEntryNotFoundError):
-            return None
+def _checkpoint_tensor_names(settings: dict, source) -> dict[str, str]:
+    """Tensor name → safetensors file name (sharded: from the index; only needed shards are fetched later)."""
+    from safetensors import safe_open
 
-    index = fetch("model.safetensors.index.json")
+    index = _checkpoint_file(settings, source, "model.safetensors.index.json")
     if index is not None:
-        weight_map = json.loads(Path(index).read_text())["weight_map"]
-        return {name: filename for name, filename in weight_map.items()}  # file names resolved lazily
-    single = fetch("model.safetensors")
+        return dict(json.loads(Path(index).read_text())["weight_map"])
+    single = _checkpoint_file(settings, source, "model.safetensors")
     if single is None:
         raise InputError(source.location, "no safetensors weights (model.safetensors or model.safetensors.index.json).", "Save the model with safe_serialization=True.")
-    return {"": single}
+    with safe_open(single, framework="pt") as handle:
+        return {name: "model.safetensors" for name in handle.keys()}
 
 
 _INNER_PREFIXES = ("vision_model.",)
@@ -297,22 +299,7 @@ def _load_prefixed(module, prefixes: tuple[str, ...], settings: dict, source, wh
     """Fill ``module`` with the checkpoint tensors under the first matching prefix (safetensors only)."""
     from safetensors import safe_open
 
-    files = _checkpoint_tensor_files(settings, source)
-    if "" in files:
-        with safe_open(files[""], framework="pt") as handle:
-            names = {name: files[""] for name in handle.keys()}
-        resolve = lambda filename: filename  # noqa: E731
-    else:
-        names = files
-        kwargs = _loading_kwargs(_base_cfg(settings), source)
-
-        def resolve(filename: str) -> str:
-            if source.is_local:
-                return str(Path(source.location) / filename)
-            from huggingface_hub import hf_hub_download
-
-            return hf_hub_download(source.location, filename, revision=kwargs.get("revision"), local_files_only=kwargs.get("local_files_only", False))
-
+    names = _checkpoint_tensor_names(settings, source)
     prefix = next((p for p in prefixes if any(name.startswith(p) for name in names)), None)
     if prefix is None:
         raise InputError(source.location, f"no {what} tensors in the checkpoint (looked for names starting with {list(prefixes)}).",
@@ -323,7 +310,10 @@ def _load_prefixed(module, prefixes: tuple[str, ...], settings: dict, source, wh
         by_file.setdefault(names[name], []).append(name)
     state = {}
     for filename, tensor_names in by_file.items():
-        with safe_open(resolve(filename), framework="pt") as handle:
+        local = _checkpoint_file(settings, source, filename)
+        if local is None:
+            raise InputError(source.location, f"{filename}, named by the checkpoint's index, is missing.", "Download the complete checkpoint.")
+        with safe_open(local, framework="pt") as handle:
             for name in tensor_names:
                 state[name[len(prefix):]] = handle.get_tensor(name)
     own = module.state_dict()
