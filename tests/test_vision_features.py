@@ -243,6 +243,13 @@ def test_bad_input(models, image_files, tmp_path):
         vf.load_vision_model(cfg(bert))
     with pytest.raises(InputError, match="missing.png.*not found"):
         vf.obtain_image_features(tmp_path / "store", cfg(models["clip"]), [image_files[0], tmp_path / "missing.png"], ["a", "b"], tmp_path / "m.json")
+    remote = tmp_path / "remote_code"
+    remote.mkdir()
+    (remote / "config.json").write_text(json.dumps({"model_type": "internvl_chat", "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig"}}))
+    with pytest.raises(InputError, match="ships its own code.*Fix: .*trust_remote_code: true"):
+        vf.n_vision_hidden_states(cfg(remote))
+    with pytest.raises(InputError, match="ships its own code"):
+        vf.load_vision_model(cfg(remote))
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     with pytest.raises(InputError, match="broken.png.*cannot read"):
@@ -356,3 +363,41 @@ def test_vision_only_checkpoint_and_half_precision(models, image_files, tmp_path
     np.testing.assert_allclose(half[2], layers[2], atol=0.1)
     assert vf.vision_settings_hash(cfg(models["clip"], dtype="bfloat16")) != vf.vision_settings_hash(cfg(models["clip"]))
     assert vf.vision_settings_hash(cfg(models["clip"], batch_size=7, device="auto")) == vf.vision_settings_hash(cfg(models["clip"]))
+
+
+def test_float16_store_and_concurrent_writers(models, image_files, tmp_path, monkeypatch):
+    """store_dtype float16 is stored as such and read as float32; two writers at once compute the entry once."""
+    import threading
+    import time
+
+    model_cfg = cfg(models["siglip"], store_dtype="float16")
+    names = [p.stem for p in image_files]
+    loads = []
+    real_loader = vf.load_vision_model
+
+    def slow_loader(settings):
+        loads.append(threading.get_ident())
+        time.sleep(0.5)
+        return real_loader(settings)
+
+    monkeypatch.setattr(vf, "load_vision_model", slow_loader)
+    results, errors = [], []
+
+    def run(index):
+        try:
+            results.append(vf.obtain_image_features(tmp_path / "store", model_cfg, image_files, names, tmp_path / f"m{index}.json"))
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(loads) == 1 and len(set(results)) == 1
+    assert sorted(json.loads((tmp_path / f"m{i}.json").read_text())["reused"] for i in range(2)) == [False, True]
+    with h5py.File(results[0], "r") as handle:
+        assert handle["layer_00"].dtype == np.float16 and handle["embedding"].dtype == np.float32
+    data = vf.read_image_features(results[0], layers=[0, 2])
+    assert data["layers"][2].dtype == np.float32 and data["embedding"] is not None
+    assert "SigLIP" in data["attrs"]["embedding_space"] and data["attrs"]["store_dtype"] == "float16"

@@ -178,10 +178,24 @@ def _unsupported(location: str, config) -> InputError:
     )
 
 
+def _load_config(settings: dict):
+    """``brainllm.models.load_config``, with the fix for checkpoints that ship their own code."""
+    try:
+        return load_config(_base_cfg(settings))
+    except InputError as error:
+        if settings["trust_remote_code"] or "trust_remote_code" not in str(error):
+            raise
+        raise InputError(
+            error.path,
+            f"model {settings['source']}: its model type is not in transformers and the checkpoint ships its own code (older Qwen-VL, InternVL and similar).",
+            "Use a transformers-native version of the checkpoint (e.g. an -hf repository), or, only for a source you trust, set trust_remote_code: true in the model entry.",
+        ) from error
+
+
 def n_vision_hidden_states(model_cfg: dict) -> int:
     """Hidden states the vision tower yields (layers + 1; index 0 = embeddings), from the config alone."""
     settings = vision_settings(model_cfg)
-    config = load_config(_base_cfg(settings))
+    config = _load_config(settings)
     vision = _vision_config(config)
     if vision is None:
         raise _unsupported(resolve_source(settings["source"]).location, config)
@@ -347,7 +361,7 @@ def load_vision_model(model_cfg: dict):
 
     settings = vision_settings(model_cfg)
     source = resolve_source(settings["source"])
-    config = load_config(_base_cfg(settings))
+    config = _load_config(settings)
     kind = _model_kind(config)
     if kind == "unsupported":
         raise _unsupported(source.location, config)
