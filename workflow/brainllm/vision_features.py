@@ -378,14 +378,14 @@ def load_vision_model(model_cfg: dict):
                 tower, info = transformers.CLIPVisionModelWithProjection.from_pretrained(source.location, config=vision_config, **load)
                 _check_missing(source.location, info["missing_keys"], "vision tower")
                 model = VisionModel("clip", tower, embed=lambda m, out, hidden: out.image_embeds, config=config, has_class_token=True,
-                                    embedding_space="CLIP image-text space: get_image_features (visual_projection of the post-layernormed class token), not L2-normalised")
+                                    embedding_space="CLIP image-text space: get_image_features (visual_projection of the post-layernormed class token)")
                 loaded = "CLIPVisionModelWithProjection (vision tower + visual_projection)"
             elif kind == "siglip":
                 tower, info = transformers.SiglipVisionModel.from_pretrained(source.location, config=_vision_config(config), **load)
                 _check_missing(source.location, info["missing_keys"], "vision tower")
                 use_head = getattr(_vision_config(config), "vision_use_head", True)
                 model = VisionModel("siglip", tower, embed=(lambda m, out, hidden: out.pooler_output) if use_head else None, config=config, has_class_token=False,
-                                    embedding_space="SigLIP image-text space: get_image_features (attention-pooling head output), not L2-normalised" if use_head else None)
+                                    embedding_space="SigLIP image-text space: get_image_features (attention-pooling head output)" if use_head else None)
                 loaded = "SiglipVisionModel (vision tower + pooling head)"
             elif kind == "llava":
                 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
