@@ -544,6 +544,14 @@ def _describe(path: Path, metadata: dict) -> str:
     )
 
 
+def _describe_images(path: Path, metadata: dict) -> str:
+    return (
+        f"{path}  images={metadata.get('n_images')} images_sha256={_short(metadata.get('images_sha256'))} layers={metadata.get('n_layers')} "
+        f"model={metadata.get('model_id')} pooling={metadata.get('pooling')} settings_hash={metadata.get('settings_hash')} "
+        f"written_by={metadata.get('user')}@{metadata.get('host')} {metadata.get('created_utc')}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m brainllm.store", description="List, verify or clean feature store entries.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -573,10 +581,16 @@ def main(argv: list[str] | None = None) -> int:
     bad = 0
     for path in entries:
         try:
+            with open_h5(path) as handle:
+                metadata = json.loads(handle.attrs["metadata"])
+            images = metadata.get("store_format", "").startswith("vision")  # an image entry (brainllm.vision_features)
             if args.command == "ls":
-                with open_h5(path) as handle:
-                    metadata = json.loads(handle.attrs["metadata"])
-                print(_describe(path, metadata))
+                print(_describe_images(path, metadata) if images else _describe(path, metadata))
+            elif images:
+                from .vision_features import read_image_features
+
+                read_image_features(path)  # checks the structure and every stored hash
+                print(f"OK   {path}  ({metadata['n_images']} images, {metadata['n_layers']} layers)")
             else:
                 metadata = verify_entry(path, words_tsv=args.words)
                 print(f"OK   {path}  ({metadata['n_words']} words, {metadata['n_layers']} layers)")

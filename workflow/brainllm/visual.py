@@ -145,13 +145,20 @@ def read_image_events(events: Path, root: str | os.PathLike, settings: VisualSet
     return pd.DataFrame(rows)
 
 
-def stimulus_files(dataset: Mapping, settings: VisualSettings, subjects: Sequence[str]) -> list[str]:
-    """Every image that any run of ``subjects`` shows (sorted, unique): a rule's inputs."""
-    paths = set()
+def stimulus_names(dataset: Mapping, settings: VisualSettings, subjects: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Every image some run of ``subjects`` shows: ``(stim_file names, paths)``, sorted by name, unique."""
+    images: dict[str, str] = {}
     for subject in subjects:
         for run in subject_runs(dataset, subject):
-            paths.update(read_image_events(run.events, dataset["root"], settings)["path"])
-    return sorted(paths)
+            trials = read_image_events(run.events, dataset["root"], settings)
+            images.update(zip(trials["stim_file"], trials["path"]))
+    names = sorted(images)
+    return names, [images[name] for name in names]
+
+
+def stimulus_files(dataset: Mapping, settings: VisualSettings, subjects: Sequence[str]) -> list[str]:
+    """Paths of every image some run of ``subjects`` shows: a rule's inputs."""
+    return stimulus_names(dataset, settings, subjects)[1]
 
 
 def frame_times(n_trs: int, tr: float) -> np.ndarray:

@@ -130,7 +130,7 @@ def train_contrastive(X_train: np.ndarray, E_train: np.ndarray, run_lengths, set
             val = cosine_matrix(tower(X[val_rows]).numpy(), E[val_rows].numpy())
             val_loss = float(info_nce(F.normalize(tower(X[val_rows]), dim=1), E[val_rows], log_scale.exp().clamp(max=100)))
         val_top1 = float((val.argmax(1) == np.arange(len(val))).mean())
-        history.append({"epoch": epoch + 1, "train_loss": float(loss), "validation_loss": val_loss, "validation_top1": val_top1})
+        history.append({"epoch": epoch + 1, "train_loss": float(loss.detach()), "validation_loss": val_loss, "validation_top1": val_top1})
         if -val_loss > best:
             best, waited = -val_loss, 0
             best_state = {k: v.detach().clone() for k, v in tower.state_dict().items()} | {"log_scale": log_scale.detach().clone()}
@@ -139,6 +139,38 @@ def train_contrastive(X_train: np.ndarray, E_train: np.ndarray, run_lengths, set
             if waited >= patience:
                 break
     return best_state, pd.DataFrame(history)
+
+
+def target_spaces(features: Mapping) -> dict[str, np.ndarray]:
+    """The spaces a response can be decoded into: the shared image embedding (when the model has one) and every layer."""
+    spaces = {} if features.get("embedding") is None else {"embedding": np.asarray(features["embedding"], np.float64)}
+    spaces.update({f"layer-{int(layer):02d}": np.asarray(values, np.float64) for layer, values in sorted(features["layers"].items())})
+    return spaces
+
+
+def validation_identification(X_train: np.ndarray, T_train: np.ndarray, spaces: Mapping[str, slice], run_lengths,
+                              settings: Mapping) -> dict[str, tuple[float, float]]:
+    """Leave-one-run-out identification on the training images, per target space: (mean top-1, mean percentile rank).
+
+    ``T_train`` holds every space's columns side by side (``spaces`` names their slices):
+    one ridge fit per held-out run serves them all (the kernel depends on the responses
+    alone). Each training run's images are identified among themselves by a decoder
+    fitted on the other training runs (α again by leave-one-run-out CV within them).
+    """
+    bounds = np.concatenate([[0], np.cumsum(run_lengths)])
+    scores = {name: ([], []) for name in spaces}
+    for k in range(len(run_lengths)):
+        held = np.zeros(len(X_train), bool)
+        held[bounds[k]:bounds[k + 1]] = True
+        fit_T, val_T = standardise(T_train[~held], T_train[held])
+        others = [n for i, n in enumerate(run_lengths) if i != k]
+        predicted = ridge_decoder(X_train[~held], fit_T, others, X_train[held], settings)
+        for name, columns in spaces.items():
+            similarity = correlation_matrix(predicted[:, columns], val_T[:, columns])
+            ranks = (similarity >= np.diag(similarity)[:, None]).sum(1)
+            scores[name][0].append((ranks == 1).mean())
+            scores[name][1].append((1.0 - (ranks - 1) / max(len(ranks) - 1, 1)).mean())
+    return {name: (float(np.mean(top1)), float(np.mean(percentile))) for name, (top1, percentile) in scores.items()}
 
 
 def run_identification(
@@ -152,50 +184,69 @@ def run_identification(
     out_weights: str | os.PathLike,
     out_history: str | os.PathLike,
 ) -> dict:
-    """The ``visual_identification`` rule."""
+    """The ``visual_identification`` rule.
+
+    Every target space (the image embedding, each layer) is scored on the test images; the
+    headline space — the one the contrastive decoder is trained for — is chosen by
+    leave-one-run-out identification within the training runs
+    (:func:`validation_identification`), never on the test images.
+    """
     from safetensors.torch import save_file
 
-    from .io import InputError
     from .vision_features import read_image_features
     from .visual import read_image_responses
 
     data = read_image_responses(responses_h5)
-    features = read_image_features(features_h5, [])
-    embedding = features.get("embedding")
-    if embedding is None:
-        raise InputError(features_h5, "the model has no image embedding in a shared space (its feature entry has no `embedding`).",
-                         "use a CLIP/SigLIP model or a VLM's vision tower for visual identification.")
-    E_train = np.asarray(embedding[rows_of(features["names"], data.train_images, features_h5)], np.float64)
-    E_test = np.asarray(embedding[rows_of(features["names"], data.test_images, features_h5)], np.float64)
+    features = read_image_features(features_h5)
+    train_rows = rows_of(features["names"], data.train_images, features_h5)
+    test_rows = rows_of(features["names"], data.test_images, features_h5)
     X_train, X_test = standardise(data.train, data.test)
     seed, n_perm = int(settings.get("seed", 0)), int(settings.get("n_permutations", 1000))
     top_k = tuple(int(k) for k in settings.get("top_k", (1, 5)))
+    gallery_rows = np.concatenate([test_rows, train_rows])  # the test images first, then the training images as distractors
 
-    T_train, T_test, T_gallery = standardise(E_train, E_test, np.vstack([E_test, E_train]))
+    candidates = target_spaces(features)
+    columns, start = {}, 0
+    for name, values in candidates.items():
+        columns[name] = slice(start, start + values.shape[1])
+        start += values.shape[1]
+    every = np.hstack(list(candidates.values()))  # every space's columns: one decoder fit serves all
+    validation = validation_identification(X_train, every[train_rows], columns, data.run_lengths, encoding_settings)
+    T_train, T_test, T_gallery = standardise(every[train_rows], every[test_rows], every[gallery_rows])
     predicted = ridge_decoder(X_train, T_train, data.run_lengths, X_test, encoding_settings)
-    ridge_similarity = correlation_matrix(predicted, T_test)
-    results = {"ridge": identification_scores(ridge_similarity, correlation_matrix(predicted, T_gallery), top_k, n_perm, seed)}
+    spaces, ridge_similarity = {}, {}
+    for name, cols in columns.items():
+        ridge_similarity[name] = correlation_matrix(predicted[:, cols], T_test[:, cols])
+        scores = identification_scores(ridge_similarity[name], correlation_matrix(predicted[:, cols], T_gallery[:, cols]), top_k, n_perm, seed)
+        val_top1, val_percentile = validation[name]
+        spaces[name] = {"validation_top1": val_top1, "validation_percentile_rank": val_percentile, "ridge": scores}
+        log.info("%s: validation top-1 %.3f; test top-1 %.3f (p %.4f), two-way %.3f", name, val_top1, scores["row_to_column"]["top1"],
+                 scores["top1_p"], scores["two_way"])
+    chosen = max(spaces, key=lambda name: (spaces[name]["validation_percentile_rank"], spaces[name]["validation_top1"]))
+    values = candidates[chosen]
 
-    state, history = train_contrastive(X_train, E_train, data.run_lengths, settings.get("contrastive", {}), seed)
-    weight = state["net.weight"].numpy().astype(np.float64)
-    brain = X_test @ weight.T + state["net.bias"].numpy()
-    contrastive_similarity = cosine_matrix(brain, E_test)
-    results["contrastive"] = identification_scores(contrastive_similarity, cosine_matrix(brain, np.vstack([E_test, E_train])), top_k, n_perm, seed)
-    results["contrastive"]["epochs"] = int(len(history))
-
+    state, history = train_contrastive(X_train, values[train_rows], data.run_lengths, settings.get("contrastive", {}), seed)
+    brain = X_test @ state["net.weight"].numpy().astype(np.float64).T + state["net.bias"].numpy()
+    contrastive_similarity = cosine_matrix(brain, values[test_rows])
+    contrastive = identification_scores(contrastive_similarity, cosine_matrix(brain, values[gallery_rows]), top_k, n_perm, seed)
+    contrastive["epochs"] = int(len(history))
+    results = {"ridge": spaces[chosen]["ridge"], "contrastive": contrastive}
     for method, scores in results.items():
-        log.info("%s: top-1 %.3f (chance %.3f, p %.4f), two-way %.3f, gallery top-1 %.3f of %d", method, scores["row_to_column"]["top1"],
+        log.info("%s (%s): top-1 %.3f (chance %.3f, p %.4f), two-way %.3f, gallery top-1 %.3f of %d", method, chosen, scores["row_to_column"]["top1"],
                  scores["chance"]["top1"], scores["top1_p"], scores["two_way"], scores["gallery"]["top1"], scores["gallery"]["n_candidates"])
-    summary = {"n_train_images": len(data.train_images), "n_test_images": len(data.test_images), "embedding_dim": int(E_train.shape[1]), **results}
-    rank = {m: (s >= np.diag(s)[:, None]).sum(1) for m, s in (("ridge", ridge_similarity), ("contrastive", contrastive_similarity))}
+    summary = {"n_train_images": len(data.train_images), "n_test_images": len(data.test_images), "chosen_space": chosen,
+               "selection": "mean percentile rank of leave-one-run-out identification within the training runs", **results,
+               "spaces": spaces}
+    similarity = ridge_similarity[chosen]
+    rank = {m: (s >= np.diag(s)[:, None]).sum(1) for m, s in (("ridge", similarity), ("contrastive", contrastive_similarity))}
     images = pd.DataFrame({"image": data.test_images, "ridge_rank": rank["ridge"], "contrastive_rank": rank["contrastive"],
-                           "ridge_best": [data.test_images[i] for i in ridge_similarity.argmax(1)],
+                           "ridge_best": [data.test_images[i] for i in similarity.argmax(1)],
                            "contrastive_best": [data.test_images[i] for i in contrastive_similarity.argmax(1)]})
-    similarity = pd.DataFrame(ridge_similarity, index=data.test_images, columns=data.test_images).rename_axis("response").reset_index()
     write_json(out_json, summary)
     write_tsv(out_images, images)
-    write_tsv(out_similarity, similarity)
+    write_tsv(out_similarity, pd.DataFrame(similarity, index=data.test_images, columns=data.test_images).rename_axis("response").reset_index())
     write_tsv(out_history, history)
     with atomic_path(out_weights) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"kind": "visual contrastive brain tower (linear)"})
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+                  metadata={"kind": "visual contrastive brain tower (linear)", "target_space": chosen})
     return summary

@@ -81,7 +81,9 @@ def trials_file(subject, name):
 
 
 def encoding_file(subject, model, layer, suffix):
-    return f"{VISUAL_OUT}/sub-{subject}/encoding/sub-{subject}_model-{model}_layer-{int(layer):02d}_{suffix}"
+    """Per-layer encoding output; ``layer`` an index, or "{layer}" in a rule's pattern (two digits)."""
+    layer = layer if isinstance(layer, str) else f"{int(layer):02d}"
+    return f"{VISUAL_OUT}/sub-{subject}/encoding/sub-{subject}_model-{model}_layer-{layer}_{suffix}"
 
 
 def visual_file(subject, model, suffix):

@@ -4,9 +4,8 @@ from threadpoolctl import threadpool_limits
 
 from brainllm.io import rule_logging
 from brainllm.visual_encoding import run_visual_encoding
-from brainllm.vision_features import manifest_entry
 
 with rule_logging(snakemake.log[0]), threadpool_limits(snakemake.threads):  # noqa: F821 (injected by Snakemake)
     inp, out, wildcards = snakemake.input, snakemake.output, snakemake.wildcards  # noqa: F821
-    run_visual_encoding(inp.responses, manifest_entry(inp.features), inp.mask, int(wildcards.layer), snakemake.params.settings,  # noqa: F821
+    run_visual_encoding(inp.responses, inp.features, inp.mask, int(wildcards.layer), snakemake.params.settings,  # noqa: F821
                         snakemake.params.dataset, wildcards.subject, out.scores, out.summary, out.r_map)  # noqa: F821
