@@ -36,6 +36,7 @@ __all__ = [
     "SCALES",
     "RidgeMap",
     "fit_ridge_map",
+    "fit_embedding_decoder",
     "LinearReconstructor",
     "fit_linear_reconstruction",
     "image_bases",
@@ -85,6 +86,18 @@ class RidgeMap:
     def from_tensors(cls, tensors: dict, prefix: str) -> RidgeMap:
         return cls(**{k: tensors[f"{prefix}.{k}"] for k in ("weights", "y_mean", "y_std", "t_mean", "alphas")})
 
+    def save(self, path: str | os.PathLike) -> None:
+        """safetensors only (no pickle)."""
+        from safetensors.numpy import save_file
+
+        save_file(self.tensors("map"), str(path), metadata={"format": FORMAT})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RidgeMap:
+        from safetensors.numpy import load_file
+
+        return cls.from_tensors(load_file(str(path)), "map")
+
 
 def fit_ridge_map(Y: np.ndarray, T: np.ndarray, runs: Sequence, alphas: np.ndarray | None = None,
                   backend: str = "auto") -> RidgeMap:
@@ -102,6 +115,14 @@ def fit_ridge_map(Y: np.ndarray, T: np.ndarray, runs: Sequence, alphas: np.ndarr
     grid = alpha_grid() if alphas is None else np.asarray(alphas, dtype=np.float64)
     fit = fit_ridge(((Y - y_mean) / y_std)[order], (T - t_mean)[order], lengths, grid, backend=backend)
     return RidgeMap(np.asarray(fit.weights, dtype=np.float32), y_mean, y_std, t_mean, np.asarray(fit.alphas, dtype=np.float64))
+
+
+def fit_embedding_decoder(Y_train: np.ndarray, embeds_train: np.ndarray, runs: Sequence, alphas: np.ndarray | None = None,
+                          backend: str = "auto") -> RidgeMap:
+    """Brain → CLIP image embedding: ridge to the pipeline's own image-encoder embeddings of the
+    training images (:func:`clip_image_embeddings`), α per embedding dimension by CV over runs.
+    ``.predict(Y_test)`` gives the ``image_embeds`` for :func:`generate_from_embeddings`."""
+    return fit_ridge_map(Y_train, embeds_train, runs, alphas, backend)
 
 
 def _out_of_fold(Y: np.ndarray, T: np.ndarray, runs: Sequence, alphas, backend: str) -> np.ndarray:
@@ -292,11 +313,13 @@ def _scores_once(recon_gray, truth_gray, recon_raw, truth_raw, feature_fns, embe
 def reconstruction_scores(recon: np.ndarray, truth: np.ndarray,
                           feature_fns: Sequence[tuple[str, Callable]] | Callable | None = None,
                           embed_fn: Callable | None = None, data_range: float = 1.0,
-                          n_permutations: int = 1000, seed: int = 0) -> tuple[dict, pd.DataFrame]:
+                          n_permutations: int = 1000, seed: int = 0, size: int | None = None) -> tuple[dict, pd.DataFrame]:
     """The standard reconstruction table for ``recon`` against ``truth`` (same images, same order).
 
     Both ``(n, s, s)`` grayscale in [0, 1] or ``(n, h, w, 3)`` (uint8, or floats in [0, 1]);
-    pixel scores on grayscale at the reconstruction's size (the truth is downsampled to it).
+    pixel scores (correlation, SSIM with ``data_range``, pixel two-way) on grayscale at
+    ``size × size`` (default: the reconstruction's size; images of another size are
+    area-resampled to it).
     ``feature_fns``: ``[(name, fn)]`` (or one callable, named ``features``), ``fn`` maps uint8
     RGB ``(n, h, w, 3)`` to ``(n, d)`` features: two-way identification in that space.
     ``embed_fn`` (e.g. CLIP image embeddings): mean cosine distance between embeddings of the
@@ -314,10 +337,13 @@ def reconstruction_scores(recon: np.ndarray, truth: np.ndarray,
         feature_fns = [("features", feature_fns)]
     feature_fns = list(feature_fns or [])
     recon_gray, truth_gray = _gray(recon), _gray(truth)
-    if truth_gray.shape[1:] != recon_gray.shape[1:]:
-        if recon_gray.shape[1] != recon_gray.shape[2]:
-            raise ValueError(f"reconstructions {recon_gray.shape[1:]} and stimuli {truth_gray.shape[1:]} differ in size")
-        truth_gray = downsample(truth_gray, recon_gray.shape[1])
+    side = int(size or recon_gray.shape[1])
+    if size is None and recon_gray.shape[1] != recon_gray.shape[2]:
+        raise ValueError(f"reconstructions of {recon_gray.shape[1:]} pixels are not square: give size")
+    if recon_gray.shape[1:] != (side, side):
+        recon_gray = downsample(recon_gray, side)
+    if truth_gray.shape[1:] != (side, side):
+        truth_gray = downsample(truth_gray, side)
     true_cache = {name: np.asarray(fn(_rgb_uint8(truth))) for name, fn in feature_fns}
     if embed_fn is not None:
         true_cache["__embed__"] = np.asarray(embed_fn(_rgb_uint8(truth)), dtype=np.float64)
