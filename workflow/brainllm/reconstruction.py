@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import metrics
 from .encoding import alpha_grid, fit_ridge
 from .images import downsample, grayscale
 
@@ -236,8 +237,7 @@ def fit_linear_reconstruction(Y_train: np.ndarray, images_train: np.ndarray, run
     design = np.column_stack([p.ravel() for p in out_of_fold] + [np.ones(pixels.size)])
     coef, *_ = np.linalg.lstsq(design, pixels.ravel(), rcond=None)
     oof = (design @ coef).reshape(pixels.shape)
-    from . import metrics
-
+    # out-of-fold pixel correlation of the combined image (its few combination parameters are fit on it)
     info = {"n_train": int(len(Y_train)), "n_runs": int(len(np.unique(runs))),
             "oof_pixel_corr": float(metrics.pearson_r(oof.T, pixels.T).mean())}
     return LinearReconstructor(size, scales, decoders, coef[:-1], float(coef[-1]), info)
@@ -248,9 +248,9 @@ def fit_linear_reconstruction(Y_train: np.ndarray, images_train: np.ndarray, run
 
 def _corr_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``(n_a, n_b)`` Pearson correlations between rows of ``a`` and rows of ``b``."""
-    from .metrics import unit_columns
-
-    return unit_columns(np.asarray(a, dtype=np.float64).reshape(len(a), -1).T).T @ unit_columns(np.asarray(b, dtype=np.float64).reshape(len(b), -1).T)
+    a = metrics.unit_columns(np.asarray(a, dtype=np.float64).reshape(len(a), -1).T)
+    b = metrics.unit_columns(np.asarray(b, dtype=np.float64).reshape(len(b), -1).T)
+    return a.T @ b
 
 
 def _two_way_per_image(pred_feats: np.ndarray, true_feats: np.ndarray) -> np.ndarray:
@@ -450,8 +450,15 @@ def generate_from_embeddings(pipe, embeds: np.ndarray, init_images: np.ndarray |
     ``steps`` (``add_noise``), and denoised over only those remaining timesteps, with the
     same UNet call, classifier-free guidance and scheduler step as the pipeline's own loop.
     ``strength`` 1 ignores the start image's content; smaller keeps more of it.
-    Image ``i`` draws its noise from a generator seeded with ``seed + i`` (DDIM with η = 0 draws
-    nothing more), so results do not depend on ``batch_size`` beyond float rounding.
+    ``steps`` and ``guidance_scale`` (classifier-free guidance against a zero image embedding
+    and the empty prompt, as the pipeline does; ≤ 1 turns it off) as in the pipeline;
+    ``noise_level`` > 0 noises the embeddings (unCLIP's augmentation); ``size`` the output
+    side in pixels (default: the UNet's sample size × the VAE's scale factor).
+    Image ``i`` draws all its noise (embedding noise, start latents, any scheduler draws) from a
+    generator seeded with ``seed + i``, so results do not depend on ``batch_size`` beyond float
+    rounding. Why a loop of our own rather than the pipeline's ``latents=``: the pipeline always
+    runs the whole schedule from its noisiest timestep, so a partly noised start needs the
+    schedule cut at ``strength`` (what diffusers' img2img pipelines do, not this one).
     """
     import torch
     from diffusers.utils.torch_utils import randn_tensor
@@ -478,6 +485,7 @@ def generate_from_embeddings(pipe, embeds: np.ndarray, init_images: np.ndarray |
             cond = pipe._encode_image(image=None, device=device, batch_size=n, num_images_per_prompt=1,
                                       do_classifier_free_guidance=cfg, noise_level=torch.tensor([noise_level], device=device),
                                       generator=generators, image_embeds=torch.from_numpy(embeds[lo:hi]).to(device, dtype))
+            step_kwargs = pipe.prepare_extra_step_kwargs(generators, 0.0)  # η = 0; the generators where a scheduler draws
             pipe.scheduler.set_timesteps(steps, device=device)
             timesteps = pipe.scheduler.timesteps
             shape = (n, pipe.unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
@@ -487,7 +495,10 @@ def generate_from_embeddings(pipe, embeds: np.ndarray, init_images: np.ndarray |
             else:
                 image = pipe.image_processor.preprocess([_pil(s, size) for s in start[lo:hi]]).to(device, dtype)
                 clean = pipe.vae.encode(image).latent_dist.mean * pipe.vae.config.scaling_factor
-                timesteps = timesteps[steps - max(1, int(round(steps * strength))):]
+                begin = (steps - max(1, int(round(steps * strength)))) * pipe.scheduler.order
+                timesteps = timesteps[begin:]
+                if hasattr(pipe.scheduler, "set_begin_index"):  # multistep schedulers index from here (as diffusers' img2img)
+                    pipe.scheduler.set_begin_index(begin)
                 latents = pipe.scheduler.add_noise(clean, noise, timesteps[:1].repeat(n))
             for t in timesteps:
                 model_input = pipe.scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)
@@ -495,7 +506,7 @@ def generate_from_embeddings(pipe, embeds: np.ndarray, init_images: np.ndarray |
                 if cfg:
                     uncond, conditioned = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (conditioned - uncond)
-                latents = pipe.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                latents = pipe.scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
             decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
             out.append(pipe.image_processor.postprocess(decoded.float(), output_type="np"))
     return np.round(np.concatenate(out) * 255).astype(np.uint8)
