@@ -98,6 +98,11 @@ def test_scale_weights_never_see_test_data_or_their_own_run():
     oof_changed = R._out_of_fold(Y_train, changed, runs, None, "auto")
     np.testing.assert_allclose(oof_changed[runs == 1], oof[runs == 1], atol=1e-5)
     assert not np.allclose(oof_changed[runs == 0], oof[runs == 0])
+    # grouped folds: runs 0-1 and 2-3 of 4 held out together
+    runs4 = np.repeat(np.arange(4), 30)
+    grouped = R._out_of_fold(Y_train, changed, runs4, None, "auto", n_folds=2)
+    changed[runs4 < 2] = 0.5
+    np.testing.assert_allclose(R._out_of_fold(Y_train, changed, runs4, None, "auto", n_folds=2)[runs4 < 2], grouped[runs4 < 2], atol=1e-5)
 
 
 def test_image_bases_average_patches_and_map_back():
@@ -190,7 +195,12 @@ def test_embedding_decoder_feeds_generation(tiny_pipe):
     decoder = R.fit_embedding_decoder(Y[:45], embeds[:45], np.repeat(np.arange(3), 15))
     predicted = decoder.predict(Y[45:])
     assert R.two_way_identification(predicted, embeds[45:]) > 0.9
-    assert R.generate_from_embeddings(tiny_pipe, predicted[:2], steps=2).shape == (2, 32, 32, 3)
+    generated = R.generate_from_embeddings(tiny_pipe, predicted[:4], steps=2)
+    assert generated.shape == (4, 32, 32, 3)
+    summary, per_image = R.reconstruction_scores(generated, images[45:49], size=SIZE, n_permutations=20,
+                                                 feature_fns=[("clip", R.clip_embedding_function(tiny_pipe))],
+                                                 embed_fn=R.clip_embedding_function(tiny_pipe))
+    assert {"two_way_clip", "clip_distance", "ssim"} <= set(per_image.columns) and 0 <= summary["clip_distance"] <= 2
 
 
 def test_gpu_reconstruction_benchmark_runs_tiny_on_cpu(capsys, tmp_path):

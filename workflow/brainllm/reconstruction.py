@@ -46,6 +46,7 @@ __all__ = [
     "build_tiny_unclip_pipeline",
     "load_unclip_pipeline",
     "clip_image_embeddings",
+    "clip_embedding_function",
     "generate_from_embeddings",
 ]
 
@@ -78,6 +79,10 @@ class RidgeMap:
     def predict(self, Y: np.ndarray) -> np.ndarray:
         Z = (np.asarray(Y, dtype=np.float64) - self.y_mean) / self.y_std
         return Z @ self.weights.astype(np.float64) + self.t_mean
+
+    def columns(self, lo: int, hi: int) -> RidgeMap:
+        """The map to targets ``lo:hi`` only (the same α and weights)."""
+        return RidgeMap(self.weights[:, lo:hi], self.y_mean, self.y_std, self.t_mean[lo:hi], self.alphas[lo:hi])
 
     def tensors(self, prefix: str) -> dict[str, np.ndarray]:
         return {f"{prefix}.{k}": np.ascontiguousarray(getattr(self, k), dtype=np.float32 if k == "weights" else np.float64)
@@ -126,12 +131,21 @@ def fit_embedding_decoder(Y_train: np.ndarray, embeds_train: np.ndarray, runs: S
     return fit_ridge_map(Y_train, embeds_train, runs, alphas, backend)
 
 
-def _out_of_fold(Y: np.ndarray, T: np.ndarray, runs: Sequence, alphas, backend: str) -> np.ndarray:
-    """Predictions of each run's rows by a map fit (α by CV over the remaining runs) without that run."""
+def _out_of_fold(Y: np.ndarray, T: np.ndarray, runs: Sequence, alphas, backend: str, n_folds: int | None = None) -> np.ndarray:
+    """Predictions of each fold's rows by a map fit (α by CV over the remaining runs) without that fold.
+
+    A fold is one run, or with ``n_folds`` a block of consecutive runs (sorted run labels).
+    """
     runs = np.asarray(runs)
+    labels = np.unique(runs)
+    n_folds = len(labels) if n_folds is None else int(n_folds)
+    if not 2 <= n_folds <= len(labels):
+        raise ValueError(f"out-of-fold predictions need 2 to {len(labels)} folds, got {n_folds}")
+    fold_of_run = dict(zip(labels, np.arange(len(labels)) * n_folds // len(labels)))
+    folds = np.array([fold_of_run[r] for r in runs])
     pred = np.empty_like(np.asarray(T, dtype=np.float64))
-    for run in np.unique(runs):
-        held = runs == run
+    for fold in range(n_folds):
+        held = folds == fold
         pred[held] = fit_ridge_map(Y[~held], T[~held], runs[~held], alphas, backend).predict(Y[held])
     return pred
 
@@ -212,12 +226,14 @@ class LinearReconstructor:
 
 def fit_linear_reconstruction(Y_train: np.ndarray, images_train: np.ndarray, runs: Sequence, size: int = 16,
                               scales: Sequence[tuple[int, int]] = SCALES, alphas: np.ndarray | None = None,
-                              backend: str = "auto") -> LinearReconstructor:
+                              backend: str = "auto", oof_folds: int | None = None) -> LinearReconstructor:
     """Fit the multiscale decoder on training images only.
 
     ``images_train``: uint8 ``(n, h, w, 3)`` (or grayscale ``(n, h, w)`` in [0, 1]); ``runs``:
     run of each training image (≥ 3 runs: the scale weights need out-of-fold predictions
-    whose α is itself chosen by CV over the other runs).
+    whose α is itself chosen by CV over the other runs). ``oof_folds``: group the runs into
+    that many contiguous folds for the out-of-fold predictions (default: one fold per run; with
+    many runs fewer folds cost fewer refits).
     """
     Y_train = np.asarray(Y_train, dtype=np.float64)
     runs = np.asarray(runs)
@@ -227,12 +243,15 @@ def fit_linear_reconstruction(Y_train: np.ndarray, images_train: np.ndarray, run
         raise ValueError("the linear reconstruction needs at least 3 training runs (nested cross-validation by run)")
     scales = tuple(tuple(int(v) for v in s) for s in scales)
     pixels = _target_pixels(images_train, size)
-    decoders, out_of_fold = [], []
-    for scale in scales:
-        encode, decode = image_bases(size, scale)
-        contrasts = pixels @ encode.T
-        decoders.append(fit_ridge_map(Y_train, contrasts, runs, alphas, backend))
-        out_of_fold.append(_out_of_fold(Y_train, contrasts, runs, alphas, backend) @ decode.T)
+    bases = [image_bases(size, scale) for scale in scales]
+    # every scale's bases in one ridge call: α is per base, so this is exactly one decoder per
+    # scale, with the fold-wise decompositions of the voxels done once instead of per scale
+    contrasts = np.concatenate([pixels @ encode.T for encode, _ in bases], axis=1)
+    bounds = np.cumsum([0] + [len(encode) for encode, _ in bases])
+    joint = fit_ridge_map(Y_train, contrasts, runs, alphas, backend)
+    decoders = [joint.columns(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    oof_contrasts = _out_of_fold(Y_train, contrasts, runs, alphas, backend, n_folds=oof_folds)
+    out_of_fold = [oof_contrasts[:, lo:hi] @ decode.T for (lo, hi), (_, decode) in zip(zip(bounds[:-1], bounds[1:]), bases)]
     # scale weights + intercept: least squares of the true pixels on the out-of-fold per-scale images
     design = np.column_stack([p.ravel() for p in out_of_fold] + [np.ones(pixels.size)])
     coef, *_ = np.linalg.lstsq(design, pixels.ravel(), rcond=None)
@@ -435,6 +454,12 @@ def clip_image_embeddings(pipe, images: np.ndarray, batch_size: int = 32) -> np.
             pixels = pipe.feature_extractor(images=list(images[start:start + batch_size]), return_tensors="pt").pixel_values
             out.append(encoder(pixels.to(param.device, param.dtype)).image_embeds.float().cpu().numpy())
     return np.concatenate(out).astype(np.float64)
+
+
+def clip_embedding_function(pipe, batch_size: int = 32) -> Callable[[np.ndarray], np.ndarray]:
+    """``images → embeddings`` with the pipeline's image encoder: the ``embed_fn`` (or a feature
+    space) of :func:`reconstruction_scores`."""
+    return lambda images: clip_image_embeddings(pipe, images, batch_size)
 
 
 def generate_from_embeddings(pipe, embeds: np.ndarray, init_images: np.ndarray | None = None, strength: float = 0.75,
