@@ -24,7 +24,7 @@ def write_layers(summary_jsons: Sequence[PathLike], model: str, out_tsv: PathLik
     planted = next((s.get("ground_truth", {}).get("planted_layer") for s in summaries if s.get("ground_truth")), None)
     write_tsv(out_tsv, table)
     with styled():
-        fig = new_figure(6.4, 3.8)
+        fig = new_figure(8.0, 3.8)
         ax = fig.add_subplot()
         for i, (roi, rows) in enumerate(table.groupby("roi", sort=False)):
             style = series_style(i)
@@ -35,10 +35,11 @@ def write_layers(summary_jsons: Sequence[PathLike], model: str, out_tsv: PathLik
         if planted is not None:
             ax.axvline(planted, color="0.5", linestyle=":", label=f"planted layer {planted}")
         ax.axhline(0, color="0.8", linewidth=0.8)
+        ax.set_xticks(sorted(table["layer"].unique()))
         ax.set_xlabel("vision hidden state (0 = embeddings)")
         ax.set_ylabel("mean r over the ROI's voxels")
         ax.set_title(f"model {model}: layer chosen per ROI on validation r (circled, at its test r)")
-        ax.legend(ncol=2, loc="best")
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
         save_figure(fig, png, svg, dpi)
     return table
 
@@ -66,12 +67,12 @@ def plot_identification(summary_json: PathLike, similarity_tsv: PathLike, png: P
         bars.set_xticks(x, [name for name, _, _ in metrics], rotation=12)
         bars.set_ylim(0, 1.05)
         bars.set_ylabel("accuracy (brain → image)")
-        bars.set_title(f"identification among {summary['n_test_images']} test images")
+        bars.set_title(f"identification among {summary['n_test_images']} test images ({summary['chosen_space']})")
         bars.legend(loc="upper left")
         image = heat.imshow(similarity.to_numpy(), cmap="viridis", aspect="auto")
-        heat.set_xlabel("image (embedding)")
-        heat.set_ylabel("response (decoded, ridge)")
-        heat.set_title("Pearson r: decoded vs image embeddings")
+        heat.set_xlabel("test image")
+        heat.set_ylabel("test response (decoded, ridge)")
+        heat.set_title(f"Pearson r in the {summary['chosen_space']} space (chosen on validation)")
         fig.colorbar(image, ax=heat, shrink=0.8)
         save_figure(fig, png, svg, dpi)
 
@@ -111,15 +112,18 @@ def write_summary(layers_tsvs: Sequence[PathLike], identification_jsons: Sequenc
             row[f"{chosen['roi']}_layer"] = int(chosen["layer"])
             row[f"{chosen['roi']}_test_r"] = float(chosen["mean_r"])
         ident = json.loads(Path(identification_json).read_text())
+        row["identification_space"] = ident["chosen_space"]
         for method in ("ridge", "contrastive"):
             row[f"identification_{method}_top1"] = ident[method]["row_to_column"]["top1"]
             row[f"identification_{method}_top1_p"] = ident[method]["top1_p"]
             row[f"identification_{method}_two_way"] = ident[method]["two_way"]
         row["identification_chance_top1"] = ident["ridge"]["chance"]["top1"]
         recon = reconstruction.get(entities["sub"], {})
-        for key in ("pixel_correlation", "pixel_correlation_p", "ssim", "two_way_pixels"):
+        for key in ("pixel_corr", "pixel_corr_p", "ssim", "two_way_pixels"):
             if key in recon.get("linear", {}):
                 row[f"reconstruction_{key}"] = recon["linear"][key]
+        if "linear" in recon:
+            row["reconstruction_chance_pixel_corr"] = recon["linear"]["chance"]["pixel_corr"]
         rows.append(row)
     table = pd.DataFrame(rows)
     write_tsv(out_tsv, table)

@@ -96,8 +96,8 @@ def visual_targets():
         targets += [trials_file(subject, "reconstruction.json")]
         for model in VISUAL_MODELS:
             targets += [visual_file(subject, model, "layers.tsv"), visual_file(subject, model, "identification.json")]
-            if GENERATIVE:
-                targets.append(visual_file(subject, model, "generative.json"))
+        if GENERATIVE:
+            targets.append(trials_file(subject, "generative.json"))
     return targets
 
 
@@ -238,7 +238,9 @@ rule visual_identification:
 rule visual_reconstruction:
     input:
         responses=trials_file("{subject}", "images.h5"),
+        mask=trials_file("{subject}", "mask.nii.gz"),
         sources=visual_stimulus_sources,
+        truth=visual_dataset_ready(),
     output:
         summary=trials_file("{subject}", "reconstruction.json"),
         images=trials_file("{subject}", "reconstruction_images.tsv"),
@@ -268,19 +270,18 @@ rule visual_generative:
         linear=trials_file("{subject}", "reconstruction.h5"),
         sources=visual_stimulus_sources,
     output:
-        summary=visual_file("{subject}", "{model}", "generative.json"),
-        images=visual_file("{subject}", "{model}", "generative.h5"),
-        png=report(visual_file("{subject}", "{model}", "generative.png"), caption="../report/visual_generative.rst", category="Visual",
-                   subcategory="Reconstruction", labels={"subject": "{subject}", "model": "{model}", "figure": "generative reconstruction"}),
-        svg=visual_file("{subject}", "{model}", "generative.svg"),
+        summary=trials_file("{subject}", "generative.json"),
+        images=trials_file("{subject}", "generative.h5"),
+        png=report(trials_file("{subject}", "generative.png"), caption="../report/visual_generative.rst", category="Visual",
+                   subcategory="Reconstruction", labels={"subject": "{subject}", "figure": "generative reconstruction"}),
+        svg=trials_file("{subject}", "generative.svg"),
     params:
         dataset=DATASET,
         visual=VISUAL,
         encoding=config["encoding"],
-        model=lambda wildcards: VISUAL_MODELS[wildcards.model],
         dpi=DPI,
     log:
-        f"{RESULTS}/logs/visual/generative_sub-{{subject}}_model-{{model}}.log",
+        f"{RESULTS}/logs/visual/generative_sub-{{subject}}.log",
     threads: TORCH_THREADS
     resources:
         mem_mb=32000,
