@@ -28,6 +28,7 @@ brainllm_configuration.finish(
 
 if brainllm_configuration.is_image_dataset(config):  # image stimuli: the visual stages alone
 
+    include: "workflow/rules/visual_common.smk"
     include: "workflow/rules/visual.smk"
 
 else:
