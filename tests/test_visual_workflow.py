@@ -73,6 +73,8 @@ def test_pixel_space_reconstruction_and_its_controls(visual_run):
     summary = pd.read_csv(visual_run / "results/demo_visual/visual/summary.tsv", sep="\t")
     assert summary.loc[0, "reconstruction_pixel_corr"] == pytest.approx(linear["pixel_corr"])
     assert summary.loc[0, "LOC_layer"] == demo_visual.PLANTED_LAYER
+    ranking = pd.read_csv(visual_run / "results/demo_visual/visual/roi_ranking.tsv", sep="\t").set_index("roi")
+    assert set(ranking.index) == {"all", "V1", "LOC", "other"} and ranking.loc["LOC", "mean_r"] > ranking.loc["other", "mean_r"]
 
 
 def test_report_and_an_up_to_date_rerun(visual_run):

@@ -27,14 +27,9 @@ per word), then resampled, delayed, mixed and noised by the English demo's funct
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import h5py
@@ -129,29 +124,11 @@ def clause_words(events: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- the model
 
 
-def _model_key() -> str:
-    versions = [importlib.metadata.version(name) for name in ("wordfreq", "tokenizers", "transformers", "torch")]
-    return hashlib.sha256(json.dumps([MODEL_RECIPE, versions]).encode()).hexdigest()[:16]
-
-
 def get_model_path() -> str:
     """Directory of the tiny Japanese model, built on first use into ``$BRAINLLM_CACHE_DIR/models``."""
-    from brainllm.models import _cache_dir
+    from brainllm.models import built_model_path
 
-    directory = _cache_dir() / "models" / f"demo-ja-gpt2-{_model_key()}"
-    if not (directory / "model.safetensors").is_file():
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        building = Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
-        try:
-            build_model(building)
-            try:
-                os.rename(building, directory)
-            except OSError:  # built meanwhile by another process: theirs is the same
-                if not (directory / "model.safetensors").is_file():
-                    raise
-        finally:
-            shutil.rmtree(building, ignore_errors=True)
-    return str(directory)
+    return built_model_path("demo-ja-gpt2", MODEL_RECIPE, ("wordfreq", "tokenizers", "transformers", "torch"), build_model)
 
 
 def tokenizer_corpus() -> list[str]:

@@ -43,14 +43,9 @@ the best one for LOC on held-out images (tests/test_demo_visual.py).
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -115,29 +110,11 @@ _STREAM_IMAGES, _STREAM_DESIGN, _STREAM_MIXING, _STREAM_SUBJECT, _STREAM_RUN = 2
 # --------------------------------------------------------------------------- the model
 
 
-def _model_key() -> str:
-    versions = [importlib.metadata.version(name) for name in ("tokenizers", "transformers", "torch")]
-    return hashlib.sha256(json.dumps([MODEL_RECIPE, versions]).encode()).hexdigest()[:16]
-
-
 def get_model_path() -> str:
     """Directory of the tiny CLIP model, built on first use into ``$BRAINLLM_CACHE_DIR/models``."""
-    from brainllm.models import _cache_dir
+    from brainllm.models import built_model_path
 
-    directory = _cache_dir() / "models" / f"demo-visual-clip-{_model_key()}"
-    if not (directory / "model.safetensors").is_file():
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        building = Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
-        try:
-            build_model(building)
-            try:
-                os.rename(building, directory)
-            except OSError:  # built meanwhile by another process: theirs is the same
-                if not (directory / "model.safetensors").is_file():
-                    raise
-        finally:
-            shutil.rmtree(building, ignore_errors=True)
-    return str(directory)
+    return built_model_path("demo-visual-clip", MODEL_RECIPE, ("tokenizers", "transformers", "torch"), build_model)
 
 
 def build_tokenizer():

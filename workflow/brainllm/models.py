@@ -18,7 +18,10 @@ import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Callable, Sequence
 
 from brainllm.io import InputError, sha256_file, write_json
 
@@ -190,6 +193,31 @@ def hub_offline() -> bool:
 def _cache_dir() -> Path:
     """``$BRAINLLM_CACHE_DIR`` (default ``~/.cache/brainllm``): what planning a run would otherwise recompute."""
     return Path(os.environ.get("BRAINLLM_CACHE_DIR", Path.home() / ".cache" / "brainllm"))
+
+
+def built_model_path(name: str, recipe, packages: Sequence[str], build: Callable[[Path], object]) -> str:
+    """Directory of a model the package builds offline (a demo's tiny model), built on first use.
+
+    Cached in ``$BRAINLLM_CACHE_DIR/models/<name>-<key>``, the key hashing ``recipe`` and the
+    versions of ``packages`` (what the built files depend on). ``build(directory)`` writes the
+    model; it runs in a temporary folder renamed into place, so concurrent builders are safe.
+    """
+    versions = [importlib.metadata.version(package) for package in packages]
+    key = hashlib.sha256(json.dumps([recipe, versions]).encode()).hexdigest()[:16]
+    directory = _cache_dir() / "models" / f"{name}-{key}"
+    if not (directory / "model.safetensors").is_file():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
+        try:
+            build(building)
+            try:
+                os.rename(building, directory)
+            except OSError:  # built meanwhile by another process: theirs is the same
+                if not (directory / "model.safetensors").is_file():
+                    raise
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    return str(directory)
 
 
 def _hash_cache_path() -> Path:

@@ -97,6 +97,34 @@ def plot_reconstructions(stimuli: np.ndarray, rows: Sequence[tuple[str, np.ndarr
         save_figure(fig, png, svg, dpi)
 
 
+def write_roi_ranking(layers_tsvs: Sequence[PathLike], png: PathLike, svg: PathLike, tsv: PathLike, dpi: int = 150) -> pd.DataFrame:
+    """Vision models ranked by mean test r over all voxels at their layer chosen on validation, each ROI beside it (mean over subjects)."""
+    from .figures import roi_ranking_figure
+    from .report import path_entities
+
+    tables = []
+    for path in layers_tsvs:
+        table = pd.read_csv(path, sep="\t")
+        table["subject"] = path_entities(path)["sub"]
+        tables.append(table)
+    layers = pd.concat(tables, ignore_index=True)
+    rows = []
+    for model, table in layers.groupby("model"):
+        validation = table[table["roi"] == "all"].groupby("layer")["mean_validation_r"].mean()
+        layer = int(validation.idxmax())  # chosen on validation r, averaged over subjects
+        at_layer = table[table["layer"] == layer].groupby("roi")["mean_r"].mean()
+        rows += [{"model": model, "layer": layer, "roi": roi, "mean_r": float(r)} for roi, r in at_layer.items()]
+    ranking = pd.DataFrame(rows)
+    means = ranking[ranking["roi"] == "all"].sort_values("mean_r", ascending=False)
+    ranking["rank"] = ranking["model"].map({model: i + 1 for i, model in enumerate(means["model"])})
+    ranking = ranking.sort_values(["rank", "roi"]).reset_index(drop=True)
+    write_tsv(tsv, ranking)
+    with styled():
+        fig = roi_ranking_figure(ranking, "all", None if len(ranking["roi"].unique()) > 1 else "no atlas: all voxels only")
+        save_figure(fig, png, svg, dpi)
+    return ranking
+
+
 def write_summary(layers_tsvs: Sequence[PathLike], identification_jsons: Sequence[PathLike], reconstruction_jsons: Sequence[PathLike],
                   out_tsv: PathLike) -> pd.DataFrame:
     """One row per (subject, model): layer chosen per ROI (validation), its test r, identification and reconstruction scores."""

@@ -203,8 +203,14 @@ rule visual_summary:
         identification=[visual_file(s, m, "identification.json") for s in SUBJECTS for m in VISUAL_MODELS],
         reconstruction=[trials_file(s, "reconstruction.json") for s in SUBJECTS],
     output:
-        report(f"{VISUAL_OUT}/summary.tsv", caption="../report/visual_summary.rst", category="Visual", subcategory="Summary",
-               labels={"figure": "summary table"}),
+        summary=report(f"{VISUAL_OUT}/summary.tsv", caption="../report/visual_summary.rst", category="Visual", subcategory="Summary",
+                       labels={"figure": "summary table"}),
+        png=report(f"{VISUAL_OUT}/roi_ranking.png", caption="../report/visual_roi_ranking.rst", category="Visual", subcategory="Encoding",
+                   labels={"figure": "model × ROI ranking"}),
+        svg=f"{VISUAL_OUT}/roi_ranking.svg",
+        tsv=f"{VISUAL_OUT}/roi_ranking.tsv",
+    params:
+        dpi=DPI,
     log:
         f"{RESULTS}/logs/visual/summary.log",
     localrule: True
