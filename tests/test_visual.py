@@ -58,10 +58,11 @@ def test_events_without_the_image_column(dataset):
 
 
 def test_window_response_is_the_mean_of_the_volumes_in_the_window():
-    bold = np.arange(20, dtype=float)[:, None] * np.array([[1.0, -1.0]])  # volume k has value k (TR 2 s: time 2k)
-    out = window_responses(bold, 2.0, [3.0], (4.0, 8.0), "run")
-    # volumes acquired at 8 and 10 s lie in [7, 11]: values 4 and 5
-    np.testing.assert_allclose(out, [[4.5, -4.5]])
+    bold = np.arange(20, dtype=float)[:, None] * np.array([[1.0, -1.0]])  # volume k has value k (TR 2 s)
+    # sampled at the start of each TR (time 2k): volumes at 8 and 10 s lie in [7, 11]
+    np.testing.assert_allclose(window_responses(bold, 2.0, [3.0], (4.0, 8.0), "run", slice_time_ref=0.0), [[4.5, -4.5]])
+    # at the middle (time 2k + 1, the default): volumes at 7, 9 and 11 s
+    np.testing.assert_allclose(window_responses(bold, 2.0, [3.0], (4.0, 8.0), "run"), [[4.0, -4.0]])
     with pytest.raises(InputError, match="no volume"):
         window_responses(bold, 2.0, [100.0], (4.0, 8.0), "run")
 
@@ -87,6 +88,33 @@ def test_lss_matches_a_per_voxel_reference_and_recovers_planted_betas():
     estimated = lss_responses(bold, regressors)
     np.testing.assert_allclose(estimated, lss_reference(bold, regressors), atol=1e-8)
     assert np.corrcoef(estimated.ravel(), betas.ravel())[0, 1] > 0.9  # LSS lumps the other trials into one regressor
+
+
+def test_a_trial_outside_the_run_is_an_error():
+    with pytest.raises(InputError, match="no response within the run"):
+        trial_regressors(20, 2.0, [10.0, 500.0], [1.0, 1.0], "glover", where="run_events.tsv")
+
+
+def test_events_with_unparsable_onsets_and_dotted_names(dataset):
+    root, events = dataset
+    table = pd.read_csv(events, sep="\t")
+    table.loc[0, "stim_file"] = "./a.png"
+    table.to_csv(events, sep="\t", index=False)
+    assert read_image_events(events, root, VisualSettings())["stim_file"].tolist() == ["a.png", "sub/b.png"]
+    table["onset"] = table["onset"].astype(str)
+    table.loc[2, "onset"] = "12s"
+    table.to_csv(events, sep="\t", index=False)
+    with pytest.raises(InputError, match="row 4: onset"):
+        read_image_events(events, root, VisualSettings())
+
+
+def test_linked_images_inside_the_stimuli_folder_are_accepted(dataset, tmp_path):
+    root, events = dataset
+    annex = tmp_path / "annex"
+    annex.mkdir()
+    (root / "stimuli" / "a.png").rename(annex / "object")
+    (root / "stimuli" / "a.png").symlink_to(annex / "object")  # as DataLad / git-annex lay images out
+    assert read_image_events(events, root, VisualSettings())["stim_file"].tolist() == ["a.png", "sub/b.png"]
 
 
 def test_images_grouped_repeats_kept_and_split_overlap_refused():
@@ -162,6 +190,12 @@ def test_image_datasets_refuse_word_stages_and_word_datasets_refuse_visual():
     config["dataset"]["test_stories"] = ["a"]
     with pytest.raises(InputError, match="both dataset.train_stories"):
         configuration.check_images(config)
+    config = image_config()
+    config["dataset"]["bids"] = {"space": "T1w"}
+    with pytest.raises(InputError, match="dataset.bids.space"):
+        configuration.check_images(config)
+    with pytest.raises(InputError, match="preprocess.confounds"):
+        configuration.check_images(image_config(preprocess={"confounds": ["csf"]}))
     words = image_config(models={"m": {"source": "y"}})
     words["dataset"]["stimuli"] = "words"
     with pytest.raises(InputError, match="dataset.stimuli: images"):

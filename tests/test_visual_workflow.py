@@ -118,7 +118,7 @@ def demo_config(root):
     return config
 
 
-@pytest.mark.parametrize("problem", ["missing", "outside", "unreadable", "mixed sizes"])
+@pytest.mark.parametrize("problem", ["missing", "outside", "unreadable", "mixed sizes", "two training runs"])
 def test_bad_stimuli_are_refused_with_the_file_and_row(dataset, tmp_path, problem):
     from brainllm.visual import VisualSettings, run_trials, stimulus_names
     from brainllm.vision_features import obtain_image_features
@@ -141,7 +141,11 @@ def test_bad_stimuli_are_refused_with_the_file_and_row(dataset, tmp_path, proble
 
         Image.new("RGB", (32, 48)).save(image)
     out = tmp_path / "out"
-    if problem in ("missing", "outside"):
+    if problem == "two training runs":  # nested leave-one-run-out needs three
+        config["dataset"]["train_stories"] = ["train01", "train02"]
+        with pytest.raises(InputError, match="3 or more"):
+            run_trials(config["dataset"], "V01", config["visual"], {}, out / "images.h5", out / "mask.nii.gz", out / "trials.tsv")
+    elif problem in ("missing", "outside"):
         with pytest.raises(InputError) as error:
             run_trials(config["dataset"], "V01", config["visual"], {}, out / "images.h5", out / "mask.nii.gz", out / "trials.tsv")
         assert "row 6" in str(error.value) and "events.tsv" in str(error.value)

@@ -285,7 +285,14 @@ def finish(config: dict, check_inputs: bool = True) -> dict:
     """
     dataset = config["dataset"]
     if is_image_dataset(config):
-        return check_images(config)
+        check_images(config)
+        if check_inputs:
+            check_dataset_files(dataset)
+            generative = (config["visual"].get("reconstruction") or {}).get("generative")
+            if generative and not Path(generative["pipeline"]).is_dir():
+                raise InputError(generative["pipeline"], "visual.reconstruction.generative.pipeline is not a folder.",
+                                 "give the local folder of a StableUnCLIPImg2ImgPipeline (e.g. stable-diffusion-2-1-unclip), or set generative: null.")
+        return config
     if stage_enabled(config, "visual"):
         raise InputError(None, "the visual section analyses image stimuli, but dataset.stimuli is words.",
                          "set dataset.stimuli: images (events with a stim_file column), or remove the visual section.")
@@ -354,6 +361,14 @@ def check_images(config: dict) -> dict:
             raise InputError(None, f"the {section} section {what}, but dataset.stimuli is images.", f"remove the {section} section.")
     if dataset.get("segments") or dataset.get("segmenter", "none") != "none" or dataset.get("wordcsv"):
         raise InputError(None, "dataset.segments / segmenter / wordcsv cut or read words, but dataset.stimuli is images.", "remove them.")
+    bids = dataset.get("bids") or {}
+    for key in ("space", "desc", "derivatives", "confounds_desc"):
+        if bids.get(key):
+            raise InputError(None, f"dataset.bids.{key} chooses fMRIPrep derivatives, which image datasets do not read yet: the visual stages "
+                             "read the raw BOLD runs under sub-*/func/.", "remove dataset.bids." + key + " (point dataset.root at a BIDS tree "
+                             "whose func/ holds the BOLD series to analyse).")
+    if (config.get("preprocess") or {}).get("confounds"):
+        raise InputError(None, "preprocess.confounds regresses fMRIPrep confounds, which image datasets do not read.", "remove preprocess.confounds.")
     overlap = sorted(set(dataset["train_stories"]) & set(dataset["test_stories"]))
     if overlap:
         raise InputError(None, f"runs {overlap} are in both dataset.train_stories and dataset.test_stories.", "list each run (task) once.")

@@ -43,6 +43,7 @@ class VisualSettings:
     response_method: str = "lss"
     window_s: tuple[float, float] = (4.0, 8.0)
     hrf_model: str = "glover"
+    slice_time_ref: float = 0.5
 
     @classmethod
     def from_config(cls, visual: Mapping) -> "VisualSettings":
@@ -63,6 +64,7 @@ class VisualSettings:
             response_method=method,
             window_s=window,
             hrf_model=str(responses.get("hrf_model", "glover")),
+            slice_time_ref=float(responses.get("slice_time_ref", 0.5)),
         )
 
 
@@ -88,6 +90,9 @@ def find_runs(root: str | os.PathLike, subject: str, task: str) -> list[tuple[Pa
     for bold in sorted(root.glob(f"sub-{subject}/**/func/sub-{subject}_*bold.nii*")):
         if _entities(bold.name).get("task") != task:
             continue
+        if "echo" in _entities(bold.name):
+            raise InputError(bold, "a multi-echo BOLD series (echo- entity): each echo would count as a run of its own.",
+                             "combine the echoes first (e.g. tedana's optimally combined series) and keep one BOLD file per run.")
         stem = bold.name[: bold.name.rindex("_bold.nii")]
         runs.append((bold, bold.with_name(f"{stem}_events.tsv")))
     return runs
@@ -123,23 +128,29 @@ def read_image_events(events: Path, root: str | os.PathLike, settings: VisualSet
         if "trial_type" not in table.columns:
             raise InputError(events, f"visual.trial_type is {settings.trial_type!r} but the events have no trial_type column.", "set visual.trial_type: null.")
         table = table[table["trial_type"].astype(str) == settings.trial_type]
-    stimuli = (Path(root) / settings.stimuli_dir).resolve()
+    stimuli = os.path.normpath(os.path.abspath(Path(root) / settings.stimuli_dir))
     rows = []
     for row_number, row in table.iterrows():
         name = str(row[settings.stim_column]).strip()
         if name in ("", "n/a"):
             continue
         where = f"{events}, row {row_number + 2} ({settings.stim_column} {name!r})"  # +2: header line, 1-based
-        path = (stimuli / name).resolve()
-        if Path(name).is_absolute() or stimuli not in path.parents:
+        # containment is checked on the names, not on resolved links: annexed datasets (DataLad) link images elsewhere
+        path = os.path.normpath(os.path.join(stimuli, name))
+        if os.path.isabs(name) or os.path.commonpath([stimuli, path]) != stimuli or path == stimuli:
             raise InputError(events, f"row {row_number + 2}: {settings.stim_column} {name!r} points outside the dataset's "
                              f"{settings.stimuli_dir}/ folder.", f"give paths relative to {stimuli}.")
-        if not path.is_file():
+        if not os.path.isfile(path):
             raise InputError(path, f"image not found (named by {where}).", f"add the image under {stimuli}, or fix the events row.")
-        onset, duration = float(row["onset"]), float(row["duration"])
+        try:
+            onset, duration = float(row["onset"]), float(row["duration"])
+        except (TypeError, ValueError):
+            onset = duration = float("nan")
         if not np.isfinite(onset) or not np.isfinite(duration) or duration < 0:
-            raise InputError(events, f"row {row_number + 2}: onset {row['onset']!r} / duration {row['duration']!r} are not valid seconds.")
-        rows.append({"onset": onset, "duration": duration, "stim_file": name, "path": str(path)})
+            raise InputError(events, f"row {row_number + 2}: onset {row['onset']!r} / duration {row['duration']!r} are not valid seconds.",
+                             "give onset and duration in seconds (numbers) on every row naming an image.")
+        # one name per image: "a.png" and "./a.png" are the same file
+        rows.append({"onset": onset, "duration": duration, "stim_file": os.path.relpath(path, stimuli), "path": path})
     if not rows:
         raise InputError(events, f"no trial names an image in column {settings.stim_column!r}.", "check visual.stim_column and visual.trial_type.")
     return pd.DataFrame(rows)
@@ -161,14 +172,19 @@ def stimulus_files(dataset: Mapping, settings: VisualSettings, subjects: Sequenc
     return stimulus_names(dataset, settings, subjects)[1]
 
 
-def frame_times(n_trs: int, tr: float) -> np.ndarray:
-    """Acquisition time of each volume, seconds from the start of the run (BIDS onsets' origin)."""
-    return np.arange(n_trs) * tr
+def frame_times(n_trs: int, tr: float, slice_time_ref: float = 0.5) -> np.ndarray:
+    """Time each volume stands for, seconds from the start of the run (BIDS onsets' origin): ``(k + slice_time_ref)·TR``.
+
+    ``slice_time_ref`` is the fraction of the TR at which the volume is sampled: 0.5 (default)
+    the middle of its acquisition, as after fMRIPrep's slice-timing correction; 0 its start.
+    """
+    return (np.arange(n_trs) + slice_time_ref) * tr
 
 
-def window_responses(bold: np.ndarray, tr: float, onsets: Sequence[float], window_s: tuple[float, float], where: Path) -> np.ndarray:
-    """``(n_trials, n_voxels)``: the mean of the volumes acquired within ``window_s`` after each onset."""
-    times = frame_times(len(bold), tr)
+def window_responses(bold: np.ndarray, tr: float, onsets: Sequence[float], window_s: tuple[float, float], where: Path,
+                     slice_time_ref: float = 0.5) -> np.ndarray:
+    """``(n_trials, n_voxels)``: the mean of the volumes whose time falls within ``window_s`` after each onset."""
+    times = frame_times(len(bold), tr, slice_time_ref)
     out = np.empty((len(onsets), bold.shape[1]), dtype=np.float64)
     for i, onset in enumerate(onsets):
         inside = (times >= onset + window_s[0]) & (times <= onset + window_s[1])
@@ -179,14 +195,21 @@ def window_responses(bold: np.ndarray, tr: float, onsets: Sequence[float], windo
     return out
 
 
-def trial_regressors(n_trs: int, tr: float, onsets: Sequence[float], durations: Sequence[float], hrf_model: str) -> np.ndarray:
-    """``(n_trs, n_trials)``: each trial's boxcar convolved with the HRF (nilearn), sampled at the volumes."""
+def trial_regressors(n_trs: int, tr: float, onsets: Sequence[float], durations: Sequence[float], hrf_model: str,
+                     slice_time_ref: float = 0.5, where: str | os.PathLike = "the events") -> np.ndarray:
+    """``(n_trs, n_trials)``: each trial's boxcar convolved with the HRF (nilearn), sampled at the volumes.
+
+    A trial whose response falls outside the run (an all-zero regressor) is an error.
+    """
     from nilearn.glm.first_level import compute_regressor
 
-    times = frame_times(n_trs, tr)
+    times = frame_times(n_trs, tr, slice_time_ref)
     columns = []
     for onset, duration in zip(onsets, durations):
         regressor, _ = compute_regressor(np.array([[onset], [max(duration, 0.0)], [1.0]]), hrf_model, times, oversampling=50)
+        if np.abs(regressor).max() < 1e-6:
+            raise InputError(where, f"the trial at {onset:.2f} s has no response within the run ({n_trs} volumes of {tr:g} s).",
+                             "check the onsets (seconds from the first volume) and that the events belong to this run.")
         columns.append(regressor[:, 0])
     return np.stack(columns, axis=1)
 
@@ -243,13 +266,14 @@ def estimate_trials(dataset: Mapping, subject: str, settings: VisualSettings, pr
         trials = read_image_events(run.events, dataset["root"], settings)
         img, data = load_bold(run.bold)
         check_tr(img, sidecar_metadata(Path(dataset["root"]), run.bold), tr, run.bold)
-        if data.shape[:3] != mask.shape:
-            raise InputError(run.bold, f"BOLD grid {data.shape[:3]} differs from the subject's mask {mask.shape}.", "give every run in one space.")
+        if data.shape[:3] != mask.shape or not np.allclose(img.affine, affine, atol=1e-3):
+            raise InputError(run.bold, f"BOLD grid {data.shape[:3]} (affine below) differs from the subject's mask {mask.shape} / first run "
+                             f"{runs[0].bold.name}:\n{np.round(img.affine, 3)}", "give every run of a subject in one space (register and resample them first).")
         bold = _clean(data[mask].T, tr, preprocess)
         if settings.response_method == "window":
-            response = window_responses(bold, tr, trials["onset"], settings.window_s, run.events)
+            response = window_responses(bold, tr, trials["onset"], settings.window_s, run.events, settings.slice_time_ref)
         else:
-            regressors = trial_regressors(len(bold), tr, trials["onset"], trials["duration"], settings.hrf_model)
+            regressors = trial_regressors(len(bold), tr, trials["onset"], trials["duration"], settings.hrf_model, settings.slice_time_ref, run.events)
             response = lss_responses(np.nan_to_num(bold), regressors)
             response[:, ~np.isfinite(bold).all(0)] = np.nan
         trials = trials.assign(task=run.task, split=run.split, run=run_index, run_file=run.bold.name)
@@ -266,6 +290,25 @@ def estimate_trials(dataset: Mapping, subject: str, settings: VisualSettings, pr
         dropped[mask] = ~keep
         mask = mask & ~dropped
     return pd.concat(tables, ignore_index=True), responses[:, keep], mask, affine
+
+
+MIN_TRAINING_RUNS = 3  # nested leave-one-run-out: a held-out run, and CV over at least two others
+
+
+def check_split_contents(trials: pd.DataFrame, where: str | os.PathLike) -> None:
+    """Refuse an image file content shown in both training and test runs, whatever its names."""
+    from .images import image_sha256
+
+    paths = sorted(set(trials["path"]))
+    digest = dict(zip(paths, image_sha256(paths)))
+    content = trials["path"].map(digest)
+    train = trials["split"] == "train"
+    shared = set(content[train]) & set(content[~train])
+    if shared:
+        names = sorted(set(trials.loc[content.isin(shared), "stim_file"]))
+        raise InputError(where, f"{len(shared)} image contents ({', '.join(names[:4])}{'…' if len(names) > 4 else ''}) are shown in both "
+                         "training and test runs (under these names): the test would score images the models were fitted on.",
+                         "move those runs, or show each image in one split.")
 
 
 @dataclasses.dataclass
@@ -345,11 +388,15 @@ def run_trials(dataset: Mapping, subject: str, visual: Mapping, preprocess: Mapp
 
     settings = VisualSettings.from_config(visual)
     trials, responses, mask, affine = estimate_trials(dataset, subject, settings, preprocess)
-    data = image_responses(trials, responses, Path(dataset["root"]) / f"sub-{subject}")
-    if not data.test_images:
-        raise InputError(None, "no test run shows an image.", "list the test runs' tasks in dataset.test_stories.")
-    if len(data.run_lengths) < 2:
-        raise InputError(None, "the training images come from one run: cross-validation needs two or more training runs.",
+    where = Path(dataset["root"]) / f"sub-{subject}"
+    check_split_contents(trials, where)
+    data = image_responses(trials, responses, where)
+    if len(data.test_images) < 2:
+        raise InputError(where, f"the test runs show {len(data.test_images)} image(s): identification and reconstruction scores need two or more.",
+                         "list the test runs' tasks in dataset.test_stories.")
+    if len(data.run_lengths) < MIN_TRAINING_RUNS:
+        raise InputError(where, f"the training images come from {len(data.run_lengths)} run(s); the decoders' choices are cross-validated "
+                         f"by run within the training runs (nested), which needs {MIN_TRAINING_RUNS} or more.",
                          "list more training runs in dataset.train_stories.")
     write_image_responses(out_h5, data, {"method": settings.response_method, "tr": float(dataset["tr"]),
                                          "window_s": list(settings.window_s), "hrf_model": settings.hrf_model})

@@ -68,7 +68,12 @@ def identification_scores(similarity: np.ndarray, gallery: np.ndarray, top_k=(1,
     scores["chance"]["two_way"] = 0.5
     top1 = scores["row_to_column"]["top1"]
     rng = np.random.default_rng(seed)
-    null = np.array([(similarity[:, perm].argmax(1) == np.arange(n)).mean() for perm in (rng.permutation(n) for _ in range(n_permutations))])
+
+    def permuted_top1(perm):  # responses paired with shuffled images; ties count against, as observed
+        shuffled = similarity[:, perm]
+        return float(((shuffled >= np.diag(shuffled)[:, None]).sum(1) == 1).mean())
+
+    null = np.array([permuted_top1(rng.permutation(n)) for _ in range(n_permutations)])
     scores["top1_p"] = float((1 + (null >= top1 - 1e-12).sum()) / (1 + n_permutations))
     decisions = sensitivity_specificity(np.arange(n), similarity.argmax(1), labels=np.arange(n))
     scores["sensitivity_macro"], scores["specificity_macro"] = decisions["sensitivity_macro"], decisions["specificity_macro"]
@@ -104,6 +109,8 @@ def train_contrastive(X_train: np.ndarray, E_train: np.ndarray, run_lengths, set
 
     torch.manual_seed(seed)
     n_val = run_lengths[-1]
+    if len(X_train) - n_val < 2:
+        raise ValueError(f"{len(X_train) - n_val} training images outside the validation run: the contrastive decoder needs two or more")
     fit_rows, val_rows = slice(0, len(X_train) - n_val), slice(len(X_train) - n_val, len(X_train))
     X = torch.as_tensor(X_train, dtype=torch.float32)
     E = F.normalize(torch.as_tensor(E_train, dtype=torch.float32), dim=1)
@@ -138,6 +145,8 @@ def train_contrastive(X_train: np.ndarray, E_train: np.ndarray, run_lengths, set
             waited += 1
             if waited >= patience:
                 break
+    if best_state is None:
+        raise ValueError("the contrastive decoder's validation loss was never finite (check the responses and targets for NaN)")
     return best_state, pd.DataFrame(history)
 
 
@@ -225,10 +234,12 @@ def run_identification(
     chosen = max(spaces, key=lambda name: (spaces[name]["validation_percentile_rank"], spaces[name]["validation_top1"]))
     values = candidates[chosen]
 
-    state, history = train_contrastive(X_train, values[train_rows], data.run_lengths, settings.get("contrastive", {}), seed)
+    # the contrastive decoder sees the space as the selection did: standardised with the training images' statistics
+    V_train, V_test, V_gallery = standardise(values[train_rows], values[test_rows], values[gallery_rows])
+    state, history = train_contrastive(X_train, V_train, data.run_lengths, settings.get("contrastive", {}), seed)
     brain = X_test @ state["net.weight"].numpy().astype(np.float64).T + state["net.bias"].numpy()
-    contrastive_similarity = cosine_matrix(brain, values[test_rows])
-    contrastive = identification_scores(contrastive_similarity, cosine_matrix(brain, values[gallery_rows]), top_k, n_perm, seed)
+    contrastive_similarity = cosine_matrix(brain, V_test)
+    contrastive = identification_scores(contrastive_similarity, cosine_matrix(brain, V_gallery), top_k, n_perm, seed)
     contrastive["epochs"] = int(len(history))
     results = {"ridge": spaces[chosen]["ridge"], "contrastive": contrastive}
     for method, scores in results.items():

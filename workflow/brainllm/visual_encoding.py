@@ -156,6 +156,11 @@ def layer_table(summaries: Sequence[Mapping], model: str) -> pd.DataFrame:
             rows.append({"model": model, "layer": summary["layer"], "roi": roi, "mean_validation_r": values["mean_validation_r"],
                          "mean_r": values["mean_r"], "n_significant": np.nan})
     table = pd.DataFrame(rows).sort_values(["roi", "layer"], kind="stable").reset_index(drop=True)
-    best = table.loc[table.groupby("roi")["mean_validation_r"].idxmax(), ["roi", "layer"]].set_index("roi")["layer"]
+    scored = table.dropna(subset=["mean_validation_r"])  # no validation r (encoding.cv_score l2 with himalaya's solver): no choice
+    if scored.empty:
+        log.warning("no validation correlations: no layer is chosen (use encoding.cv_score: correlation)")
+        table["chosen"] = False
+        return table
+    best = scored.loc[scored.groupby("roi")["mean_validation_r"].idxmax(), ["roi", "layer"]].set_index("roi")["layer"]
     table["chosen"] = table["layer"] == table["roi"].map(best)
     return table

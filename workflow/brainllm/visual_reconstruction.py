@@ -42,9 +42,13 @@ def feature_functions(models: Mapping[str, Mapping]) -> tuple[list[tuple[str, Ca
         model, processor, info = load_vision_model(model_cfg)
         n_states = int(info["n_hidden_states"])
         pooling = model_cfg.get("pooling", "mean")
+        last: dict = {}  # one forward pass per image set serves every layer and the embedding
 
-        def extract(images, model=model, processor=processor, pooling=pooling, batch=int(model_cfg.get("batch_size", 32))):
-            return extract_image_features(model, processor, images, batch, pooling)
+        def extract(images, model=model, processor=processor, pooling=pooling, batch=int(model_cfg.get("batch_size", 32)), last=last):
+            key = (images.shape, hash(images.tobytes()))
+            if last.get("key") != key:
+                last.update(key=key, value=extract_image_features(model, processor, images, batch, pooling))
+            return last["value"]
 
         for layer in sorted({n_states // 2, n_states - 1}):
             feature_fns.append((f"{name}_layer{layer:02d}", lambda images, extract=extract, layer=layer: extract(images)[0][layer]))
@@ -133,7 +137,7 @@ def run_generative(responses_h5, linear_h5, dataset: Mapping, visual: Mapping, e
     train_images = stimulus_images(dataset, visual, data.train_images)
     test_images = stimulus_images(dataset, visual, data.test_images)
     decoder = fit_embedding_decoder(data.train, clip_image_embeddings(pipe, train_images), data.train_runs,
-                                    alphas=alpha_grid(**encoding.get("alphas", {})))
+                                    alphas=alpha_grid(**encoding.get("alphas", {})), backend=encoding.get("backend", "auto"))
     embeddings = decoder.predict(data.test)
     with h5py.File(linear_h5, "r") as handle:
         linear = np.clip(handle["linear"][()], 0.0, 1.0)

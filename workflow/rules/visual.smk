@@ -31,8 +31,8 @@ rule visual_trials:
         mask=trials_file("{subject}", "mask.nii.gz"),
         trials=trials_file("{subject}", "trials.tsv"),
     params:
-        dataset=DATASET,
-        visual=VISUAL,
+        dataset=settings_subset(DATASET, RUN_KEYS),
+        visual=settings_subset(VISUAL, STIMULUS_KEYS + ("responses",)),
         preprocess=config.get("preprocess", {}),
     log:
         f"{RESULTS}/logs/visual/trials_sub-{{subject}}.log",
@@ -53,8 +53,8 @@ rule visual_features:
     params:
         model=lambda wildcards: VISUAL_MODELS[wildcards.model],
         store=FEATURE_STORE,
-        dataset=DATASET,
-        visual=VISUAL,
+        dataset=settings_subset(DATASET, RUN_KEYS),
+        visual=settings_subset(VISUAL, STIMULUS_KEYS),
     log:
         f"{RESULTS}/logs/visual/features_model-{{model}}.log",
     threads: TORCH_THREADS
@@ -72,14 +72,14 @@ rule visual_encoding:
         responses=trials_file("{subject}", "images.h5"),
         mask=trials_file("{subject}", "mask.nii.gz"),
         features=f"{RESULTS}/features/model-{{model}}/images.json",
-        truth=visual_dataset_ready(),
+        labels_and_truth=visual_labels_and_truth,
     output:
         scores=encoding_file("{subject}", "{model}", "{layer}", "scores.tsv"),
         summary=encoding_file("{subject}", "{model}", "{layer}", "summary.json"),
         r_map=encoding_file("{subject}", "{model}", "{layer}", "r.nii.gz"),
     params:
         settings=config["encoding"],
-        dataset=DATASET,
+        dataset=settings_subset(DATASET, ("root", "mask", "atlas", "atlas_labels", "ground_truth")),
     log:
         f"{RESULTS}/logs/visual/encoding_sub-{{subject}}_model-{{model}}_layer-{{layer}}.log",
     resources:
@@ -126,7 +126,7 @@ rule visual_identification:
         svg=visual_file("{subject}", "{model}", "identification.svg"),
     params:
         settings=VISUAL["identification"],
-        encoding=config["encoding"],
+        encoding=settings_subset(config["encoding"], ("alphas", "backend", "solver", "cv_score")),
         dpi=DPI,
     log:
         f"{RESULTS}/logs/visual/identification_sub-{{subject}}_model-{{model}}.log",
@@ -145,7 +145,7 @@ rule visual_reconstruction:
         responses=trials_file("{subject}", "images.h5"),
         mask=trials_file("{subject}", "mask.nii.gz"),
         sources=visual_stimulus_sources,
-        truth=visual_dataset_ready(),
+        labels_and_truth=visual_labels_and_truth,
     output:
         summary=trials_file("{subject}", "reconstruction.json"),
         images=trials_file("{subject}", "reconstruction_images.tsv"),
@@ -154,12 +154,14 @@ rule visual_reconstruction:
                    subcategory="Reconstruction", labels={"subject": "{subject}", "figure": "pixel-space reconstruction"}),
         svg=trials_file("{subject}", "reconstruction.svg"),
     params:
-        dataset=DATASET,
-        visual=VISUAL,
-        encoding=config["encoding"],
+        dataset=settings_subset(DATASET, ("root", "mask", "ground_truth")),
+        visual={**settings_subset(VISUAL, STIMULUS_KEYS + ("models",)),
+                "reconstruction": {k: v for k, v in VISUAL["reconstruction"].items() if k != "generative"}},
+        encoding=settings_subset(config["encoding"], ("alphas", "backend")),
         dpi=DPI,
     log:
         f"{RESULTS}/logs/visual/reconstruction_sub-{{subject}}.log",
+    threads: TORCH_THREADS
     resources:
         mem_mb=8000,
         runtime=60,
@@ -181,9 +183,9 @@ rule visual_generative:
                    subcategory="Reconstruction", labels={"subject": "{subject}", "figure": "generative reconstruction"}),
         svg=trials_file("{subject}", "generative.svg"),
     params:
-        dataset=DATASET,
-        visual=VISUAL,
-        encoding=config["encoding"],
+        dataset=settings_subset(DATASET, ("root",)),
+        visual={**settings_subset(VISUAL, STIMULUS_KEYS + ("models", "reconstruction"))},
+        encoding=settings_subset(config["encoding"], ("alphas", "backend")),
         dpi=DPI,
     log:
         f"{RESULTS}/logs/visual/generative_sub-{{subject}}.log",

@@ -40,16 +40,35 @@ def visual_dataset_ready():
     return []
 
 
+def settings_subset(mapping, keys):
+    """The keys a rule uses (its params): editing another setting does not rerun it."""
+    return {key: mapping[key] for key in keys if key in mapping}
+
+
+RUN_KEYS = ("root", "tr", "mask", "subjects", "train_stories", "test_stories")
+STIMULUS_KEYS = ("stim_column", "stimuli_dir", "trial_type", "image_size")
+
+
 def visual_subject_sources(wildcards):
-    """Every BOLD and events file of a subject's runs, the mask and atlas (edits rerun the subject)."""
+    """Every BOLD and events file of a subject's runs and the mask (edits rerun the subject)."""
     if config["demo"]["generate"]:
         return visual_dataset_ready()
     files = []
     for run in brainllm_visual.subject_runs(DATASET, wildcards.subject):
         files += [str(run.bold), str(run.events)]
-    root = DATASET["root"]
-    files += [os.path.join(root, DATASET[key].format(subject=wildcards.subject)) for key in ("mask", "atlas") if DATASET.get(key)]
+    if DATASET.get("mask"):
+        files.append(os.path.join(DATASET["root"], DATASET["mask"].format(subject=wildcards.subject)))
     return files
+
+
+def visual_labels_and_truth(wildcards):
+    """The atlas, its labels and the ground truth, when configured (ROI tables, detection, controls)."""
+    if config["demo"]["generate"]:
+        return visual_dataset_ready()
+    root = DATASET["root"]
+    files = [os.path.join(root, DATASET["atlas"].format(subject=wildcards.subject))] if DATASET.get("atlas") else []
+    files += [os.path.join(root, DATASET["atlas_labels"])] if DATASET.get("atlas_labels") else []
+    return files + ([DATASET["ground_truth"]] if DATASET.get("ground_truth") else [])
 
 
 def visual_stimulus_sources(wildcards):

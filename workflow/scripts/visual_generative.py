@@ -6,6 +6,9 @@ from brainllm.io import rule_logging
 from brainllm.visual_reconstruction import run_generative
 
 with rule_logging(snakemake.log[0]), threadpool_limits(snakemake.threads):  # noqa: F821 (injected by Snakemake)
+    import torch
+
+    torch.set_num_threads(snakemake.threads)  # noqa: F821
     inp, out, params = snakemake.input, snakemake.output, snakemake.params  # noqa: F821
     run_generative(inp.responses, inp.linear, params.dataset, params.visual, params.encoding, snakemake.wildcards.subject,  # noqa: F821
                    out.summary, out.images, out.png, out.svg, dpi=params.dpi)

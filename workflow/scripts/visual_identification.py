@@ -7,6 +7,9 @@ from brainllm.visual_decoding import run_identification
 from brainllm.visual_report import plot_identification
 
 with rule_logging(snakemake.log[0]), threadpool_limits(snakemake.threads):  # noqa: F821 (injected by Snakemake)
+    import torch
+
+    torch.set_num_threads(snakemake.threads)  # noqa: F821
     inp, out, params = snakemake.input, snakemake.output, snakemake.params  # noqa: F821
     run_identification(inp.responses, inp.features, params.settings, params.encoding, out.summary, out.images,
                        out.similarity, out.weights, out.history)
