@@ -49,3 +49,10 @@ def test_bench_eeg_trf_small(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert "sparse/dense time" in lines[1] and float(lines[1].rsplit("max |Δr| ", 1)[1]) < 1e-9  # the same fit
     assert lines[-1].startswith("RESULT 4 min, 324 columns: sparse")
+
+
+def test_gpu_reconstruction_runs_with_the_tiny_pipeline_on_cpu(tmp_path, capsys):
+    result = load("gpu_reconstruction").main(["--tiny", "--device", "cpu", "--n", "2", "--steps", "2", "--batch-size", "2",
+                                               "--results", str(tmp_path)])
+    assert (tmp_path / "gpu_reconstruction.json").is_file()
+    assert "images/s" in capsys.readouterr().out and result

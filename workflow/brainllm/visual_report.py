@@ -110,11 +110,13 @@ def write_roi_ranking(layers_tsvs: Sequence[PathLike], png: PathLike, svg: PathL
     layers = pd.concat(tables, ignore_index=True)
     rows = []
     for model, table in layers.groupby("model"):
-        validation = table[table["roi"] == "all"].groupby("layer")["mean_validation_r"].mean()
+        validation = table[table["roi"] == "all"].groupby("layer")["mean_validation_r"].mean().dropna()
+        if validation.empty:  # no validation correlations (encoding.cv_score l2): nothing chosen, nothing ranked
+            continue
         layer = int(validation.idxmax())  # chosen on validation r, averaged over subjects
         at_layer = table[table["layer"] == layer].groupby("roi")["mean_r"].mean()
         rows += [{"model": model, "layer": layer, "roi": roi, "mean_r": float(r)} for roi, r in at_layer.items()]
-    ranking = pd.DataFrame(rows)
+    ranking = pd.DataFrame(rows, columns=["model", "layer", "roi", "mean_r"])
     means = ranking[ranking["roi"] == "all"].sort_values("mean_r", ascending=False)
     ranking["rank"] = ranking["model"].map({model: i + 1 for i, model in enumerate(means["model"])})
     ranking = ranking.sort_values(["rank", "roi"]).reset_index(drop=True)
