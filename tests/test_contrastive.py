@@ -540,7 +540,7 @@ def test_compare_base_tuned_equals_direct_computation(tmp_path):
         paths[name] = tmp_path / f"{name}.tsv"
         pd.DataFrame({"voxel": np.arange(n_voxels)[::-1], "r": r[name][::-1], "r_val": r_val[::-1], "p": 0.5, "p_fdr": 0.5,
                       "significant": r[name][::-1] > 0.3, "alpha": 1.0}).to_csv(paths[name], sep="\t", index=False)
-    table = brainlora.compare_base_tuned(
+    table = inference.compare_base_tuned(
         {2: paths["base"], 3: paths["base"]}, {2: paths["tuned"], 3: paths["base"]}, tmp_path / "out.tsv",
         {2: pred_paths["base"], 3: pred_paths["base"]}, {2: pred_paths["tuned"], 3: pred_paths["base"]},
         tmp_path / "responses.h5", ["test"], {"block_trs": 10, "n_boot": 200, "seed": 4},
@@ -564,4 +564,4 @@ def test_compare_base_tuned_equals_direct_computation(tmp_path):
     same = on_disk.iloc[1]  # identical predictions: no difference, p = 1
     assert same["delta_mean_r"] == 0 and same["p_bootstrap"] == 1 and same["p_holm"] == 1
     with pytest.raises(InputError, match="save_predictions"):
-        brainlora.compare_base_tuned({2: paths["base"]}, {2: paths["tuned"]}, tmp_path / "x.tsv", None, None, tmp_path / "responses.h5", ["test"])
+        inference.compare_base_tuned({2: paths["base"]}, {2: paths["tuned"]}, tmp_path / "x.tsv", None, None, tmp_path / "responses.h5", ["test"])

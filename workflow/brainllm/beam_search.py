@@ -355,20 +355,3 @@ def run_beam_search(responses_h5, words_tsvs: Mapping[str, str | os.PathLike], a
     log.info("beam search: z %s; encoding log-likelihood decoded %.1f, null texts %.1f … %.1f", ", ".join(f"{m} {v:+.2f}" for m, v in z.items()),
              loglik["brain"], min(summary["encoding_log_likelihood"]["null"]), max(summary["encoding_log_likelihood"]["null"]))
     return summary
-
-
-def beam_search_table(scores_jsons: Sequence[str | os.PathLike], out_tsv: str | os.PathLike) -> pd.DataFrame:
-    """One row per (subject, metric): decoded, null mean and SD, z."""
-    import json
-    from pathlib import Path
-
-    rows = []
-    for path in scores_jsons:
-        record = json.loads(Path(path).read_text())
-        for metric, z in record["z"].items():
-            rows.append({"subject": record["subject"], "layer": record["layer"], "metric": metric, "decoded": record["decoded"][metric],
-                         "null_mean": record["null_mean"][metric], "null_sd": record["null_sd"][metric], "z": z,
-                         "n_null": record["n_null"], "n_words": record["n_words"]})
-    table = pd.DataFrame(rows)
-    write_tsv(out_tsv, table)
-    return table

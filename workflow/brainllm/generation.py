@@ -35,7 +35,6 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -51,11 +50,11 @@ from .contrastive import pick_device, read_responses, segment_starts, window_row
 from .contrastive_settings import story_split
 from .io import InputError, atomic_path, read_words, sha256_file, write_json, write_tsv
 from .models import load_model, model_settings
+from .generation_report import CONDITIONS
 from .text_metrics import METRICS, TextScorer, paired_segment_test
 
 log = logging.getLogger(__name__)
 
-CONDITIONS = ("brain", "permuted_brain", "text_only", "llm")
 CONTROLS = ("permuted_brain", "text_only", "llm")
 DECODINGS = ("greedy", "beam")
 
@@ -693,44 +692,3 @@ def score_brain_prompt(data: dict[str, Segments], spacing: Spacing, split: Mappi
     log.info("pairwise accuracy %.3f (p = %.4f); beam BLEU-1 brain %.3f, permuted %.3f, text only %.3f, llm %.3f", pairwise["pairwise_accuracy"],
              pairwise["p"], *(summary["means"][f"{c}/beam"]["bleu1"] for c in CONDITIONS))
     return summary
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def plot_brain_prompt(scores_jsons: Sequence[str | os.PathLike], comparisons_tsvs: Sequence[str | os.PathLike],
-                      texts_tsvs: Sequence[str | os.PathLike], out: Mapping[str, str | os.PathLike], dpi: int = 150,
-                      n_examples: int = 5, modalities: Sequence[str] | None = None) -> pd.DataFrame:
-    """Report figure and tables of every subject: ``out['tsv']`` the comparisons with their CIs and p,
-    ``out['examples']`` heard vs generated text (beam search) of ``n_examples`` segments per subject.
-
-    ``modalities`` names each input's recording (fMRI, EEG; default fMRI); EEG subjects are labelled ``<subject> (EEG)``."""
-    import json
-
-    from . import figures
-    from .report import _subject_of
-
-    modalities = list(modalities or ["fMRI"] * len(scores_jsons))
-
-    def label(path, modality):
-        return _subject_of(path) + (f" ({modality})" if modality != "fMRI" else "")
-
-    comparisons = pd.concat([pd.read_csv(path, sep="\t").assign(subject=label(path, m), modality=m)
-                             for path, m in zip(comparisons_tsvs, modalities)], ignore_index=True)
-    pairwise = pd.DataFrame([{"subject": label(path, m), "modality": m, **json.loads(Path(path).read_text())["pairwise"]}
-                             for path, m in zip(scores_jsons, modalities)])
-    examples = []
-    for path, modality in zip(texts_tsvs, modalities):
-        texts = pd.read_csv(path, sep="\t", keep_default_na=False)
-        beam = texts[texts["decoding"] == "beam"]
-        segments = sorted(beam["segment"].unique())
-        for segment in [segments[i] for i in np.linspace(0, len(segments) - 1, min(n_examples, len(segments))).astype(int)]:
-            rows = beam[beam["segment"] == segment].set_index("condition")
-            first = rows.iloc[0]
-            examples.append({"subject": _subject_of(path), "modality": modality, "story": first["story"], "onset": first["onset"],
-                             "prompt": first["prompt"], "heard": first["reference"], **{condition: rows.loc[condition, "text"] for condition in CONDITIONS}})
-    write_tsv(out["tsv"], comparisons)
-    write_tsv(out["examples"], pd.DataFrame(examples))
-    with figures.styled():
-        figures.save_figure(figures.generation_figure(comparisons, pairwise), out["png"], out["svg"], dpi)
-    return comparisons

@@ -1,6 +1,6 @@
 """Snakemake adapter: held-out encoding r of the base vs the brain-tuned model (rule contrastive_compare)."""
 
-from brainllm.brainlora import compare_base_tuned
+from brainllm.inference import compare_base_tuned
 from brainllm.io import rule_logging
 
 with rule_logging(snakemake.log[0]):

@@ -1,6 +1,6 @@
 """Snakemake adapter: the beam-search scores of every subject as one table (rule report_beam_search)."""
 
-from brainllm.beam_search import beam_search_table
+from brainllm.generation_report import beam_search_table
 from brainllm.io import rule_logging
 
 with rule_logging(snakemake.log[0]):

@@ -1,6 +1,6 @@
 """Snakemake adapter: the brain-prompted generation figure and tables of every subject (rule report_generation)."""
 
-from brainllm.generation import plot_brain_prompt
+from brainllm.generation_report import plot_brain_prompt
 from brainllm.io import rule_logging
 
 with rule_logging(snakemake.log[0]):
