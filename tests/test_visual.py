@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -200,3 +201,22 @@ def test_image_datasets_refuse_word_stages_and_word_datasets_refuse_visual():
     words["dataset"]["stimuli"] = "words"
     with pytest.raises(InputError, match="dataset.stimuli: images"):
         configuration.finish(words, check_inputs=False)
+
+
+def test_the_store_cli_lists_and_verifies_image_entries(tmp_path, capsys):
+    from brainllm import store
+    from brainllm.vision_features import obtain_image_features
+
+    paths = []
+    for i in range(3):
+        write_image(tmp_path / "stimuli" / f"{i}.png", 40 * i, (16, 16))
+        paths.append(tmp_path / "stimuli" / f"{i}.png")
+    entry = obtain_image_features(tmp_path / "store", {"source": "package:brainllm.demo_visual"}, paths, ["0", "1", "2"], tmp_path / "images.json")
+    assert store.main(["ls", str(tmp_path / "store")]) == 0
+    assert "images=3" in capsys.readouterr().out
+    assert store.main(["verify", str(tmp_path / "store")]) == 0
+    assert "3 images" in capsys.readouterr().out
+    with h5py.File(entry, "r+") as handle:  # a flipped value: the stored hash no longer matches
+        handle["layer_01"][0, 0] += 1.0
+    assert store.main(["verify", str(tmp_path / "store")]) == 1
+    assert "BAD" in capsys.readouterr().out

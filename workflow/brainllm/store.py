@@ -583,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with open_h5(path) as handle:
                 metadata = json.loads(handle.attrs["metadata"])
-            images = metadata.get("store_format", "").startswith("vision")  # an image entry (brainllm.vision_features)
+            images = str(metadata.get("store_format", "")).startswith("vision")  # an image entry (brainllm.vision_features)
             if args.command == "ls":
                 print(_describe_images(path, metadata) if images else _describe(path, metadata))
             elif images:
