@@ -106,10 +106,9 @@ def test_generative_route_with_a_tiny_unclip_pipeline(visual_run):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("visual_dataset") / "demo"
-    demo_visual.generate_visual_demo(out, 7)
-    return out
+def dataset(visual_run):
+    """The demo dataset the workflow run generated (copied before each change)."""
+    return visual_run / "resources/demo_visual"
 
 
 def demo_config(root):
