@@ -191,12 +191,6 @@ def test_image_datasets_refuse_word_stages_and_word_datasets_refuse_visual():
     config["dataset"]["test_stories"] = ["a"]
     with pytest.raises(InputError, match="both dataset.train_stories"):
         configuration.check_images(config)
-    config = image_config()
-    config["dataset"]["bids"] = {"space": "T1w"}
-    with pytest.raises(InputError, match="dataset.bids.space"):
-        configuration.check_images(config)
-    with pytest.raises(InputError, match="preprocess.confounds"):
-        configuration.check_images(image_config(preprocess={"confounds": ["csf"]}))
     words = image_config(models={"m": {"source": "y"}})
     words["dataset"]["stimuli"] = "words"
     with pytest.raises(InputError, match="dataset.stimuli: images"):

@@ -156,3 +156,45 @@ def test_bad_stimuli_are_refused_with_the_file_and_row(dataset, tmp_path, proble
         if problem == "mixed sizes":
             assert "visual.image_size" in str(error.value)
     assert not out.exists() or not any(out.iterdir())  # nothing written
+
+
+def test_fmriprep_derivatives_and_confounds(dataset, tmp_path):
+    """BOLD from fMRIPrep (space/desc), its brain masks and confounds regressed out, events from the raw runs."""
+    import nibabel as nib
+
+    from brainllm.visual import read_image_responses, run_trials
+
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    fmriprep = root / "derivatives" / "fmriprep"
+    (fmriprep / "sub-V01" / "func").mkdir(parents=True)
+    (fmriprep / "dataset_description.json").write_text(json.dumps({"Name": "fMRIPrep", "BIDSVersion": "1.8.0", "DatasetType": "derivative"}))
+    rng = np.random.default_rng(0)
+    drift = {}
+    for bold in sorted((root / "sub-V01" / "func").glob("*_bold.nii.gz")):
+        stem = bold.name[: -len("_bold.nii.gz")]
+        img = nib.load(bold)
+        data = img.get_fdata(dtype=np.float32)
+        drift[stem] = rng.standard_normal(data.shape[3]).cumsum()  # a motion-like confound added to every voxel
+        nib.save(nib.Nifti1Image(data + 20.0 * drift[stem].astype(np.float32), img.affine, img.header),
+                 fmriprep / "sub-V01" / "func" / f"{stem}_space-T1w_desc-preproc_bold.nii.gz")
+        shutil.copy(bold.with_name(f"{stem}_bold.json"), fmriprep / "sub-V01" / "func" / f"{stem}_space-T1w_desc-preproc_bold.json")
+        pd.DataFrame({"trans_x": drift[stem], "csf": rng.standard_normal(data.shape[3])}).to_csv(
+            fmriprep / "sub-V01" / "func" / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False)
+    config = demo_config(root)
+    config["dataset"]["bids"] = {"space": "T1w", "desc": "preproc"}
+    raw = tmp_path / "raw"
+    run_trials(demo_config(root)["dataset"], "V01", config["visual"], {}, raw / "images.h5", raw / "mask.nii.gz", raw / "trials.tsv")
+    derived = tmp_path / "derived"
+    run_trials(config["dataset"], "V01", config["visual"], {"confounds": ["trans_x"]}, derived / "images.h5", derived / "mask.nii.gz",
+               derived / "trials.tsv")
+    a, b = read_image_responses(raw / "images.h5"), read_image_responses(derived / "images.h5")
+    assert a.test_images == b.test_images
+    assert np.corrcoef(a.test.ravel(), b.test.ravel())[0, 1] > 0.95  # the confound regressed out: the same responses
+    kept = tmp_path / "kept"
+    run_trials(config["dataset"], "V01", config["visual"], {}, kept / "images.h5", kept / "mask.nii.gz", kept / "trials.tsv")
+    left_in = read_image_responses(kept / "images.h5")  # without preprocess.confounds the motion-like drift distorts them
+    assert np.corrcoef(a.test.ravel(), left_in.test.ravel())[0, 1] < 0.8
+    with pytest.raises(InputError, match="confounds"):
+        run_trials(config["dataset"], "V01", config["visual"], {"confounds": ["rot_z"]}, tmp_path / "x" / "images.h5", tmp_path / "x" / "mask.nii.gz",
+                   tmp_path / "x" / "trials.tsv")

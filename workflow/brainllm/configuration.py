@@ -361,14 +361,6 @@ def check_images(config: dict) -> dict:
             raise InputError(None, f"the {section} section {what}, but dataset.stimuli is images.", f"remove the {section} section.")
     if dataset.get("segments") or dataset.get("segmenter", "none") != "none" or dataset.get("wordcsv"):
         raise InputError(None, "dataset.segments / segmenter / wordcsv cut or read words, but dataset.stimuli is images.", "remove them.")
-    bids = dataset.get("bids") or {}
-    for key in ("space", "desc", "derivatives", "confounds_desc"):
-        if bids.get(key):
-            raise InputError(None, f"dataset.bids.{key} chooses fMRIPrep derivatives, which image datasets do not read yet: the visual stages "
-                             "read the raw BOLD runs under sub-*/func/.", "remove dataset.bids." + key + " (point dataset.root at a BIDS tree "
-                             "whose func/ holds the BOLD series to analyse).")
-    if (config.get("preprocess") or {}).get("confounds"):
-        raise InputError(None, "preprocess.confounds regresses fMRIPrep confounds, which image datasets do not read.", "remove preprocess.confounds.")
     overlap = sorted(set(dataset["train_stories"]) & set(dataset["test_stories"]))
     if overlap:
         raise InputError(None, f"runs {overlap} are in both dataset.train_stories and dataset.test_stories.", "list each run (task) once.")

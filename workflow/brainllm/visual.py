@@ -76,6 +76,8 @@ class ImageRun:
     split: str  # train | test
     bold: Path
     events: Path
+    confounds: Path | None = None  # fMRIPrep confounds TSV (derivatives only)
+    brain_mask: Path | None = None  # fMRIPrep brain mask (derivatives only)
 
 
 def _entities(name: str) -> dict[str, str]:
@@ -83,31 +85,24 @@ def _entities(name: str) -> dict[str, str]:
     return dict(part.split("-", 1) for part in parts[:-1] if "-" in part)
 
 
-def find_runs(root: str | os.PathLike, subject: str, task: str) -> list[tuple[Path, Path]]:
-    """(bold, events) of every run of ``task`` for ``subject`` (any session and run entity), sorted."""
-    root = Path(root)
-    runs = []
-    for bold in sorted(root.glob(f"sub-{subject}/**/func/sub-{subject}_*bold.nii*")):
-        if _entities(bold.name).get("task") != task:
-            continue
-        if "echo" in _entities(bold.name):
-            raise InputError(bold, "a multi-echo BOLD series (echo- entity): each echo would count as a run of its own.",
-                             "combine the echoes first (e.g. tedana's optimally combined series) and keep one BOLD file per run.")
-        stem = bold.name[: bold.name.rindex("_bold.nii")]
-        runs.append((bold, bold.with_name(f"{stem}_events.tsv")))
-    return runs
-
-
 def subject_runs(dataset: Mapping, subject: str) -> list[ImageRun]:
-    """Every run of a subject: training tasks first, then test tasks, in config order."""
+    """Every run of a subject (raw BOLD, or fMRIPrep's with ``dataset.bids.space/desc``): training tasks first, then test tasks.
+
+    Runs of a task (sessions, ``run-`` entities) are found as for word stimuli
+    (:class:`brainllm.ingest.BidsDataset`); multi-echo series are refused.
+    """
+    from .ingest import BidsDataset, dataset_options
+
+    bids = BidsDataset(dataset_options(dict(dataset)))
+    bids.check_subject(subject)
     runs = []
     for split, key in (("train", "train_stories"), ("test", "test_stories")):
         for task in dataset[key]:
-            found = find_runs(dataset["root"], subject, task)
-            if not found:
-                raise InputError(Path(dataset["root"]) / f"sub-{subject}", f"no BOLD run of task {task!r} (dataset.{key}) for subject {subject}.",
-                                 f"add sub-{subject}/func/sub-{subject}_task-{task}[_run-N]_bold.nii.gz, or fix dataset.{key}.")
-            runs += [ImageRun(task, split, bold, events) for bold, events in found]
+            for run in bids.runs(subject, task):
+                if "echo" in _entities(run.bold.name):
+                    raise InputError(run.bold, "a multi-echo BOLD series (echo- entity): each echo would count as a run of its own.",
+                                     "combine the echoes first (e.g. tedana's optimally combined series) and keep one BOLD file per run.")
+                runs.append(ImageRun(task, split, run.bold, run.events, run.confounds, run.brain_mask))
     return runs
 
 
@@ -229,23 +224,29 @@ def lss_responses(bold: np.ndarray, regressors: np.ndarray) -> np.ndarray:
     return betas
 
 
-def _subject_mask(dataset: Mapping, subject: str, first_bold: Path):
+def _subject_mask(dataset: Mapping, subject: str, runs: Sequence[ImageRun]):
+    """``dataset.mask``, else the intersection of fMRIPrep's brain masks, else an intensity mask of the first run's mean."""
     from .ingest import bold_header, intensity_mask, load_mask
 
-    img = bold_header(first_bold)
+    img = bold_header(runs[0].bold)
     if dataset.get("mask"):
-        mask, affine = load_mask(Path(dataset["root"]) / dataset["mask"].format(subject=subject), img.shape[:3], first_bold)
-        return mask, affine
+        return load_mask(Path(dataset["root"]) / dataset["mask"].format(subject=subject), img.shape[:3], runs[0].bold)
+    if all(run.brain_mask is not None for run in runs):
+        mask = np.ones(img.shape[:3], dtype=bool)
+        for run in runs:
+            mask &= load_mask(run.brain_mask, img.shape[:3], run.bold)[0]
+        return mask, img.affine
+    log.warning("no dataset.mask and no fMRIPrep brain mask: an intensity mask of the mean of %s", runs[0].bold.name)
     return intensity_mask(np.asarray(img.dataobj, dtype=np.float32).mean(-1)), img.affine
 
 
-def _clean(bold: np.ndarray, tr: float, preprocess: Mapping) -> np.ndarray:
+def _clean(bold: np.ndarray, tr: float, preprocess: Mapping, confounds: np.ndarray | None) -> np.ndarray:
     from .preprocess import clean_run
 
     return clean_run(
         bold, tr, detrend=preprocess.get("detrend", "savgol"), savgol_window_s=preprocess.get("savgol_window_s", 120.0),
         savgol_polyorder=preprocess.get("savgol_polyorder", 2), polynomial_order=preprocess.get("polynomial_order", 2),
-        zscore=preprocess.get("zscore", True), trim_start=0, trim_end=0,
+        confounds=confounds, zscore=preprocess.get("zscore", True), trim_start=0, trim_end=0,
     )
 
 
@@ -256,10 +257,11 @@ def estimate_trials(dataset: Mapping, subject: str, settings: VisualSettings, pr
     """
     from tqdm import tqdm
 
-    from .ingest import check_tr, load_bold, sidecar_metadata
+    from .ingest import check_tr, load_bold, read_confounds, sidecar_metadata
 
     runs = subject_runs(dataset, subject)
-    mask, affine = _subject_mask(dataset, subject, runs[0].bold)
+    mask, affine = _subject_mask(dataset, subject, runs)
+    confound_names = list(preprocess.get("confounds") or [])
     tr = float(dataset["tr"])
     tables, estimates = [], []
     for run_index, run in enumerate(tqdm(runs, desc=f"trials sub-{subject}", unit="run", mininterval=5)):
@@ -269,7 +271,8 @@ def estimate_trials(dataset: Mapping, subject: str, settings: VisualSettings, pr
         if data.shape[:3] != mask.shape or not np.allclose(img.affine, affine, atol=1e-3):
             raise InputError(run.bold, f"BOLD grid {data.shape[:3]} (affine below) differs from the subject's mask {mask.shape} / first run "
                              f"{runs[0].bold.name}:\n{np.round(img.affine, 3)}", "give every run of a subject in one space (register and resample them first).")
-        bold = _clean(data[mask].T, tr, preprocess)
+        confounds = read_confounds(run.confounds, confound_names, data.shape[3], run.bold) if confound_names else None
+        bold = _clean(data[mask].T, tr, preprocess, confounds)
         if settings.response_method == "window":
             response = window_responses(bold, tr, trials["onset"], settings.window_s, run.events, settings.slice_time_ref)
         else:

@@ -65,7 +65,7 @@ def visual_subject_sources(wildcards):
         return visual_dataset_ready()
     files = []
     for run in brainllm_visual.subject_runs(DATASET, wildcards.subject):
-        files += [str(run.bold), str(run.events)]
+        files += [str(run.bold), str(run.events)] + [str(path) for path in (run.confounds, run.brain_mask) if path is not None]
     if DATASET.get("mask"):
         files.append(os.path.join(DATASET["root"], DATASET["mask"].format(subject=wildcards.subject)))
     return files
