@@ -49,6 +49,20 @@ def load_images(paths: Sequence[str | os.PathLike], size: Sequence[int] | None =
     return np.stack(images)
 
 
+def image_chunks(paths: Sequence[str | os.PathLike], size: Sequence[int] | None = None, chunk: int = 256):
+    """:func:`load_images` over ``chunk`` images at a time (a large stimulus set never sits in memory at full
+    resolution); without ``size`` every chunk must have the first one's image size."""
+    first = None
+    for start in range(0, len(paths), chunk):
+        images = load_images(paths[start:start + chunk], size)
+        if first is None:
+            first = images.shape[1:]
+        elif images.shape[1:] != first:
+            raise InputError(paths[start], f"image of size {images.shape[2]}x{images.shape[1]} while {paths[0]} is {first[1]}x{first[0]}: "
+                             "the stimuli have mixed sizes.", "Set visual.image_size: [height, width] to resize every image, or give images of one size.")
+        yield images
+
+
 def image_sha256(paths: Sequence[str | os.PathLike]) -> list[str]:
     """Content hash of each image file (the feature store's key ignores file names)."""
     return [sha256_file(path) for path in paths]

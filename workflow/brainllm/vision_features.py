@@ -42,7 +42,7 @@ from typing import Sequence
 
 import numpy as np
 
-from brainllm.images import image_sha256, load_images
+from brainllm.images import image_chunks, image_sha256
 from brainllm.io import InputError, atomic_path, open_h5, write_json
 from brainllm.models import (
     MODEL_CHOICES,
@@ -679,9 +679,10 @@ def obtain_image_features(store_dir: str | os.PathLike, model_cfg: dict, image_p
         else:
             reused = False
             remove_dead_temporaries(path, log)
-            images = load_images(image_paths, size)
             model, processor, info = load_vision_model(settings)
-            layers, embedding = extract_image_features(model, processor, images, settings["batch_size"], pooling)
+            parts = [extract_image_features(model, processor, images, settings["batch_size"], pooling) for images in image_chunks(image_paths, size)]
+            layers = [np.concatenate([part[0][i] for part in parts]) for i in range(len(parts[0][0]))]
+            embedding = None if parts[0][1] is None else np.concatenate([part[1] for part in parts])
             if len(layers) != info["n_hidden_states"]:
                 raise RuntimeError(f"{len(layers)} hidden states extracted, the config says {info['n_hidden_states']}")
             attrs = {

@@ -23,14 +23,26 @@ from .io import atomic_path, write_json, write_tsv
 log = logging.getLogger(__name__)
 
 
-def stimulus_images(dataset: Mapping, visual: Mapping, names: Sequence[str]) -> np.ndarray:
-    """uint8 ``(n, h, w, 3)`` of the named stimuli (``visual.image_size`` applied)."""
-    from .images import load_images
+def stimulus_chunks(dataset: Mapping, visual: Mapping, names: Sequence[str]):
+    """uint8 ``(n, h, w, 3)`` chunks of the named stimuli (``visual.image_size`` applied), in order."""
+    from .images import image_chunks
     from .visual import VisualSettings
 
     settings = VisualSettings.from_config(visual)
     folder = Path(dataset["root"]) / settings.stimuli_dir
-    return load_images([folder / name for name in names], settings.image_size)
+    return image_chunks([folder / name for name in names], settings.image_size)
+
+
+def stimulus_images(dataset: Mapping, visual: Mapping, names: Sequence[str]) -> np.ndarray:
+    """uint8 ``(n, h, w, 3)`` of the named stimuli (the test images: few)."""
+    return np.concatenate(list(stimulus_chunks(dataset, visual, names)))
+
+
+def stimulus_luminance(dataset: Mapping, visual: Mapping, names: Sequence[str], size: int) -> np.ndarray:
+    """``(n, size, size)`` luminance in [0, 1] of the named stimuli, read a chunk at a time (the training images: many)."""
+    from .images import downsample, grayscale
+
+    return np.concatenate([downsample(grayscale(images), size) for images in stimulus_chunks(dataset, visual, names)])
 
 
 def feature_functions(models: Mapping[str, Mapping]) -> tuple[list[tuple[str, Callable]], Callable | None]:
@@ -87,7 +99,7 @@ def run_linear(responses_h5, mask_nii, dataset: Mapping, visual: Mapping, encodi
     alphas = alpha_grid(**encoding.get("alphas", {}))
     backend = encoding.get("backend", "auto")
     data = read_image_responses(responses_h5)
-    train_images = stimulus_images(dataset, visual, data.train_images)
+    train_images = stimulus_luminance(dataset, visual, data.train_images, size)
     test_images = stimulus_images(dataset, visual, data.test_images)
     decoder = fit_linear_reconstruction(data.train, train_images, data.train_runs, size, alphas=alphas, backend=backend)
     reconstructed = decoder.predict(data.test)
@@ -134,9 +146,9 @@ def run_generative(responses_h5, linear_h5, dataset: Mapping, visual: Mapping, e
     device = pick_device(settings["device"], "visual.reconstruction.generative.device")
     pipe = load_unclip_pipeline(settings["pipeline"], device=str(device))
     data = read_image_responses(responses_h5)
-    train_images = stimulus_images(dataset, visual, data.train_images)
+    train_embeddings = np.concatenate([clip_image_embeddings(pipe, images) for images in stimulus_chunks(dataset, visual, data.train_images)])
     test_images = stimulus_images(dataset, visual, data.test_images)
-    decoder = fit_embedding_decoder(data.train, clip_image_embeddings(pipe, train_images), data.train_runs,
+    decoder = fit_embedding_decoder(data.train, train_embeddings, data.train_runs,
                                     alphas=alpha_grid(**encoding.get("alphas", {})), backend=encoding.get("backend", "auto"))
     embeddings = decoder.predict(data.test)
     with h5py.File(linear_h5, "r") as handle:
