@@ -214,3 +214,16 @@ def test_the_store_cli_lists_and_verifies_image_entries(tmp_path, capsys):
         handle["layer_01"][0, 0] += 1.0
     assert store.main(["verify", str(tmp_path / "store")]) == 1
     assert "BAD" in capsys.readouterr().out
+
+
+def test_image_chunks_refuse_mixed_sizes_across_chunks_and_resize(tmp_path):
+    from brainllm.images import image_chunks
+
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for path, side in zip(paths, (8, 8, 16)):
+        write_image(path, 100, (side, side))
+    with pytest.raises(InputError, match="visual.image_size") as error:
+        list(image_chunks(paths, chunk=2))
+    assert "2.png" in str(error.value)
+    chunks = list(image_chunks(paths, size=(4, 6), chunk=2))
+    assert [c.shape for c in chunks] == [(2, 4, 6, 3), (1, 4, 6, 3)]
