@@ -57,6 +57,7 @@ def test_identification_beats_chance_tenfold(visual_run):
     assert contrastive["row_to_column"]["top1"] >= 5 * contrastive["chance"]["top1"]
     assert ridge["two_way"] > 0.85 and ridge["gallery"]["top1"] > 5 * ridge["gallery"]["chance"]["top1"]
     assert set(ident["spaces"]) == {"embedding"} | {f"layer-{i:02d}" for i in range(5)}
+    assert {"ridge", "contrastive"} <= set(ident["spaces"]["embedding"])  # the shared image–text space, both decoders
     assert 0 <= ridge["sensitivity_macro"] <= 1 and ridge["specificity_macro"] > 0.9
 
 

@@ -232,15 +232,21 @@ def run_identification(
         log.info("%s: validation top-1 %.3f; test top-1 %.3f (p %.4f), two-way %.3f", name, val_top1, scores["row_to_column"]["top1"],
                  scores["top1_p"], scores["two_way"])
     chosen = max(spaces, key=lambda name: (spaces[name]["validation_percentile_rank"], spaces[name]["validation_top1"]))
-    values = candidates[chosen]
 
-    # the contrastive decoder sees the space as the selection did: standardised with the training images' statistics
-    V_train, V_test, V_gallery = standardise(values[train_rows], values[test_rows], values[gallery_rows])
-    state, history = train_contrastive(X_train, V_train, data.run_lengths, settings.get("contrastive", {}), seed)
-    brain = X_test @ state["net.weight"].numpy().astype(np.float64).T + state["net.bias"].numpy()
-    contrastive_similarity = cosine_matrix(brain, V_test)
-    contrastive = identification_scores(contrastive_similarity, cosine_matrix(brain, V_gallery), top_k, n_perm, seed)
-    contrastive["epochs"] = int(len(history))
+    def contrastive_decoder(name):
+        """Trained for one space, seen as the selection saw it: standardised with the training images' statistics."""
+        values = candidates[name]
+        V_train, V_test, V_gallery = standardise(values[train_rows], values[test_rows], values[gallery_rows])
+        state, history = train_contrastive(X_train, V_train, data.run_lengths, settings.get("contrastive", {}), seed)
+        brain = X_test @ state["net.weight"].numpy().astype(np.float64).T + state["net.bias"].numpy()
+        similarity = cosine_matrix(brain, V_test)
+        scores = identification_scores(similarity, cosine_matrix(brain, V_gallery), top_k, n_perm, seed)
+        return {**scores, "epochs": int(len(history))}, state, history, similarity
+
+    contrastive, state, history, contrastive_similarity = contrastive_decoder(chosen)
+    spaces[chosen]["contrastive"] = contrastive
+    if "embedding" in candidates and chosen != "embedding":  # the shared image–text space is always decoded both ways
+        spaces["embedding"]["contrastive"] = contrastive_decoder("embedding")[0]
     results = {"ridge": spaces[chosen]["ridge"], "contrastive": contrastive}
     for method, scores in results.items():
         log.info("%s (%s): top-1 %.3f (chance %.3f, p %.4f), two-way %.3f, gallery top-1 %.3f of %d", method, chosen, scores["row_to_column"]["top1"],
