@@ -202,3 +202,33 @@ def test_fmriprep_derivatives_and_confounds(dataset, tmp_path):
     with pytest.raises(InputError, match="confounds"):
         run_trials(config["dataset"], "V01", config["visual"], {"confounds": ["rot_z"]}, tmp_path / "x" / "images.h5", tmp_path / "x" / "mask.nii.gz",
                    tmp_path / "x" / "trials.tsv")
+
+
+def test_optional_inputs_absent(dataset, tmp_path):
+    """No mask, atlas or ground truth, test images shown once (no repeats): every stage still runs, and says what it lacks."""
+    from brainllm.vision_features import obtain_image_features
+    from brainllm.visual import VisualSettings, read_image_responses, run_trials, stimulus_names
+    from brainllm.visual_decoding import run_identification
+    from brainllm.visual_encoding import run_visual_encoding
+    from brainllm.visual_reconstruction import run_linear
+
+    config = demo_config(dataset)
+    for key in ("mask", "atlas", "atlas_labels", "ground_truth"):
+        config["dataset"].pop(key)
+    config["dataset"].update(train_stories=["train01", "train02", "train03", "train04"], test_stories=["test01"])
+    data, visual, out = config["dataset"], config["visual"], tmp_path / "out"
+    run_trials(data, "V01", visual, {}, out / "images.h5", out / "mask.nii.gz", out / "trials.tsv")
+    assert read_image_responses(out / "images.h5").test_repeats is None
+    names, paths = stimulus_names(data, VisualSettings.from_config(visual), ["V01"])
+    obtain_image_features(tmp_path / "store", visual["models"]["tinyclip"], paths, names, out / "images.json")
+    encoding = {"alphas": {"log10_min": -1, "log10_max": 5, "num": 7}, "significance": {"n_permutations": 200}}
+    summary = run_visual_encoding(out / "images.h5", out / "images.json", out / "mask.nii.gz", 2, encoding, data, "V01",
+                                  out / "scores.tsv", out / "summary.json", out / "r.nii.gz")
+    assert summary["rois"] == {} and "ground_truth" not in summary and "median_ceiling_r" not in summary
+    assert summary["mean_r"] > 0.1
+    identification = run_identification(out / "images.h5", out / "images.json", {"n_permutations": 200}, encoding, out / "id.json",
+                                        out / "id.tsv", out / "sim.tsv", out / "w.safetensors", out / "h.tsv")
+    assert identification["ridge"]["row_to_column"]["top1"] > 3 * identification["ridge"]["chance"]["top1"]
+    reconstruction = run_linear(out / "images.h5", out / "mask.nii.gz", data, {**visual, "reconstruction": {"n_permutations": 200}}, encoding,
+                                "V01", out / "rec.json", out / "rec.tsv", out / "rec.h5", out / "rec.png", out / "rec.svg")
+    assert "noise_voxels_control" not in reconstruction and reconstruction["linear"]["pixel_corr"] > 0.3
