@@ -401,3 +401,59 @@ def test_float16_store_and_concurrent_writers(models, image_files, tmp_path, mon
     data = vf.read_image_features(results[0], layers=[0, 2])
     assert data["layers"][2].dtype == np.float32 and data["embedding"] is not None
     assert "SigLIP" in data["attrs"]["embedding_space"] and data["attrs"]["store_dtype"] == "float16"
+
+
+def test_qwen2_vl_tower_alone_matches_the_whole_model(image_files, tmp_path):
+    """Qwen2-VL's tower (patches + grid sizes) is built and read alone; features equal the whole model's tower, image by image."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
+
+    torch.manual_seed(0)
+    config = Qwen2VLConfig(
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=48, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+        text_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, vocab_size=200,
+                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+    )
+    whole = Qwen2VLForConditionalGeneration(config).eval()
+    whole.save_pretrained(tmp_path / "qwen", safe_serialization=True)
+    processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56)
+    processor.save_pretrained(tmp_path / "qwen")
+    model_cfg = cfg(tmp_path / "qwen")
+    model, loaded_processor, info = vf.load_vision_model(model_cfg)
+    assert info["kind"] == "qwen_vl" and "language model not loaded" in info["loaded"] and info["n_hidden_states"] == 3 == vf.n_vision_hidden_states(model_cfg)
+    images = _images(image_files)
+    layers, embedding = vf.extract_image_features(model, loaded_processor, images, batch_size=2)
+    assert [layer.shape for layer in layers] == [(5, 32)] * 3 and embedding.shape == (5, 48)
+    for i, image in enumerate(images):  # one image at a time through the whole model's tower
+        inputs = processor(images=[image], return_tensors="pt")
+        with torch.no_grad():
+            out = whole.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"], output_hidden_states=True)
+        for layer in range(3):
+            np.testing.assert_allclose(layers[layer][i], out.hidden_states[layer].mean(0).numpy(), atol=1e-5)
+        np.testing.assert_allclose(embedding[i], out.pooler_output.mean(0).numpy(), atol=1e-5)
+    with pytest.raises(InputError, match="class token"):
+        vf.extract_image_features(model, loaded_processor, images, pooling="cls")
+
+
+def test_internvl_tower_and_its_own_image_features(image_files, tmp_path):
+    """InternVL (pixel-shuffled projector) through the generic path: every tower layer, and the model's get_image_features as the embedding."""
+    from transformers import CLIPImageProcessor, InternVLConfig, InternVLForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = InternVLConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=[28, 28],
+                                               patch_size=[14, 14]),
+                            text_config=dict(model_type="qwen2", hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                             num_key_value_heads=1, vocab_size=200))
+    whole = InternVLForConditionalGeneration(config).eval()
+    whole.save_pretrained(tmp_path / "internvl", safe_serialization=True)
+    CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(tmp_path / "internvl")
+    model, processor, info = vf.load_vision_model(cfg(tmp_path / "internvl"))
+    assert info["n_hidden_states"] == 3 and "get_image_features" in info["embedding_space"]
+    images = _images(image_files)
+    layers, embedding = vf.extract_image_features(model, processor, images, batch_size=2)
+    pixels = processor(images=list(images), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        tower = whole.model.vision_tower(pixel_values=pixels, output_hidden_states=True)
+        features = whole.get_image_features(pixel_values=pixels, vision_feature_layer=config.vision_feature_layer,
+                                            vision_feature_select_strategy=config.vision_feature_select_strategy)
+    np.testing.assert_allclose(layers[2], tower.hidden_states[2].mean(1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(embedding, getattr(features, "pooler_output", features).mean(1).numpy(), atol=1e-5)

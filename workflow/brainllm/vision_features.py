@@ -13,11 +13,16 @@ A model entry (``source``, ``dtype``, ``device``, ``trust_remote_code``, ``revis
   model is never in memory); the embedding is the projector's output for the layer and
   tokens LLaVA feeds the language model (``vision_feature_layer``,
   ``vision_feature_select_strategy``), averaged over tokens: a point in the LM's input space.
-* Other models whose config has a ``vision_config``: the whole model is loaded
-  (``AutoModelForImageTextToText``, then ``AutoModel``; remote code only with
-  ``trust_remote_code: true``) and its ``vision_tower``/``vision_model``/``visual`` is
-  called with ``pixel_values``; no embedding is stored (None) unless it has a LLaVA-style
-  ``multi_modal_projector``.
+* Qwen2-VL / Qwen2.5-VL: only the vision tower (with its patch merger) is built and read
+  from the safetensors; it takes the processor's flattened patches and ``image_grid_thw``,
+  every image's tokens are split back out of the one sequence, and the embedding is the
+  merger's output (the LM's input space) averaged over tokens. No class token.
+* Other models whose config has a ``vision_config`` (InternVL, PaliGemma, …): the whole
+  model is loaded (``AutoModelForImageTextToText``, then ``AutoModel``; remote code only
+  with ``trust_remote_code: true``) and its ``vision_tower``/``vision_model``/``visual`` is
+  called with ``pixel_values``; the embedding is the model's own ``get_image_features``
+  (its projector, pixel shuffle included) averaged over tokens when the config names a
+  ``vision_feature_layer``, else none.
 
 Features: ``hidden_states`` of every layer (index 0 = the embeddings output as
 transformers returns it), pooled per image as the mean over all tokens (``mean``) or the
@@ -158,7 +163,16 @@ def _vision_config(config):
     return None
 
 
+# vision towers fed flattened patches and per-image grid sizes (the processor's image_grid_thw): module, class
+GRID_TOWERS = {
+    "qwen2_vl": ("transformers.models.qwen2_vl.modeling_qwen2_vl", "Qwen2VisionTransformerPretrainedModel"),
+    "qwen2_5_vl": ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VisionTransformerPretrainedModel"),
+}
+
+
 def _model_kind(config) -> str:
+    if config.model_type in GRID_TOWERS:
+        return "qwen_vl"
     if config.model_type in ("clip", "clip_vision_model"):
         return "clip"
     if config.model_type in ("siglip", "siglip_vision_model"):
@@ -227,19 +241,34 @@ class VisionModel:
     def dtype(self):
         return next(self.tower.parameters()).dtype
 
-    def forward(self, pixel_values):
-        """``(hidden_states tuple, embedding (n, d) or None)``."""
+    def forward(self, inputs):
+        """``(hidden_states tuple of (n, tokens, hidden), embedding (n, d) or None)`` from the image processor's output."""
+        pixel_values = inputs["pixel_values"].to(device=self.device, dtype=self.dtype)
+        if self.kind == "qwen_vl":
+            return self._forward_grid(pixel_values, inputs["image_grid_thw"].to(self.device))
         try:
             output = self.tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
         except TypeError as error:
             raise InputError(self.name or None, f"the {self.kind} vision tower cannot be called with pixel_values alone ({error}).",
-                             "This model needs extra inputs (e.g. Qwen-VL's grid sizes); use a CLIP, SigLIP or LLaVA-type model.") from error
+                             "This model needs extra inputs its processor does not give; use a CLIP, SigLIP, LLaVA-type, InternVL or Qwen2-VL model.") from error
         hidden = output.hidden_states
-        embedding = None if self._embed is None else self._embed(self, output, hidden)
+        embedding = None if self._embed is None else self._embed(self, output, hidden, pixel_values)
         return hidden, embedding
 
+    def _forward_grid(self, pixel_values, grid_thw):
+        """Qwen-VL towers: every image's patches in one sequence; split back per image (equal sizes: one token count)."""
+        output = self.tower(pixel_values, grid_thw=grid_thw, output_hidden_states=True)
+        counts = grid_thw.prod(-1).tolist()
+        if len(set(counts)) > 1:
+            raise InputError(self.name or None, f"the images of a batch give {sorted(set(counts))} patches each: the processor kept their sizes.",
+                             "Set visual.image_size so that every image has one size.")
+        n = len(counts)
+        hidden = tuple(h.reshape(n, counts[0], h.shape[-1]) for h in output.hidden_states)
+        merged = output.pooler_output  # the merger's tokens, in the language model's input space
+        return hidden, merged.reshape(n, merged.shape[0] // n, merged.shape[-1]).mean(dim=1)
 
-def _llava_embedding(model: VisionModel, output, hidden):
+
+def _llava_embedding(model: VisionModel, output, hidden, pixel_values=None):
     """The projector's output for what LLaVA feeds its language model, averaged over tokens."""
     config = model.config
     layer = getattr(config, "vision_feature_layer", -2)
@@ -377,14 +406,14 @@ def load_vision_model(model_cfg: dict):
                     vision_config = transformers.CLIPVisionConfig(**{**vision_config.to_dict(), "projection_dim": config.projection_dim})
                 tower, info = transformers.CLIPVisionModelWithProjection.from_pretrained(source.location, config=vision_config, **load)
                 _check_missing(source.location, info["missing_keys"], "vision tower")
-                model = VisionModel("clip", tower, embed=lambda m, out, hidden: out.image_embeds, config=config, has_class_token=True,
+                model = VisionModel("clip", tower, embed=lambda m, out, hidden, pixels: out.image_embeds, config=config, has_class_token=True,
                                     embedding_space="CLIP image-text space: get_image_features (visual_projection of the post-layernormed class token)")
                 loaded = "CLIPVisionModelWithProjection (vision tower + visual_projection)"
             elif kind == "siglip":
                 tower, info = transformers.SiglipVisionModel.from_pretrained(source.location, config=_vision_config(config), **load)
                 _check_missing(source.location, info["missing_keys"], "vision tower")
                 use_head = getattr(_vision_config(config), "vision_use_head", True)
-                model = VisionModel("siglip", tower, embed=(lambda m, out, hidden: out.pooler_output) if use_head else None, config=config, has_class_token=False,
+                model = VisionModel("siglip", tower, embed=(lambda m, out, hidden, pixels: out.pooler_output) if use_head else None, config=config, has_class_token=False,
                                     embedding_space="SigLIP image-text space: get_image_features (attention-pooling head output)" if use_head else None)
                 loaded = "SiglipVisionModel (vision tower + pooling head)"
             elif kind == "llava":
@@ -401,6 +430,16 @@ def load_vision_model(model_cfg: dict):
                                     embedding_space=f"language-model input space: multi_modal_projector output of hidden state {getattr(config, 'vision_feature_layer', -2)} "
                                     f"({getattr(config, 'vision_feature_select_strategy', 'default')} token selection), mean over tokens")
                 loaded = f"{type(tower).__name__} + LlavaMultiModalProjector only (language model not loaded)"
+            elif kind == "qwen_vl":
+                import importlib
+
+                module, name = GRID_TOWERS[config.model_type]
+                tower = getattr(importlib.import_module(module), name)._from_config(config.vision_config)
+                _load_prefixed(tower, ("model.visual.", "visual."), settings, source, "vision tower")
+                tower.to(dtype)
+                model = VisionModel("qwen_vl", tower, config=config, has_class_token=False,
+                                    embedding_space="language-model input space: the vision merger's output, mean over tokens")
+                loaded = f"{name} only (language model not loaded)"
             else:
                 model, loaded = _load_generic(config, source, load)
     except (OSError, ValueError) as error:
@@ -429,7 +468,7 @@ def load_vision_model(model_cfg: dict):
         "model_type": config.model_type,
         "loaded": loaded,
         "n_hidden_states": n_vision_hidden_states(settings),
-        "hidden_size": int(vision.hidden_size),
+        "hidden_size": int(getattr(vision, "embed_dim", None) or vision.hidden_size),  # the blocks' width (Qwen2-VL: embed_dim)
         "has_class_token": model.has_class_token,
         "embedding_space": model.embedding_space,
         "dtype": settings["dtype"],
@@ -445,6 +484,7 @@ def _has_class_token(tower) -> bool:
 
 def _load_generic(config, source, load: dict):
     """Whole model (remote code only when allowed), then its vision tower."""
+    import torch
     import transformers
 
     model = None
@@ -464,11 +504,20 @@ def _load_generic(config, source, load: dict):
     prefix = {id(module): name for name, module in model.named_modules()}.get(id(tower), "")
     tower_names = {f"{prefix}.{name}" if prefix else name for name, _ in tower.named_parameters()}
     _check_missing(source.location, set(loading_info.get("missing_keys", ())) & tower_names, "vision tower")
-    projector = next((getattr(h, "multi_modal_projector") for h in holders if h is not None and getattr(h, "multi_modal_projector", None) is not None), None)
     has_cls = _has_class_token(tower)
-    embed = _llava_embedding if projector is not None and hasattr(config, "vision_feature_layer") else None
-    result = VisionModel("generic", tower, embed=embed, projector=projector if embed else None, config=config, has_class_token=has_cls,
-                         embedding_space="language-model input space: multi_modal_projector output, mean over tokens" if embed else None)
+    embed = None
+    if hasattr(model, "get_image_features") and hasattr(config, "vision_feature_layer"):
+        def embed(vision_model, output, hidden, pixel_values):
+            """The model's own image features (its projector, pixel shuffles and all), mean over tokens."""
+            features = model.get_image_features(pixel_values=pixel_values, vision_feature_layer=config.vision_feature_layer,
+                                                vision_feature_select_strategy=getattr(config, "vision_feature_select_strategy", "default"))
+            features = getattr(features, "pooler_output", features)
+            if isinstance(features, (list, tuple)):  # one tensor per image
+                return torch.stack([f.reshape(-1, f.shape[-1]).mean(dim=0) for f in features])
+            return features.mean(dim=1)
+
+    result = VisionModel("generic", tower, embed=embed, config=config, has_class_token=has_cls,
+                         embedding_space="language-model input space: the model's get_image_features, mean over tokens" if embed else None)
     return result, f"whole {type(model).__name__} (vision tower used)"
 
 
@@ -495,8 +544,7 @@ def extract_image_features(model: VisionModel, processor, images: np.ndarray, ba
     with torch.no_grad():
         for start in tqdm(range(0, len(images), batch_size), desc="image features", unit="batch", disable=len(images) <= batch_size):
             batch = [image for image in images[start:start + batch_size]]
-            pixels = processor(images=batch, return_tensors="pt")["pixel_values"].to(device=model.device, dtype=model.dtype)
-            hidden, embedding = model.forward(pixels)
+            hidden, embedding = model.forward(processor(images=batch, return_tensors="pt"))
             pooled = [(h[:, 0] if pooling == "cls" else h.mean(dim=1)).float().cpu().numpy() for h in hidden]
             if layers is None:
                 layers = [[] for _ in pooled]
