@@ -24,6 +24,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 brainllm_configuration.finish(
     config, check_inputs=workflow.is_main_process and not config["demo"]["generate"]
 )
+brainllm_configuration.canonical_order(config)  # params compare equal whatever the YAML's key order
 
 
 if brainllm_configuration.is_image_dataset(config):  # image stimuli: the visual stages alone

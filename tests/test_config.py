@@ -332,3 +332,18 @@ def test_a_word_separator_the_language_does_not_use_is_refused(language, separat
         configuration.check_word_separator({"language": language, "word_separator": separator})
     configuration.check_word_separator({"language": language, "word_separator": "" if separator == " " else " "})
     configuration.check_word_separator({})  # English, spaced: the defaults
+
+
+def test_canonical_order_sorts_settings_and_keeps_the_model_order():
+    from brainllm.configuration import canonical_order
+
+    config = {"models": {"zeta": {"pooling": "last", "batch_size": 2}, "alpha": {"source": "x"}},
+              "encoding": {"significance": {"n_permutations": 10, "block_trs": 5}, "alphas": {"num": 3}},
+              "dataset": {"subjects": ["S2", "S1"], "segments": {"b": {"n_segments": 2}, "a": {"n_segments": 3}}}}
+    canonical_order(config)
+    assert list(config) == ["dataset", "encoding", "models"]
+    assert list(config["models"]) == ["zeta", "alpha"]  # the first model is a default: the user's order stays
+    assert list(config["models"]["zeta"]) == ["batch_size", "pooling"]
+    assert list(config["encoding"]) == ["alphas", "significance"] and list(config["encoding"]["significance"]) == ["block_trs", "n_permutations"]
+    assert config["dataset"]["subjects"] == ["S2", "S1"] and list(config["dataset"]["segments"]) == ["a", "b"]
+

@@ -84,6 +84,9 @@ def test_report_and_an_up_to_date_rerun(visual_run):
     assert (visual_run / f"{OUT}/sub-V01_reconstruction.png").stat().st_size > 10_000
     dry = run_snakemake(visual_run, "-n", "--cores", "1", "--configfile", "config/demo_visual.yaml")
     assert "Nothing to be done" in dry.stdout
+    config = yaml.safe_load((visual_run / "config/demo_visual.yaml").read_text())
+    (visual_run / "sorted.yaml").write_text(yaml.safe_dump(config, sort_keys=True))  # the same settings, keys in another order
+    assert "Nothing to be done" in run_snakemake(visual_run, "-n", "--cores", "1", "--configfile", "sorted.yaml").stdout
     run_snakemake(visual_run, "--cores", "1", "--configfile", "config/demo_visual.yaml", "--report", "report.html")
     html = (visual_run / "report.html").read_text(errors="ignore")
     assert "Visual" in html and "Reconstruction" in html

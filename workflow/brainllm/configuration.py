@@ -338,6 +338,27 @@ def finish(config: dict, check_inputs: bool = True) -> dict:
     return config
 
 
+# mappings whose order means something: the first model is a default, and figures list models in the config's order
+ORDERED_MAPPINGS = {("models",), ("visual", "models")}
+
+
+def canonical_order(value, path: tuple = ()) -> None:
+    """Sort every mapping's keys in place, recursively, but the model lists' order.
+
+    Rules pass config sections as params, and Snakemake compares params with their key
+    order: without this, the same config written with its keys in another order (a
+    reformatted YAML, a tool's dump) would rerun every job.
+    """
+    if isinstance(value, dict):
+        for key in (list(value) if path in ORDERED_MAPPINGS else sorted(value)):
+            item = value.pop(key)
+            value[key] = item
+            canonical_order(item, path + (key,))
+    elif isinstance(value, list):
+        for item in value:
+            canonical_order(item, path + ("[]",))
+
+
 def is_image_dataset(config: Mapping) -> bool:
     """``dataset.stimuli: images``: events name image files; only the visual section's stages run."""
     return config["dataset"].get("stimuli", "words") == "images"

@@ -33,7 +33,7 @@ rule visual_trials:
     params:
         dataset=settings_subset(DATASET, RUN_KEYS),
         visual=settings_subset(VISUAL, STIMULUS_KEYS + ("responses",)),
-        preprocess=canonical(config.get("preprocess", {})),
+        preprocess=config.get("preprocess", {}),
     log:
         f"{RESULTS}/logs/visual/trials_sub-{{subject}}.log",
     resources:
@@ -51,7 +51,7 @@ rule visual_features:
     output:
         f"{RESULTS}/features/model-{{model}}/images.json",
     params:
-        model=lambda wildcards: canonical(VISUAL_MODELS[wildcards.model]),
+        model=lambda wildcards: VISUAL_MODELS[wildcards.model],
         store=FEATURE_STORE,
         dataset=settings_subset(DATASET, RUN_KEYS),
         visual=settings_subset(VISUAL, STIMULUS_KEYS),
@@ -78,7 +78,7 @@ rule visual_encoding:
         summary=encoding_file("{subject}", "{model}", "{layer}", "summary.json"),
         r_map=encoding_file("{subject}", "{model}", "{layer}", "r.nii.gz"),
     params:
-        settings=canonical(config["encoding"]),
+        settings=config["encoding"],
         dataset=settings_subset(DATASET, ("root", "mask", "atlas", "atlas_labels", "ground_truth")),
     log:
         f"{RESULTS}/logs/visual/encoding_sub-{{subject}}_model-{{model}}_layer-{{layer}}.log",
@@ -125,7 +125,7 @@ rule visual_identification:
                    category="Visual", subcategory="Identification", labels={"subject": "{subject}", "model": "{model}", "figure": "identification"}),
         svg=visual_file("{subject}", "{model}", "identification.svg"),
     params:
-        settings=canonical(VISUAL["identification"]),
+        settings=VISUAL["identification"],
         encoding=settings_subset(config["encoding"], ("alphas", "backend", "solver", "cv_score")),
         dpi=DPI,
     log:
@@ -155,8 +155,8 @@ rule visual_reconstruction:
         svg=trials_file("{subject}", "reconstruction.svg"),
     params:
         dataset=settings_subset(DATASET, ("root", "mask", "ground_truth")),
-        visual=canonical({**settings_subset(VISUAL, STIMULUS_KEYS + ("models",)),
-                          "reconstruction": {k: v for k, v in VISUAL["reconstruction"].items() if k != "generative"}}),
+        visual={**settings_subset(VISUAL, STIMULUS_KEYS + ("models",)),
+                "reconstruction": {k: v for k, v in VISUAL["reconstruction"].items() if k != "generative"}},
         encoding=settings_subset(config["encoding"], ("alphas", "backend")),
         dpi=DPI,
     log:

@@ -40,19 +40,9 @@ def visual_dataset_ready():
     return []
 
 
-def canonical(value):
-    """Mappings with sorted keys, recursively: params compare equal whatever the YAML's key order."""
-    if isinstance(value, dict):
-        return {key: canonical(value[key]) for key in sorted(value)}
-    if isinstance(value, list):
-        return [canonical(item) for item in value]
-    return value
-
-
 def settings_subset(mapping, keys):
-    """The keys a rule uses (its params), in canonical order: editing another setting, or
-    reordering keys, does not rerun it."""
-    return canonical({key: mapping[key] for key in keys if key in mapping})
+    """The keys a rule uses (its params; the config's keys are in canonical order): editing another setting does not rerun it."""
+    return {key: mapping[key] for key in keys if key in mapping}
 
 
 RUN_KEYS = ("root", "tr", "mask", "subjects", "train_stories", "test_stories")
