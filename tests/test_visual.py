@@ -14,7 +14,7 @@ from brainllm.visual import (
     VisualSettings, image_responses, lss_responses, read_image_events, trial_regressors, window_responses,
 )
 from brainllm.visual_decoding import identification_scores, two_way_accuracy
-from brainllm.visual_encoding import trial_permutation_p
+from brainllm.metrics import trial_permutation_p
 
 
 def write_image(path, value=128, size=(8, 8)):

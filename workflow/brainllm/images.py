@@ -39,14 +39,15 @@ def load_images(paths: Sequence[str | os.PathLike], size: Sequence[int] | None =
     images = [read_image(path, size, None if where is None else where[i]) for i, path in enumerate(paths)]
     if not images:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)
-    shapes = {image.shape for image in images}
-    if len(shapes) > 1:
-        first = images[0].shape
-        odd = next(i for i, image in enumerate(images) if image.shape != first)
-        raise InputError(paths[odd], f"image of size {images[odd].shape[1]}x{images[odd].shape[0]} while {paths[0]} is "
-                         f"{first[1]}x{first[0]}: the stimuli have mixed sizes.",
-                         "Set visual.image_size: [height, width] to resize every image, or give images of one size.")
+    odd = next((i for i, image in enumerate(images) if image.shape != images[0].shape), None)
+    if odd is not None:
+        raise _mixed_sizes(paths[odd], images[odd].shape, paths[0], images[0].shape)
     return np.stack(images)
+
+
+def _mixed_sizes(path, shape, first_path, first_shape) -> InputError:
+    return InputError(path, f"image of size {shape[1]}x{shape[0]} while {first_path} is {first_shape[1]}x{first_shape[0]}: the stimuli have "
+                      "mixed sizes.", "Set visual.image_size: [height, width] to resize every image, or give images of one size.")
 
 
 def image_chunks(paths: Sequence[str | os.PathLike], size: Sequence[int] | None = None, chunk: int = 256):
@@ -58,8 +59,7 @@ def image_chunks(paths: Sequence[str | os.PathLike], size: Sequence[int] | None 
         if first is None:
             first = images.shape[1:]
         elif images.shape[1:] != first:
-            raise InputError(paths[start], f"image of size {images.shape[2]}x{images.shape[1]} while {paths[0]} is {first[1]}x{first[0]}: "
-                             "the stimuli have mixed sizes.", "Set visual.image_size: [height, width] to resize every image, or give images of one size.")
+            raise _mixed_sizes(paths[start], images.shape[1:], paths[0], first)
         yield images
 
 

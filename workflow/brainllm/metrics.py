@@ -180,6 +180,21 @@ def permutation_p(
     return np.clip(r, -1.0, 1.0), p
 
 
+def trial_permutation_p(pred: np.ndarray, resp: np.ndarray, n_permutations: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson r per column and its one-sided (r > 0) permutation p, for exchangeable rows (trials of distinct images, not TRs).
+
+    The predictions' rows are shuffled; p = (1 + #{null r ≥ r}) / (1 + n_permutations), the
+    same permutations for every column.
+    """
+    z_pred, z_resp = unit_columns(pred), unit_columns(resp)
+    r = (z_pred * z_resp).sum(0)
+    rng = np.random.default_rng(seed)
+    exceed = np.zeros_like(r)
+    for _ in range(n_permutations):
+        exceed += (z_pred[rng.permutation(len(z_pred))] * z_resp).sum(0) >= r - 1e-12
+    return np.clip(r, -1.0, 1.0), (1.0 + exceed) / (1.0 + n_permutations)
+
+
 def block_permutation_null_r(
     pred: np.ndarray, resp: np.ndarray, block_trs: int, n_permutations: int = 50, max_voxels: int = 2000, seed: int = 0
 ) -> np.ndarray:

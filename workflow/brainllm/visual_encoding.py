@@ -40,22 +40,6 @@ def rows_of(names: Sequence[str], wanted: Sequence[str], where: str | os.PathLik
     return np.array([index[name] for name in wanted])
 
 
-def trial_permutation_p(pred: np.ndarray, resp: np.ndarray, n_permutations: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Pearson r per column and its one-sided (r > 0) permutation p: predictions' rows shuffled across images.
-
-    p = (1 + #{null r ≥ r}) / (1 + n_permutations); the same permutations for every voxel.
-    """
-    from .metrics import unit_columns
-
-    z_pred, z_resp = unit_columns(pred), unit_columns(resp)
-    r = (z_pred * z_resp).sum(0)
-    rng = np.random.default_rng(seed)
-    exceed = np.zeros_like(r)
-    for _ in range(n_permutations):
-        exceed += (z_pred[rng.permutation(len(z_pred))] * z_resp).sum(0) >= r - 1e-12
-    return np.clip(r, -1.0, 1.0), (1.0 + exceed) / (1.0 + n_permutations)
-
-
 def roi_labels(dataset: Mapping, subject: str, mask_nii: str | os.PathLike) -> tuple[np.ndarray, dict[int, str]]:
     """Atlas label per analysed voxel (all 0 without ``dataset.atlas``)."""
     from .encoding import _mask_indices, voxel_labels
@@ -101,7 +85,7 @@ def run_visual_encoding(
 ) -> dict:
     """The ``visual_encoding`` rule: fit, score and write one layer's encoding model."""
     from .encoding import alpha_grid, fit_ridge, vector_to_volume
-    from .metrics import ceiling_r, detection_rates, fdr_bh, noise_ceiling
+    from .metrics import ceiling_r, detection_rates, fdr_bh, noise_ceiling, trial_permutation_p
     from .vision_features import read_image_features
     from .visual import read_image_responses
 
