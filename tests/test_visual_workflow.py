@@ -28,6 +28,11 @@ def visual_run(tmp_path_factory):
     return workdir
 
 
+def test_lint_is_clean_for_image_datasets(tmp_path):
+    proc = run_snakemake(make_workdir(tmp_path), "--lint", "--configfile", "config/demo_visual.yaml", check=False)
+    assert proc.returncode == 0 and "Lints for" not in proc.stdout, proc.stdout[-3000:]
+
+
 def read_json(path):
     return json.loads(path.read_text())
 

@@ -41,7 +41,7 @@ def visual_dataset_ready():
 
 
 def settings_subset(mapping, keys):
-    """The keys a rule uses (its params; the config's keys are in canonical order): editing another setting does not rerun it."""
+    """The keys a job reads, as its params (the config is in canonical key order), so editing another setting does not rerun it."""
     return {key: mapping[key] for key in keys if key in mapping}
 
 
