@@ -51,6 +51,14 @@ def test_bench_eeg_trf_small(capsys):
     assert lines[-1].startswith("RESULT 4 min, 324 columns: sparse")
 
 
+def test_bench_eeg_trf_full_rank_small(capsys):
+    load("bench_eeg_trf").main(["--full-rank", "--minutes", "3", "--baseline-minutes", "2", "--channels", "4", "--hidden", "12",
+                                "--alphas", "3", "--full-rank-baseline-lags", "5"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "iterative/direct time" in lines[1] and float(lines[1].rsplit("max |Δr| ", 1)[1]) < 1e-5  # the same fit
+    assert lines[-1].startswith("RESULT 3 min, 12 features × 81 lags (972 columns), iterative:")
+
+
 def test_gpu_reconstruction_runs_with_the_tiny_pipeline_on_cpu(tmp_path, capsys):
     result = load("gpu_reconstruction").main(["--tiny", "--device", "cpu", "--n", "2", "--steps", "2", "--batch-size", "2",
                                                "--results", str(tmp_path)])

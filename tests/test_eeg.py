@@ -248,7 +248,7 @@ def test_a_missing_recording_is_named(tmp_path):
     ({"windows": {"n400": [0.5, 0.3]}}, "eeg.windows.n400"),
     ({"trf": {"tmin": 0.5, "tmax": 0.1}}, "eeg.trf.tmin"),
     ({"l_freq": 30.0, "h_freq": 20.0}, "eeg.l_freq"),
-    ({"trf": {"n_components": 384}}, "31104 columns"),
+    ({"trf": {"n_components": 384, "solver": "direct"}}, "31104 columns"),
     ({"h_freq": 40.0, "resample_hz": 60.0}, "half eeg.resample_hz"),
     ({"epochs": {"window": [0.3, 0.5], "bin_s": 0.15}}, "whole number of bin_s"),
     ({"epochs": {"window": [0.5, 0.3]}}, "eeg.epochs.window"),
@@ -256,6 +256,17 @@ def test_a_missing_recording_is_named(tmp_path):
 def test_inconsistent_eeg_settings_stop_before_any_job(section, message):
     with pytest.raises(InputError, match=message):
         configuration.check_eeg({"eeg": section, "dataset": {"train_stories": ["a", "b"]}})
+
+
+def test_large_trfs_go_to_the_iterative_solver_and_the_direct_one_refuses_them():
+    configuration.check_eeg({"eeg": {"trf": {"n_components": 384}}, "dataset": {"train_stories": ["a", "b"]}})
+    configuration.check_eeg({"eeg": {"trf": {"n_components": None}}, "dataset": {"train_stories": ["a", "b"]}})
+    assert eeg.trf_solver(settings(), 8192) == "direct" and eeg.trf_solver(settings(), 8193) == "iterative"
+    assert eeg.trf_solver(settings(trf_solver="iterative"), 10) == "iterative"
+    with pytest.raises(InputError, match="eeg.trf.solver is direct.*31104 columns"):
+        eeg.trf_solver(settings(trf_solver="direct"), 31104)
+    with pytest.raises(InputError, match="eeg.trf.n_components"):
+        eeg.check_trf_memory(81, 100_000, 5)
 
 
 def test_eeg_word_classification_needs_three_training_stories():

@@ -495,7 +495,7 @@ def check_segmenter(dataset: Mapping) -> None:
                              f"is {dataset.get('word_separator', ' ')!r}.", 'set dataset.word_separator: "".')
 
 
-MAX_TRF_COLUMNS = 8192  # a Gram matrix of 512 MB; its eigendecomposition takes minutes on a few cores
+MAX_TRF_COLUMNS = 8192  # the direct TRF solver's dense Gram matrix (512 MB) and its eigendecomposition per fold
 
 
 def check_eeg(config: Mapping) -> None:
@@ -509,11 +509,12 @@ def check_eeg(config: Mapping) -> None:
     trf = eeg.get("trf") or {}
     if not trf.get("tmin", -0.1) < trf.get("tmax", 0.7):
         raise InputError(None, f"eeg.trf.tmin ({trf.get('tmin')}) must be below eeg.trf.tmax ({trf.get('tmax')}).", "set the lags in seconds, tmin < tmax.")
-    columns = trf.get("n_components", 16) * (round((trf.get("tmax", 0.7) - trf.get("tmin", -0.1)) * eeg.get("resample_hz", 100.0)) + 1)
-    if columns > MAX_TRF_COLUMNS:
-        raise InputError(None, f"the TRF would have {columns} columns (eeg.trf.n_components × lags at eeg.resample_hz); its ridge forms "
-                         f"one dense Gram matrix per story and eigendecomposes one per fold, which is limited to {MAX_TRF_COLUMNS} columns.",
-                         "lower eeg.trf.n_components, the lag range or eeg.resample_hz.")
+    components = trf.get("n_components", 16)
+    columns = None if components is None else components * (round((trf.get("tmax", 0.7) - trf.get("tmin", -0.1)) * eeg.get("resample_hz", 100.0)) + 1)
+    if trf.get("solver") == "direct" and columns is not None and columns > MAX_TRF_COLUMNS:
+        raise InputError(None, f"eeg.trf.solver is direct, and the TRF would have {columns} columns (eeg.trf.n_components × lags at "
+                         f"eeg.resample_hz); the direct solver eigendecomposes a dense Gram matrix per fold, limited to {MAX_TRF_COLUMNS} columns.",
+                         "set eeg.trf.solver: auto (conjugate gradients above the limit), or lower n_components, the lag range or resample_hz.")
     if eeg.get("h_freq", 20.0) * 2 >= eeg.get("resample_hz", 100.0):
         raise InputError(None, f"eeg.h_freq ({eeg.get('h_freq', 20.0)} Hz) must be below half eeg.resample_hz ({eeg.get('resample_hz', 100.0)} Hz).",
                          "lower h_freq or raise resample_hz.")

@@ -16,10 +16,12 @@ Encoding uses the features of the fMRI path and its statistics:
   chosen on that validation r; held-out r per channel with a one-sided block-permutation
   p-value over consecutive words and BH-FDR over channels;
 - continuous TRF: the chosen layer's features reduced to principal components of the
-  training words, placed as impulses at word onsets on the EEG sample grid and time-lagged
-  (``trf.tmin`` … ``trf.tmax``). The lagged design is a sparse matrix (words × lags ×
-  components non-zeros, not samples × columns), so the normal equations are formed from
-  sparse products and the memory is that of the words and one Gram matrix per story.
+  training words (or all of them, z-scored), placed as impulses at word onsets on the EEG
+  sample grid and time-lagged (``trf.tmin`` … ``trf.tmax``). Up to MAX_TRF_COLUMNS
+  columns the lagged design is a sparse matrix (words × lags × components non-zeros, not
+  samples × columns), so the normal equations are formed from sparse products and the
+  memory is that of the words and one Gram matrix per story; above, ``brainllm.lagged_ridge``
+  solves the same ridge by conjugate gradients from the Gram matrix's block-Toeplitz form.
   Held-out segments of a few seconds are identified among each other from its
   predictions (the decoding stage's identification, channels chosen on validation r);
 - whole-vocabulary word classification: each word's epoch (channels × bins) decoded by ridge
@@ -27,8 +29,8 @@ Encoding uses the features of the fMRI path and its statistics:
   classification scores contrastive embeddings (``brainllm.word_decoding``). EEG → text is
   ``brainllm.generation.run_brain_prompt`` on the same epochs (``eeg_settings``).
 
-Both fits solve ridge from per-story Gram matrices: the Gram of a fold is the sum of its
-stories', one eigendecomposition per fold serves every α.
+The word-level fit and the direct TRF solve ridge from per-story Gram matrices: the Gram of
+a fold is the sum of its stories', one eigendecomposition per fold serves every α.
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse
 
+from brainllm import lagged_ridge
 from brainllm.align import zscore_columns
+from brainllm.configuration import MAX_TRF_COLUMNS
 from brainllm.ingest import is_silence
 from brainllm.io import InputError, atomic_path, open_h5, read_words, write_json, write_tsv
-from brainllm.metrics import fdr_bh, permutation_p
+from brainllm.metrics import fdr_bh, permutation_p, pooled_validation_r
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +78,8 @@ class EegSettings:
     windows: Mapping[str, tuple[float, float]] = field(default_factory=lambda: {"n400": (0.3, 0.5)})
     trf_tmin: float = -0.1
     trf_tmax: float = 0.7
-    trf_components: int = 16
+    trf_components: int | None = 16
+    trf_solver: str = "auto"
     alphas: tuple[float, ...] = tuple(np.logspace(-2, 6, 17))
     identification_s: tuple[float, ...] = (2.0, 5.0)
     channel_fraction: float = 0.25
@@ -110,7 +115,8 @@ class EegSettings:
             windows={str(k): (float(v[0]), float(v[1])) for k, v in (section.get("windows") or {"n400": [0.3, 0.5]}).items()},
             trf_tmin=float(trf.get("tmin", -0.1)),
             trf_tmax=float(trf.get("tmax", 0.7)),
-            trf_components=int(trf.get("n_components", 16)),
+            trf_components=None if trf.get("n_components", 16) is None else int(trf.get("n_components", 16)),
+            trf_solver=str(trf.get("solver", "auto")),
             alphas=tuple(np.logspace(alphas["log10_min"], alphas["log10_max"], int(alphas["num"]))),
             identification_s=tuple(float(v) for v in (section.get("identification") or {}).get("segment_s", (2.0, 5.0))),
             channel_fraction=float((section.get("identification") or {}).get("channel_fraction", 0.25)),
@@ -458,19 +464,8 @@ def cross_validated_alphas(grams: Mapping[str, StoryGram], train_stories: Sequen
     if len(train_stories) < 2:
         raise InputError(None, f"leave-one-story-out cross-validation needs two or more training stories, got {list(train_stories)}.",
                          "list more dataset.train_stories.")
-    # Pearson r over the concatenated held-out stories from running sums: one fold's predictions in memory at a time
-    n, sums = 0, None
-    for held_out in train_stories:
-        Y = grams[held_out].Y
-        fold = [np.zeros((len(alphas), Y.shape[1])) for _ in range(3)] + [Y.sum(0), (Y**2).sum(0)]
-        for index, prediction in enumerate(ridge_predictions([grams[o] for o in train_stories if o != held_out], grams[held_out].X, alphas)):
-            fold[0][index], fold[1][index], fold[2][index] = prediction.sum(0), (prediction**2).sum(0), (prediction * Y).sum(0)
-        sums = fold if sums is None else [total + part for total, part in zip(sums, fold)]
-        n += len(Y)
-    sp, spp, spy, sy, syy = sums
-    covariance = spy - sp * sy / n
-    denominator = np.sqrt(np.maximum(spp - sp**2 / n, 0) * np.maximum(syy - sy**2 / n, 0))
-    scores = np.divide(covariance, denominator, out=np.zeros_like(covariance), where=denominator > 0)
+    folds = [(grams[h].Y, ridge_predictions([grams[o] for o in train_stories if o != h], grams[h].X, alphas)) for h in train_stories]
+    scores = pooled_validation_r(folds, len(alphas))
     best = scores.argmax(axis=0)
     return np.asarray(alphas)[best], scores[best, np.arange(scores.shape[1])]
 
@@ -555,27 +550,66 @@ def principal_axes(train_features: np.ndarray, n_components: int) -> tuple[np.nd
     return mean, vt[: min(n_components, vt.shape[0])].T
 
 
+def trf_solver(settings: EegSettings, n_columns: int) -> str:
+    """``direct`` (one eigendecomposition per fold) up to MAX_TRF_COLUMNS columns, else ``iterative``
+    (``brainllm.lagged_ridge``), unless ``eeg.trf.solver`` names one."""
+    if settings.trf_solver == "auto":
+        return "direct" if n_columns <= MAX_TRF_COLUMNS else "iterative"
+    if settings.trf_solver == "direct" and n_columns > MAX_TRF_COLUMNS:
+        raise InputError(None, f"eeg.trf.solver is direct, and the TRF has {n_columns} columns (features × lags): the direct solver "
+                         f"forms and eigendecomposes a dense Gram matrix per fold, which is limited to {MAX_TRF_COLUMNS} columns.",
+                         "set eeg.trf.solver: auto (or iterative), or lower eeg.trf.n_components.")
+    return settings.trf_solver
+
+
+def check_trf_memory(n_lags: int, n_features: int, n_train_stories: int) -> None:
+    """The iterative solver's arrays must fit in 80 % of this machine's memory."""
+    needed = lagged_ridge.estimated_bytes(n_lags, n_features, n_train_stories)
+    available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    logger.info("TRF by conjugate gradients: %d features × %d lags, about %.1f GB of lag products", n_features, n_lags, needed / 2**30)
+    if needed > 0.8 * available:
+        raise InputError(None, f"the TRF's {n_features} features × {n_lags} lags need about {needed / 2**30:.0f} GB "
+                         f"(features² × lags per training story), more than this machine's {available / 2**30:.0f} GB allow.",
+                         "set eeg.trf.n_components to regress principal components, or shorten the lags (eeg.trf.tmin, tmax).")
+
+
 def fit_trf(features: Mapping[str, np.ndarray], eeg: Mapping[str, np.ndarray], onsets_s: Mapping[str, np.ndarray], sfreq: float,
             train_stories: Sequence[str], test_stories: Sequence[str], settings: EegSettings) -> dict:
-    """Continuous TRF: α per channel by leave-one-story-out CV, weights ``(k, n_lags, c)``, test r and p per channel."""
+    """Continuous TRF: α per channel by leave-one-story-out CV, weights ``(k, n_lags, c)``, test r and p per channel.
+
+    Regressors: the features' first ``trf_components`` principal components (scaled to unit
+    variance on the training words), or every feature z-scored when ``trf_components`` is None."""
     stories = (*train_stories, *test_stories)
     standard = {s: zscore_columns(features[s]) for s in stories}
-    mean, axes = principal_axes(np.vstack([standard[s] for s in train_stories]), settings.trf_components)
-    scores = {s: (standard[s] - mean) @ axes for s in stories}
-    scale = np.vstack([scores[s] for s in train_stories]).std(axis=0)
+    if settings.trf_components is None:
+        regressors = standard
+    else:
+        mean, axes = principal_axes(np.vstack([standard[s] for s in train_stories]), settings.trf_components)
+        scores = {s: (standard[s] - mean) @ axes for s in stories}
+        scale = np.vstack([scores[s] for s in train_stories]).std(axis=0)
+        regressors = {s: scores[s] / scale for s in stories}
+    n_features = regressors[train_stories[0]].shape[1]
     lags = lag_samples(settings.trf_tmin, settings.trf_tmax, sfreq)
-    grams = {}
-    for s in stories:
-        design = lagged_impulse_design(np.round(onsets_s[s] * sfreq).astype(int), scores[s] / scale, eeg[s].shape[0], lags)
-        grams[s] = story_gram(design, zscore_columns(eeg[s]))
-    alphas, r_validation = cross_validated_alphas(grams, train_stories, settings.alphas)
-    weights = ridge_weights([grams[s] for s in train_stories], alphas)
-    prediction = np.vstack([grams[s].X @ weights for s in test_stories])
-    observed = np.vstack([grams[s].Y for s in test_stories])
+    samples = {s: np.round(onsets_s[s] * sfreq).astype(int) for s in stories}
+    targets = {s: zscore_columns(eeg[s]) for s in stories}
+    if trf_solver(settings, n_features * lags.size) == "iterative":
+        check_trf_memory(lags.size, n_features, len(train_stories))
+        lagged = {s: lagged_ridge.lagged_story(samples[s], regressors[s], targets[s], lags) for s in stories}
+        fitted = lagged_ridge.fit(lagged, train_stories, settings.alphas)
+        alphas, r_validation = fitted["alpha"], fitted["r_validation"]
+        prediction = np.vstack([lagged_ridge.predict(lagged[s], fitted["weights"]) for s in test_stories])
+        weights = fitted["weights"].reshape(lags.size, n_features, -1).transpose(1, 0, 2)
+    else:
+        grams = {s: story_gram(lagged_impulse_design(samples[s], regressors[s], targets[s].shape[0], lags), targets[s]) for s in stories}
+        alphas, r_validation = cross_validated_alphas(grams, train_stories, settings.alphas)
+        fitted = ridge_weights([grams[s] for s in train_stories], alphas)
+        prediction = np.vstack([grams[s].X @ fitted for s in test_stories])
+        weights = fitted.reshape(n_features, lags.size, -1)
+    observed = np.vstack([targets[s] for s in test_stories])
     r_test, p = permutation_p(prediction, observed, settings.n_permutations, max(int(round(settings.block_s * sfreq)), 1), settings.seed)
     return {"alpha": alphas, "r_validation": r_validation, "r_test": r_test, "p": p,
-            "weights": weights.reshape(axes.shape[1], lags.size, -1), "lags_s": lags / sfreq, "n_components": axes.shape[1],
-            "prediction": prediction, "observed": observed, "story_lengths": [grams[s].Y.shape[0] for s in test_stories]}
+            "weights": weights, "lags_s": lags / sfreq, "n_components": n_features,
+            "prediction": prediction, "observed": observed, "story_lengths": [targets[s].shape[0] for s in test_stories]}
 
 
 def identify_segments(trf: Mapping, sfreq: float, settings: EegSettings) -> list[dict]:

@@ -17,6 +17,7 @@ from scipy.spatial import cKDTree
 __all__ = [
     "pearson_r",
     "pearson_p",
+    "pooled_validation_r",
     "SIGNIFICANCE_METHODS",
     "block_permutations",
     "permutation_p",
@@ -60,6 +61,24 @@ def pearson_r(pred: np.ndarray, resp: np.ndarray) -> np.ndarray:
     numer = (pred_c * resp_c).sum(0)
     r = np.divide(numer, denom, out=np.zeros_like(numer), where=denom > 0)
     return np.clip(r, -1.0, 1.0)
+
+
+def pooled_validation_r(folds, n_candidates: int) -> np.ndarray:
+    """``(n_candidates, c)`` Pearson r over the concatenated held-out folds, from running sums.
+
+    ``folds`` yields ``(Y_heldout (n, c), predictions)`` with ``predictions`` an iterable of one
+    ``(n, c)`` prediction per candidate (e.g. per α): one prediction in memory at a time."""
+    n, sums = 0, None
+    for Y, predictions in folds:
+        fold = [np.zeros((n_candidates, Y.shape[1])) for _ in range(3)] + [Y.sum(0), (Y**2).sum(0)]
+        for index, prediction in enumerate(predictions):
+            fold[0][index], fold[1][index], fold[2][index] = prediction.sum(0), (prediction**2).sum(0), (prediction * Y).sum(0)
+        sums = fold if sums is None else [total + part for total, part in zip(sums, fold)]
+        n += len(Y)
+    sp, spp, spy, sy, syy = sums
+    covariance = spy - sp * sy / n
+    denominator = np.sqrt(np.maximum(spp - sp**2 / n, 0) * np.maximum(syy - sy**2 / n, 0))
+    return np.divide(covariance, denominator, out=np.zeros_like(covariance), where=denominator > 0)
 
 
 def pearson_p(r: np.ndarray, n_samples: int, alternative: str = "greater") -> np.ndarray:
