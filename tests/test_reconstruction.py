@@ -128,6 +128,9 @@ def test_two_way_identification_matches_slow_loop():
                 pairs += 1
     assert R.two_way_identification(pred, true) == pytest.approx(wins / pairs, abs=1e-12)
     assert R.two_way_identification(true, true) == 1.0
+    # ties count half, as in visual identification: two test images alike tie for each other
+    a, b = rng.standard_normal((2, 40))
+    assert R.two_way_identification(np.array([a, a, b]), np.array([a, a, b])) == pytest.approx((0.75 + 0.75 + 1.0) / 3)
 
 
 def test_ssim_and_feature_scores():

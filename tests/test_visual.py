@@ -157,6 +157,7 @@ def test_identification_scores_against_slow_references():
     similarity = rng.standard_normal((12, 12)) + 2.0 * np.eye(12)
     slow = np.mean([similarity[i, i] > similarity[i, j] for i in range(12) for j in range(12) if j != i])
     assert two_way_accuracy(similarity) == pytest.approx(slow)
+    assert two_way_accuracy(np.array([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [2.0, 2.0, 2.0]])) == pytest.approx((0.75 + 0.75 + 0.5) / 3)
     gallery = np.hstack([similarity, rng.standard_normal((12, 30))])
     scores = identification_scores(similarity, gallery, (1, 5), 500)
     assert scores["row_to_column"]["top1"] == pytest.approx((similarity.argmax(1) == np.arange(12)).mean())

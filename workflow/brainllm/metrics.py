@@ -39,6 +39,7 @@ __all__ = [
     "ceiling_r",
     "normalised_r",
     "retrieval_accuracy",
+    "two_way_per_row",
 ]
 
 
@@ -571,6 +572,18 @@ def ceiling_r(explainable_variance: np.ndarray, n_averaged: int = 1) -> np.ndarr
 def normalised_r(r: np.ndarray, explainable_variance: np.ndarray, n_averaged: int = 1) -> np.ndarray:
     """Correlation divided by its noise ceiling (:func:`ceiling_r`); NaN where the ceiling is undefined."""
     return np.asarray(r, dtype=np.float64) / ceiling_r(explainable_variance, n_averaged)
+
+
+def two_way_per_row(similarity: np.ndarray) -> np.ndarray:
+    """Per row i, the share of j ≠ i with similarity[i, i] > similarity[i, j], ties counting half: chance 0.5
+    (a prediction that ties every candidate scores chance, not below it)."""
+    similarity = np.asarray(similarity, dtype=np.float64)
+    n = len(similarity)
+    if n < 2:
+        raise ValueError("two-way identification needs at least 2 items")
+    correct = np.diag(similarity)[:, None]
+    wins = (correct > similarity).sum(1) + 0.5 * ((correct == similarity).sum(1) - 1)  # less the diagonal's tie with itself
+    return wins / (n - 1)
 
 
 def _ranks_of_diagonal(similarity: np.ndarray) -> np.ndarray:

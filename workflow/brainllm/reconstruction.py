@@ -273,16 +273,11 @@ def _corr_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _two_way_per_image(pred_feats: np.ndarray, true_feats: np.ndarray) -> np.ndarray:
-    corr = _corr_matrix(pred_feats, true_feats)
-    n = len(corr)
-    if n < 2:
-        raise ValueError("two-way identification needs at least 2 images")
-    wins = (np.diag(corr)[:, None] > corr).sum(1)  # the diagonal never beats itself
-    return wins / (n - 1)
+    return metrics.two_way_per_row(_corr_matrix(pred_feats, true_feats))
 
 
 def two_way_identification(pred_feats: np.ndarray, true_feats: np.ndarray) -> float:
-    """Share of pairs (i, j≠i) with corr(pred_i, true_i) > corr(pred_i, true_j); chance 0.5."""
+    """Share of pairs (i, j≠i) with corr(pred_i, true_i) > corr(pred_i, true_j), ties counting half; chance 0.5."""
     return float(_two_way_per_image(pred_feats, true_feats).mean())
 
 

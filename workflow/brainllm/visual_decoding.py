@@ -47,10 +47,9 @@ def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def two_way_accuracy(similarity: np.ndarray) -> float:
     """Share of pairs (i, j ≠ i) with similarity[i, i] > similarity[i, j] (ties count half); chance 0.5."""
-    correct = np.diag(similarity)[:, None]
-    off = ~np.eye(len(similarity), dtype=bool)
-    wins = (correct > similarity) + 0.5 * (correct == similarity)
-    return float(wins[off].mean())
+    from .metrics import two_way_per_row
+
+    return float(two_way_per_row(similarity).mean())
 
 
 def identification_scores(similarity: np.ndarray, gallery: np.ndarray, top_k=(1, 5), n_permutations: int = 1000, seed: int = 0) -> dict:
