@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from brainllm import eeg, lagged_ridge
+from brainllm.io import InputError
 from brainllm.metrics import pearson_r
 from test_eeg import SFREQ, planted_stories, settings
 
@@ -66,7 +67,7 @@ def test_cross_validation_equals_refitting_every_fold_by_solve():
     lagged = {s: lagged_ridge.lagged_story(*stories[s], LAGS) for s in stories}
     designs = {s: dense_design(stories[s][0], stories[s][1], 150, LAGS) for s in stories}
     alphas = np.array([0.1, 10.0, 1000.0])
-    fit = lagged_ridge.fit(lagged, list("abcd"), alphas, fold_tol=1e-12, tol=1e-12)
+    fit = lagged_ridge.fit(lagged, list("abcd"), alphas, tol=1e-12)
     scores = []
     for alpha in alphas:  # slow reference: each fold refitted by solve, r over the concatenated held-out stories
         predictions = []
@@ -89,15 +90,30 @@ def test_lags_must_be_consecutive():
         lagged_ridge.lagged_story(np.array([1]), np.ones((1, 1)), np.zeros((5, 1)), np.array([0, 2]))
 
 
-def test_the_iterative_trf_equals_the_direct_one_and_the_full_rank_trf_finds_the_planted_latency():
-    features, data, onsets = planted_stories(np.random.default_rng(2))
+@pytest.mark.parametrize("seed", [0, 2, 3])
+def test_the_iterative_trf_equals_the_direct_one_and_the_full_rank_trf_finds_the_planted_latency(seed):
+    features, data, onsets = planted_stories(np.random.default_rng(seed))
+    data["s0"][:, 3] = 1.0  # a flat channel: every α ties, both solvers take the smallest
     stories = (["s0", "s1", "s2"], ["s3"])
     direct = eeg.fit_trf(features, data, onsets, SFREQ, *stories, settings(trf_components=None, trf_solver="direct"))
     iterative = eeg.fit_trf(features, data, onsets, SFREQ, *stories, settings(trf_components=None, trf_solver="iterative"))
     np.testing.assert_array_equal(iterative["alpha"], direct["alpha"])
-    np.testing.assert_allclose(iterative["r_validation"], direct["r_validation"], atol=1e-6)
-    np.testing.assert_allclose(iterative["r_test"], direct["r_test"], atol=1e-6)
-    np.testing.assert_allclose(iterative["weights"], direct["weights"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(iterative["r_validation"], direct["r_validation"], atol=1e-9)
+    np.testing.assert_allclose(iterative["r_test"], direct["r_test"], atol=1e-9)
+    np.testing.assert_allclose(iterative["weights"], direct["weights"], rtol=1e-5, atol=1e-7)
     assert iterative["weights"].shape == (6, 81, 4) and iterative["n_components"] == 6
     assert eeg.peak_latency(iterative["weights"], iterative["lags_s"], np.array([0, 1])) == pytest.approx(0.3, abs=0.02)
     assert (iterative["r_test"][:2] > 0.2).all() and (iterative["p"][:2] < 0.01).all()
+
+
+def test_words_outside_the_recording_and_one_training_story():
+    rng = np.random.default_rng(4)
+    onsets, values, Y = story(rng)
+    far = lagged_ridge.lagged_story(np.r_[-50, onsets, 500], np.vstack([values[:1], values, values[:1]]), Y, LAGS)
+    X = dense_design(onsets, values, len(Y), LAGS)
+    gram = lagged_ridge.LaggedGram(lagged_ridge.lag_products(far), lagged_ridge.outside_rows(far))
+    v = rng.standard_normal((X.shape[1], 2))
+    np.testing.assert_allclose(gram.apply(v), X.T @ X @ v, atol=1e-10)
+    assert lagged_ridge.outside_rows(far).shape[0] <= LAGS.size
+    with pytest.raises(InputError, match="two or more training stories"):
+        lagged_ridge.fit({"a": far}, ["a"], [1.0])

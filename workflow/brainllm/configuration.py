@@ -510,7 +510,8 @@ def check_eeg(config: Mapping) -> None:
     if not trf.get("tmin", -0.1) < trf.get("tmax", 0.7):
         raise InputError(None, f"eeg.trf.tmin ({trf.get('tmin')}) must be below eeg.trf.tmax ({trf.get('tmax')}).", "set the lags in seconds, tmin < tmax.")
     components = trf.get("n_components", 16)
-    columns = None if components is None else components * (round((trf.get("tmax", 0.7) - trf.get("tmin", -0.1)) * eeg.get("resample_hz", 100.0)) + 1)
+    rate = eeg.get("resample_hz", 100.0)
+    columns = None if components is None else components * (round(trf.get("tmax", 0.7) * rate) - round(trf.get("tmin", -0.1) * rate) + 1)  # eeg.lag_samples
     if trf.get("solver") == "direct" and columns is not None and columns > MAX_TRF_COLUMNS:
         raise InputError(None, f"eeg.trf.solver is direct, and the TRF would have {columns} columns (eeg.trf.n_components × lags at "
                          f"eeg.resample_hz); the direct solver eigendecomposes a dense Gram matrix per fold, limited to {MAX_TRF_COLUMNS} columns.",

@@ -553,6 +553,8 @@ def principal_axes(train_features: np.ndarray, n_components: int) -> tuple[np.nd
 def trf_solver(settings: EegSettings, n_columns: int) -> str:
     """``direct`` (one eigendecomposition per fold) up to MAX_TRF_COLUMNS columns, else ``iterative``
     (``brainllm.lagged_ridge``), unless ``eeg.trf.solver`` names one."""
+    if settings.trf_solver not in ("auto", "direct", "iterative"):
+        raise ValueError(f"unknown TRF solver {settings.trf_solver!r}: auto, direct or iterative")
     if settings.trf_solver == "auto":
         return "direct" if n_columns <= MAX_TRF_COLUMNS else "iterative"
     if settings.trf_solver == "direct" and n_columns > MAX_TRF_COLUMNS:
@@ -562,14 +564,27 @@ def trf_solver(settings: EegSettings, n_columns: int) -> str:
     return settings.trf_solver
 
 
+def memory_limit() -> int:
+    """Bytes this process may use: the machine's memory, or its cgroup's limit (a batch job's) where lower."""
+    limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            value = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit():
+            limit = min(limit, int(value))
+    return limit
+
+
 def check_trf_memory(n_lags: int, n_features: int, n_train_stories: int) -> None:
-    """The iterative solver's arrays must fit in 80 % of this machine's memory."""
+    """The iterative solver's arrays must fit in 80 % of the memory this job may use."""
     needed = lagged_ridge.estimated_bytes(n_lags, n_features, n_train_stories)
-    available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    available = memory_limit()
     logger.info("TRF by conjugate gradients: %d features × %d lags, about %.1f GB of lag products", n_features, n_lags, needed / 2**30)
     if needed > 0.8 * available:
         raise InputError(None, f"the TRF's {n_features} features × {n_lags} lags need about {needed / 2**30:.0f} GB "
-                         f"(features² × lags per training story), more than this machine's {available / 2**30:.0f} GB allow.",
+                         f"(features² × lags per training story), more than the {available / 2**30:.0f} GB this job may use allow.",
                          "set eeg.trf.n_components to regress principal components, or shorten the lags (eeg.trf.tmin, tmax).")
 
 
@@ -712,7 +727,8 @@ def run_eeg_encoding(preprocessed_h5: str | os.PathLike, manifests: Mapping[str,
         h5.create_dataset("weights", data=trf["weights"].astype(np.float32))
         h5.create_dataset("lags_s", data=trf["lags_s"])
         h5.create_dataset("positions", data=positions)
-        h5.attrs.update({"ch_names": names, "layer": int(best_layer), "dims": "components, lags, channels"})
+        h5.attrs.update({"ch_names": names, "layer": int(best_layer), "dims": "regressors, lags, channels",
+                         "regressors": "features (z-scored)" if settings.trf_components is None else "principal components"})
     write_json(out["summary"], summary)
     logger.info("chosen: window %s, layer %d; TRF peak latency %.0f ms", best_window, best_layer, 1000 * latency)
     for row in summary["identification"]:

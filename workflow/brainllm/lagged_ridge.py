@@ -14,9 +14,12 @@ onset + every lag. Nothing of that size is ever built:
   (one features × features eigendecomposition per fold serves every α).
 
 Memory is a few ``lags × features²`` arrays (384 features × 81 lags: 96 MB each), never
-samples × lags · features (44 GB at 1 h, 100 Hz) nor the ``(lags · features)²`` Gram matrix
-(7.7 GB). Folds are leave-one-story-out; α per target by the Pearson r of the concatenated
-held-out stories, as the direct solver (``brainllm.eeg.cross_validated_alphas``) chooses it.
+samples × lags · features (83 GiB in float64 at 1 h, 100 Hz) nor the ``(lags · features)²``
+Gram matrix (7.2 GiB). Folds are leave-one-story-out; α per target by the Pearson r of the
+concatenated held-out stories, ties going to the smallest α, as the direct solver
+(``brainllm.eeg.cross_validated_alphas``) chooses it. Every system is solved to a relative
+residual of 10⁻⁸: looser fold solutions reorder α values whose validation r differ by less
+than their error.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from brainllm.io import InputError
 from brainllm.metrics import pooled_validation_r
 
 logger = logging.getLogger(__name__)
@@ -54,10 +58,14 @@ class LaggedStory:
 
 
 def lagged_story(onset_samples: np.ndarray, values: np.ndarray, Y: np.ndarray, lags: np.ndarray) -> LaggedStory:
-    """Words sharing a sample add up, as in ``brainllm.eeg.lagged_impulse_design``."""
+    """Words sharing a sample add up, as in ``brainllm.eeg.lagged_impulse_design``; words none of whose
+    lags reach the recording are left out (so at most one outside row per lag remains)."""
     if not np.array_equal(np.diff(lags), np.ones(lags.size - 1, dtype=lags.dtype)):
         raise ValueError(f"lags must be consecutive samples, got {lags}")
-    onsets, which = np.unique(np.asarray(onset_samples, dtype=np.int64), return_inverse=True)
+    onset_samples = np.asarray(onset_samples, dtype=np.int64)
+    reaching = (onset_samples + lags[-1] >= 0) & (onset_samples + lags[0] < len(Y))
+    onsets, which = np.unique(onset_samples[reaching], return_inverse=True)
+    values = np.asarray(values)[reaching]
     summed = np.zeros((onsets.size, values.shape[1]))
     np.add.at(summed, which, values)
     return LaggedStory(onsets, summed, np.asarray(lags, dtype=np.int64), np.asarray(Y, dtype=np.float64))
@@ -138,7 +146,7 @@ class LaggedGram:
 
 
 def conjugate_gradients(gram: LaggedGram, rhs: np.ndarray, shifts: np.ndarray, start: np.ndarray | None = None,
-                        tol: float = 1e-6, max_iter: int = 1000) -> np.ndarray:
+                        tol: float = 1e-8, max_iter: int = 1000) -> np.ndarray:
     """Solve ``(XᵀX + α_c I) β_c = rhs_c`` for every column c, to a relative residual of ``tol``."""
     x = np.zeros_like(rhs) if start is None else start.copy()
     r = rhs - (gram.apply(x) + x * shifts) if start is not None else rhs.copy()
@@ -166,16 +174,17 @@ def conjugate_gradients(gram: LaggedGram, rhs: np.ndarray, shifts: np.ndarray, s
 
 def estimated_bytes(n_lags: int, n_features: int, n_train_stories: int) -> int:
     """Peak memory of :func:`fit` beyond the data: one ``lags × features²`` float64 array per training
-    story, their sum, the circulant embedding and its spectrum (two each)."""
-    return (n_train_stories + 5) * n_lags * n_features**2 * 8
+    story, their sum, the circulant embedding and its spectrum (two each), and about two more for
+    the outside rows and the held-out story's response kernels."""
+    return (n_train_stories + 7) * n_lags * n_features**2 * 8
 
 
-def fit(stories: Mapping[str, LaggedStory], train_stories: Sequence[str], alphas: Sequence[float],
-        fold_tol: float = 1e-4, tol: float = 1e-6) -> dict:
-    """α per target by leave-one-story-out over ``train_stories``, then weights ``(n_lags · f, c)`` on all of them.
-
-    The folds' solutions only rank the α values (``fold_tol``); the refit is solved to ``tol``."""
-    alphas = np.sort(np.asarray(alphas, dtype=float))[::-1]  # large α first: each solution starts the next
+def fit(stories: Mapping[str, LaggedStory], train_stories: Sequence[str], alphas: Sequence[float], tol: float = 1e-8) -> dict:
+    """α per target by leave-one-story-out over ``train_stories``, then weights ``(n_lags · f, c)`` on all of them."""
+    if len(train_stories) < 2:
+        raise InputError(None, f"leave-one-story-out cross-validation needs two or more training stories, got {list(train_stories)}.",
+                         "list more dataset.train_stories.")
+    descending = np.sort(np.asarray(alphas, dtype=float))[::-1]  # large α first: each solution starts the next
     products = {s: lag_products(stories[s]) for s in train_stories}
     outside = {s: outside_rows(stories[s]) for s in train_stories}
     rhs = {s: cross_products(stories[s]) for s in train_stories}
@@ -186,17 +195,17 @@ def fit(stories: Mapping[str, LaggedStory], train_stories: Sequence[str], alphas
         gram = LaggedGram(sum(products[s] for s in others), np.vstack([outside[s] for s in others]))
         b = sum(rhs[s] for s in others)
         weights = None
-        for alpha in alphas:
-            weights = conjugate_gradients(gram, b, np.full(n_targets, alpha), weights, fold_tol)
+        for alpha in descending:
+            weights = conjugate_gradients(gram, b, np.full(n_targets, alpha), weights, tol)
             yield predict(stories[held_out], weights)
 
     folds = []
     for held_out in train_stories:
-        logger.info("TRF fold without %s: %d α values by conjugate gradients", held_out, alphas.size)
+        logger.info("TRF fold without %s: %d α values by conjugate gradients", held_out, descending.size)
         folds.append((stories[held_out].Y, fold_predictions(held_out)))
-    scores = pooled_validation_r(folds, alphas.size)
+    scores = pooled_validation_r(folds, descending.size)[::-1]  # ascending α: argmax keeps the smallest of tied α
     best = scores.argmax(axis=0)
-    chosen = alphas[best]
+    chosen = descending[::-1][best]
     gram = LaggedGram(sum(products.values()), np.vstack(list(outside.values())))
     weights = conjugate_gradients(gram, sum(rhs.values()), chosen, None, tol)
     return {"alpha": chosen, "r_validation": scores[best, np.arange(n_targets)], "weights": weights}
