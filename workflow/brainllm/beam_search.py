@@ -184,7 +184,8 @@ class FeatureReader:
         width = int(self.settings["context_words"])
         windows = []
         for index, words in enumerate(sequences):
-            window = per_word_windows(self.tokenizer, list(words[-width:]), width, self.info.max_positions, self.settings["word_separator"])[-1]
+            context = list(words[-width:])
+            (window,) = per_word_windows(self.tokenizer, context, width, self.info.max_positions, self.settings["word_separator"], first=len(context) - 1)
             windows.append(Window(window.input_ids, np.array([index]), window.first_token, window.last_token))
         outputs, filled, _ = run_windows(self.model, windows, len(windows), self.settings, self.info, desc="candidates")
         return outputs[self.layer]

@@ -146,18 +146,20 @@ def _tokenize(tokenizer, texts: list[str]) -> dict:
     return tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True)
 
 
-def per_word_windows(tokenizer, words: list[str], context_words: int, max_tokens: int | None = None, separator: str = " ") -> list[Window]:
-    """One window per word: the word and the ``context_words - 1`` words before it, joined by ``separator``.
+def per_word_windows(tokenizer, words: list[str], context_words: int, max_tokens: int | None = None, separator: str = " ",
+                     first: int = 0) -> list[Window]:
+    """One window per word from word ``first`` on: the word and the ``context_words - 1`` words before it,
+    joined by ``separator``.
 
     A window longer than ``max_tokens`` loses its earliest words until it fits.
     """
     n_words = len(words)
-    starts = [max(0, i - context_words + 1) for i in range(n_words)]
-    encoded = _tokenize(tokenizer, [separator.join(words[start : i + 1]) for i, start in enumerate(starts)])
+    starts = {i: max(0, i - context_words + 1) for i in range(first, n_words)}
+    encoded = _tokenize(tokenizer, [separator.join(words[start : i + 1]) for i, start in starts.items()])
     windows = []
     n_shortened = 0
-    for i, start in enumerate(starts):
-        ids, offsets, special = encoded["input_ids"][i], encoded["offset_mapping"][i], encoded["special_tokens_mask"][i]
+    for k, (i, start) in enumerate(starts.items()):
+        ids, offsets, special = encoded["input_ids"][k], encoded["offset_mapping"][k], encoded["special_tokens_mask"][k]
         n_shortened += max_tokens is not None and len(ids) > max_tokens
         while max_tokens is not None and len(ids) > max_tokens:
             if start == i:
