@@ -76,6 +76,19 @@ def test_fit_ridge_matches_closed_form(n_trs, n_features, expected_solver):
         np.testing.assert_allclose(fit.weights[:, voxel], expected, rtol=2e-3, atol=2e-4 * np.abs(expected).max())
 
 
+def test_auto_backend_imports_torch_only_where_an_nvidia_driver_is():
+    """The CPU check of ``backend: auto`` costs no torch import (1–2 s per encoding job) on a machine without a driver."""
+    import os
+    import subprocess
+    import sys
+
+    probe = "import sys; from brainllm.encoding import resolve_backend; print(resolve_backend('auto'), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    driver = any(map(os.path.exists, encoding.NVIDIA_DRIVER_PATHS))
+    assert out[1] == str(driver)
+    assert out[0] == ("torch_cuda" if torch.cuda.is_available() else "numpy")
+
+
 @pytest.mark.parametrize("n_features", [20, 90])
 def test_torch_backend_matches_numpy(n_features):
     X, Y, _ = planted(60, n_features, 6, np.linspace(0.2, 2.0, 6), seed=3)

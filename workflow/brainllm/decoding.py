@@ -382,7 +382,7 @@ def lora_decoding(
         check_tokenizable(tokenizer, vocabulary, vocabulary_tsv)
         max_tokens = int(settings["lora"]["max_tokens"])
         sequences = [tokenize_segment(tokenizer, [], [word], max_tokens) for word in vocabulary["word"]]
-        order = np.argsort([len(sequence) for sequence in sequences], kind="stable")  # batches of equal lengths: little padding
+        order = np.argsort([len(sequence["input_ids"]) for sequence in sequences], kind="stable")  # batches of equal lengths: little padding
         chunks = []
         with torch.no_grad():
             for start in tqdm(range(0, len(sequences), batch_size), desc="vocabulary through the adapted LLM", unit="batch", mininterval=5):

@@ -22,6 +22,7 @@ import gzip
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: CPU backend used by ``backend: auto`` without a GPU (numpy measured faster than torch on CPU)
 CPU_BACKEND = "numpy"
+# Where a CUDA GPU can be, an NVIDIA driver shows one of these (Linux, containers; WSL 2's GPU device).
+NVIDIA_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg")
 
 __all__ = [
     "EncodingFit",
@@ -125,6 +128,9 @@ def resolve_backend(name: str = "auto") -> str:
 
 
 def _cuda_available() -> bool:
+    """Whether torch sees a CUDA GPU; on a machine without an NVIDIA driver, without importing torch (1–2 s a job)."""
+    if "torch" not in sys.modules and sys.platform != "win32" and not any(map(os.path.exists, NVIDIA_DRIVER_PATHS)):
+        return False
     try:
         import torch
     except ImportError:
