@@ -611,3 +611,20 @@ def test_rule_conda_directives_point_to_env_files():
     assert checked > 0
     # every rule in the GPU environment is routed to a GPU by the profiles (the demo's tiny story LM trains on CPU)
     assert gpu_env_rules - {"story_lm"} <= set(GPU_RULES), gpu_env_rules - set(GPU_RULES)
+
+
+def test_local_runs_never_hold_more_threads_than_cores(tmp_path):
+    """The installed Snakemake keeps local jobs within --cores (9.10–9.16 started a lone ready job without
+    counting it, so later jobs ran beyond the cores: several LLM jobs at once, out of memory on a workstation)."""
+    (tmp_path / "Snakefile").write_text(
+        'rule all:\n    input: expand("out{i}.txt", i=range(4))\n'
+        'rule first:\n    output: "first.txt"\n    shell: "touch {output}"\n'
+        'rule parallel:\n    input: "first.txt"\n    output: "out{i}.txt"\n    threads: 1\n'
+        '    shell: "python -c \\"import time; print(time.time())\\" > {output}; sleep 1; '
+        'python -c \\"import time; print(time.time())\\" >> {output}"\n'
+    )
+    subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--scheduler", "greedy", "-q"], cwd=tmp_path, check=True,
+                   capture_output=True)
+    spans = [tuple(map(float, (tmp_path / f"out{i}.txt").read_text().split())) for i in range(4)]
+    most = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
+    assert most <= 2, f"{most} one-thread jobs ran at once with --cores 2"
