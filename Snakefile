@@ -10,7 +10,7 @@ from snakemake.utils import min_version, validate
 
 from brainllm import configuration as brainllm_configuration
 
-min_version("9.0")
+min_version("9.17")  # 9.10–9.16 run more local jobs than --cores
 
 
 if not workflow.config_settings.configfiles:

@@ -616,15 +616,16 @@ def test_rule_conda_directives_point_to_env_files():
 def test_local_runs_never_hold_more_threads_than_cores(tmp_path):
     """The installed Snakemake keeps local jobs within --cores (9.10–9.16 started a lone ready job without
     counting it, so later jobs ran beyond the cores: several LLM jobs at once, out of memory on a workstation)."""
+    (tmp_path / "stamp.py").write_text("import sys, time\nopen(sys.argv[1], 'a').write(f'{time.time()}\\n')\n")
+    stamp = f"'{sys.executable}' stamp.py {{output}}"
     (tmp_path / "Snakefile").write_text(
         'rule all:\n    input: expand("out{i}.txt", i=range(4))\n'
         'rule first:\n    output: "first.txt"\n    shell: "touch {output}"\n'
-        'rule parallel:\n    input: "first.txt"\n    output: "out{i}.txt"\n    threads: 1\n'
-        '    shell: "python -c \\"import time; print(time.time())\\" > {output}; sleep 1; '
-        'python -c \\"import time; print(time.time())\\" >> {output}"\n'
+        f'rule parallel:\n    input: "first.txt"\n    output: "out{{i}}.txt"\n    threads: 1\n    shell: "{stamp}; sleep 1; {stamp}"\n'
     )
-    subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--scheduler", "greedy", "-q"], cwd=tmp_path, check=True,
-                   capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--scheduler", "greedy", "-q"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     spans = [tuple(map(float, (tmp_path / f"out{i}.txt").read_text().split())) for i in range(4)]
     most = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
     assert most <= 2, f"{most} one-thread jobs ran at once with --cores 2"

@@ -181,9 +181,10 @@ class FeatureReader:
         self.layer = layer
         # Only the encoding layer is read: the blocks after it are dropped where that leaves it exactly as it was.
         backbone = text_tower(self.model, info.family)
+        blocks = int(getattr(backbone.config, "num_hidden_layers", 0) or 0)
         probe = self.tokenizer("the story begins here", return_tensors="pt")["input_ids"].to(backbone.get_input_embeddings().weight.device)
         kept = truncate_layers(backbone, layer, probe)
-        self.info = replace(info, n_hidden_states=kept + 1) if 0 < kept < info.n_hidden_states - 1 else info
+        self.info = replace(info, n_hidden_states=kept + 1) if kept != blocks else info
 
     def last_word(self, sequences: Sequence[Sequence[str]]) -> np.ndarray:
         """``(n, hidden)``: each sequence's last word read after its preceding ``context_words − 1`` words."""

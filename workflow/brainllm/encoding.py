@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 #: CPU backend used by ``backend: auto`` without a GPU (numpy measured faster than torch on CPU)
 CPU_BACKEND = "numpy"
-# Where a CUDA GPU can be, an NVIDIA driver shows one of these (Linux, containers; WSL 2's GPU device).
-NVIDIA_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg")
+# Where torch can see a GPU, its driver shows one of these: NVIDIA (Linux, containers), WSL 2, Jetson, ROCm.
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg", "/dev/nvhost-ctrl-gpu", "/dev/kfd")
 
 __all__ = [
     "EncodingFit",
@@ -128,8 +128,8 @@ def resolve_backend(name: str = "auto") -> str:
 
 
 def _cuda_available() -> bool:
-    """Whether torch sees a CUDA GPU; on a machine without an NVIDIA driver, without importing torch (1–2 s a job)."""
-    if "torch" not in sys.modules and sys.platform != "win32" and not any(map(os.path.exists, NVIDIA_DRIVER_PATHS)):
+    """Whether torch sees a CUDA GPU; on a machine without a GPU driver, without importing torch (1–2 s a job)."""
+    if "torch" not in sys.modules and sys.platform != "win32" and not any(map(os.path.exists, GPU_DRIVER_PATHS)):
         return False
     try:
         import torch
