@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from .align import _story_grid, align_story, lanczos_matrix, read_aligned, tr_times
-from .brainlora import truncate_layers
+from .brainlora import truncate_to_layer
 from .contrastive import read_responses
 from .encoding import alpha_grid, build_design, fit_ridge
 from .features import Window, per_word_windows, run_windows
@@ -182,8 +182,7 @@ class FeatureReader:
         # Only the encoding layer is read: the blocks after it are dropped where that leaves it exactly as it was.
         backbone = text_tower(self.model, info.family)
         blocks = int(getattr(backbone.config, "num_hidden_layers", 0) or 0)
-        probe = self.tokenizer("the story begins here", return_tensors="pt")["input_ids"].to(backbone.get_input_embeddings().weight.device)
-        kept = truncate_layers(backbone, layer, probe)
+        kept = truncate_to_layer(backbone, self.tokenizer, layer)
         self.info = replace(info, n_hidden_states=kept + 1) if kept != blocks else info
 
     def last_word(self, sequences: Sequence[Sequence[str]]) -> np.ndarray:

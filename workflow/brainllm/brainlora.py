@@ -55,6 +55,7 @@ __all__ = [
     "LoraTextTower",
     "apply_lora",
     "truncate_layers",
+    "truncate_to_layer",
     "lora_pair_data",
     "train_lora",
     "save_adapter",
@@ -146,6 +147,12 @@ def truncate_layers(backbone: nn.Module, layer: int, probe_ids: torch.Tensor) ->
     backbone.train(was_training)
     log.info("keeping %d of %d blocks (the later ones do not affect layer %d)", kept, len(blocks), layer)
     return kept
+
+
+def truncate_to_layer(backbone: nn.Module, tokenizer, layer: int) -> int:
+    """:func:`truncate_layers` checked on a short probe sentence; returns the blocks kept."""
+    probe = tokenizer("the story begins here", return_tensors="pt")["input_ids"].to(backbone.get_input_embeddings().weight.device)
+    return truncate_layers(backbone, layer, probe)
 
 
 def apply_lora(model: nn.Module, settings: Mapping, seed: int) -> nn.Module:
@@ -304,8 +311,7 @@ def build_lora_model(base_model: nn.Module, tokenizer, info, brain_dim: int, set
         raise InputError(None, f"contrastive.lora.layer {layer} is outside 1..{n_layers} (0 = embeddings are not adapted).", "choose a transformer layer.")
     backbone = text_tower(base_model, info.family)
     if lora["truncate_layers"]:
-        probe = tokenizer("the story begins here", return_tensors="pt")["input_ids"].to(backbone.get_input_embeddings().weight.device)
-        truncate_layers(backbone, layer, probe)
+        truncate_to_layer(backbone, tokenizer, layer)
     if lora["gradient_checkpointing"]:
         base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_model = apply_lora(base_model, settings, seed)
