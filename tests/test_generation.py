@@ -304,8 +304,8 @@ def _response_model(rng, hidden=6, n_voxels=40, delays=(1, 2)):
     from brainllm.beam_search import ResponseModel
 
     return ResponseModel(weights=rng.standard_normal((len(delays), hidden, n_voxels)), delays=list(delays),
-                         mean=rng.standard_normal(hidden), std=rng.uniform(0.5, 2.0, hidden), noise_var=np.full(n_voxels, 0.5),
-                         voxels=np.arange(n_voxels), lanczos={"window": 3, "cutoff_mult": 1.0, "normalise": False}, layer=0)
+                         mean=rng.standard_normal(hidden), std=rng.uniform(0.5, 2.0, hidden), whitening=np.eye(n_voxels) * np.sqrt(2.0),
+                         voxels=np.arange(n_voxels), lanczos={"window": 3, "cutoff_mult": 1.0, "normalise": False}, layer=0, noise={})
 
 
 def test_beam_search_prediction_equals_the_encoding_stage_path():
@@ -330,8 +330,8 @@ def test_beam_search_prediction_equals_the_encoding_stage_path():
 class _Proposer:
     """Every vocabulary word, equally likely."""
 
-    def propose(self, context, k):
-        return list(VOCAB), np.full(len(VOCAB), -np.log(len(VOCAB)))
+    def propose(self, contexts, k):
+        return [(list(VOCAB), np.full(len(VOCAB), -np.log(len(VOCAB)))) for _ in contexts]
 
 
 class _Reader:
@@ -372,8 +372,97 @@ def test_beam_search_recovers_planted_words_and_noise_recovers_none():
     assert encoding_log_likelihood(grid, model, truth_features) == pytest.approx(0.0, abs=1e-9)
     other = reader.last_word([[w] for w in rng.choice(VOCAB, n_words)])
     residual = signal - model.baseline(rows.shape[0]) - sum(_delayed_rows(rows[:, i], g, model.delays) for i, g in enumerate(model.feature_gain(other)))
-    expected = -0.5 * float((residual**2 / model.noise_var).sum())
+    expected = -0.5 * float((residual**2).sum())
     assert encoding_log_likelihood(grid, model, other) == pytest.approx(expected) and expected < -1.0
+
+
+def test_batched_word_proposals_equal_one_context_at_a_time():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from brainllm.beam_search import WordProposer
+    from brainllm.story_lm import word_tokenizer
+
+    torch.manual_seed(0)
+    words = ["the", "ferry", "crossed", "river", "on", "a", "cable", "old", "man", "1999"]
+    tokenizer = word_tokenizer(words)
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=32, n_layer=2, n_head=2)).eval()
+    proposer = WordProposer(lm, tokenizer, torch.device("cpu"), context_words=4)
+    contexts = [[], ["the"], ["the", "old", "man", "crossed", "the", "river"], ["a", "cable"]]
+    batched = proposer.propose(contexts, 5)
+    for context, (got_words, got_logp) in zip(contexts, batched):
+        ((alone_words, alone_logp),) = proposer.propose([context], 5)
+        assert got_words == alone_words and "1999" not in got_words and len(got_words) == 5
+        np.testing.assert_allclose(got_logp, alone_logp, atol=1e-5)
+    # log-probabilities renormalised over the usable tokens (words with a letter, no special tokens)
+    ((all_words, all_logp),) = proposer.propose([["the"]], len(tokenizer))
+    assert set(all_words) == set(words) - {"1999"} and np.exp(all_logp).sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_held_out_predictions_equal_one_ridge_per_story_and_voxel():
+    from sklearn.linear_model import Ridge
+
+    from brainllm.beam_search import held_out_predictions
+
+    rng = np.random.default_rng(5)
+    lengths = [30, 25, 35]
+    X, Y = rng.standard_normal((90, 12)), rng.standard_normal((90, 4))
+    alphas = np.array([0.1, 10.0, 10.0, 1e4])
+    got = held_out_predictions(X, Y, lengths, alphas)
+    bounds = np.cumsum([0] + lengths)
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        train = np.r_[0:start, stop:90]
+        for v, alpha in enumerate(alphas):
+            fit = Ridge(alpha=alpha, fit_intercept=False).fit(X[train], Y[train, v])
+            np.testing.assert_allclose(got[start:stop, v], fit.predict(X[start:stop]), rtol=1e-8, atol=1e-10)
+
+
+def test_noise_whitening_makes_the_shrunk_covariance_the_identity():
+    from sklearn.covariance import LedoitWolf
+
+    from brainllm.beam_search import noise_whitening
+
+    rng = np.random.default_rng(6)
+    residuals = rng.standard_normal((200, 30)) @ rng.standard_normal((30, 30))
+    whitening, shrinkage = noise_whitening(residuals)
+    estimate = LedoitWolf().fit(residuals)
+    np.testing.assert_allclose(whitening.T @ estimate.covariance_ @ whitening, np.eye(30), atol=1e-8)
+    assert shrinkage == pytest.approx(estimate.shrinkage_)
+
+
+def test_whitened_beam_search_reads_words_through_noise_shared_by_voxels():
+    """Noise that voxels share (here along 3 directions, 25× the private noise): with the noise covariance
+    estimated from residual samples the planted words are found; counting voxels as independent they are not."""
+    from brainllm.align import lanczos_matrix, tr_times
+    from brainllm.beam_search import BeamSearchSettings, StoryGrid, _delayed_rows, beam_decode, noise_whitening
+
+    rng = np.random.default_rng(7)
+    n_voxels, hidden = 60, 12
+    model = _response_model(rng, hidden=hidden, n_voxels=n_voxels)
+    model.whitening = np.eye(n_voxels)
+    reader = _Reader(rng, hidden)
+    n_raw, trim, n_words = 50, 2, 60
+    times = np.arange(n_words) * 1.2 + 8.0
+    truth = list(rng.choice(VOCAB, n_words))
+    rows = lanczos_matrix(tr_times(n_raw, TR), times, 3, 1.0, tr=TR)[trim : n_raw - trim]
+    gains = model.feature_gain(reader.last_word([[w] for w in truth]))
+    signal = model.baseline(rows.shape[0]) + sum(_delayed_rows(rows[:, i], gains[i], model.delays) for i in range(n_words))
+    shared = rng.standard_normal((3, n_voxels)) * signal.std() * 5.0
+
+    def noise(n):
+        return rng.standard_normal((n, 3)) @ shared + 0.1 * signal.std() * rng.standard_normal((n, n_voxels))
+
+    whitening, _ = noise_whitening(noise(2000))
+    settings = BeamSearchSettings(beam_width=4, candidates=len(VOCAB), lm_weight=0.0)
+    observed = signal + noise(len(signal))
+    row_times = tr_times(n_raw, TR)[trim : n_raw - trim]
+    accuracy = {}
+    for name, matrix in (("independent", np.eye(n_voxels)), ("whitened", whitening)):
+        whitened = _response_model(np.random.default_rng(0), hidden=hidden, n_voxels=n_voxels)
+        whitened.weights, whitened.mean, whitened.std, whitened.whitening = model.weights @ matrix, model.mean, model.std, matrix
+        grid = StoryGrid(tr=TR, word_times=times, row_times=row_times, word_rows=rows.T, observed=whitened.whiten(observed))
+        decoded, _ = beam_decode(grid, whitened, _Proposer(), reader, settings)
+        accuracy[name] = np.mean([a == b for a, b in zip(decoded, truth)])
+    assert accuracy["whitened"] >= 0.6 and accuracy["independent"] <= accuracy["whitened"] - 0.3, accuracy
 
 
 def test_beam_search_settings_are_checked():

@@ -73,6 +73,8 @@ def test_beam_search_is_scored_against_its_null_in_every_subject(demo_run):
     table = pd.read_csv(demo_run / RESULTS / "report" / "generation" / "beam_search.tsv", sep="\t", dtype={"subject": str})
     assert set(table["subject"]) == set(SUBJECTS) and set(table["metric"]) == {"bleu1", "rouge1", "meteor", "wer", "embedding"}
     assert (table["null_sd"] > 0).all() and (table["n_null"] == CONFIG["generation"]["beam_search"]["n_null"]).all()
+    # the target: the decoded text beats its no-brain null on at least two metrics (z > 2) in every subject
+    assert (table[table["z"] > 2].groupby("subject").size().reindex(SUBJECTS, fill_value=0) >= 2).all(), table
     for subject in SUBJECTS:  # the decoded text explains the responses better than every text written without them
         scores = json.loads((demo_run / RESULTS / "generation" / f"sub-{subject}" / "beam_search" / "scores.json").read_text())
         likelihood = scores["encoding_log_likelihood"]

@@ -10,10 +10,17 @@ encoding stage does — Lanczos onto the TR grid at the word's midpoint, z-score
 training stories' statistics: the test story's own are unknown while it is decoded),
 delayed, times the weights — and the beam keeps the ``beam_width`` hypotheses whose
 predictions best explain the observed responses: the Gaussian log-likelihood over the
-``voxel_fraction`` voxels best by validation r, with each voxel's noise variance
-1 − r_val² (the variance its cross-validated prediction leaves), on every TR up to
+``voxel_fraction`` voxels best by validation r, on every TR up to
 ``max(delays) + lanczos_window`` TRs after the word. Words still to come are left out of
 every hypothesis alike.
+
+The noise covariance across those voxels is estimated from the training stories'
+residuals: each story predicted by the ridge model fitted on the others (each voxel at its
+own α), Ledoit–Wolf shrinkage of the residuals' covariance. Residuals are compared in the
+space that whitens it (TRs taken as independent). Voxels share their errors — in fMRI,
+and wherever many voxels follow a few directions of the features — and a diagonal noise
+model counts the same evidence once per voxel: it lets the brain term override the LLM
+and keeps texts that fit the shared error, not the words heard.
 
 The ridge model is refitted here on the training stories (the encoding stage's design,
 delays, α grid, backend and solver) because encoding outputs keep no weights by default.
@@ -41,7 +48,7 @@ from tqdm import tqdm
 from .align import _story_grid, align_story, lanczos_matrix, read_aligned, tr_times
 from .brainlora import truncate_to_layer
 from .contrastive import read_responses
-from .encoding import alpha_grid, build_design, fit_ridge
+from .encoding import alpha_grid, build_design, fit_ridge, leave_one_story_out
 from .features import Window, per_word_windows, run_windows
 from .generation import load_causal_lm
 from .group import chosen_layer
@@ -87,16 +94,20 @@ class BeamSearchSettings:
 
 @dataclass
 class ResponseModel:
-    """Ridge weights per delay on the scored voxels and what the prediction of a word needs."""
+    """Ridge weights per delay on the scored voxels, in the noise-whitened space, and what the prediction of a word needs."""
 
-    weights: np.ndarray  # (n_delays, hidden, n_voxels) on z-scored features
+    weights: np.ndarray  # (n_delays, hidden, n_voxels) on z-scored features, times ``whitening``
     delays: list[int]
     mean: np.ndarray  # (hidden,) training stories' raw TR-grid feature statistics
     std: np.ndarray
-    noise_var: np.ndarray  # (n_voxels,)
+    whitening: np.ndarray  # (n_voxels, n_voxels): responses @ whitening have identity noise covariance
     voxels: np.ndarray  # indices into the responses' voxels
     lanczos: dict
     layer: int
+    noise: dict  # how the noise covariance was estimated
+
+    def whiten(self, responses: np.ndarray) -> np.ndarray:
+        return responses @ self.whitening
 
     def feature_gain(self, features: np.ndarray) -> np.ndarray:
         """``(n, hidden)`` word features → ``(n, n_delays, n_voxels)``: each delay's response to one z-unit of the word."""
@@ -111,6 +122,29 @@ class ResponseModel:
         return out
 
 
+def held_out_predictions(X: np.ndarray, Y: np.ndarray, story_lengths: Sequence[int], alphas: np.ndarray) -> np.ndarray:
+    """Leave-one-story-out ridge predictions ``(n_rows, n_voxels)``, each voxel at its own ``alphas`` value (no intercept)."""
+    X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
+    predictions = np.empty_like(Y)
+    for train, test in leave_one_story_out(story_lengths):
+        eigenvalues, U = np.linalg.eigh(X[train] @ X[train].T)  # dual: W = X'(XX' + αI)⁻¹Y
+        eigenvalues = np.clip(eigenvalues, 0.0, None)
+        left, right = X[test] @ X[train].T @ U, U.T @ Y[train]
+        for alpha in np.unique(alphas):
+            voxels = np.flatnonzero(alphas == alpha)
+            predictions[np.ix_(test, voxels)] = (left / (eigenvalues + alpha)) @ right[:, voxels]
+    return predictions
+
+
+def noise_whitening(residuals: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(n_voxels, n_voxels)`` W with ``residuals @ W`` of identity covariance (Ledoit–Wolf shrunk estimate), and the shrinkage."""
+    from sklearn.covariance import LedoitWolf
+
+    estimate = LedoitWolf().fit(residuals)
+    eigenvalues, vectors = np.linalg.eigh(estimate.covariance_)
+    return vectors / np.sqrt(eigenvalues), float(estimate.shrinkage_)
+
+
 def fit_response_model(aligned_h5, responses_h5, manifests: Mapping[str, str | os.PathLike], words_tsvs: Mapping[str, str | os.PathLike],
                        layer: int, train_stories: Sequence[str], encoding: Mapping, voxel_fraction: float) -> ResponseModel:
     """Ridge of the chosen layer on the training stories, its best voxels and the training feature statistics."""
@@ -121,7 +155,9 @@ def fit_response_model(aligned_h5, responses_h5, manifests: Mapping[str, str | o
     fit = fit_ridge(designs[0], Y, lengths, alpha_grid(**encoding["alphas"]), encoding.get("backend", "auto"),
                     {"n_targets_batch": encoding.get("n_targets_batch", 4096)}, encoding.get("solver", "auto"), "correlation")
     voxels = top_voxels(fit.validation_r, voxel_fraction)
-    r_val = np.clip(np.nan_to_num(fit.validation_r[voxels]), 0.0, 0.95)
+    r_val = fit.validation_r[voxels]
+    residuals = Y[:, voxels] - held_out_predictions(designs[0], Y[:, voxels], lengths, fit.alphas[voxels])
+    whitening, shrinkage = noise_whitening(residuals)
     lanczos = {"window": int(encoding.get("lanczos_window", 3)), "cutoff_mult": float(encoding.get("lanczos_cutoff_mult", 1.0)),
                "normalise": bool(encoding.get("lanczos_normalise", False))}
     raw = []
@@ -133,10 +169,13 @@ def fit_response_model(aligned_h5, responses_h5, manifests: Mapping[str, str | o
     raw = np.vstack(raw).astype(np.float64)
     hidden = raw.shape[1]
     weights = fit.weights.reshape(len(delays), hidden, -1)[:, :, voxels].astype(np.float64)
-    log.info("encoding model of layer %d refitted on %s: %d voxels scored (validation r %.3f–%.3f)", layer, ", ".join(train_stories),
-             len(voxels), r_val.min(), r_val.max())
-    return ResponseModel(weights=weights, delays=delays, mean=raw.mean(0), std=np.where(raw.std(0) > 1e-8, raw.std(0), 1.0),
-                         noise_var=1.0 - r_val**2, voxels=voxels, lanczos=lanczos, layer=layer)
+    log.info("encoding model of layer %d refitted on %s: %d voxels scored (validation r %.3f–%.3f); noise covariance from %d "
+             "held-out residual TRs, Ledoit–Wolf shrinkage %.3f", layer, ", ".join(train_stories), len(voxels), np.nanmin(r_val),
+             np.nanmax(r_val), len(residuals), shrinkage)
+    noise = {"covariance": "Ledoit–Wolf shrunk covariance of leave-one-story-out ridge residuals on the training stories",
+             "n_residual_trs": int(len(residuals)), "shrinkage": shrinkage}
+    return ResponseModel(weights=weights @ whitening, delays=delays, mean=raw.mean(0), std=np.where(raw.std(0) > 1e-8, raw.std(0), 1.0),
+                         whitening=whitening, voxels=voxels, lanczos=lanczos, layer=layer, noise=noise)
 
 
 # ----------------------------------------------------------------------------- proposals and features
@@ -154,21 +193,33 @@ class WordProposer:
         self.usable = np.array([i not in special and any(c.isalpha() for c in w) for i, w in enumerate(words)])
 
     @torch.no_grad()
-    def propose(self, context: Sequence[str], k: int) -> tuple[list[str], np.ndarray]:
-        """Up to ``k`` distinct words and their log-probabilities (renormalised over the usable tokens)."""
-        text = " ".join(context[-self.context_words :])
-        ids = [self.start] + (list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else [])
-        logits = self.lm(input_ids=torch.tensor([ids], device=self.device)).logits[0, -1].float().cpu().numpy()
+    def propose(self, contexts: Sequence[Sequence[str]], k: int) -> list[tuple[list[str], np.ndarray]]:
+        """Per context: up to ``k`` distinct words and their log-probabilities (renormalised over the usable tokens).
+
+        The contexts go through the LLM as one right-padded batch; each is read at its own last token.
+        """
+        ids = []
+        for context in contexts:
+            text = " ".join(context[-self.context_words :])
+            ids.append([self.start] + (list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []))
+        width = max(len(row) for row in ids)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.start
+        input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in ids], device=self.device)
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids], device=self.device)
+        logits = self.lm(input_ids=input_ids, attention_mask=mask).logits
+        last = logits[torch.arange(len(ids), device=self.device), torch.tensor([len(row) - 1 for row in ids], device=self.device)]
+        return [self._top_words(row, k) for row in last.float().cpu().numpy()]
+
+    def _top_words(self, logits: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
         logits[~self.usable[: len(logits)]] = -np.inf
         logp = logits - np.logaddexp.reduce(logits[np.isfinite(logits)])
         words, scores = [], []
         for token in np.argsort(-logp):
-            word = self.word_of[token]
-            if word not in words:
-                words.append(word)
-                scores.append(logp[token])
             if len(words) == k or not np.isfinite(logp[token]):
                 break
+            if self.word_of[token] not in words:
+                words.append(self.word_of[token])
+                scores.append(logp[token])
         return words, np.asarray(scores)
 
 
@@ -214,7 +265,7 @@ class StoryGrid:
     word_times: np.ndarray  # (n_words,) midpoints, scan seconds
     row_times: np.ndarray  # (n_rows,) kept TR centres
     word_rows: np.ndarray  # (n_words, n_rows) Lanczos weights of each word on the kept rows
-    observed: np.ndarray  # (n_rows, n_voxels) scored voxels
+    observed: np.ndarray  # (n_rows, n_voxels) scored voxels, whitened by the model's noise covariance
 
 
 def story_grid(responses_h5, story: str, words: pd.DataFrame, model: ResponseModel, max_words: int | None) -> StoryGrid:
@@ -229,7 +280,7 @@ def story_grid(responses_h5, story: str, words: pd.DataFrame, model: ResponseMod
                             normalise=model.lanczos["normalise"])[kept]
     observed = read_responses(responses_h5, [story])[story][:, model.voxels].astype(np.float64)
     observed = (observed - observed.mean(0)) / np.where(observed.std(0) > 0, observed.std(0), 1.0)  # as the encoding stage scores
-    return StoryGrid(tr=float(grid["tr"]), word_times=times, row_times=raw_times[kept], word_rows=matrix.T, observed=observed)
+    return StoryGrid(tr=float(grid["tr"]), word_times=times, row_times=raw_times[kept], word_rows=matrix.T, observed=model.whiten(observed))
 
 
 def _delayed_rows(rows: np.ndarray, gain: np.ndarray, delays: Sequence[int]) -> np.ndarray:
@@ -249,8 +300,7 @@ def beam_decode(grid: StoryGrid, model: ResponseModel, proposer: WordProposer, r
     for slot in tqdm(range(len(grid.word_times)), desc="beam search", unit="word"):
         scored = grid.row_times <= grid.word_times[slot] + horizon
         proposals = []
-        for b, (words, _, _, _, _) in enumerate(beam):
-            candidates, logp = proposer.propose(words, settings.candidates)
+        for b, (candidates, logp) in enumerate(proposer.propose([hypothesis[0] for hypothesis in beam], settings.candidates)):
             proposals += [(b, word, lp) for word, lp in zip(candidates, logp)]
         features = reader.last_word([beam[b][0] + [word] for b, word, _ in proposals])
         gains = model.feature_gain(features)
@@ -259,7 +309,7 @@ def beam_decode(grid: StoryGrid, model: ResponseModel, proposer: WordProposer, r
             words, feats, pred, _, text_logp = beam[b]
             new_pred = pred + _delayed_rows(grid.word_rows[slot], gain, model.delays)
             residual = grid.observed[scored] - new_pred[scored]
-            loglik = -0.5 * float(((residual**2) / model.noise_var).sum())
+            loglik = -0.5 * float((residual**2).sum())
             extended.append((words + [word], feats + [feature], new_pred, loglik + settings.lm_weight * (text_logp + lp), text_logp + lp))
         extended.sort(key=lambda h: -h[3])
         beam, seen = [], set()
@@ -280,20 +330,17 @@ def encoding_log_likelihood(grid: StoryGrid, model: ResponseModel, features: np.
     prediction = model.baseline(len(grid.row_times))
     for slot, gain in enumerate(model.feature_gain(features)):
         prediction = prediction + _delayed_rows(grid.word_rows[slot], gain, model.delays)
-    return -0.5 * float((((grid.observed - prediction) ** 2) / model.noise_var).sum())
+    return -0.5 * float(((grid.observed - prediction) ** 2).sum())
 
 
 def null_texts(proposer: WordProposer, n_words: int, settings: BeamSearchSettings) -> list[list[str]]:
     """``n_null`` texts for the same slots, each word drawn from the LLM's proposals without brain data."""
-    texts = []
-    for k in tqdm(range(settings.n_null), desc="null texts", unit="text"):
-        rng = np.random.default_rng([settings.seed, k])
-        words: list[str] = []
-        for _ in range(n_words):
-            candidates, logp = proposer.propose(words, settings.candidates)
+    rngs = [np.random.default_rng([settings.seed, k]) for k in range(settings.n_null)]
+    texts: list[list[str]] = [[] for _ in rngs]
+    for _ in tqdm(range(n_words), desc="null texts", unit="word"):
+        for text, rng, (candidates, logp) in zip(texts, rngs, proposer.propose(texts, settings.candidates)):
             p = np.exp(logp - logp.max())
-            words.append(candidates[rng.choice(len(candidates), p=p / p.sum())])
-        texts.append(words)
+            text.append(candidates[rng.choice(len(candidates), p=p / p.sum())])
     return texts
 
 
@@ -355,7 +402,7 @@ def run_beam_search(responses_h5, words_tsvs: Mapping[str, str | os.PathLike], a
         "null_mean": {m: float(null[m].mean()) for m in metrics}, "null_sd": {m: float(null[m].std(ddof=1)) for m in metrics},
         "z": z, "n_metrics_z_above_2": int(sum(v > 2 for v in z.values())), "n_null": settings.n_null,
         "encoding_log_likelihood": {"decoded": loglik["brain"], "null": [loglik[f"null_{k:02d}"] for k in range(settings.n_null)]},
-        "settings": asdict(settings), "meteor": scorer.meteor_note,
+        "noise": model.noise, "settings": asdict(settings), "meteor": scorer.meteor_note,
     }
     write_tsv(out["texts"], table)
     write_json(out["scores"], summary)
