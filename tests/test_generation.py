@@ -344,21 +344,29 @@ class _Reader:
         return np.stack([self.table[words[-1]] for words in sequences])
 
 
-def test_beam_search_recovers_planted_words_and_noise_recovers_none():
+def _planted_story(rng, hidden=12, n_voxels=60):
+    """A random response model, word table and 60-word text, and the responses the model predicts for it."""
     from brainllm.align import lanczos_matrix, tr_times
-    from brainllm.beam_search import BeamSearchSettings, StoryGrid, _delayed_rows, beam_decode, encoding_log_likelihood
+    from brainllm.beam_search import _delayed_rows
 
-    rng = np.random.default_rng(2)
-    model = _response_model(rng, hidden=12, n_voxels=60)
-    reader = _Reader(rng, 12)
+    model = _response_model(rng, hidden=hidden, n_voxels=n_voxels)
+    reader = _Reader(rng, hidden)
     n_raw, trim, n_words = 50, 2, 60
     times = np.arange(n_words) * 1.2 + 8.0
     truth = list(rng.choice(VOCAB, n_words))
     rows = lanczos_matrix(tr_times(n_raw, TR), times, 3, 1.0, tr=TR)[trim : n_raw - trim]
     gains = model.feature_gain(reader.last_word([[w] for w in truth]))
     signal = model.baseline(rows.shape[0]) + sum(_delayed_rows(rows[:, i], gains[i], model.delays) for i in range(n_words))
+    return model, reader, times, truth, rows, signal, tr_times(n_raw, TR)[trim : n_raw - trim]
+
+
+def test_beam_search_recovers_planted_words_and_noise_recovers_none():
+    from brainllm.beam_search import BeamSearchSettings, StoryGrid, _delayed_rows, beam_decode, encoding_log_likelihood
+
+    rng = np.random.default_rng(2)
+    model, reader, times, truth, rows, signal, row_times = _planted_story(rng)
+    n_words = len(truth)
     settings = BeamSearchSettings(beam_width=4, candidates=len(VOCAB), lm_weight=0.0)
-    row_times = tr_times(n_raw, TR)[trim : n_raw - trim]
     for observed, expect_accuracy in ((signal + 0.1 * rng.standard_normal(signal.shape), (0.6, 1.01)),
                                       (rng.standard_normal(signal.shape), (0.0, 0.15))):
         grid = StoryGrid(tr=TR, word_times=times, row_times=row_times, word_rows=rows.T, observed=observed)
@@ -432,20 +440,11 @@ def test_noise_whitening_makes_the_shrunk_covariance_the_identity():
 def test_whitened_beam_search_reads_words_through_noise_shared_by_voxels():
     """Noise that voxels share (here along 3 directions, 25× the private noise): with the noise covariance
     estimated from residual samples the planted words are found; counting voxels as independent they are not."""
-    from brainllm.align import lanczos_matrix, tr_times
-    from brainllm.beam_search import BeamSearchSettings, StoryGrid, _delayed_rows, beam_decode, noise_whitening
+    from brainllm.beam_search import BeamSearchSettings, StoryGrid, beam_decode, noise_whitening
 
     rng = np.random.default_rng(7)
     n_voxels, hidden = 60, 12
-    model = _response_model(rng, hidden=hidden, n_voxels=n_voxels)
-    model.whitening = np.eye(n_voxels)
-    reader = _Reader(rng, hidden)
-    n_raw, trim, n_words = 50, 2, 60
-    times = np.arange(n_words) * 1.2 + 8.0
-    truth = list(rng.choice(VOCAB, n_words))
-    rows = lanczos_matrix(tr_times(n_raw, TR), times, 3, 1.0, tr=TR)[trim : n_raw - trim]
-    gains = model.feature_gain(reader.last_word([[w] for w in truth]))
-    signal = model.baseline(rows.shape[0]) + sum(_delayed_rows(rows[:, i], gains[i], model.delays) for i in range(n_words))
+    model, reader, times, truth, rows, signal, row_times = _planted_story(rng, hidden, n_voxels)
     shared = rng.standard_normal((3, n_voxels)) * signal.std() * 5.0
 
     def noise(n):
@@ -454,7 +453,6 @@ def test_whitened_beam_search_reads_words_through_noise_shared_by_voxels():
     whitening, _ = noise_whitening(noise(2000))
     settings = BeamSearchSettings(beam_width=4, candidates=len(VOCAB), lm_weight=0.0)
     observed = signal + noise(len(signal))
-    row_times = tr_times(n_raw, TR)[trim : n_raw - trim]
     accuracy = {}
     for name, matrix in (("independent", np.eye(n_voxels)), ("whitened", whitening)):
         whitened = _response_model(np.random.default_rng(0), hidden=hidden, n_voxels=n_voxels)
