@@ -406,22 +406,25 @@ def test_batched_word_proposals_equal_one_context_at_a_time():
     assert set(all_words) == set(words) - {"1999"} and np.exp(all_logp).sum() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_held_out_predictions_equal_one_ridge_per_story_and_voxel():
+@pytest.mark.parametrize("n_features", [12, 150])  # primal (more training rows than features) and dual
+def test_held_out_predictions_equal_one_ridge_per_fold_and_voxel(n_features):
     from sklearn.linear_model import Ridge
 
-    from brainllm.beam_search import held_out_predictions
+    from brainllm.beam_search import RESIDUAL_FOLDS, held_out_predictions
 
     rng = np.random.default_rng(5)
-    lengths = [30, 25, 35]
-    X, Y = rng.standard_normal((90, 12)), rng.standard_normal((90, 4))
+    lengths = [30, 25, 35, 20, 15, 30, 25]  # 7 stories: 5 folds of consecutive stories (2, 2, 1, 1, 1)
+    X, Y = rng.standard_normal((sum(lengths), n_features)), rng.standard_normal((sum(lengths), 4))
     alphas = np.array([0.1, 10.0, 10.0, 1e4])
     got = held_out_predictions(X, Y, lengths, alphas)
     bounds = np.cumsum([0] + lengths)
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        train = np.r_[0:start, stop:90]
+    assert RESIDUAL_FOLDS == 5
+    for stories in ([0, 1], [2, 3], [4], [5], [6]):
+        start, stop = bounds[stories[0]], bounds[stories[-1] + 1]
+        train = np.r_[0:start, stop : bounds[-1]]
         for v, alpha in enumerate(alphas):
-            fit = Ridge(alpha=alpha, fit_intercept=False).fit(X[train], Y[train, v])
-            np.testing.assert_allclose(got[start:stop, v], fit.predict(X[start:stop]), rtol=1e-8, atol=1e-10)
+            fit = Ridge(alpha=alpha, fit_intercept=False, solver="cholesky").fit(X[train], Y[train, v])
+            np.testing.assert_allclose(got[start:stop, v], fit.predict(X[start:stop]), rtol=1e-7, atol=1e-9)
 
 
 def test_noise_whitening_makes_the_shrunk_covariance_the_identity():

@@ -15,8 +15,9 @@ predictions best explain the observed responses: the Gaussian log-likelihood ove
 every hypothesis alike.
 
 The noise covariance across those voxels is estimated from the training stories'
-residuals: each story predicted by the ridge model fitted on the others (each voxel at its
-own α), Ledoit–Wolf shrinkage of the residuals' covariance. Residuals are compared in the
+residuals: each story predicted by the ridge model fitted without it (each voxel at its
+own α; the stories in at most ``RESIDUAL_FOLDS`` folds), Ledoit–Wolf shrinkage of the
+residuals' covariance. Residuals are compared in the
 space that whitens it (TRs taken as independent). Voxels share their errors — in fMRI,
 and wherever many voxels follow a few directions of the features — and a diagonal noise
 model counts the same evidence once per voxel: it lets the brain term override the LLM
@@ -48,7 +49,7 @@ from tqdm import tqdm
 from .align import _story_grid, align_story, lanczos_matrix, read_aligned, tr_times
 from .brainlora import truncate_to_layer
 from .contrastive import read_responses
-from .encoding import alpha_grid, build_design, fit_ridge, leave_one_story_out
+from .encoding import alpha_grid, build_design, fit_ridge
 from .features import Window, per_word_windows, run_windows
 from .generation import load_causal_lm
 from .group import chosen_layer
@@ -122,14 +123,35 @@ class ResponseModel:
         return out
 
 
+RESIDUAL_FOLDS = 5  # folds of whole training stories for the noise covariance's held-out residuals
+
+
+def story_folds(story_lengths: Sequence[int], n_folds: int = RESIDUAL_FOLDS) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(train_rows, test_rows)]``: the stories in ``min(n_folds, n_stories)`` groups of consecutive stories, each held out once."""
+    if len(story_lengths) < 2:
+        raise ValueError(f"held-out residuals need at least 2 training stories, got {len(story_lengths)}")
+    bounds = np.concatenate([[0], np.cumsum(story_lengths)])
+    rows = np.arange(bounds[-1])
+    folds = []
+    for group in np.array_split(np.arange(len(story_lengths)), min(n_folds, len(story_lengths))):
+        test = np.arange(bounds[group[0]], bounds[group[-1] + 1])
+        folds.append((np.setdiff1d(rows, test, assume_unique=True), test))
+    return folds
+
+
 def held_out_predictions(X: np.ndarray, Y: np.ndarray, story_lengths: Sequence[int], alphas: np.ndarray) -> np.ndarray:
-    """Leave-one-story-out ridge predictions ``(n_rows, n_voxels)``, each voxel at its own ``alphas`` value (no intercept)."""
+    """Ridge predictions ``(n_rows, n_voxels)`` of every story by the model fitted on the other folds (:func:`story_folds`),
+    each voxel at its own ``alphas`` value (no intercept); primal or dual, whichever matrix is smaller."""
     X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
     predictions = np.empty_like(Y)
-    for train, test in leave_one_story_out(story_lengths):
-        eigenvalues, U = np.linalg.eigh(X[train] @ X[train].T)  # dual: W = X'(XX' + αI)⁻¹Y
+    for train, test in story_folds(story_lengths):
+        if len(train) <= X.shape[1]:  # dual: W = X'(XX' + αI)⁻¹Y
+            eigenvalues, U = np.linalg.eigh(X[train] @ X[train].T)
+            left, right = X[test] @ X[train].T @ U, U.T @ Y[train]
+        else:  # primal: W = (X'X + αI)⁻¹X'Y
+            eigenvalues, V = np.linalg.eigh(X[train].T @ X[train])
+            left, right = X[test] @ V, V.T @ (X[train].T @ Y[train])
         eigenvalues = np.clip(eigenvalues, 0.0, None)
-        left, right = X[test] @ X[train].T @ U, U.T @ Y[train]
         for alpha in np.unique(alphas):
             voxels = np.flatnonzero(alphas == alpha)
             predictions[np.ix_(test, voxels)] = (left / (eigenvalues + alpha)) @ right[:, voxels]
@@ -172,7 +194,8 @@ def fit_response_model(aligned_h5, responses_h5, manifests: Mapping[str, str | o
     log.info("encoding model of layer %d refitted on %s: %d voxels scored (validation r %.3f–%.3f); noise covariance from %d "
              "held-out residual TRs, Ledoit–Wolf shrinkage %.3f", layer, ", ".join(train_stories), len(voxels), np.nanmin(r_val),
              np.nanmax(r_val), len(residuals), shrinkage)
-    noise = {"covariance": "Ledoit–Wolf shrunk covariance of leave-one-story-out ridge residuals on the training stories",
+    noise = {"covariance": f"Ledoit–Wolf shrunk covariance of held-out ridge residuals on the training stories "
+                           f"({min(RESIDUAL_FOLDS, len(train_stories))} folds of whole stories)",
              "n_residual_trs": int(len(residuals)), "shrinkage": shrinkage}
     return ResponseModel(weights=weights @ whitening, delays=delays, mean=raw.mean(0), std=np.where(raw.std(0) > 1e-8, raw.std(0), 1.0),
                          whitening=whitening, voxels=voxels, lanczos=lanczos, layer=layer, noise=noise)
