@@ -64,3 +64,9 @@ def test_gpu_reconstruction_runs_with_the_tiny_pipeline_on_cpu(tmp_path, capsys)
                                                "--results", str(tmp_path)])
     assert (tmp_path / "gpu_reconstruction.json").is_file()
     assert "images/s" in capsys.readouterr().out and result
+
+
+def test_bench_beam_proposals_small(capsys):
+    result = load("bench_beam_proposals").main(["--slots", "6", "--beam", "3", "--vocab", "50"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("RESULT batched/one-at-a-time") and result["same_words"] and result["max_difference"] < 1e-4
