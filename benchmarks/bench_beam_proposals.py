@@ -1,8 +1,8 @@
 """Benchmark of the beam search's LLM proposals: one batched forward per word slot vs one per hypothesis (not a test).
 
 The generator is a GPT-2 of the demo's story-LM size (2 layers, width 128, a word-level
-vocabulary of ``--vocab`` words), the contexts ``--beam`` random word sequences of the
-LLM's context length. Both paths return the same words and log-probabilities (checked:
+vocabulary of ``--vocab`` words), the contexts ``--beam`` random word sequences of 1 to
+``--context-words`` words (so batches are padded). Both paths return the same words and log-probabilities (checked:
 the last line prints the largest difference); the batched path reads all hypotheses of a
 slot in one right-padded forward pass. Times are this process's CPU time, robust to other
 jobs on a shared machine when run with ``--threads 1``.
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=128, n_layer=2, n_head=4)).eval()
     proposer = WordProposer(lm, tokenizer, torch.device("cpu"), args.context_words)
     rng = np.random.default_rng(0)
-    slots = [[list(rng.choice(words, args.context_words)) for _ in range(args.beam)] for _ in range(args.slots)]
+    slots = [[list(rng.choice(words, int(rng.integers(1, args.context_words + 1)))) for _ in range(args.beam)] for _ in range(args.slots)]
 
     started = time.process_time()
     one_at_a_time = [[proposer.propose([context], args.candidates)[0] for context in contexts] for contexts in slots]

@@ -304,7 +304,7 @@ def _response_model(rng, hidden=6, n_voxels=40, delays=(1, 2)):
     from brainllm.beam_search import ResponseModel
 
     return ResponseModel(weights=rng.standard_normal((len(delays), hidden, n_voxels)), delays=list(delays),
-                         mean=rng.standard_normal(hidden), std=rng.uniform(0.5, 2.0, hidden), whitening=np.eye(n_voxels) * np.sqrt(2.0),
+                         mean=rng.standard_normal(hidden), std=rng.uniform(0.5, 2.0, hidden), whitening=np.eye(n_voxels),
                          voxels=np.arange(n_voxels), lanczos={"window": 3, "cutoff_mult": 1.0, "normalise": False}, layer=0, noise={})
 
 
@@ -406,7 +406,7 @@ def test_batched_word_proposals_equal_one_context_at_a_time():
     assert set(all_words) == set(words) - {"1999"} and np.exp(all_logp).sum() == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("n_features", [12, 150])  # primal (more training rows than features) and dual
+@pytest.mark.parametrize("n_features", [12, 200])  # primal (more rows than features) and dual
 def test_held_out_predictions_equal_one_ridge_per_fold_and_voxel(n_features):
     from sklearn.linear_model import Ridge
 
@@ -438,6 +438,12 @@ def test_noise_whitening_makes_the_shrunk_covariance_the_identity():
     estimate = LedoitWolf().fit(residuals)
     np.testing.assert_allclose(whitening.T @ estimate.covariance_ @ whitening, np.eye(30), atol=1e-8)
     assert shrinkage == pytest.approx(estimate.shrinkage_)
+    # one voxel scored (no shrinkage), a voxel whose residual is constant: finite; all-zero residuals are named
+    assert np.isfinite(noise_whitening(residuals[:, :1])[0]).all()
+    residuals[:, 0] = 0.0
+    assert np.isfinite(noise_whitening(residuals)[0]).all()
+    with pytest.raises(InputError, match="voxel_fraction"):
+        noise_whitening(np.zeros((50, 3)))
 
 
 def test_whitened_beam_search_reads_words_through_noise_shared_by_voxels():

@@ -15,9 +15,12 @@ predictions best explain the observed responses: the Gaussian log-likelihood ove
 every hypothesis alike.
 
 The noise covariance across those voxels is estimated from the training stories'
-residuals: each story predicted by the ridge model fitted without it (each voxel at its
-own α; the stories in at most ``RESIDUAL_FOLDS`` folds), Ledoit–Wolf shrinkage of the
-residuals' covariance. Residuals are compared in the
+residuals: each story predicted by the ridge model fitted without its fold (the stories in
+at most ``RESIDUAL_FOLDS`` folds of consecutive stories; each voxel at its own α),
+Ledoit–Wolf shrinkage of the residuals' covariance. The voxels and their α were chosen by
+cross-validation on these same training stories (never the test story), which makes the
+residuals of the chosen voxels a little optimistic; fold models fitted on fewer stories
+make them a little pessimistic. Residuals are compared in the
 space that whitens it (TRs taken as independent). Voxels share their errors — in fMRI,
 and wherever many voxels follow a few directions of the features — and a diagonal noise
 model counts the same evidence once per voxel: it lets the brain term override the LLM
@@ -140,17 +143,21 @@ def story_folds(story_lengths: Sequence[int], n_folds: int = RESIDUAL_FOLDS) -> 
 
 
 def held_out_predictions(X: np.ndarray, Y: np.ndarray, story_lengths: Sequence[int], alphas: np.ndarray) -> np.ndarray:
-    """Ridge predictions ``(n_rows, n_voxels)`` of every story by the model fitted on the other folds (:func:`story_folds`),
-    each voxel at its own ``alphas`` value (no intercept); primal or dual, whichever matrix is smaller."""
+    """Ridge predictions ``(n_rows, n_voxels)`` of every story by the model fitted without its fold (:func:`story_folds`),
+    each voxel at its own ``alphas`` value (no intercept). Dual (one ``XX'``) when there are no more rows than
+    features, else primal (one ``X'X``); each fold takes its block or subtracts its own rows."""
     X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
     predictions = np.empty_like(Y)
+    dual = X.shape[0] <= X.shape[1]
+    gram = X @ X.T if dual else X.T @ X
+    XtY = None if dual else X.T @ Y
     for train, test in story_folds(story_lengths):
-        if len(train) <= X.shape[1]:  # dual: W = X'(XX' + αI)⁻¹Y
-            eigenvalues, U = np.linalg.eigh(X[train] @ X[train].T)
-            left, right = X[test] @ X[train].T @ U, U.T @ Y[train]
-        else:  # primal: W = (X'X + αI)⁻¹X'Y
-            eigenvalues, V = np.linalg.eigh(X[train].T @ X[train])
-            left, right = X[test] @ V, V.T @ (X[train].T @ Y[train])
+        if dual:  # W = X'(XX' + αI)⁻¹Y
+            eigenvalues, U = np.linalg.eigh(gram[np.ix_(train, train)])
+            left, right = gram[np.ix_(test, train)] @ U, U.T @ Y[train]
+        else:  # W = (X'X + αI)⁻¹X'Y
+            eigenvalues, V = np.linalg.eigh(gram - X[test].T @ X[test])
+            left, right = X[test] @ V, V.T @ (XtY - X[test].T @ Y[test])
         eigenvalues = np.clip(eigenvalues, 0.0, None)
         for alpha in np.unique(alphas):
             voxels = np.flatnonzero(alphas == alpha)
@@ -159,12 +166,19 @@ def held_out_predictions(X: np.ndarray, Y: np.ndarray, story_lengths: Sequence[i
 
 
 def noise_whitening(residuals: np.ndarray) -> tuple[np.ndarray, float]:
-    """``(n_voxels, n_voxels)`` W with ``residuals @ W`` of identity covariance (Ledoit–Wolf shrunk estimate), and the shrinkage."""
+    """``(n_voxels, n_voxels)`` W with ``residuals @ W`` of identity covariance (Ledoit–Wolf shrunk estimate), and the shrinkage.
+
+    Eigenvalues are floored at 1e-8 of the largest (a voxel whose residual is constant, collinear voxels
+    with no shrinkage); residuals that are all zero are an error."""
     from sklearn.covariance import LedoitWolf
 
-    estimate = LedoitWolf().fit(residuals)
+    estimate = LedoitWolf(store_precision=False).fit(residuals)
     eigenvalues, vectors = np.linalg.eigh(estimate.covariance_)
-    return vectors / np.sqrt(eigenvalues), float(estimate.shrinkage_)
+    if not eigenvalues.max() > 0:
+        raise InputError(None, "the encoding model's held-out residuals on the scored voxels are all zero, so the beam search's "
+                         "noise covariance is undefined.", "check the responses of the training stories (constant voxels?) or "
+                         "raise generation.beam_search.voxel_fraction.")
+    return vectors / np.sqrt(np.maximum(eigenvalues, 1e-8 * eigenvalues.max())), float(estimate.shrinkage_)
 
 
 def fit_response_model(aligned_h5, responses_h5, manifests: Mapping[str, str | os.PathLike], words_tsvs: Mapping[str, str | os.PathLike],
@@ -194,8 +208,8 @@ def fit_response_model(aligned_h5, responses_h5, manifests: Mapping[str, str | o
     log.info("encoding model of layer %d refitted on %s: %d voxels scored (validation r %.3f–%.3f); noise covariance from %d "
              "held-out residual TRs, Ledoit–Wolf shrinkage %.3f", layer, ", ".join(train_stories), len(voxels), np.nanmin(r_val),
              np.nanmax(r_val), len(residuals), shrinkage)
-    noise = {"covariance": f"Ledoit–Wolf shrunk covariance of held-out ridge residuals on the training stories "
-                           f"({min(RESIDUAL_FOLDS, len(train_stories))} folds of whole stories)",
+    noise = {"covariance": "Ledoit–Wolf shrunk covariance of held-out ridge residuals on the training stories",
+             "folds": min(RESIDUAL_FOLDS, len(train_stories)),
              "n_residual_trs": int(len(residuals)), "shrinkage": shrinkage}
     return ResponseModel(weights=weights @ whitening, delays=delays, mean=raw.mean(0), std=np.where(raw.std(0) > 1e-8, raw.std(0), 1.0),
                          whitening=whitening, voxels=voxels, lanczos=lanczos, layer=layer, noise=noise)
@@ -229,12 +243,13 @@ class WordProposer:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.start
         input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in ids], device=self.device)
         mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids], device=self.device)
-        logits = self.lm(input_ids=input_ids, attention_mask=mask).logits
+        logits = self.lm(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
         last = logits[torch.arange(len(ids), device=self.device), torch.tensor([len(row) - 1 for row in ids], device=self.device)]
         return [self._top_words(row, k) for row in last.float().cpu().numpy()]
 
     def _top_words(self, logits: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
         logits[~self.usable[: len(logits)]] = -np.inf
+        logits[len(self.usable) :] = -np.inf  # rows of an embedding matrix padded past the tokenizer
         logp = logits - np.logaddexp.reduce(logits[np.isfinite(logits)])
         words, scores = [], []
         for token in np.argsort(-logp):
