@@ -79,6 +79,7 @@ def test_beam_search_is_scored_against_its_null_in_every_subject(demo_run):
         scores = json.loads((demo_run / RESULTS / "generation" / f"sub-{subject}" / "beam_search" / "scores.json").read_text())
         likelihood = scores["encoding_log_likelihood"]
         assert len(likelihood["null"]) == CONFIG["generation"]["beam_search"]["n_null"] and likelihood["decoded"] > max(likelihood["null"])
+        assert likelihood["heard"] > max(likelihood["null"])  # the planted responses follow the words heard
     texts = pd.read_csv(demo_run / RESULTS / "generation" / f"sub-{SUBJECTS[0]}" / "beam_search" / "texts.tsv", sep="\t",
                         keep_default_na=False)
     decoded = texts[texts["source"] == "brain"]

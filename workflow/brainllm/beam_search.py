@@ -422,6 +422,7 @@ def run_beam_search(responses_h5, words_tsvs: Mapping[str, str | os.PathLike], a
         frames.append(window_scores(grid.word_times, reference, decoded, ref_features, features, settings.window_s, scorer)
                       .assign(story=story, source="brain"))
         loglik["brain"] = loglik.get("brain", 0.0) + encoding_log_likelihood(grid, model, features)
+        loglik["heard"] = loglik.get("heard", 0.0) + encoding_log_likelihood(grid, model, ref_features)
         for k, text in enumerate(null_texts(proposer, len(reference), settings)):
             text_features = reader.all_words(text)
             frames.append(window_scores(grid.word_times, reference, text, ref_features, text_features, settings.window_s, scorer)
@@ -439,11 +440,13 @@ def run_beam_search(responses_h5, words_tsvs: Mapping[str, str | os.PathLike], a
         "decoded": {m: float(per_text.loc["brain", m]) for m in metrics},
         "null_mean": {m: float(null[m].mean()) for m in metrics}, "null_sd": {m: float(null[m].std(ddof=1)) for m in metrics},
         "z": z, "n_metrics_z_above_2": int(sum(v > 2 for v in z.values())), "n_null": settings.n_null,
-        "encoding_log_likelihood": {"decoded": loglik["brain"], "null": [loglik[f"null_{k:02d}"] for k in range(settings.n_null)]},
+        "encoding_log_likelihood": {"heard": loglik["heard"], "decoded": loglik["brain"],
+                                    "null": [loglik[f"null_{k:02d}"] for k in range(settings.n_null)]},
         "noise": model.noise, "settings": asdict(settings), "meteor": scorer.meteor_note,
     }
     write_tsv(out["texts"], table)
     write_json(out["scores"], summary)
-    log.info("beam search: z %s; encoding log-likelihood decoded %.1f, null texts %.1f … %.1f", ", ".join(f"{m} {v:+.2f}" for m, v in z.items()),
-             loglik["brain"], min(summary["encoding_log_likelihood"]["null"]), max(summary["encoding_log_likelihood"]["null"]))
+    log.info("beam search: z %s; encoding log-likelihood heard %.1f, decoded %.1f, null texts %.1f … %.1f",
+             ", ".join(f"{m} {v:+.2f}" for m, v in z.items()), loglik["heard"], loglik["brain"],
+             min(summary["encoding_log_likelihood"]["null"]), max(summary["encoding_log_likelihood"]["null"]))
     return summary
