@@ -290,3 +290,60 @@ def test_circular_shifts_rotate_by_at_least_the_minimum():
     assert len(wd.circular_shifts(1000, 10, 50, 0)) == 50
     with pytest.raises(InputError, match="too few for circular shifts"):
         wd.circular_shifts(10, 6, 100, 0)
+
+
+def _vocabulary_entries(tmp_path, rng, n_vocab=60, n_heard=40, hidden=8):
+    """A vocabulary entry (alone states A at layer 1) and two training stories of heard words whose in-context
+    states are A @ M + b + noise: returns (vocabulary tsv, its entry, story entries, A, M, b, heard words)."""
+    from brainllm import store
+
+    words = [f"w{i:02d}" for i in range(n_vocab)]
+    vocabulary = pd.DataFrame({"word": words, "onset": np.arange(n_vocab, dtype=float), "offset": np.arange(n_vocab) + 0.5,
+                               "frequency": np.full(n_vocab, 1e-5), "source": "dataset"})
+    tsv = tmp_path / "vocabulary.tsv"
+    wd.write_vocabulary(vocabulary, tsv)
+    alone = rng.standard_normal((n_vocab, hidden))
+    entry = tmp_path / "vocabulary.h5"
+    store.write_entry(entry, [np.zeros((n_vocab, hidden)), alone], words, vocabulary["onset"].to_numpy(), vocabulary["offset"].to_numpy(), {})
+    mixing, bias = rng.standard_normal((hidden, hidden)), rng.standard_normal(hidden)
+    stories = {}
+    for story in ("s1", "s2"):
+        heard = rng.integers(0, n_heard, 120)
+        states = alone[heard] @ mixing + bias + 0.05 * rng.standard_normal((len(heard), hidden))
+        stories[story] = tmp_path / f"{story}.h5"
+        store.write_entry(stories[story], [np.zeros_like(states), states], [words[i].upper() for i in heard],  # normalised on read
+                          np.arange(len(heard), dtype=float), np.arange(len(heard)) + 0.5, {})
+    return tsv, entry, stories, alone, mixing, bias
+
+
+def test_vocabulary_features_alone_context_and_mapped(tmp_path):
+    from brainllm.align import zscore_columns
+    from brainllm.store import read_entry
+
+    rng = np.random.default_rng(11)
+    tsv, entry, stories, alone, mixing, bias = _vocabulary_entries(tmp_path, rng)
+    np.testing.assert_allclose(wd.vocabulary_features(entry, tsv, 1, "alone"), zscore_columns(alone), atol=1e-5)
+    # context: heard words take their mean in-context state (a loop over the stories' words), the others stay alone
+    sums, counts = np.zeros_like(alone), np.zeros(len(alone))
+    for path in stories.values():
+        story = read_entry(path, layers=[1])
+        for word, state in zip(story.words, story.layers[1]):
+            sums[int(word[1:])] += state
+            counts[int(word[1:])] += 1
+    expected = alone.copy()
+    expected[counts > 0] = sums[counts > 0] / counts[counts > 0, None]
+    np.testing.assert_allclose(wd.vocabulary_features(entry, tsv, 1, "context", stories), zscore_columns(expected), atol=1e-5)
+    # mapped: one linear map for every word, so the words no story holds land where the planted map puts them
+    mapped = wd.vocabulary_features(entry, tsv, 1, "mapped", stories)
+    planted = zscore_columns(alone @ mixing + bias)
+    unheard = counts == 0
+    assert unheard.sum() >= 15
+    assert np.corrcoef(mapped[unheard].ravel(), planted[unheard].ravel())[0, 1] > 0.99
+    with pytest.raises(InputError, match="mapped"):
+        wd.vocabulary_features(entry, tsv, 1, "mapped", {})
+
+
+def test_word_embedding_setting_is_checked():
+    assert wd.WordDecodingSettings.from_config({"embedding": "mapped"}).embedding == "mapped"
+    with pytest.raises(InputError, match="alone, context or mapped"):
+        wd.WordDecodingSettings.from_config({"embedding": "contextual"})

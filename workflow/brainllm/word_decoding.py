@@ -88,8 +88,8 @@ class WordDecodingSettings:
         section = dict(section or {})
         vocabulary = dict(section.get("vocabulary", {}))
         embedding = str(section.get("embedding", cls.embedding))
-        if embedding not in ("alone", "context"):
-            raise InputError(None, f"decoding.words.embedding is {embedding!r}.", "use alone or context.")
+        if embedding not in ("alone", "context", "mapped"):
+            raise InputError(None, f"decoding.words.embedding is {embedding!r}.", "use alone, context or mapped.")
         return cls(
             wordfreq_top_n=int(vocabulary.get("wordfreq_top_n", cls.wordfreq_top_n)),
             language=str(vocabulary.get("language", cls.language)),
@@ -595,30 +595,57 @@ def store_vocabulary(model_name: str, model_cfg: Mapping, vocabulary_tsv: str | 
     return store.write_manifest(manifest, path, metadata, model_name, reused)
 
 
+MAPPED_ALPHAS = np.logspace(-2, 6, 17)  # ridge α grid of the single-word → in-context map (``embedding: mapped``)
+
+
+def in_context_means(vocabulary: pd.DataFrame, layer: int, train_entries: Mapping[str, str | os.PathLike] | None,
+                     hidden: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each vocabulary word's mean in-context state at ``layer`` over the training stories ``(n_vocab, hidden)``, and which words occur."""
+    from .store import read_entry
+
+    index = {word: i for i, word in enumerate(vocabulary["word"])}
+    sums, counts = np.zeros((len(vocabulary), hidden)), np.zeros(len(vocabulary))
+    for story, entry_path in sorted((train_entries or {}).items()):
+        entry = read_entry(entry_path, layers=[layer])
+        for word, state in zip(entry.words, entry.layers[layer]):
+            i = index.get(normalise_word(word))
+            if i is not None:
+                sums[i] += state
+                counts[i] += 1
+    heard = counts > 0
+    sums[heard] /= counts[heard, None]
+    return sums, heard
+
+
 def vocabulary_features(vocabulary_manifest: str | os.PathLike, vocabulary_tsv: str | os.PathLike, layer: int, embedding: str,
                         train_entries: Mapping[str, str | os.PathLike] | None = None) -> np.ndarray:
     """``(n_vocab, hidden)`` text features of the vocabulary at ``layer``, z-scored per column over the vocabulary.
 
     ``embedding: alone`` — each word read alone; ``context`` — words heard in the training
     stories take the mean of their in-context states there (``train_entries``: story →
-    feature-store entry or manifest), the others stay alone.
+    feature-store entry or manifest), the others stay alone; ``mapped`` — every word's alone
+    state through one linear map to the in-context space, a ridge (intercept, α by
+    leave-one-out over ``MAPPED_ALPHAS``) fitted on the words heard in the training stories
+    (alone state → mean in-context state), so heard and unheard words are treated alike.
     """
+    from sklearn.linear_model import RidgeCV
+
     from .align import zscore_columns
     from .store import read_entry
 
     vocabulary = read_vocabulary(vocabulary_tsv)
     features = read_entry(vocabulary_manifest, words_tsv=vocabulary_tsv, layers=[layer]).layers[layer].astype(np.float64)
-    if embedding == "context":
-        index = {word: i for i, word in enumerate(vocabulary["word"])}
-        sums, counts = np.zeros_like(features), np.zeros(len(features))
-        for story, entry_path in sorted((train_entries or {}).items()):
-            entry = read_entry(entry_path, layers=[layer])
-            for word, state in zip(entry.words, entry.layers[layer]):
-                i = index.get(normalise_word(word))
-                if i is not None:
-                    sums[i] += state
-                    counts[i] += 1
-        heard = counts > 0
-        features[heard] = sums[heard] / counts[heard, None]
-        log.info("context embedding: %d of %d vocabulary words from their training-story contexts", heard.sum(), len(features))
+    if embedding in ("context", "mapped"):
+        means, heard = in_context_means(vocabulary, layer, train_entries, features.shape[1])
+        if embedding == "context":
+            features[heard] = means[heard]
+            log.info("context embedding: %d of %d vocabulary words from their training-story contexts", heard.sum(), len(features))
+        else:
+            if heard.sum() < 2:
+                raise InputError(vocabulary_tsv, f"decoding.words.embedding is mapped, but only {int(heard.sum())} vocabulary words "
+                                 "occur in the training stories.", "use embedding: alone, or check the vocabulary and the stories.")
+            fit = RidgeCV(alphas=MAPPED_ALPHAS).fit(features[heard], means[heard])
+            log.info("mapped embedding: ridge (α %g, R² on its %d training words %.3f) from single-word to in-context states, "
+                     "applied to all %d vocabulary words", fit.alpha_, heard.sum(), fit.score(features[heard], means[heard]), len(features))
+            features = fit.predict(features)
     return zscore_columns(features)
