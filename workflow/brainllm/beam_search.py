@@ -52,7 +52,7 @@ from tqdm import tqdm
 from .align import _story_grid, align_story, lanczos_matrix, read_aligned, tr_times
 from .brainlora import truncate_to_layer
 from .contrastive import read_responses
-from .encoding import alpha_grid, build_design, fit_ridge
+from .encoding import alpha_grid, build_design, fit_ridge, story_folds
 from .features import Window, per_word_windows, run_windows
 from .generation import load_causal_lm
 from .group import chosen_layer
@@ -129,29 +129,16 @@ class ResponseModel:
 RESIDUAL_FOLDS = 5  # folds of whole training stories for the noise covariance's held-out residuals
 
 
-def story_folds(story_lengths: Sequence[int], n_folds: int = RESIDUAL_FOLDS) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``[(train_rows, test_rows)]``: the stories in ``min(n_folds, n_stories)`` groups of consecutive stories, each held out once."""
-    if len(story_lengths) < 2:
-        raise ValueError(f"held-out residuals need at least 2 training stories, got {len(story_lengths)}")
-    bounds = np.concatenate([[0], np.cumsum(story_lengths)])
-    rows = np.arange(bounds[-1])
-    folds = []
-    for group in np.array_split(np.arange(len(story_lengths)), min(n_folds, len(story_lengths))):
-        test = np.arange(bounds[group[0]], bounds[group[-1] + 1])
-        folds.append((np.setdiff1d(rows, test, assume_unique=True), test))
-    return folds
-
-
 def held_out_predictions(X: np.ndarray, Y: np.ndarray, story_lengths: Sequence[int], alphas: np.ndarray) -> np.ndarray:
-    """Ridge predictions ``(n_rows, n_voxels)`` of every story by the model fitted without its fold (:func:`story_folds`),
-    each voxel at its own ``alphas`` value (no intercept). Dual (one ``XX'``) when there are no more rows than
+    """Ridge predictions ``(n_rows, n_voxels)`` of every story by the model fitted without its fold (:func:`brainllm.encoding.story_folds`,
+    ``RESIDUAL_FOLDS``), each voxel at its own ``alphas`` value (no intercept). Dual (one ``XX'``) when there are no more rows than
     features, else primal (one ``X'X``); each fold takes its block or subtracts its own rows."""
     X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
     predictions = np.empty_like(Y)
     dual = X.shape[0] <= X.shape[1]
     gram = X @ X.T if dual else X.T @ X
     XtY = None if dual else X.T @ Y
-    for train, test in story_folds(story_lengths):
+    for train, test in story_folds(story_lengths, RESIDUAL_FOLDS):
         if dual:  # W = X'(XX' + αI)⁻¹Y
             eigenvalues, U = np.linalg.eigh(gram[np.ix_(train, train)])
             left, right = gram[np.ix_(test, train)] @ U, U.T @ Y[train]

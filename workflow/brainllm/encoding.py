@@ -101,21 +101,27 @@ def grid_edges(chosen: np.ndarray, grid: np.ndarray, name: str = "alpha") -> dic
     return fractions
 
 
-def leave_one_story_out(story_lengths: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Cross-validation splits ``[(train_rows, validation_rows)]``, one per story.
+def story_folds(story_lengths: Sequence[int], n_folds: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cross-validation splits ``[(train_rows, held_out_rows)]`` of whole stories.
 
-    Rows are the concatenated training stories in order; each split validates on one whole
-    story and trains on the others (never random TR folds, which leak through autocorrelation).
+    Rows are the concatenated stories in order; the stories fall in ``min(n_folds, n_stories)``
+    groups of consecutive stories (``None``: one per story), each held out once (never random
+    TR folds, which leak through autocorrelation).
     """
     if len(story_lengths) < 2:
-        raise ValueError(f"leave-one-story-out needs at least 2 training stories, got {len(story_lengths)}")
+        raise ValueError(f"cross-validation by story needs at least 2 training stories, got {len(story_lengths)}")
     bounds = np.concatenate([[0], np.cumsum(story_lengths)])
     all_rows = np.arange(bounds[-1])
     splits = []
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        validation = np.arange(start, stop)
-        splits.append((np.setdiff1d(all_rows, validation, assume_unique=True), validation))
+    for group in np.array_split(np.arange(len(story_lengths)), min(n_folds or len(story_lengths), len(story_lengths))):
+        held_out = np.arange(bounds[group[0]], bounds[group[-1] + 1])
+        splits.append((np.setdiff1d(all_rows, held_out, assume_unique=True), held_out))
     return splits
+
+
+def leave_one_story_out(story_lengths: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cross-validation splits ``[(train_rows, validation_rows)]``, one per story (:func:`story_folds`)."""
+    return story_folds(story_lengths)
 
 
 def resolve_backend(name: str = "auto") -> str:
