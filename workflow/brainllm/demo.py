@@ -12,7 +12,7 @@ The planted signal of a voxel is ONE layer of the packaged MiniLM, computed here
 plain path (one unbatched forward pass per word over its own window of the previous
 ``CONTEXT_WORDS`` words, the state of the word's last sub-token), Lanczos-resampled to the
 TR grid, z-scored over the kept TRs, delayed by 1–4 TRs with fixed weights and mixed by
-a random rank-8 map inside the features' leading principal subspace; voxels load on it
+a random rank-32 map inside the features' leading principal subspace; voxels load on it
 mostly alike across subjects (on their common grid), so responses correlate between
 subjects where both are planted. Noise is Gaussian and
 autocorrelated (AR(1), coefficient drawn per voxel in ``NOISE_AR1_RANGE``, as in fMRI),
@@ -63,12 +63,14 @@ SUBJECT_PLANTED_LAYER = {"UTS08": 5}
 CONTEXT_WORDS = 20
 DELAYS_TRS = (1, 2, 3, 4)
 DELAY_WEIGHTS = (0.5, 1.0, 0.7, 0.3)
-MIXING_RANK = 8
+# Each TR carries MIXING_RANK numbers about the words heard; telling one word from tens of
+# thousands (word classification, generation) needs more than a few.
+MIXING_RANK = 32
 OWN_LOADING_WEIGHT = 0.5  # a subject's own part of its voxel loadings (the rest is shared: loadings correlate 0.75)
 # The planted map lies in the span of the leading principal axes of the planted layer's
 # (delayed) training features: responses follow the representation's dominant directions,
 # which ~700 training TRs recover well (an isotropic map in 384 dimensions recovers poorly).
-PLANTED_SUBSPACE_PCS = 20
+PLANTED_SUBSPACE_PCS = 64
 LANCZOS_WINDOW = 3
 LANCZOS_CUTOFF_MULT = 1.0
 

@@ -5,7 +5,9 @@ the stories' language (``wordfreq``'s top-N words; ``decoding.words.vocabulary.l
 by default ``dataset.language``) and any user word files, normalised (lower case,
 surrounding punctuation and symbols of any script removed), sorted and unique. Its text features are the words
 read by the same LLM alone (``context_words: 1``), kept in the feature store like a
-story (one entry per model and settings, every layer, shared between runs).
+story (one entry per model and settings, every layer, shared between runs), and by default
+mapped into the in-context space by one ridge fitted on the training stories' words
+(``decoding.words.embedding``, :func:`vocabulary_features`).
 
 Classification (:func:`classify_words`): each held-out word is assigned the contrastive
 pair whose text TRs contain its midpoint (the TR grid of the alignment); that pair's
@@ -74,7 +76,7 @@ class WordDecodingSettings:
     language: str = "en"
     dataset_words: bool = True
     files: tuple[str, ...] = ()
-    embedding: str = "alone"
+    embedding: str = "mapped"
     top_k: tuple[int, ...] = (1, 10)
     prior_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
     block_trs: int = 10
