@@ -101,6 +101,11 @@ def test_contrastive_decoding_reads_segments_and_words(demo_run, subject, mode, 
     assert row[f"{prefix}words_percentile_rank"] == pytest.approx(brain["mean_percentile_rank"])
 
 
+def _train_entries(workdir):
+    """The training stories' feature-store manifests (the vocabulary's default ``mapped`` embedding is fitted on them)."""
+    return {story: workdir / RESULTS / "features" / MODEL / f"{story}.json" for story in CONFIG["dataset"]["train_stories"]}
+
+
 def _noise_responses(workdir, subject, tmp_path):
     """The demo's pure-noise voxels of ``subject`` (neither planted layer nor emotion) and a copy of its responses holding only them."""
     import h5py
@@ -161,7 +166,7 @@ def test_ridge_decoder_on_noise_voxels_is_at_chance(demo_run, tmp_path):
         demo_run / RESULTS / "decoding" / "vocabulary" / "words.tsv", demo_run / RESULTS / "decoding" / "vocabulary" / f"model-{MODEL}.json",
         encoding_dir / f"sub-{subject}_model-{MODEL}_layers.tsv", {layer: tmp_path / "scores.tsv"}, CONFIG["dataset"]["train_stories"],
         CONFIG["dataset"]["test_stories"], CONFIG["encoding"]["delays"], alpha_grid(), 0.1, 20,
-        WordDecodingSettings.from_config(CONFIG["decoding"]["words"]), out,
+        WordDecodingSettings.from_config(CONFIG["decoding"]["words"]), out, train_entries=_train_entries(demo_run),
     )
     assert abs(summary["brain"]["mean_percentile_rank"] - 0.5) < 0.08 and summary["brain"]["p"] > 0.01, summary["brain"]
     assert summary["gain_over_frequency"]["ci_low"] <= 0.002, summary["gain_over_frequency"]
@@ -188,7 +193,7 @@ def test_noise_voxels_decode_words_at_chance(demo_run, tmp_path):
         config_json=run["config.json"], weights=run["model.safetensors"], features_h5=features, responses_h5=noise_h5,
         words_tsvs={s: demo_run / RESULTS / "ingest" / "stories" / s / "words.tsv" for s in stories},
         vocabulary_tsv=demo_run / RESULTS / "decoding" / "vocabulary" / "words.tsv",
-        vocabulary_manifest=demo_run / RESULTS / "decoding" / "vocabulary" / f"model-{MODEL}.json", train_entries={},
+        vocabulary_manifest=demo_run / RESULTS / "decoding" / "vocabulary" / f"model-{MODEL}.json", train_entries=_train_entries(demo_run),
         identification=decoding.IdentificationSettings(segment_trs=(10,), n_permutations=500),
         words=WordDecodingSettings.from_config(CONFIG["decoding"]["words"]), out=out,
     )

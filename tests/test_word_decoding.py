@@ -318,7 +318,7 @@ def _vocabulary_entries(tmp_path, rng, n_vocab=60, n_heard=40, hidden=8):
 
 def test_vocabulary_features_alone_context_and_mapped(tmp_path):
     from brainllm.align import zscore_columns
-    from brainllm.store import read_entry
+    from brainllm.store import read_entry, write_entry
 
     rng = np.random.default_rng(11)
     tsv, entry, stories, alone, mixing, bias = _vocabulary_entries(tmp_path, rng)
@@ -339,8 +339,12 @@ def test_vocabulary_features_alone_context_and_mapped(tmp_path):
     unheard = counts == 0
     assert unheard.sum() >= 15
     assert np.corrcoef(mapped[unheard].ravel(), planted[unheard].ravel())[0, 1] > 0.99
-    with pytest.raises(InputError, match="mapped"):
+    with pytest.raises(InputError, match="mapped, which needs the training stories' features"):
         wd.vocabulary_features(entry, tsv, 1, "mapped", {})
+    elsewhere = tmp_path / "elsewhere.h5"  # a training story none of whose words is in the vocabulary
+    write_entry(elsewhere, [np.zeros((3, alone.shape[1]))] * 2, ["x", "y", "z"], np.arange(3.0), np.arange(3.0) + 0.5, {})
+    with pytest.raises(InputError, match="only 0 vocabulary words occur in the training stories"):
+        wd.vocabulary_features(entry, tsv, 1, "mapped", {"s9": elsewhere})
 
 
 def test_word_embedding_setting_is_checked():

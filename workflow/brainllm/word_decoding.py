@@ -638,6 +638,9 @@ def vocabulary_features(vocabulary_manifest: str | os.PathLike, vocabulary_tsv: 
     vocabulary = read_vocabulary(vocabulary_tsv)
     features = read_entry(vocabulary_manifest, words_tsv=vocabulary_tsv, layers=[layer]).layers[layer].astype(np.float64)
     if embedding in ("context", "mapped"):
+        if not train_entries:
+            raise InputError(vocabulary_tsv, f"decoding.words.embedding is {embedding}, which needs the training stories' features; none were given.",
+                             "pass the training stories' feature manifests, or use embedding: alone.")
         means, heard = in_context_means(vocabulary, layer, train_entries, features.shape[1])
         if embedding == "context":
             features[heard] = means[heard]
