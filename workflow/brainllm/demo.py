@@ -70,7 +70,7 @@ OWN_LOADING_WEIGHT = 0.5  # a subject's own part of its voxel loadings (the rest
 # The planted map lies in the span of the leading principal axes of the planted layer's
 # (delayed) training features: responses follow the representation's dominant directions,
 # which ~700 training TRs recover well (an isotropic map in 384 dimensions recovers poorly).
-PLANTED_SUBSPACE_PCS = 64
+PLANTED_SUBSPACE_PCS = 32
 LANCZOS_WINDOW = 3
 LANCZOS_CUTOFF_MULT = 1.0
 
