@@ -66,10 +66,10 @@ GROUP_DEMO_NEEDED = pytest.StashKey[bool]()
 DEMO_TIMEOUT_S = 2700  # stops a hung run only
 GROUP_DEMO_CONFIG = "config/demo_group.yaml"
 # The group tests' share of it, on the demo run's dataset and feature store: seven subjects, UTS08 among them
-# (with six, the sign-flip test shows the layer UTS08 prefers worse for the group after Holm only when UTS08's
-# gain there is smaller than every other subject's loss: p ≥ 2 · 2^-6; with seven, p = k · 2^-7 < 0.05 for up
-# to five such subjects); three layers (the planted ones and one below); shorter contrastive training; the
-# group tables, ISC and shared encoder (the transfer and the report are tested on the default run).
+# (the exact sign-flip p of the layer UTS08 prefers is k · 2^-n, k the sign patterns summing no higher than the
+# one observed: 2 when UTS08's gain there is below every other subject's loss, more otherwise; after Holm six
+# subjects need k ≤ 3, seven k ≤ 6); three layers (the planted ones and one below); shorter contrastive
+# training; the group tables, ISC and shared encoder (the transfer and the report are tested on the default run).
 GROUP_DEMO_SUBJECTS = ["UTS02", "UTS03", "UTS04", "UTS05", "UTS06", "UTS07", "UTS08"]
 GROUP_DEMO_OVERRIDE = {
     "demo": {"generate": False},
