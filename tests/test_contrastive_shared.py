@@ -56,14 +56,21 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single_runs(data, tmp_path_factory):
-    """The single-subject contrastive model of every subject (config.json, model.safetensors)."""
+    """The single-subject contrastive model of every subject (config.json, model.safetensors); S02's reads half
+    its voxels (contrastive.voxel_fraction), which its scoring beside the shared model must read too."""
     runs = {}
     for subject in SUBJECTS:
         out = tmp_path_factory.mktemp(f"single_{subject}")
+        cfg, scores = FAST, None
+        if subject == "S02":
+            cfg, scores = {**FAST, "voxel_fraction": 0.5}, out / "scores.tsv"
+            r_val = np.random.default_rng(1).uniform(size=N_VOXELS[subject])
+            pd.DataFrame({"voxel": np.arange(N_VOXELS[subject]), "r_val": r_val}).to_csv(scores, sep="\t", index=False)
         contrastive.run_contrastive(
             data["features"][subject], data["responses"][subject], subject=subject, model_name="tiny", layer=3,
-            train_stories=TRAIN, test_stories=TEST, contrastive_cfg=FAST, curves_tsv=out / "curves.tsv", config_json=out / "config.json",
+            train_stories=TRAIN, test_stories=TEST, contrastive_cfg=cfg, curves_tsv=out / "curves.tsv", config_json=out / "config.json",
             weights_safetensors=out / "model.safetensors", retrieval_json=out / "retrieval.json", checkpoint_dir=out / "checkpoint",
+            scores_tsv=scores,
         )
         runs[subject, 3] = (out / "config.json", out / "model.safetensors")
     return runs
@@ -206,12 +213,12 @@ def test_the_section_needs_the_contrastive_section():
 def test_schema_lists_the_shared_keys_and_the_training_keys_without_defaults():
     import yaml
 
-    from brainllm.contrastive_settings import DEFAULTS, PAIR_KEYS, SHARED_ENCODER_KEYS
+    from brainllm.contrastive_settings import DEFAULTS, PAIR_KEYS, SHARED_ENCODER_KEYS, SINGLE_RUN_KEYS
 
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
     properties = schema["properties"]["group"]["properties"]["shared_encoder"]["properties"]
     assert {key: spec["default"] for key, spec in properties.items() if "default" in spec} == SHARED_ENCODER_KEYS
-    assert set(properties) - set(SHARED_ENCODER_KEYS) == set(DEFAULTS) - set(PAIR_KEYS) - {"lora"}
+    assert set(properties) - set(SHARED_ENCODER_KEYS) == set(DEFAULTS) - set(PAIR_KEYS) - set(SINGLE_RUN_KEYS) - {"lora"}
 
 
 @pytest.mark.workflow

@@ -15,6 +15,16 @@ Stories are split into train / validation / test: the test stories of the datase
 held out, one training story (``validation_story``) selects the epoch (early stopping on
 validation top-1 brain→text retrieval) and the rest train.
 
+Word objective (``words.enabled``, frozen-feature mode): each training word heard inside a
+pair is also paired with that pair's brain window, its text side the word's vocabulary
+features (:func:`brainllm.word_decoding.vocabulary_features`, the features word
+classification scores against), and ``words.weight`` × the InfoNCE of these word pairs
+(the copies of one word in a batch are all its positives) joins the loss. The brain
+embeddings are then centred (:class:`BatchCentring`), so that no word can gain from a fixed
+brain direction, a prior that needs no brain, and the epoch is chosen by the validation
+words' mean percentile rank among the whole vocabulary. ``voxel_fraction`` keeps the
+voxels the encoding model predicts best on validation data (its ``r_val``) as brain inputs.
+
 Checkpoints are safetensors + JSON only. A run writes its resumable state to
 ``checkpoint/`` after every epoch (weights, optimizer moments, best weights, curves) and
 a rerun with the same recipe continues from there; random draws are seeded per epoch
@@ -31,7 +41,7 @@ import os
 import shutil
 import platform
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +67,13 @@ __all__ = [
     "segment_starts",
     "window_rows",
     "PairData",
+    "WordTargets",
     "build_pair_data",
+    "select_voxels",
+    "attach_words",
     "load_pairs",
     "Tower",
+    "BatchCentring",
     "ContrastiveModel",
     "mixing_matrix",
     "contrastive_targets",
@@ -69,6 +83,7 @@ __all__ = [
     "training_step",
     "train",
     "evaluate",
+    "VocabularyInputs",
     "run_contrastive",
     "load_frozen_model",
 ]
@@ -123,6 +138,7 @@ class PairData:
     text: np.ndarray | None = None
     text_rows: np.ndarray | None = None
     tokens: list | None = None
+    words: "WordTargets | None" = None
     _device_cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -156,6 +172,10 @@ class PairData:
         if self.text is not None:
             self._device_cache["text"] = torch.as_tensor(self.text, dtype=torch.float32, device=device)
             self._device_cache["text_rows"] = torch.as_tensor(self.text_rows, device=device)
+        if self.words is not None:
+            self._device_cache["word_pair"] = torch.as_tensor(self.words.pair, device=device)
+            self._device_cache["word_index"] = torch.as_tensor(self.words.vocabulary_index, device=device)
+            self._device_cache["vocabulary_text"] = torch.as_tensor(self.words.vocabulary_text, dtype=torch.float32, device=device)
         return self
 
     def brain_batch(self, index: torch.Tensor) -> torch.Tensor:
@@ -169,6 +189,34 @@ class PairData:
         if self.tokens is not None:
             return [self.tokens[i] for i in index.tolist()]
         return self._device_cache["text"][self._device_cache["text_rows"][index]].mean(1)
+
+    def with_voxels(self, voxels: Sequence[int]) -> "PairData":
+        """The same pairs on the columns ``voxels`` of the responses (call :meth:`to` before batching)."""
+        return replace(self, responses=self.responses[:, np.asarray(voxels, dtype=np.int64)], _device_cache={})
+
+    @property
+    def n_words(self) -> int:
+        return 0 if self.words is None else len(self.words.pair)
+
+    def word_batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Words ``index``: their pairs' brain inputs, their vocabulary features and vocabulary indices."""
+        cache = self._device_cache
+        vocabulary_index = cache["word_index"][index]
+        return self.brain_batch(cache["word_pair"][index]), cache["vocabulary_text"][vocabulary_index], vocabulary_index
+
+    def vocabulary_text(self) -> torch.Tensor:
+        """Text features of every vocabulary word ``(n_vocab, hidden)``."""
+        return self._device_cache["vocabulary_text"]
+
+
+@dataclass
+class WordTargets:
+    """The words heard inside a split's pairs (word objective): each word's pair and vocabulary index,
+    and the text features of the whole vocabulary ``(n_vocab, hidden)``."""
+
+    pair: np.ndarray
+    vocabulary_index: np.ndarray
+    vocabulary_text: np.ndarray
 
 
 def build_pair_data(
@@ -238,24 +286,77 @@ def build_pair_data(
     return data
 
 
-def read_responses(path: str | os.PathLike, stories: Sequence[str]) -> dict[str, np.ndarray]:
-    """``{story: (n_trs, n_voxels)}`` from a preprocessed ``responses.h5``, with clear errors."""
+def read_responses(path: str | os.PathLike, stories: Sequence[str], voxels: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """``{story: (n_trs, n_voxels)}`` from a preprocessed ``responses.h5`` (``voxels``: the columns kept, all by default), with clear errors."""
     out = {}
     with open_h5(path) as h5:
         for story in stories:
             if story not in h5 or "data" not in h5[story]:
                 raise InputError(path, f"no responses for story {story!r} (found: {', '.join(sorted(h5)) or 'none'}).", "re-run the preprocess rule.")
-            out[story] = h5[story]["data"][()]
+            data = h5[story]["data"][()]
+            out[story] = data if voxels is None else data[:, np.asarray(voxels, dtype=np.int64)]
     return out
 
 
-def load_pairs(features_h5, responses_h5, layer: int, split: Mapping[str, Sequence[str]], settings: Mapping) -> dict[str, PairData]:
-    """Frozen-feature pairs for each split from an alignment file and a responses file."""
+def response_width(path: str | os.PathLike) -> int:
+    """Voxels per TR of a preprocessed ``responses.h5``."""
+    with open_h5(path) as h5:
+        widths = {h5[story]["data"].shape[1] for story in h5 if "data" in h5[story]}
+    if len(widths) != 1:
+        raise InputError(path, f"the stories have voxel counts {sorted(widths)}.", "re-run the preprocess rule with one mask.")
+    return widths.pop()
+
+
+def select_voxels(scores_tsv: str | os.PathLike, fraction: float, n_voxels: int) -> np.ndarray:
+    """Sorted indices of the top ``fraction`` of voxels by the encoding model's validation r (``r_val`` of a scores.tsv)."""
+    from .inference import top_voxels
+
+    scores = pd.read_csv(scores_tsv, sep="\t")
+    if "r_val" not in scores.columns:
+        raise InputError(scores_tsv, "no r_val column (validation r).", "rerun the encoding rule.")
+    if len(scores) != n_voxels:
+        raise InputError(scores_tsv, f"{len(scores)} voxels, but the responses have {n_voxels}.",
+                         "rerun the encoding rule on these responses.")
+    return np.sort(top_voxels(scores["r_val"].to_numpy(), fraction))
+
+
+def attach_words(pairs: PairData, responses_h5: str | os.PathLike, words_tsvs: Mapping[str, str | os.PathLike],
+                 vocabulary: pd.DataFrame, vocabulary_text: np.ndarray) -> PairData:
+    """``pairs`` with :class:`WordTargets`: every word of its stories whose midpoint falls in a pair's text TRs
+    and that the vocabulary holds (``vocabulary_text`` its features, one row per vocabulary word)."""
+    from .io import read_words
+    from .word_decoding import normalise_word, word_rows
+
+    index = {word: i for i, word in enumerate(vocabulary["word"])}
+    with open_h5(responses_h5) as h5:
+        grids = {story: dict(h5[story].attrs) for story in pairs.stories}
+    pair_index, vocabulary_index, offset = [], [], 0
+    for story in pairs.stories:
+        if story not in words_tsvs:
+            raise InputError(responses_h5, f"no words.tsv given for story {story!r}.", "pass every training story's words.")
+        starts = pairs.pair_start[pairs.pair_story == story]
+        words = read_words(words_tsvs[story])
+        pair = word_rows(words, float(grids[story]["tr"]), int(grids[story]["trim_start"]), starts, pairs.text_rows.shape[1])
+        known = np.array([index.get(normalise_word(word), -1) for word in words["word"]], dtype=np.int64)
+        kept = (pair >= 0) & (known >= 0)
+        pair_index.append(pair[kept] + offset)
+        vocabulary_index.append(known[kept])
+        offset += len(starts)
+    pairs.words = WordTargets(np.concatenate(pair_index), np.concatenate(vocabulary_index), np.asarray(vocabulary_text, dtype=np.float32))
+    if pairs.n_words < 2:
+        raise InputError(words_tsvs[pairs.stories[0]], f"only {pairs.n_words} words of {pairs.stories} fall inside pairs and the vocabulary.",
+                         "check the stories' words.tsv, or set contrastive.words.enabled: false.")
+    return pairs
+
+
+def load_pairs(features_h5, responses_h5, layer: int, split: Mapping[str, Sequence[str]], settings: Mapping,
+               voxels: np.ndarray | None = None) -> dict[str, PairData]:
+    """Frozen-feature pairs for each split from an alignment file and a responses file (``voxels``: the columns kept, all by default)."""
     source = f"{features_h5} + {responses_h5}"
     out = {}
     for name, stories in split.items():
         features = read_aligned(features_h5, stories, layer)
-        responses = read_responses(responses_h5, stories)
+        responses = read_responses(responses_h5, stories, voxels)
         out[name] = build_pair_data(responses, stories, settings, text=features, source=source)
         log.info("%s: %d pairs from %s", name, out[name].n_pairs, ", ".join(stories))
     return out
@@ -300,20 +401,40 @@ class Tower(nn.Module):
         return self.net(x)
 
 
+class BatchCentring(nn.Module):
+    """Subtracts the mean embedding: the batch's in training, while tracking it (momentum 0.1, as
+    batch normalisation does), and the tracked mean in evaluation. The mean is saved with the weights."""
+
+    def __init__(self, width: int, momentum: float = 0.1):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("mean", torch.zeros(width))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.training and len(h) > 1:
+            batch_mean = h.mean(0)
+            with torch.no_grad():
+                self.mean.lerp_(batch_mean.detach(), self.momentum)
+            return h - batch_mean
+        return h - self.mean
+
+
 class ContrastiveModel(nn.Module):
     """Brain encoder + text tower + text projector into a shared space, and the CLIP logit scale.
 
     ``text_tower`` maps a batch of text inputs to ``(batch, text_dim)`` (identity for
     frozen features, the adapted LLM in the LoRA mode). The logit scale is stored as a
     log and clamped to [0, log(logit_scale_max)] after each optimizer step.
+    ``centre_brain`` centres the brain encoder's outputs (:class:`BatchCentring`; the word objective).
     """
 
     def __init__(
-        self, brain_dim: int, text_dim: int, settings: Mapping, text_tower: nn.Module | None = None,
+        self, brain_dim: int, text_dim: int, settings: Mapping, text_tower: nn.Module | None = None, centre_brain: bool = False,
     ):
         super().__init__()
         shared = int(settings["shared_dim"])
         self.brain_encoder = Tower(brain_dim, shared, **settings["brain_encoder"])
+        self.brain_centring = BatchCentring(shared) if centre_brain else None
         self.text_tower = text_tower if text_tower is not None else nn.Identity()
         self.text_projector = Tower(text_dim, shared, **settings["text_projector"])
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / settings["temperature_init"])))
@@ -321,7 +442,10 @@ class ContrastiveModel(nn.Module):
 
     def encode_brain(self, brain: torch.Tensor) -> torch.Tensor:
         """Unit-norm brain embeddings ``(batch, shared_dim)``."""
-        return F.normalize(self.brain_encoder(brain), dim=-1)
+        embedding = self.brain_encoder(brain)
+        if self.brain_centring is not None:
+            embedding = self.brain_centring(embedding)
+        return F.normalize(embedding, dim=-1)
 
     def text_features(self, text_inputs) -> torch.Tensor:
         """Text-tower output before projection ``(batch, text_dim)``."""
@@ -376,6 +500,13 @@ def contrastive_targets(
     return brain_to_text, text_to_brain / text_to_brain.sum(1, keepdim=True)
 
 
+def word_targets(vocabulary_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets of a batch of word pairs: every copy of a brain's word is a positive, equally weighted (both directions alike)."""
+    same = (vocabulary_index[:, None] == vocabulary_index[None, :]).float()
+    targets = same / same.sum(1, keepdim=True)
+    return targets, targets
+
+
 def info_nce(
     brain_emb: torch.Tensor,
     text_emb: torch.Tensor,
@@ -408,13 +539,20 @@ def cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float) ->
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def _saved_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters and the tracked means of :class:`BatchCentring` modules, by name."""
+    tensors = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    tensors.update({f"{name}.mean": module.mean for name, module in model.named_modules() if isinstance(module, BatchCentring)})
+    return tensors
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable parameters by name, detached CPU copies (base LLM weights are not included)."""
-    return {name: p.detach().to("cpu", copy=True).contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    """Trainable parameters (and centring means) by name, detached CPU copies (base LLM weights are not included)."""
+    return {name: p.detach().to("cpu", copy=True).contiguous() for name, p in _saved_tensors(model).items()}
 
 
 def load_trainable_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    params = _saved_tensors(model)
     if set(params) != set(state):
         missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
         raise InputError(path, f"checkpoint does not fit the model (missing {missing[:5]}, unexpected {extra[:5]}).", "delete the checkpoint directory.")
@@ -573,6 +711,20 @@ def evaluate(
     }
 
 
+@torch.no_grad()
+def word_percentile(model: ContrastiveModel, data: PairData, batch_size: int) -> float:
+    """Mean percentile rank of each word of ``data`` (:class:`WordTargets`) among the whole vocabulary, by the cosine of its pair's brain embedding."""
+    from .word_decoding import percentile_of_true
+
+    brain, _, _ = embed(model, data, batch_size)
+    was_training = model.training
+    model.eval()
+    vocabulary = model.encode_text(data.vocabulary_text())
+    model.train(was_training)
+    similarity = (brain[torch.as_tensor(data.words.pair, device=brain.device)] @ vocabulary.T).cpu().numpy()
+    return float(percentile_of_true(similarity, data.words.vocabulary_index).mean())
+
+
 @dataclass
 class TrainResult:
     curves: pd.DataFrame
@@ -603,9 +755,11 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
 def training_step(
     model: ContrastiveModel, optimizer: torch.optim.Optimizer, brain: torch.Tensor, text_inputs,
     soft_temperature: float | None = None, mixing: torch.Tensor | None = None,
+    words: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None, word_weight: float = 1.0,
 ) -> float:
     """One AdamW step on a batch: brain inputs ``(batch, brain_dim)`` (mixed by ``mixing`` when given),
-    text inputs for the text tower; returns the loss."""
+    text inputs for the text tower, and optionally word pairs (:meth:`PairData.word_batch`) whose
+    InfoNCE (:func:`word_targets`) joins the loss with ``word_weight``; returns the loss."""
     if mixing is not None:
         brain = mixing @ brain
     text_features = model.text_features(text_inputs)
@@ -613,6 +767,10 @@ def training_step(
     if soft_temperature is not None or mixing is not None:
         targets = contrastive_targets(text_features, soft_temperature, mixing)
     loss = info_nce(model.encode_brain(brain), model.encode_text(text_features), model.scale(), targets)
+    if words is not None:
+        word_brain, word_text, vocabulary_index = words
+        loss = loss + word_weight * info_nce(model.encode_brain(word_brain), model.encode_text(word_text), model.scale(),
+                                             word_targets(vocabulary_index))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -632,7 +790,9 @@ def train(
     patience: int,
     step_callback: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train on ``data["train"]`` with early stopping on ``data["validation"]`` top-1 brain→text.
+    """Train on ``data["train"]`` with early stopping on ``data["validation"]`` top-1 brain→text, or,
+    when the splits carry words (:func:`attach_words`), on the validation words' mean percentile rank
+    among the vocabulary (:func:`word_percentile`), the word objective then joining the loss.
 
     Each split is a PairData, or ``{subject: PairData}`` for a
     :class:`~brainllm.contrastive_shared.SharedEncoderModel` (every batch one subject's pairs,
@@ -686,6 +846,9 @@ def _train(model, data, settings, checkpoint, *, epochs, batch_size, lr, patienc
     seed = int(settings["seed"])
     train_sources, validation_sources = _subject_sources(model, data["train"]), _subject_sources(model, data["validation"])
     device = model.logit_scale.device
+    word_pairs = data["train"] if isinstance(data["train"], PairData) and data["train"].words is not None else None
+    word_weight = float(settings["words"]["weight"])
+    criterion = "validation word percentile" if word_pairs is not None else "validation top-1 brain→text"
     steps_per_epoch = len(_epoch_batches(train_sources, batch_size, None))
     total_steps = epochs * steps_per_epoch
     warmup_steps = max(1, round(float(settings["warmup_fraction"]) * total_steps))
@@ -701,7 +864,7 @@ def _train(model, data, settings, checkpoint, *, epochs, batch_size, lr, patienc
     state = checkpoint.load()
     best_weights = None
     if state is None:
-        state = {"epoch": 0, "step": 0, "best": {"epoch": 0, "top1": -1.0, "loss": math.inf}, "since_best": 0, "curves": [], "stopped_early": False}
+        state = {"epoch": 0, "step": 0, "best": {"epoch": 0, "score": -1.0, "loss": math.inf}, "since_best": 0, "curves": [], "stopped_early": False}
         resumed_from = 0
     else:
         best_weights = checkpoint.restore(state, model, optimizer)
@@ -716,7 +879,9 @@ def _train(model, data, settings, checkpoint, *, epochs, batch_size, lr, patienc
         rng = np.random.default_rng(_epoch_seed(seed, epoch))
         model.train()
         epoch_losses = []
-        for source, index in _epoch_batches(train_sources, batch_size, rng):
+        batches = _epoch_batches(train_sources, batch_size, rng)
+        word_batches = torch.tensor_split(torch.as_tensor(rng.permutation(word_pairs.n_words)), len(batches)) if word_pairs is not None else None
+        for number, (source, index) in enumerate(batches):
             _, source_model, pairs = train_sources[source]
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(state["step"], total_steps, warmup_steps, lr)
@@ -725,8 +890,10 @@ def _train(model, data, settings, checkpoint, *, epochs, batch_size, lr, patienc
                 mix_lambda = torch.as_tensor(rng.beta(mixup["beta"], mixup["beta"], len(index)), dtype=torch.float32, device=device)
                 mix_index = torch.as_tensor(rng.permutation(len(index)), device=device)
                 mixing = mixing_matrix(mix_index, mix_lambda)
+            words = word_pairs.word_batch(word_batches[number].to(device)) if word_batches is not None and len(word_batches[number]) > 1 else None
             loss = training_step(
                 source_model, optimizer, pairs.brain_batch(index.to(device)), pairs.text_batch(index.to(device)), soft_temperature, mixing,
+                words, word_weight,
             )
             state["step"] += 1
             epoch_losses.append(loss)
@@ -745,26 +912,30 @@ def _train(model, data, settings, checkpoint, *, epochs, batch_size, lr, patienc
             "validation_top5_text_to_brain": validation["text_to_brain"]["top5"],
             "validation_chance_top1": validation["chance"]["top1"],
         }
+        if word_pairs is not None:
+            row["validation_word_percentile"] = word_percentile(model, data["validation"], batch_size)
         if len(validation_sources) > 1:  # several subjects: early stopping reads their mean; each subject's beside it
             row.update({f"validation_top1_brain_to_text_sub-{subject}": scores["brain_to_text"]["top1"]
                         for subject, scores in validation_by_subject.items()})
         state["curves"].append(row)
         state["epoch"] = epoch + 1
-        top1, best = validation["brain_to_text"]["top1"], state["best"]
-        if top1 > best["top1"] or (top1 == best["top1"] and validation["loss"] < best["loss"]):
-            state["best"] = {"epoch": epoch + 1, "top1": top1, "loss": validation["loss"]}
+        score = row["validation_word_percentile"] if word_pairs is not None else validation["brain_to_text"]["top1"]
+        best = state["best"]
+        if score > best["score"] or (score == best["score"] and validation["loss"] < best["loss"]):
+            state["best"] = {"epoch": epoch + 1, "score": score, "loss": validation["loss"]}
             state["since_best"] = 0
             best_weights = trainable_state(model)
         else:
             state["since_best"] += 1
         state["stopped_early"] = state["since_best"] >= patience
         log.info(
-            "epoch %d: train loss %.4f, validation loss %.4f, validation top-1 brain→text %.3f (chance %.3f), scale %.1f",
-            epoch + 1, row["train_loss"], row["validation_loss"], top1, row["validation_chance_top1"], row["logit_scale"],
+            "epoch %d: train loss %.4f, validation loss %.4f, validation top-1 brain→text %.3f (chance %.3f)%s, scale %.1f",
+            epoch + 1, row["train_loss"], row["validation_loss"], row["validation_top1_brain_to_text"], row["validation_chance_top1"],
+            f", validation word percentile {row['validation_word_percentile']:.3f}" if word_pairs is not None else "", row["logit_scale"],
         )
         checkpoint.save(state, model, optimizer, best_weights)
         if state["stopped_early"]:
-            log.info("early stop: no validation improvement for %d epochs (best epoch %d)", patience, state["best"]["epoch"])
+            log.info("early stop: no %s improvement for %d epochs (best epoch %d)", criterion, patience, state["best"]["epoch"])
             break
     progress.close()
     return TrainResult(
@@ -836,6 +1007,22 @@ def finish_run(
     return summary
 
 
+@dataclass(frozen=True)
+class VocabularyInputs:
+    """What the word objective reads: the stories' words, the vocabulary, its store entry, and the
+    training stories' entries with the embedding (``decoding.words.embedding``) that maps it."""
+
+    words_tsvs: Mapping[str, str | os.PathLike]
+    vocabulary_tsv: str | os.PathLike
+    vocabulary_manifest: str | os.PathLike
+    train_entries: Mapping[str, str | os.PathLike]
+    embedding: str = "mapped"
+
+    def sha256(self) -> dict:
+        return {"vocabulary": sha256_file(self.vocabulary_tsv), "vocabulary_manifest": sha256_file(self.vocabulary_manifest),
+                "embedding": self.embedding, "words": {story: sha256_file(path) for story, path in sorted(self.words_tsvs.items())}}
+
+
 def run_contrastive(
     features_h5: str | os.PathLike,
     responses_h5: str | os.PathLike,
@@ -851,27 +1038,52 @@ def run_contrastive(
     weights_safetensors: str | os.PathLike,
     retrieval_json: str | os.PathLike,
     checkpoint_dir: str | os.PathLike,
+    scores_tsv: str | os.PathLike | None = None,
+    vocabulary: VocabularyInputs | None = None,
     step_callback: Callable[[int], None] | None = None,
 ) -> dict:
     """Frozen-feature mode for one (subject, model, layer): train, early-stop, score the test stories.
 
-    Resumes from ``checkpoint_dir`` when it holds a state of the same recipe.
-    ``retrieval_json`` is written last. Returns the retrieval summary.
+    ``scores_tsv`` (the encoding model's scores at ``layer``) is read with ``voxel_fraction``,
+    ``vocabulary`` with ``words.enabled``. Resumes from ``checkpoint_dir`` when it holds a state
+    of the same recipe. ``retrieval_json`` is written last. Returns the retrieval summary.
     """
     settings = resolve_settings(contrastive_cfg)
     split = story_split(train_stories, test_stories, settings["validation_story"])
     log.info("split: train %s | validation %s | test %s", split["train"], split["validation"], split["test"])
     device = pick_device(settings["device"])
-    data = {name: pairs.to(device) for name, pairs in load_pairs(features_h5, responses_h5, layer, split, settings).items()}
+    voxels = None
+    if settings["voxel_fraction"] is not None:
+        if scores_tsv is None:
+            raise InputError(None, "contrastive.voxel_fraction is set, but no encoding scores were given to choose the voxels.",
+                             "pass the encoding model's scores.tsv at this layer, or set voxel_fraction: null.")
+        voxels = select_voxels(scores_tsv, float(settings["voxel_fraction"]), response_width(responses_h5))
+        log.info("%d voxels: the top %.0f %% by the encoding model's validation r at layer %d", len(voxels), 100 * settings["voxel_fraction"], layer)
+    data = load_pairs(features_h5, responses_h5, layer, split, settings, voxels)
+    if settings["words"]["enabled"]:
+        if vocabulary is None:
+            raise InputError(None, "contrastive.words.enabled needs the vocabulary and the stories' words; none were given.",
+                             "add the decoding.words section, or set contrastive.words.enabled: false.")
+        from .word_decoding import read_vocabulary, vocabulary_features
+
+        table = read_vocabulary(vocabulary.vocabulary_tsv)
+        text = vocabulary_features(vocabulary.vocabulary_manifest, vocabulary.vocabulary_tsv, layer, vocabulary.embedding, vocabulary.train_entries)
+        for name in ("train", "validation"):
+            attach_words(data[name], responses_h5, vocabulary.words_tsvs, table, text)
+        log.info("word objective (weight %g): %d training and %d validation words among %d vocabulary words", settings["words"]["weight"],
+                 data["train"].n_words, data["validation"].n_words, len(table))
+    data = {name: pairs.to(device) for name, pairs in data.items()}
     shared_settings = {key: value for key, value in frozen_section(settings).items() if key != "layers"}
     recipe = {
         "mode": "frozen", "settings": shared_settings, "subject": subject, "model": model_name, "layer": layer, "split": split,
         "features_sha256": sha256_file(features_h5), "responses_sha256": sha256_file(responses_h5),
+        "voxels": None if voxels is None else voxels.tolist(),
+        "vocabulary": vocabulary.sha256() if settings["words"]["enabled"] else None,
     }
     recipe_hash = recipe_sha256(recipe)
     torch.manual_seed(int(settings["seed"]))
     text_dim = data["train"].text.shape[1]
-    model = ContrastiveModel(data["train"].brain_dim, text_dim, settings).to(device)
+    model = ContrastiveModel(data["train"].brain_dim, text_dim, settings, centre_brain=settings["words"]["enabled"]).to(device)
     log.info("brain %d → %d ← text %d on %s; %d trainable parameters", data["train"].brain_dim, settings["shared_dim"], text_dim,
              device, sum(p.numel() for p in model.parameters()))
     result = train(
@@ -883,6 +1095,9 @@ def run_contrastive(
     config_record = {
         **header, "recipe_sha256": recipe_hash, "settings": shared_settings, "split": split,
         "pairs": {name: pairs.n_pairs for name, pairs in data.items()},
+        "words": {name: pairs.n_words for name, pairs in data.items() if pairs.words is not None},
+        "voxels": recipe["voxels"],
+        "voxel_selection": None if voxels is None else f"top {settings['voxel_fraction']} of voxels by the encoding model's validation r at layer {layer}",
         "brain_dim": data["train"].brain_dim, "text_dim": text_dim, "device": str(device),
         "inputs": {"features": os.fspath(features_h5), "features_sha256": recipe["features_sha256"],
                    "responses": os.fspath(responses_h5), "responses_sha256": recipe["responses_sha256"]},
@@ -906,6 +1121,6 @@ def load_frozen_model(config_json: str | os.PathLike, weights_safetensors: str |
     if mode != "frozen":
         raise InputError(config_json, f"mode {mode!r}: only frozen-feature runs are loaded here.", "point to a layer-NN run of the contrastive rule.")
     record["settings"] = resolve_settings(record["settings"])
-    model = ContrastiveModel(brain_dim, text_dim, record["settings"])
+    model = ContrastiveModel(brain_dim, text_dim, record["settings"], centre_brain=record["settings"]["words"]["enabled"])
     load_trainable_state(model, load_file(str(weights_safetensors)), weights_safetensors)
     return model.to(device or torch.device("cpu")).eval(), record

@@ -34,6 +34,8 @@ DEFAULTS: dict = {
     "delays": [1, 2, 3, 4],
     "delay_mode": "concat",
     "validation_story": None,
+    "voxel_fraction": None,
+    "words": {"enabled": False, "weight": 1.0},
     "shared_dim": 128,
     "brain_encoder": {"kind": "mlp", "hidden": 256, "n_blocks": 1, "dropout": 0.3},
     "text_projector": {"kind": "linear", "hidden": 512, "n_blocks": 1, "dropout": 0.1},
@@ -108,6 +110,11 @@ def resolve_settings(contrastive_cfg: Mapping | None) -> dict:
         raise InputError(None, "contrastive.segment_trs and stride_trs must be >= 1.", "set positive TR counts.")
     if not settings["delays"] or min(settings["delays"]) < 0:
         raise InputError(None, f"contrastive.delays {settings['delays']} must be a non-empty list of TRs >= 0.", "e.g. [1, 2, 3, 4].")
+    fraction = settings["voxel_fraction"]
+    if fraction is not None and not 0 < fraction <= 1:
+        raise InputError(None, f"contrastive.voxel_fraction is {fraction}.", "use a share in (0, 1], or null for every voxel.")
+    if settings["words"]["weight"] <= 0:
+        raise InputError(None, f"contrastive.words.weight is {settings['words']['weight']}.", "use a positive weight, or words.enabled: false.")
     if settings["batch_size"] < 2 or settings["lora"]["batch_size"] < 2:
         raise InputError(None, "contrastive batch sizes must be >= 2 (a batch holds the negatives).", "raise batch_size.")
     return settings
@@ -142,7 +149,9 @@ def recipe_sha256(recipe: Mapping) -> str:
 
 
 # keys that only the frozen-feature mode uses (the LoRA mode has its own under `lora`)
-FROZEN_ONLY_KEYS = ("layers", "epochs", "batch_size", "lr", "patience")
+FROZEN_ONLY_KEYS = ("layers", "epochs", "batch_size", "lr", "patience", "voxel_fraction", "words")
+# frozen-mode keys of a single subject's run that the shared encoder does not take over
+SINGLE_RUN_KEYS = ("voxel_fraction", "words")
 
 
 def frozen_section(contrastive_cfg: Mapping) -> dict:
@@ -223,7 +232,13 @@ def shared_encoder_settings(section: Mapping | None, contrastive_cfg: Mapping | 
         )
     if "lora" in section:
         raise InputError(None, "group.shared_encoder.lora: the shared encoder trains on frozen LLM features.", "remove lora from group.shared_encoder.")
-    settings = _merge(resolve_settings(contrastive_cfg), section, "group.shared_encoder.")
+    single_only = sorted(set(section) & set(SINGLE_RUN_KEYS))
+    if single_only:
+        raise InputError(None, f"group.shared_encoder sets {', '.join(single_only)}, which only single-subject runs use: the shared "
+                         "encoder reads every voxel of each subject through its own input layer and trains on the pairs alone.",
+                         f"remove {', '.join(single_only)} from group.shared_encoder.")
+    inherited = {key: value for key, value in resolve_settings(contrastive_cfg).items() if key not in SINGLE_RUN_KEYS}
+    settings = _merge(inherited, section, "group.shared_encoder.")
     settings = resolve_settings({key: value for key, value in settings.items() if key != "lora"})
     held_out = [subjects[-1]] if own["held_out_subjects"] is None else [str(s) for s in own["held_out_subjects"]]
     unknown = sorted(set(held_out) - set(subjects))

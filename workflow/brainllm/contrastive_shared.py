@@ -274,7 +274,9 @@ def run_shared_encoder(
                 if record["layer"] != layer or record["split"] != split:
                     raise InputError(single_runs[subject, layer][0], f"a run of layer {record['layer']} on split {record['split']}, "
                                      f"not layer {layer} on {split}.", "re-run the contrastive rule with this config.")
-                single[subject] = score_test_pairs(single_model, pairs[subject]["test"], settings, **score)
+                single_pairs = pairs[subject]["test"] if record.get("voxels") is None else \
+                    pairs[subject]["test"].with_voxels(record["voxels"]).to(device)
+                single[subject] = score_test_pairs(single_model, single_pairs, settings, **score)
             row = {"layer": layer, "subject": subject, "role": "train" if subject in shared.train_subjects else "held_out",
                    "best_epoch": fits[subject][1].best_epoch, "n_test_pairs": test[subject]["n_pairs"],
                    "n_candidates": test[subject]["n_candidates"], **{f"chance_{k}": v for k, v in test[subject]["chance"].items() if k != "mean_rank"},

@@ -297,7 +297,9 @@ def _decode_run(model, record: Mapping, pairs: Mapping, responses_h5: str | os.P
     write_tsv(out["identification"], pd.DataFrame([{"layer": layer, "mode": record["mode"], **row} for row in id_rows]))
     best = max(r["top1"] / r["chance_top1"] for r in id_rows)
     log.info("contrastive %s run, layer %d: identification top-1 up to %.1f× chance over k = %s", record["mode"], layer, best, list(identification.segment_trs))
-    return classify_words(embeddings, vocabulary, vocabulary_text(), model.scale_value(), words, out, mode=record["mode"])
+    objective = {"word_objective": bool(settings.get("words", {}).get("enabled", False)),
+                 "n_voxels": int(pairs["test"].responses.shape[1]), "voxel_selection": record.get("voxel_selection") or "every voxel"}
+    return classify_words(embeddings, vocabulary, vocabulary_text(), model.scale_value(), words, out, mode=record["mode"], record=objective)
 
 
 def contrastive_decoding(
@@ -329,7 +331,7 @@ def contrastive_decoding(
 
     model, record = load_frozen_model(config_json, weights)
     settings, layer, split = record["settings"], int(record["layer"]), record["split"]
-    pairs = {name: build_pair_data(read_responses(responses_h5, split[name]), list(split[name]), settings,
+    pairs = {name: build_pair_data(read_responses(responses_h5, split[name], record.get("voxels")), list(split[name]), settings,
                                    text=read_aligned(features_h5, split[name], layer), source=f"{features_h5} + {responses_h5}").to(torch.device("cpu"))
              for name in ("validation", "test")}
 

@@ -504,6 +504,22 @@ def contrastive_decoding_targets(suffix):
     return frozen + lora
 
 
+def contrastive_run_inputs(wildcards):
+    """Inputs of a frozen contrastive run beyond its features and responses: the encoding scores at its
+    layer (contrastive.voxel_fraction) and the vocabulary with the training stories' words (contrastive.words)."""
+    inputs = {}
+    if CONTRASTIVE_SETTINGS["voxel_fraction"] is not None:
+        inputs["scores"] = encoding_file(wildcards.subject, wildcards.model, "scores.tsv", wildcards.layer)
+    if CONTRASTIVE_SETTINGS["words"]["enabled"]:
+        inputs.update(
+            words=[words_tsv(story) for story in DATASET["train_stories"]],
+            vocabulary=VOCABULARY,
+            vocabulary_manifest=vocabulary_manifest(wildcards.model),
+            train_entries=[feature_manifest(wildcards.model, story) for story in DATASET["train_stories"]],
+        )
+    return inputs
+
+
 def contrastive_decoding_stories():
     """Validation and test stories of the contrastive runs (their words are scored)."""
     split = brainllm_contrastive.story_split(DATASET["train_stories"], DATASET["test_stories"], CONTRASTIVE_SETTINGS["validation_story"])

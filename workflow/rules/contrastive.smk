@@ -1,6 +1,7 @@
 # Contrastive brain↔text training (brainllm.contrastive, brainllm.brainlora,
 # brainllm.contrastive_shared); outputs in docs/outputs.md. `contrastive`: frozen LLM
-# features per (subject, model, layer).
+# features per (subject, model, layer); with contrastive.voxel_fraction it also reads the encoding
+# scores at its layer, with contrastive.words the vocabulary and the training stories' words.
 # `contrastive_lora`: LoRA adapters on the LLM per (subject, model); `features_tuned`
 # extracts (or reuses) the store entries of the tuned model <model>tuned<subject> through the
 # adapter, the usual align/encoding rules score it, and `contrastive_compare` sets its
@@ -14,6 +15,7 @@
 
 rule contrastive:
     input:
+        unpack(contrastive_run_inputs),
         features=aligned_features("{subject}", "{model}"),
         responses=preprocessed("{subject}"),
     output:
@@ -27,6 +29,7 @@ rule contrastive:
         keep_checkpoints=CONTRASTIVE_KEEP_CHECKPOINTS,
         train_stories=DATASET["train_stories"],
         test_stories=DATASET["test_stories"],
+        embedding=DECODING.get("words", {}).get("embedding", "mapped"),
     log:
         f"{RESULTS}/logs/contrastive/sub-{{subject}}_model-{{model}}_layer-{{layer}}.log",
     threads: LLM_JOB_THREADS
