@@ -132,6 +132,13 @@ def test_contrastive_runs_exactly_when_its_section_is_present(workdir, tmp_path)
     counts = job_counts(dry_run(workdir, "--config", "contrastive={enabled: false}").stdout)
     assert not {"contrastive", "contrastive_lora", "features_tuned"} & set(counts)
     assert counts["encoding"] == 2 * 7
+    # the word objective and the voxel choice without a decoding section: the default vocabulary is built for it
+    config["contrastive"] = {"voxel_fraction": 0.2, "words": {"enabled": True}}
+    counts = job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
+    assert counts["contrastive"] == 1 and counts["decoding_vocabulary"] == 1 and counts["features_vocabulary"] == 1
+    config["models"]["mini"]["layers"] = [1, 2]
+    proc = dry_run(workdir, "--configfile", str(write_yaml(path, config)), check=False)
+    assert proc.returncode != 0 and "contrastive.layers [3] are not among models.mini.layers [1, 2]" in proc.stdout
 
 
 def test_decoding_runs_when_its_section_is_present_and_predictions_are_saved(workdir, tmp_path):

@@ -326,6 +326,7 @@ def finish(config: dict, check_inputs: bool = True) -> dict:
     if stage_enabled(config, "group") and not config["encoding"].get("save_predictions", True):
         raise InputError(None, "the group section needs the encoding models' test predictions, but encoding.save_predictions is false.",
                          "set encoding.save_predictions: true, or leave the group section out.")
+    check_contrastive_layers(config)
     check_shared_encoder(config)
     check_segmenter(dataset)
     check_word_separator(dataset)
@@ -451,6 +452,20 @@ def contrastive_section(config: Mapping) -> dict:
 def shared_encoder_section(config: Mapping) -> dict | None:
     """``group.shared_encoder`` when the group stage runs and the subsection is present (not null), else None."""
     return (config.get("group") or {}).get("shared_encoder") if stage_enabled(config, "group") else None
+
+
+def check_contrastive_layers(config: Mapping) -> None:
+    """Frozen contrastive runs read the aligned features (and, with ``voxel_fraction``, the encoding scores) of
+    ``contrastive.layers``: each must be among the layers of every model that lists its layers."""
+    if not stage_enabled(config, "contrastive"):
+        return
+    layers = contrastive_section(config).get("layers", [3])
+    for name, model_cfg in config["models"].items():
+        listed = model_cfg.get("layers", "all")
+        missing = sorted(set(layers) - set(listed)) if isinstance(listed, list) else []
+        if missing:
+            raise InputError(None, f"contrastive.layers {missing} are not among models.{name}.layers {listed}, so no features "
+                             "(nor encoding scores) exist for them.", f"add them to models.{name}.layers, or choose contrastive.layers among those.")
 
 
 def check_shared_encoder(config: Mapping) -> None:
