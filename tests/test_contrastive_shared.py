@@ -188,6 +188,9 @@ def test_settings_default_to_the_contrastive_section_and_hold_out_the_last_subje
     assert shared.contrastive["brain_encoder"] == {"kind": "mlp", "hidden": 32, "n_blocks": 1, "dropout": 0.3}
     assert "lora" not in shared.contrastive and shared.input_width == 256
     assert shared_encoder_settings({"held_out_subjects": []}, {}, ["a", "b"]).train_subjects == ("a", "b")
+    # the single-subject runs' word objective and voxel choice are not taken over
+    inherited = shared_encoder_settings({}, {"voxel_fraction": 0.2, "words": {"enabled": True}}, SUBJECTS).contrastive
+    assert inherited["voxel_fraction"] is None and inherited["words"]["enabled"] is False
 
 
 @pytest.mark.parametrize("section, subjects, message", [
@@ -196,6 +199,8 @@ def test_settings_default_to_the_contrastive_section_and_hold_out_the_last_subje
     ({"held_out_subjects": ["z"]}, ["a", "b", "c"], r"held_out_subjects \['z'\] are not in dataset.subjects"),
     ({"delays": [1, 2]}, ["a", "b", "c"], r"sets delays, which define the contrastive pairs.*set delays in the contrastive section"),
     ({"epochs_max": 3}, ["a", "b", "c"], r"unknown key group.shared_encoder.epochs_max"),
+    ({"words": {"enabled": True}}, ["a", "b", "c"], r"sets words, which only single-subject runs use.*remove words"),
+    ({"voxel_fraction": 0.2}, ["a", "b", "c"], r"sets voxel_fraction, which only single-subject runs use"),
 ])
 def test_settings_errors_name_the_setting_and_the_fix(section, subjects, message):
     with pytest.raises(InputError, match=message):
