@@ -847,7 +847,7 @@ def _train(model, data, settings, checkpoint, *, epochs, batch_size, lr, patienc
     train_sources, validation_sources = _subject_sources(model, data["train"]), _subject_sources(model, data["validation"])
     device = model.logit_scale.device
     word_pairs = data["train"] if isinstance(data["train"], PairData) and data["train"].words is not None else None
-    word_weight = float(settings["words"]["weight"])
+    word_weight = float(settings["words"]["weight"]) if word_pairs is not None else 0.0
     criterion = "validation word percentile" if word_pairs is not None else "validation top-1 brain→text"
     steps_per_epoch = len(_epoch_batches(train_sources, batch_size, None))
     total_steps = epochs * steps_per_epoch
