@@ -55,6 +55,7 @@ from tqdm import tqdm
 from . import __version__
 from .align import read_aligned
 from .contrastive_settings import DEFAULTS, frozen_section, recipe_sha256, resolve_settings, story_split
+from .inference import select_voxels
 from .io import InputError, atomic_path, open_h5, sha256_file, write_json, write_tsv
 from .metrics import retrieval_accuracy
 
@@ -70,6 +71,7 @@ __all__ = [
     "WordTargets",
     "build_pair_data",
     "select_voxels",
+    "pair_words",
     "attach_words",
     "load_pairs",
     "Tower",
@@ -307,42 +309,37 @@ def response_width(path: str | os.PathLike) -> int:
     return widths.pop()
 
 
-def select_voxels(scores_tsv: str | os.PathLike, fraction: float, n_voxels: int) -> np.ndarray:
-    """Sorted indices of the top ``fraction`` of voxels by the encoding model's validation r (``r_val`` of a scores.tsv)."""
-    from .inference import top_voxels
-
-    scores = pd.read_csv(scores_tsv, sep="\t")
-    if "r_val" not in scores.columns:
-        raise InputError(scores_tsv, "no r_val column (validation r).", "rerun the encoding rule.")
-    if len(scores) != n_voxels:
-        raise InputError(scores_tsv, f"{len(scores)} voxels, but the responses have {n_voxels}.",
-                         "rerun the encoding rule on these responses.")
-    return np.sort(top_voxels(scores["r_val"].to_numpy(), fraction))
-
-
-def attach_words(pairs: PairData, responses_h5: str | os.PathLike, words_tsvs: Mapping[str, str | os.PathLike],
-                 vocabulary: pd.DataFrame, vocabulary_text: np.ndarray) -> PairData:
-    """``pairs`` with :class:`WordTargets`: every word of its stories whose midpoint falls in a pair's text TRs
-    and that the vocabulary holds (``vocabulary_text`` its features, one row per vocabulary word)."""
+def pair_words(pairs: PairData, responses_h5: str | os.PathLike, words_tsvs: Mapping[str, str | os.PathLike],
+               vocabulary: pd.DataFrame, source: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Every word of the pairs' stories (their words.tsv) with ``story``, ``pair`` (the pair whose text TRs hold its
+    midpoint, an index among ``pairs``; −1 for none) and ``vocabulary_index`` (−1 outside ``vocabulary``)."""
     from .io import read_words
     from .word_decoding import normalise_word, word_rows
 
     index = {word: i for i, word in enumerate(vocabulary["word"])}
     with open_h5(responses_h5) as h5:
         grids = {story: dict(h5[story].attrs) for story in pairs.stories}
-    pair_index, vocabulary_index, offset = [], [], 0
+    frames, offset = [], 0
     for story in pairs.stories:
         if story not in words_tsvs:
-            raise InputError(responses_h5, f"no words.tsv given for story {story!r}.", "pass every training story's words.")
+            raise InputError(source or responses_h5, f"no words.tsv given for story {story!r}.", "pass the words of every story of the split.")
         starts = pairs.pair_start[pairs.pair_story == story]
-        words = read_words(words_tsvs[story])
-        pair = word_rows(words, float(grids[story]["tr"]), int(grids[story]["trim_start"]), starts, pairs.text_rows.shape[1])
-        known = np.array([index.get(normalise_word(word), -1) for word in words["word"]], dtype=np.int64)
-        kept = (pair >= 0) & (known >= 0)
-        pair_index.append(pair[kept] + offset)
-        vocabulary_index.append(known[kept])
+        frame = read_words(words_tsvs[story])
+        pair = word_rows(frame, float(grids[story]["tr"]), int(grids[story]["trim_start"]), starts, pairs.brain_rows.shape[2])
+        frames.append(frame.assign(story=story, pair=np.where(pair >= 0, pair + offset, -1),
+                                   vocabulary_index=[index.get(normalise_word(word), -1) for word in frame["word"]]))
         offset += len(starts)
-    pairs.words = WordTargets(np.concatenate(pair_index), np.concatenate(vocabulary_index), np.asarray(vocabulary_text, dtype=np.float32))
+    return pd.concat(frames, ignore_index=True)
+
+
+def attach_words(pairs: PairData, responses_h5: str | os.PathLike, words_tsvs: Mapping[str, str | os.PathLike],
+                 vocabulary: pd.DataFrame, vocabulary_text: np.ndarray) -> PairData:
+    """``pairs`` with :class:`WordTargets`: every word of its stories inside a pair and the vocabulary
+    (:func:`pair_words`; ``vocabulary_text`` the vocabulary's features, one row per word)."""
+    words = pair_words(pairs, responses_h5, words_tsvs, vocabulary)
+    kept = words[(words["pair"] >= 0) & (words["vocabulary_index"] >= 0)]
+    pairs.words = WordTargets(kept["pair"].to_numpy(np.int64), kept["vocabulary_index"].to_numpy(np.int64),
+                              np.asarray(vocabulary_text, dtype=np.float32))
     if pairs.n_words < 2:
         raise InputError(words_tsvs[pairs.stories[0]], f"only {pairs.n_words} words of {pairs.stories} fall inside pairs and the vocabulary.",
                          "check the stories' words.tsv, or set contrastive.words.enabled: false.")

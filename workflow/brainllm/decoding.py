@@ -267,30 +267,15 @@ def _decode_run(model, record: Mapping, pairs: Mapping, responses_h5: str | os.P
     ``pairs``: the run's ``validation`` and ``test`` :class:`~brainllm.contrastive.PairData` (CPU);
     ``vocabulary_text()`` gives the vocabulary's unit text embeddings ``(n_vocab, shared_dim)``.
     """
-    from .contrastive import embed
-    from .io import open_h5, read_words
-    from .word_decoding import SplitEmbeddings, classify_words, normalise_word, word_rows
+    from .contrastive import embed, pair_words
+    from .word_decoding import SplitEmbeddings, classify_words
 
     settings, layer = record["settings"], int(record["layer"])
-    index = {word: i for i, word in enumerate(vocabulary["word"])}
     embeddings = {}
     for name in ("validation", "test"):
         data = pairs[name]
         brain, text, _ = embed(model, data, int(settings["batch_size"]))
-        frames, offset = [], 0
-        with open_h5(responses_h5) as h5:
-            grids = {story: dict(h5[story].attrs) for story in data.stories}
-        for story in data.stories:
-            starts = data.pair_start[data.pair_story == story]
-            if story not in words_tsvs:
-                raise InputError(source, f"no words.tsv given for story {story!r} of the run's {name} split.", "pass every validation and test story's words.")
-            frame = read_words(words_tsvs[story])
-            pair = word_rows(frame, float(grids[story]["tr"]), int(grids[story]["trim_start"]), starts, int(settings["segment_trs"]))
-            frame = frame.assign(story=story, pair=np.where(pair >= 0, pair + offset, -1),
-                                 vocabulary_index=[index.get(normalise_word(w), -1) for w in frame["word"]])
-            frames.append(frame)
-            offset += len(starts)
-        embeddings[name] = SplitEmbeddings(brain.numpy().astype(np.float64), pd.concat(frames, ignore_index=True))
+        embeddings[name] = SplitEmbeddings(brain.numpy().astype(np.float64), pair_words(data, responses_h5, words_tsvs, vocabulary, source))
         if name == "test":
             pairs_per_story = [int((data.pair_story == story).sum()) for story in data.stories]
             id_rows = identify_contrastive_segments(brain.numpy(), text.numpy(), pairs_per_story, identification, source)

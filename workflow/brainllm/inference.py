@@ -31,6 +31,7 @@ __all__ = [
     "Significance",
     "score_voxels",
     "top_voxels",
+    "select_voxels",
     "save_predictions",
     "read_predictions",
     "best_layer",
@@ -91,6 +92,18 @@ def top_voxels(selection_scores: np.ndarray, fraction: float = 0.1) -> np.ndarra
     scores = np.nan_to_num(np.asarray(selection_scores, dtype=np.float64), nan=-np.inf)
     n_top = max(1, int(np.ceil(fraction * scores.size)))
     return np.argsort(-scores, kind="stable")[:n_top]
+
+
+def select_voxels(scores_tsv: str | os.PathLike, fraction: float, n_voxels: int | None = None) -> np.ndarray:
+    """Sorted indices of the top ``fraction`` of voxels by the encoding model's validation r (``r_val`` of a scores.tsv);
+    ``n_voxels``, when given, is the responses' width the scores must match."""
+    scores = pd.read_csv(scores_tsv, sep="\t")
+    if "r_val" not in scores.columns:
+        raise InputError(scores_tsv, "no r_val column (validation r).", "rerun the encoding rule.")
+    if n_voxels is not None and len(scores) != n_voxels:
+        raise InputError(scores_tsv, f"{len(scores)} voxels, but the responses have {n_voxels}.",
+                         "rerun the encoding rule on these responses.")
+    return np.sort(top_voxels(scores["r_val"].to_numpy(), fraction))
 
 
 def save_predictions(path, pred: np.ndarray, stories: Sequence[str], lengths: Sequence[int], layers: Sequence[int], dtype: str = "float16") -> None:

@@ -519,15 +519,12 @@ def run_fmri_word_decoding(responses_h5: str | os.PathLike, words_tsvs: Mapping[
     from .align import zscore_columns
     from .contrastive_settings import story_split
     from .group import chosen_layer
-    from .inference import top_voxels
+    from .inference import select_voxels
     from .io import open_h5
 
     split = story_split(train_stories, test_stories, validation_story, "decoding.words")
     layer = chosen_layer(layers_tsv)
-    scores = pd.read_csv(scores_tsvs[layer], sep="\t")
-    if "r_val" not in scores.columns:
-        raise InputError(scores_tsvs[layer], "no r_val column (validation r).", "rerun the encoding rule.")
-    voxels = np.sort(top_voxels(scores["r_val"].to_numpy(), voxel_fraction))
+    voxels = select_voxels(scores_tsvs[layer], voxel_fraction)
     vocabulary = read_vocabulary(vocabulary_tsv)
     text = vocabulary_features(vocabulary_manifest, vocabulary_tsv, layer, settings.embedding, train_entries)
     index = {word: i for i, word in enumerate(vocabulary["word"])}
