@@ -6,7 +6,7 @@
 # never a merge of the two. Defaults come from the schema; brainllm.configuration checks
 # what the schema cannot before any job runs.
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 from brainllm import configuration as brainllm_configuration
 
@@ -20,7 +20,7 @@ if not workflow.config_settings.configfiles:
 
 brainllm_configuration.check_files(workflow.configfiles)
 brainllm_configuration.prepare(config, workflow.config_settings.config)
-validate(config, "workflow/schemas/config.schema.yaml")
+brainllm_configuration.validate(config)
 brainllm_configuration.finish(
     config, check_inputs=workflow.is_main_process and not config["demo"]["generate"]
 )

@@ -12,14 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from snakemake.utils import validate
+from brainllm.configuration import validate
 
 from brainllm import align, ingest, sources, textgrid
 from brainllm.io import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((REPO / "config/config.yaml").read_text())
-SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
 TEXTGRID = '''File type = "ooTextFile"
 Object class = "TextGrid"
 
@@ -80,10 +79,10 @@ WORDCSV = {"word_column": "word", "onset_column": "onset", "offset_column": "off
 
 CASES = {
     # config
-    "story twice in train_stories": (lambda tmp: validate(config_with(lambda c: c["dataset"]["train_stories"].append("orchard")), SCHEMA), "non-unique|unique"),
-    "subject twice": (lambda tmp: validate(config_with(lambda c: c["dataset"]["subjects"].append("UTS01")), SCHEMA), "non-unique|unique"),
-    "alpha exponent 40": (lambda tmp: validate(config_with(lambda c: c["encoding"]["alphas"].update(log10_max=40)), SCHEMA), "40"),
-    "1000 alphas": (lambda tmp: validate(config_with(lambda c: c["encoding"]["alphas"].update(num=1000)), SCHEMA), "1000"),
+    "story twice in train_stories": (lambda tmp: validate(config_with(lambda c: c["dataset"]["train_stories"].append("orchard"))), "non-unique|unique"),
+    "subject twice": (lambda tmp: validate(config_with(lambda c: c["dataset"]["subjects"].append("UTS01"))), "non-unique|unique"),
+    "alpha exponent 40": (lambda tmp: validate(config_with(lambda c: c["encoding"]["alphas"].update(log10_max=40))), "40"),
+    "1000 alphas": (lambda tmp: validate(config_with(lambda c: c["encoding"]["alphas"].update(num=1000))), "1000"),
     "story in train and test": (lambda tmp: sources.check_plan({**ds003020(tmp), "test_stories": ["alpha"]}, [1]), "both train_stories and test_stories"),
     "delays longer than the shortest story": (lambda tmp: sources.check_plan(ds003020(tmp, n_trs=24), [1, 2, 3, 4]), r"respdict.json: story 'alpha' has 4 TRs but encoding.delays reaches 4"),
     "delays longer than a story, at fit time": (lambda tmp: align.make_delayed(np.ones((3, 2)), [1, 3]), "delay of 3 TRs is not shorter than a story of 3 TRs"),
@@ -132,5 +131,5 @@ def test_repeat_with_shifted_timings_is_a_warning(tmp_path, caplog):
 
 
 def test_valid_config_and_plan_pass(tmp_path):
-    validate(copy.deepcopy(CONFIG), SCHEMA)
+    validate(copy.deepcopy(CONFIG))
     sources.check_plan(ds003020(tmp_path, n_trs=40), [1, 2, 3, 4])

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from snakemake.utils import validate
+from brainllm.configuration import validate
 
 from brainllm.ingest import ingest_atlas, ingest_subject, ingest_words
 from brainllm.io import InputError
@@ -732,7 +732,7 @@ def test_configs_validate(config_path):
     config = yaml.safe_load(config_path.read_text())
     if config_path.name in VARIANTS:
         config = {**yaml.safe_load((REPO / "config" / VARIANTS[config_path.name]).read_text()), **config}
-    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    validate(config)
 
 
 ALICE_TRS = 372  # 12.4 min at TR 2 s
@@ -744,7 +744,7 @@ def test_alice_config_on_an_alice_shaped_dataset(tmp_path):
     from brainllm.preprocess import preprocess_subject
 
     config = yaml.safe_load((REPO / "config" / "alice.yaml").read_text())
-    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    validate(config)
     dataset = dict(config["dataset"], root=str(tmp_path / "alice"))
     root = Path(dataset["root"])
     subject = dataset["subjects"][0]

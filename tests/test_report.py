@@ -484,12 +484,12 @@ def test_captions_render_without_rst_problems():
         assert "system-message" not in html and "problematic" not in html, f"{caption.name} has reStructuredText problems"
 
 REPORT_SNAKEFILE = """
-from snakemake.utils import validate
+from brainllm.configuration import validate
 
 configfile: "config.yaml"
 
 
-validate(config, "{repo}/workflow/schemas/config.schema.yaml")  # fills the schema's defaults
+validate(config)  # fills the schema's defaults
 
 
 include: "{repo}/workflow/rules/common.smk"

@@ -9,7 +9,7 @@ of the two. ``--config key=value`` updates either. Defaults come from the schema
    keeps the last silently, e.g. a model listed twice).
 2. :func:`prepare`: unknown top-level sections, keys given twice (``trim_start`` and
    ``trim_start_s``), ``--config`` strings coerced where the schema wants numbers/booleans.
-3. ``snakemake.utils.validate`` (schema defaults + types).
+3. :func:`validate`: the schema's types and ranges, its defaults filled in.
 4. :func:`finish`: trims in seconds → TRs, settings that only make sense together
    (models with identical settings, trims vs delays), configured files that are missing.
 """
@@ -17,6 +17,7 @@ of the two. ``--config key=value`` updates either. Defaults come from the schema
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -56,6 +57,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_FastSafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the 46 kB schema in 0.02 s, not 0.15 s
 
 
 def load_strict(path: str | Path) -> dict:
@@ -85,8 +87,14 @@ def check_files(paths: Sequence[str | Path]) -> None:
 # --------------------------------------------------------------------------- before validation
 
 
+@functools.cache
+def _schema_text_parsed() -> dict:
+    return yaml.load(SCHEMA.read_text(encoding="utf-8"), Loader=_FastSafeLoader)
+
+
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+    """The config schema (parsed once per process; each caller gets its own copy)."""
+    return copy.deepcopy(_schema_text_parsed())
 
 
 def _leaf_paths(tree, prefix=()):
@@ -275,6 +283,33 @@ def bids_run_lengths(dataset: Mapping) -> dict[tuple[str, str], int]:
                 n_trs = shape[3] if len(shape) == 4 else 1
                 lengths[(subject, story)] = min(n_trs, lengths.get((subject, story), n_trs))
     return lengths
+
+
+def validate(config: dict, schema: Mapping | None = None) -> None:
+    """Check ``config`` against the schema and fill in its ``default:`` values, in place.
+
+    A mapping's defaults are set before its keys are checked (as Snakemake's ``validate``
+    does), so a section given as ``{}`` gets every default of its keys. The first error
+    (jsonschema's best match) stops the run, naming the key."""
+    import jsonschema
+
+    schema = load_schema() if schema is None else schema
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def fill_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for name, spec in properties.items():
+                if "default" in spec and name not in instance:
+                    instance[name] = copy.deepcopy(spec["default"])
+        yield from check_properties(validator, properties, instance, subschema)
+
+    errors = list(jsonschema.validators.extend(base, {"properties": fill_defaults})(schema).iter_errors(config))
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        where = ".".join(map(str, error.absolute_path)) or "(top level)"
+        raise InputError(None, f"config key {where}: {error.message}.",
+                         "see config/README.md for the key (its type and range: workflow/schemas/config.schema.yaml).")
 
 
 def finish(config: dict, check_inputs: bool = True) -> dict:
