@@ -12,6 +12,7 @@ rule demo_dataset:
         seed=config["demo"]["seed"],
     log:
         f"{RESULTS}/logs/demo_dataset.log",
+    threads: ALL_CORES  # every other job waits for it
     resources:
         mem_mb=2000,
         runtime=20,
