@@ -93,10 +93,10 @@ def test_contrastive_decoding_reads_segments_and_words(demo_run, subject, mode, 
     assert brain["mean_percentile_rank"] >= (0.75 if mode == "frozen" else 0.55) and brain["p"] < 0.01, brain
     assert both["mean_percentile_rank"] > frequency["mean_percentile_rank"] and summary["gain_over_frequency"]["ci_low"] > 0, summary
     vocabulary = pd.read_csv(f"{stem}_vocabulary.tsv", sep="\t", keep_default_na=False)
-    assert vocabulary["word"].tolist() == sorted(vocabulary["word"]) and "masquerade" in set(vocabulary["word"])
+    assert vocabulary["word"].tolist() == sorted(vocabulary["word"]) and "parliament" in set(vocabulary["word"])
     assert vocabulary["probability"].sum() == pytest.approx(1.0, abs=1e-6)
     html = demo_run / RESULTS / "report" / "decoding" / f"sub-{subject}" / f"model-{MODEL}" / f"{Path(stem).name}_vocabulary.html"
-    assert "masquerade" in html.read_text(encoding="utf-8")
+    assert "parliament" in html.read_text(encoding="utf-8")
     summary_table = pd.read_csv(demo_run / RESULTS / "summary.tsv", sep="\t")
     row = summary_table[(summary_table["subject"].astype(str) == subject) & (summary_table["layer"] == layer)].iloc[0]
     prefix = "lora_" if mode == "lora" else ""
@@ -142,7 +142,7 @@ def test_ridge_decoder_reads_words_from_the_responses(demo_run, subject):
     assert brain["mean_percentile_rank"] >= 0.75 and brain["p"] < 0.01, brain
     assert both["mean_percentile_rank"] > frequency["mean_percentile_rank"] and summary["gain_over_frequency"]["ci_low"] > 0, summary
     html = demo_run / RESULTS / "report" / "decoding" / f"sub-{subject}" / f"model-{MODEL}" / f"{stem.name}_vocabulary.html"
-    assert "masquerade" in html.read_text(encoding="utf-8")
+    assert "parliament" in html.read_text(encoding="utf-8")
     summary_table = pd.read_csv(demo_run / RESULTS / "summary.tsv", sep="\t")
     row = summary_table[(summary_table["subject"].astype(str) == subject) & (summary_table["layer"] == layer)].iloc[0]
     assert row["ridge_words_percentile_rank"] == pytest.approx(brain["mean_percentile_rank"])

@@ -29,6 +29,7 @@ rule encoding:
         runtime=120,
     conda:
         "../../envs/gpu.yaml"
+    priority: UNBLOCKS
     script:
         "../scripts/encoding.py"
 
@@ -78,6 +79,7 @@ rule best_layer:
     localrule: True
     conda:
         "../../envs/cpu.yaml"
+    priority: UNBLOCKS
     script:
         "../scripts/best_layer.py"
 

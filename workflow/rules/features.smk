@@ -26,6 +26,6 @@ rule features:
         runtime=480,
     conda:
         "../../envs/gpu.yaml"
-    priority: UNBLOCKS
+    priority: FIRST
     script:
         "../scripts/features.py"
