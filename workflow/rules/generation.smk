@@ -23,7 +23,7 @@ rule story_lm:
         runtime=60,
     conda:
         "../../envs/gpu.yaml"
-    priority: UNBLOCKS
+    priority: FIRST
     script:
         "../scripts/story_lm.py"
 
