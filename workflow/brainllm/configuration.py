@@ -88,13 +88,13 @@ def check_files(paths: Sequence[str | Path]) -> None:
 
 
 @functools.cache
-def _schema_text_parsed() -> dict:
+def _parsed_schema() -> dict:
     return yaml.load(SCHEMA.read_text(encoding="utf-8"), Loader=_FastSafeLoader)
 
 
 def load_schema() -> dict:
     """The config schema (parsed once per process; each caller gets its own copy)."""
-    return copy.deepcopy(_schema_text_parsed())
+    return copy.deepcopy(_parsed_schema())
 
 
 def _leaf_paths(tree, prefix=()):
