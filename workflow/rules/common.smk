@@ -101,12 +101,9 @@ _CORES = workflow.resource_settings.cores  # None without --cores (dry runs, --r
 LLM_JOB_THREADS = max(1, min(_CORES, os.cpu_count() or 1) // 2) if isinstance(_CORES, int) else 1
 # A job every other job waits for (the demo dataset) takes every core.
 ALL_CORES = max(1, min(_CORES, os.cpu_count() or 1)) if isinstance(_CORES, int) else 1
-# Job priorities: among ready jobs the scheduler starts the configured models' features and
-# the story LM first (every encoding, decoding and generation job waits for them), then the
-# short ones that unblock a chain (ingestion, per-layer encoding and the validation-chosen
-# layer, which the beam search waits for, the vocabulary's features, LoRA training), then
-# the long leaves, and fills free cores with the rest (reports).
-FIRST = 3
+# Job priorities: among ready jobs the scheduler starts the short ones that unblock a chain
+# (ingestion, features, LoRA training) first, then the long leaves, and fills free cores
+# with the rest (per-layer encoding, reports).
 UNBLOCKS = 2
 LONG_JOB = 1
 MODELS = config["models"]

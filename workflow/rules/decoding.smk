@@ -91,7 +91,7 @@ rule features_vocabulary:
         runtime=120,
     conda:
         "../../envs/gpu.yaml"
-    priority: UNBLOCKS
+    priority: LONG_JOB
     script:
         "../scripts/features_vocabulary.py"
 

@@ -29,7 +29,6 @@ rule encoding:
         runtime=120,
     conda:
         "../../envs/gpu.yaml"
-    priority: UNBLOCKS
     script:
         "../scripts/encoding.py"
 
@@ -79,7 +78,6 @@ rule best_layer:
     localrule: True
     conda:
         "../../envs/cpu.yaml"
-    priority: UNBLOCKS
     script:
         "../scripts/best_layer.py"
 

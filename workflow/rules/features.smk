@@ -26,6 +26,6 @@ rule features:
         runtime=480,
     conda:
         "../../envs/gpu.yaml"
-    priority: FIRST
+    priority: UNBLOCKS
     script:
         "../scripts/features.py"

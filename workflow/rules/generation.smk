@@ -23,7 +23,7 @@ rule story_lm:
         runtime=60,
     conda:
         "../../envs/gpu.yaml"
-    priority: FIRST
+    priority: UNBLOCKS
     script:
         "../scripts/story_lm.py"
 
