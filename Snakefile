@@ -27,6 +27,9 @@ brainllm_configuration.finish(
 brainllm_configuration.canonical_order(config)  # params compare equal whatever the YAML's key order
 
 
+include: "workflow/rules/threads.smk"
+
+
 if brainllm_configuration.is_image_dataset(config):  # image stimuli: the visual stages alone
 
     include: "workflow/rules/visual_common.smk"

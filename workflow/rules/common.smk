@@ -94,13 +94,6 @@ def atlas_files(subject):
 
 FEATURE_STORE = os.path.normpath(config["feature_store"])
 
-# Threads of an LLM (torch) job run on this machine: half the cores, so two such jobs run
-# side by side (each spends seconds single-threaded loading and writing). The cluster
-# profiles set their own threads per rule.
-_CORES = workflow.resource_settings.cores  # None without --cores (dry runs, --report); huge with --jobs unlimited
-LLM_JOB_THREADS = max(1, min(_CORES, os.cpu_count() or 1) // 2) if isinstance(_CORES, int) else 1
-# A job every other job waits for (the demo dataset) takes every core.
-ALL_CORES = max(1, min(_CORES, os.cpu_count() or 1)) if isinstance(_CORES, int) else 1
 # Job priorities: among ready jobs the scheduler starts the short ones that unblock a chain
 # (ingestion, features, LoRA training) first, then the long leaves, and fills free cores
 # with the rest (per-layer encoding, reports).

@@ -32,7 +32,7 @@ rule contrastive:
         embedding=DECODING.get("words", {}).get("embedding", "mapped"),
     log:
         f"{RESULTS}/logs/contrastive/sub-{{subject}}_model-{{model}}_layer-{{layer}}.log",
-    threads: LLM_JOB_THREADS
+    threads: TORCH_JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=60,
@@ -63,7 +63,7 @@ rule contrastive_lora:
         stories=STORIES,
     log:
         f"{RESULTS}/logs/contrastive/sub-{{subject}}_model-{{model}}_lora.log",
-    threads: LLM_JOB_THREADS
+    threads: TORCH_JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=240,
@@ -88,7 +88,7 @@ rule features_tuned:
         f"{RESULTS}/logs/features/model-{{model}}.log",
     wildcard_constraints:
         model=names_pattern(TUNED_MODELS),
-    threads: LLM_JOB_THREADS
+    threads: TORCH_JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=480,
@@ -161,7 +161,7 @@ rule contrastive_shared:
         test_stories=DATASET["test_stories"],
     log:
         f"{RESULTS}/logs/group/model-{{model}}_shared_encoder.log",
-    threads: LLM_JOB_THREADS
+    threads: TORCH_JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=240,

@@ -85,7 +85,7 @@ rule features_vocabulary:
         store=FEATURE_STORE,
     log:
         f"{RESULTS}/logs/features/model-{{model}}/vocabulary.log",
-    threads: LLM_JOB_THREADS
+    threads: TORCH_JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=120,
@@ -150,7 +150,7 @@ rule decoding_lora:
         words={**DECODING.get("words", {}), "seed": ENCODING.get("seed", 0)},
     log:
         f"{RESULTS}/logs/decoding/sub-{{subject}}_model-{{model}}_lora.log",
-    threads: LLM_JOB_THREADS
+    threads: TORCH_JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=60,

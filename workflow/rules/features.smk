@@ -20,7 +20,7 @@ rule features:
         f"{RESULTS}/logs/features/model-{{model}}.log",
     wildcard_constraints:
         model=names_pattern(config["models"]),
-    threads: LLM_JOB_THREADS
+    threads: TORCH_JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=480,

@@ -17,7 +17,7 @@ rule story_lm:
         settings=GENERATION.get("story_lm", {}),
     log:
         f"{RESULTS}/logs/generation/story_lm.log",
-    threads: LLM_JOB_THREADS
+    threads: TORCH_JOB_THREADS
     resources:
         mem_mb=4000,
         runtime=60,
@@ -48,7 +48,7 @@ rule generation_brain_prompt:
         test_stories=DATASET["test_stories"],
     log:
         f"{RESULTS}/logs/generation/sub-{{subject}}_brain_prompt.log",
-    threads: LLM_JOB_THREADS
+    threads: TORCH_JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=240,
@@ -80,7 +80,7 @@ rule generation_brain_prompt_eeg:
         test_stories=DATASET["test_stories"],
     log:
         f"{RESULTS}/logs/generation/sub-{{subject}}_eeg_brain_prompt.log",
-    threads: LLM_JOB_THREADS
+    threads: TORCH_JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=240,
@@ -147,7 +147,7 @@ rule generation_beam_search:
         test_stories=DATASET["test_stories"],
     log:
         f"{RESULTS}/logs/generation/sub-{{subject}}_beam_search.log",
-    threads: LLM_JOB_THREADS
+    threads: TORCH_JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=480,

@@ -57,7 +57,7 @@ rule visual_features:
         visual=settings_subset(VISUAL, STIMULUS_KEYS),
     log:
         f"{RESULTS}/logs/visual/features_model-{{model}}.log",
-    threads: TORCH_THREADS
+    threads: TORCH_JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=120,
@@ -130,7 +130,7 @@ rule visual_identification:
         dpi=DPI,
     log:
         f"{RESULTS}/logs/visual/identification_sub-{{subject}}_model-{{model}}.log",
-    threads: TORCH_THREADS
+    threads: TORCH_JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=60,
@@ -161,7 +161,7 @@ rule visual_reconstruction:
         dpi=DPI,
     log:
         f"{RESULTS}/logs/visual/reconstruction_sub-{{subject}}.log",
-    threads: TORCH_THREADS
+    threads: TORCH_JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=60,
@@ -189,7 +189,7 @@ rule visual_generative:
         dpi=DPI,
     log:
         f"{RESULTS}/logs/visual/generative_sub-{{subject}}.log",
-    threads: TORCH_THREADS
+    threads: TORCH_JOB_THREADS
     resources:
         mem_mb=32000,
         runtime=120,

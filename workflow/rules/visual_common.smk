@@ -16,8 +16,6 @@ VISUAL_OUT = f"{RESULTS}/visual"
 FEATURE_STORE = os.path.normpath(config["feature_store"])
 GENERATIVE = VISUAL["reconstruction"].get("generative")
 DPI = config["report"]["dpi"]
-_CORES = workflow.resource_settings.cores
-TORCH_THREADS = max(1, min(_CORES, os.cpu_count() or 1) // 2) if isinstance(_CORES, int) else 1
 
 
 wildcard_constraints:
