@@ -290,9 +290,15 @@ def test_too_few_test_segments_for_the_blocks_is_named_before_training(planted, 
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
+def test_blocks_shorter_than_the_segments_shared_responses_are_an_error():
+    with pytest.raises(InputError, match=r"block_trs is 4, shorter than the 6 TRs.*at least 6"):
+        GenerationSettings.from_config({"segment_trs": 2, "delays": [1, 2, 3, 4], "block_trs": 4})
+    assert GenerationSettings.from_config({"segment_trs": 2, "delays": [1, 2, 3, 4]}).block_trs == 20
+
+
 def test_brain_window_past_the_recording_is_named(planted, tmp_path):
     tokenizer = word_tokenizer(VOCAB)
-    settings = GenerationSettings.from_config({**FAST, "delays": [N_TRS_RAW]})
+    settings = GenerationSettings.from_config({**FAST, "delays": [N_TRS_RAW], "block_trs": N_TRS_RAW + 1})
     with pytest.raises(InputError, match="runs past the recording"):
         story_segments(planted["responses"], planted["words"], TEST, settings, tokenizer)
 
@@ -497,3 +503,21 @@ def test_feature_reader_reads_each_last_word_as_the_feature_stage_reads_the_stor
     got = reader.last_word([words[: i + 1] for i in range(len(words))])
     np.testing.assert_allclose(got, story, atol=1e-5)
     np.testing.assert_allclose(reader.all_words(words), story, atol=1e-5)
+
+
+def test_beam_search_null_z_and_rank_p_against_a_hand_computation():
+    from brainllm.beam_search import BeamSearchSettings, null_z_and_p
+
+    metrics = {"bleu1": "higher", "wer": "lower"}
+    null = pd.DataFrame({"bleu1": [0.10, 0.20, 0.30, 0.25, 0.15, 0.22, 0.18, 0.12, 0.28, 0.20],
+                         "wer": [0.90, 0.80, 0.85, 0.95, 0.70, 0.88, 0.92, 0.81, 0.86, 0.90]})
+    decoded = pd.Series({"bleu1": 0.26, "wer": 0.75})
+    z, p = null_z_and_p(decoded, null, metrics)
+    assert z["bleu1"] == pytest.approx((0.26 - null["bleu1"].mean()) / null["bleu1"].std(ddof=1))
+    assert z["wer"] == pytest.approx((null["wer"].mean() - 0.75) / null["wer"].std(ddof=1))
+    assert p["bleu1"] == pytest.approx((1 + 2) / 11) and p["wer"] == pytest.approx((1 + 1) / 11)  # 0.30, 0.28 ≥ 0.26; 0.70 ≤ 0.75
+    flat = pd.DataFrame({"bleu1": [0.2] * 10, "wer": [0.8] * 10})
+    z, p = null_z_and_p(decoded, flat, metrics)
+    assert np.isnan(z["bleu1"]) and np.isnan(z["wer"]) and p["bleu1"] == pytest.approx(1 / 11)
+    with pytest.raises(InputError, match="n_null ≥ 10"):
+        BeamSearchSettings.from_config({"n_null": 5})

@@ -65,6 +65,9 @@ from .text_metrics import METRICS, TextScorer
 log = logging.getLogger(__name__)
 
 
+MIN_NULL_TEXTS = 10  # fewer make the null's SD, and so z, too unstable to read
+
+
 @dataclass(frozen=True)
 class BeamSearchSettings:
     beam_width: int = 5
@@ -88,8 +91,9 @@ class BeamSearchSettings:
             if int(getattr(settings, name)) < 1:
                 raise InputError(None, f"generation.beam_search.{name} is {getattr(settings, name)!r}; it must be at least 1.",
                                  f"set generation.beam_search.{name} to a positive integer.")
-        if settings.n_null < 2 or not 0 < settings.voxel_fraction <= 1 or settings.window_s <= 0:
-            raise InputError(None, "generation.beam_search needs n_null ≥ 2, voxel_fraction in (0, 1] and window_s > 0.")
+        if settings.n_null < MIN_NULL_TEXTS or not 0 < settings.voxel_fraction <= 1 or settings.window_s <= 0:
+            raise InputError(None, f"generation.beam_search needs n_null ≥ {MIN_NULL_TEXTS}, voxel_fraction in (0, 1] and window_s > 0.",
+                             f"set generation.beam_search.n_null to {MIN_NULL_TEXTS} or more (default 10).")
         return settings
 
 
@@ -386,6 +390,20 @@ def window_scores(times: np.ndarray, reference: Sequence[str], decoded: Sequence
     return pd.DataFrame(rows)
 
 
+def null_z_and_p(decoded: pd.Series, null: pd.DataFrame, metrics: Mapping[str, str]) -> tuple[dict, dict]:
+    """Per metric, z = (decoded − null mean) / null SD and the one-sided rank p = (1 + #{null texts at least as good}) /
+    (1 + n_null), both oriented so that better is higher (WER sign-flipped). A null with no spread gives z NaN (logged)."""
+    z, p = {}, {}
+    for metric, better in metrics.items():
+        sign = 1.0 if better == "higher" else -1.0
+        gain, spread = sign * (decoded[metric] - null[metric].mean()), float(null[metric].std(ddof=1))
+        if not spread > 0:
+            log.warning("beam search: every null text scores %s %.4f, so its z is undefined (NaN)", metric, null[metric].iloc[0])
+        z[metric] = float(gain / spread) if spread > 0 else float("nan")
+        p[metric] = float((1 + (sign * null[metric] >= sign * decoded[metric] - 1e-12).sum()) / (1 + len(null)))
+    return z, p
+
+
 def run_beam_search(responses_h5, words_tsvs: Mapping[str, str | os.PathLike], aligned_h5, layers_tsv,
                     manifests: Mapping[str, str | os.PathLike], *, model_cfg: Mapping, llm_cfg: Mapping, encoding: Mapping,
                     train_stories: Sequence[str], test_stories: Sequence[str], settings: BeamSearchSettings, subject: str,
@@ -419,14 +437,13 @@ def run_beam_search(responses_h5, words_tsvs: Mapping[str, str | os.PathLike], a
     metrics = {**{m: METRICS[m] for m in ("bleu1", "rouge1", "meteor", "wer")}, "embedding": "higher"}
     per_text = table.groupby("source")[list(metrics)].mean()
     null = per_text.drop(index="brain")
-    z = {m: float((per_text.loc["brain", m] - null[m].mean()) / max(null[m].std(ddof=1), 1e-12) * (1 if better == "higher" else -1))
-         for m, better in metrics.items()}
+    z, p = null_z_and_p(per_text.loc["brain"], null, metrics)
     summary = {
         "subject": subject, "layer": layer, "n_voxels": int(len(model.voxels)), "test_stories": list(test_stories),
         "n_words": n_words,
         "decoded": {m: float(per_text.loc["brain", m]) for m in metrics},
         "null_mean": {m: float(null[m].mean()) for m in metrics}, "null_sd": {m: float(null[m].std(ddof=1)) for m in metrics},
-        "z": z, "n_metrics_z_above_2": int(sum(v > 2 for v in z.values())), "n_null": settings.n_null,
+        "z": z, "p": p, "n_metrics_z_above_2": int(sum(v > 2 for v in z.values())), "n_null": settings.n_null,
         "encoding_log_likelihood": {"heard": loglik["heard"], "decoded": loglik["brain"],
                                     "null": [loglik[f"null_{k:02d}"] for k in range(settings.n_null)]},
         "noise": model.noise, "settings": asdict(settings), "meteor": scorer.meteor_note,

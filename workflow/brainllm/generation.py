@@ -80,7 +80,7 @@ class GenerationSettings:
     no_repeat_ngram_size: int = 2
     repetition_penalty: float = 1.0
     pairwise_permutations: int = 10
-    block_trs: int = 10
+    block_trs: int = 20
     n_boot: int = 1000
     n_flips: int = 10000
     seed: int = 0
@@ -107,6 +107,11 @@ class GenerationSettings:
                              "set a positive number of components, or null for every voxel.")
         if settings.prompt_words < 0 or not settings.delays or min(settings.delays) < 0:
             raise InputError(None, "generation.brain_prompt.prompt_words and delays must be non-negative (delays not empty).")
+        span = int(settings.segment_trs) + max(settings.delays)
+        if int(settings.block_trs) < span:
+            raise InputError(None, f"generation.brain_prompt.block_trs is {settings.block_trs}, shorter than the {span} TRs over which "
+                             "neighbouring segments share responses (segment_trs + max(delays)): the paired tests would overstate "
+                             "significance.", f"set generation.brain_prompt.block_trs to at least {span} (default 20).")
         return settings
 
     @property
@@ -434,7 +439,7 @@ def train_condition(prompted: PromptedLM, train: Segments, validation: Segments,
     """Train the decoder (and the active LoRA adapter) on ``train``; best weights by validation loss, and the curves."""
     params = _trainable(prompted.decoder, prompted.lm)
     optimizer = torch.optim.AdamW(list(params.values()), lr=settings.lr, weight_decay=settings.weight_decay)
-    rng = np.random.default_rng([settings.seed, 1 if use_brain else 2])
+    rng = np.random.default_rng([settings.seed, 1])  # both conditions see the same batches: they differ in the brain input alone
     torch.manual_seed(settings.seed)
 
     def brain_of(segments: Segments, index) -> torch.Tensor:
@@ -521,7 +526,8 @@ def pairwise_accuracy(prompted: PromptedLM, segments: Segments, settings: Genera
     """Pairwise accuracy with its block sign-flip p (one-sided, > 0.5) and the binomial p; per-segment wins ``(n,)``."""
     wins = np.zeros(len(segments))
     for order in permutations:
-        wins += true_loss < condition_losses(prompted, segments, segments.brain[order], settings.batch_size)
+        permuted_loss = condition_losses(prompted, segments, segments.brain[order], settings.batch_size)
+        wins += (true_loss < permuted_loss) + 0.5 * (true_loss == permuted_loss)  # a tie is half a win
     wins /= len(permutations)
     test = paired_segment_test(wins - 0.5, block, settings.n_boot, settings.n_flips, settings.seed)
     n_wins = int(round(wins.sum() * len(permutations)))

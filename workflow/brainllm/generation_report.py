@@ -53,14 +53,14 @@ def plot_brain_prompt(scores_jsons: Sequence[str | os.PathLike], comparisons_tsv
 
 
 def beam_search_table(scores_jsons: Sequence[str | os.PathLike], out_tsv: str | os.PathLike) -> pd.DataFrame:
-    """One row per (subject, metric): decoded, null mean and SD, z."""
+    """One row per (subject, metric): decoded, null mean and SD, z and the rank p against the null texts."""
     rows = []
     for path in scores_jsons:
         record = json.loads(Path(path).read_text())
         for metric, z in record["z"].items():
             rows.append({"subject": record["subject"], "layer": record["layer"], "metric": metric, "decoded": record["decoded"][metric],
                          "null_mean": record["null_mean"][metric], "null_sd": record["null_sd"][metric], "z": z,
-                         "n_null": record["n_null"], "n_words": record["n_words"]})
+                         "p": record["p"][metric], "n_null": record["n_null"], "n_words": record["n_words"]})
     table = pd.DataFrame(rows)
     write_tsv(out_tsv, table)
     return table
