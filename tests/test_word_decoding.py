@@ -3,6 +3,8 @@ planted ground truth, chance by simulation on shuffled data, bad input."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -109,10 +111,11 @@ def test_probabilities_ranks_and_scores_match_brute_force():
     ranks = []
     for i in range(30):
         others = [log_p[i, j] for j in range(50) if j != true[i]]
-        assert percentile[i] == pytest.approx(np.mean([o < log_p[i, true[i]] for o in others]))
-        ranks.append(1 + sum(o >= log_p[i, true[i]] for o in others))
+        heard = log_p[i, true[i]]
+        assert percentile[i] == pytest.approx(np.mean([(o < heard) + 0.5 * (o == heard) for o in others]))  # ties count half
+        ranks.append(1 + sum((o > heard) + 0.5 * (o == heard) for o in others))
     ranks = np.array(ranks)
-    assert scores["top1"] == pytest.approx(np.mean(ranks <= 1)) and scores["top10"] == pytest.approx(np.mean(ranks <= 10))
+    assert scores["top1"] == pytest.approx(np.mean(ranks <= 1)) and scores["top10"] == pytest.approx(np.mean(ranks <= 10))  # no ties here
     assert scores["mean_log2_probability"] == pytest.approx(np.mean(log_p[np.arange(30), true]) / np.log(2))
     predicted = log_p.argmax(1)
     sens = [np.mean(predicted[true == c] == c) for c in np.unique(true)]
@@ -129,6 +132,99 @@ def test_permutation_p_matches_explicit_permutations():
     observed = wd.percentile_of_true(similarity[pair], true).mean()
     null = [wd.percentile_of_true(similarity[order[pair]], true).mean() for order in metrics.block_permutations(40, 5, 50, seed=4)]
     assert p == pytest.approx((1 + sum(n >= observed - 1e-12 for n in null)) / 51)
+
+
+def _reference_ranks(scores, true, k):
+    """Slow reference by scipy.stats.rankdata, row by row: the heard word's percentile (average ranks, ascending), its
+    mid-rank (1 = best) and its chance of being in the first k when its tie group's order is random (the group
+    spans ranks min…max)."""
+    from scipy.stats import rankdata
+
+    percentile, mid, top = [], [], []
+    for row, t in zip(scores, true):
+        n = len(row)
+        percentile.append((rankdata(row, method="average")[t] - 1) / (n - 1))
+        mid.append(rankdata(-row, method="average")[t])
+        low, high = rankdata(-row, method="min")[t], rankdata(-row, method="max")[t]
+        top.append(np.mean(np.arange(low, high + 1) <= k))
+    return np.array(percentile), np.array(mid), np.array(top)
+
+
+def test_mid_ranks_match_scipy_rankdata_on_tied_scores():
+    rng = np.random.default_rng(12)
+    scores = rng.integers(0, 6, (60, 40)).astype(float)  # heavy ties
+    scores[:10] = rng.standard_normal((10, 40))  # no ties
+    scores[10] = 3.0  # every word tied: chance
+    true = rng.integers(0, 40, 60)
+    percentile, mid, top3 = _reference_ranks(scores, true, 3)
+    np.testing.assert_allclose(wd.percentile_of_true(scores, true), percentile, atol=1e-12)
+    np.testing.assert_allclose(wd.mid_rank_of_true(scores, true), mid, atol=1e-12)
+    np.testing.assert_allclose(wd.top_k_of_true(scores, true, 3), top3, atol=1e-12)
+    assert wd.percentile_of_true(scores, true)[10] == 0.5 and wd.top_k_of_true(scores, true, 3)[10] == pytest.approx(3 / 40)
+    result = wd.class_scores(scores, true, (1, 3))
+    assert result["top1"] == pytest.approx(_reference_ranks(scores, true, 1)[2].mean()) and result["top3"] == pytest.approx(top3.mean())
+    assert result["mean_percentile_rank"] == pytest.approx(percentile.mean()) and result["median_rank"] == pytest.approx(np.median(mid))
+    # the permutation null counts ties the same way: explicit block permutations of tied similarities, scored by the reference
+    similarity = np.round(rng.standard_normal((40, 25)), 1)
+    pair, true = rng.integers(0, 40, 60), rng.integers(0, 25, 60)
+    assert wd.percentile_of_true(similarity[pair], true).mean() != pytest.approx(  # ties do occur and matter here
+        np.mean([(r < r[t]).sum() / 24 for r, t in zip(similarity[pair], true)]))
+    observed = _reference_ranks(similarity[pair], true, 1)[0].mean()
+    null = [_reference_ranks(similarity[order[pair]], true, 1)[0].mean() for order in metrics.block_permutations(40, 5, 50, seed=4)]
+    assert wd._permutation_p(similarity, pair, true, 5, 50, seed=4) == pytest.approx((1 + sum(n >= observed - 1e-12 for n in null)) / 51)
+
+
+def test_uninformative_brain_gains_nothing_over_a_tied_frequency_prior(tmp_path):
+    """The review's case: a frequency prior with large tie groups (like wordfreq's, 368 distinct values over 30 000
+    English words) and brain scores independent of the heard word, forced into the combination (β = 1). The brain
+    only reorders words within a tie group (its logits span 0.5, the prior's levels are 1 apart in log), so brain +
+    frequency is the prior in expectation. With ties counted against the heard word the gain was 0.5 · E[#tied] /
+    (n − 1) ≈ 0.014 here, every CI above 0 and every p at its floor 1/401; with mid-ranks it scatters around 0 (over 40
+    seeds: CI coverage 0.925, p < 0.05 in 5 %, the mean of 8 seeds within ±0.0003 and their mean p 0.37–0.68)."""
+    n_vocab = 2000
+    level = np.floor(np.sqrt(np.arange(n_vocab)))  # tie groups of 1, 3, 5, … 89 words
+    vocabulary = pd.DataFrame({"word": [f"w{i:04d}" for i in range(n_vocab)], "frequency": np.exp(-level), "source": "wordfreq"})
+    rng = np.random.default_rng(13)
+    text = _unit(rng.standard_normal((n_vocab, 16)))
+    settings = wd.WordDecodingSettings(prior_weights=(1.0,), n_permutations=20, n_bootstrap=400)
+    gains, covered, p_values = [], [], []
+    for seed in range(8):
+        out = {name: tmp_path / f"{seed}_{name}.tsv" for name in ("words", "vocabulary")} | {"summary": tmp_path / f"{seed}.json"}
+        summary = wd.classify_words(_splits(np.random.default_rng(seed), text, 0.0), vocabulary, text, 0.25, replace(settings, seed=seed), out)
+        gain = summary["gain_over_frequency"]
+        gains.append(gain["mean"])
+        covered.append(gain["ci_low"] < 0 < gain["ci_high"])
+        p_values.append(gain["p"])
+        true = pd.read_csv(out["words"], sep="\t")["word"].str[1:].astype(int).to_numpy()
+        expected = _reference_ranks(np.broadcast_to(-level, (len(true), n_vocab)), true, 1)[0].mean()  # the prior's own mid-rank percentile
+        assert summary["frequency"]["mean_percentile_rank"] == pytest.approx(expected)
+    assert abs(np.mean(gains)) < 0.001 and np.mean(covered) >= 0.6 and 0.2 < np.mean(p_values) < 0.8, (gains, covered, p_values)
+    assert np.mean(np.array(p_values) < 0.05) <= 0.25, p_values
+
+
+def test_non_finite_scores_are_refused(tmp_path):
+    scores = np.random.default_rng(14).standard_normal((5, 8))
+    true = np.arange(5)
+    for bad in (np.nan, np.inf, -np.inf):
+        spoiled = scores.copy()
+        spoiled[2, 3] = bad
+        for score in (wd.percentile_of_true, wd.mid_rank_of_true, lambda s, t: wd.class_scores(s, t, (1,))):
+            with pytest.raises(InputError, match=r"non-finite value\(s\).*\(2, 3\)"):
+                score(spoiled, true)
+        with pytest.raises(InputError, match="non-finite"):
+            wd._permutation_p(spoiled, np.arange(5), true, 2, 10, seed=0)
+    rng = np.random.default_rng(15)
+    text = _unit(rng.standard_normal((50, 4)))
+    splits = _splits(rng, text, 1.0, n_pairs=20)
+    splits["test"].brain[4] = np.nan  # e.g. a zero-norm embedding divided by its norm
+    out = {name: tmp_path / f"{name}.tsv" for name in ("words", "vocabulary")} | {"summary": tmp_path / "summary.json"}
+    with pytest.raises(InputError, match="test brain-text similarities contain 50 non-finite"):
+        wd.classify_words(splits, _vocabulary(50, rng), text, 10.0, wd.WordDecodingSettings(n_permutations=10, n_bootstrap=10), out)
+    vocabulary = _vocabulary(50, rng)
+    vocabulary.loc[7, "frequency"] = np.nan
+    with pytest.raises(InputError, match="frequency that is not a finite number.*'w0007'"):
+        wd.classify_words(_splits(rng, text, 1.0, n_pairs=20), vocabulary, text, 10.0, wd.WordDecodingSettings(), out)
+    assert not (tmp_path / "summary.json").exists()
 
 
 def _unit(x):

@@ -25,6 +25,16 @@ macro sensitivity/specificity of the top-1 decision over the classes heard, a on
 block-permutation p of the brain's mean percentile rank (brain windows exchanged in
 blocks of TRs, which keeps their autocorrelation), and a paired block bootstrap of the
 gain of brain + prior over the prior alone (CI and one-sided p).
+
+Ties: every score that ranks the heard word uses mid-ranks — a vocabulary word scored equal
+to the heard word counts half below and half above it, as in :func:`metrics.two_way_per_row`.
+A predictor that ties every word scores chance, and breaking its ties at random leaves the
+percentile rank unchanged in expectation (the wordfreq prior is heavily tied: 30 000 English
+words have a few hundred distinct frequencies, so with ties counted against the heard word any
+added noise — a brain with no information — raised brain + prior above the prior alone). Top-k
+is the same expectation: the chance that the heard word lands in the first k when its ties are
+put in random order (:func:`top_k_of_true`). Scores must be finite (NaN or ±inf is an
+:class:`~brainllm.io.InputError`, never a silent rank).
 """
 
 from __future__ import annotations
@@ -56,7 +66,10 @@ __all__ = [
     "check_tokenizable",
     "word_rows",
     "log_softmax",
+    "rank_counts",
     "percentile_of_true",
+    "mid_rank_of_true",
+    "top_k_of_true",
     "class_scores",
     "choose_prior_weight",
     "classify_words",
@@ -79,7 +92,7 @@ class WordDecodingSettings:
     embedding: str = "mapped"
     top_k: tuple[int, ...] = (1, 10)
     prior_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
-    block_trs: int = 10
+    block_trs: int = 20
     n_permutations: int = 1000
     n_bootstrap: int = 2000
     seed: int = 0
@@ -248,28 +261,82 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
 
 
+def _check_finite(scores: np.ndarray, what: str) -> None:
+    """Refuse NaN or ±inf scores: they have no rank (a NaN compares neither below nor above anything)."""
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(None, f"{what} contain {int(bad.sum())} non-finite value(s) (the first, {scores[first]}, at index {first}).",
+                         "check the brain and text embeddings for NaN or infinite values (a zero-norm row, a failed fit) and the logit scale.")
+
+
+def rank_counts(scores: np.ndarray, true_index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``scores`` ``(n, n_classes)``, how many other classes score strictly above, tied with
+    and strictly below class ``true_index[row]``; an :class:`InputError` when any score is not finite."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] < 2:
+        raise ValueError(f"scores must be (n, n_classes ≥ 2), got shape {scores.shape}")
+    _check_finite(scores, "the word scores")
+    true_scores = scores[np.arange(len(scores)), np.asarray(true_index)][:, None]
+    above = (scores > true_scores).sum(1)
+    tied = (scores == true_scores).sum(1) - 1  # less the true class itself
+    return above, tied, scores.shape[1] - 1 - above - tied
+
+
 def percentile_of_true(scores: np.ndarray, true_index: np.ndarray) -> np.ndarray:
-    """Per row, the fraction of the other classes scored strictly below class ``true_index[row]``."""
-    scores = np.asarray(scores)
-    true_scores = scores[np.arange(len(scores)), true_index]
-    below = (scores < true_scores[:, None]).sum(1)
-    return below / (scores.shape[1] - 1)
+    """Per row, the share of the other classes scored below class ``true_index[row]``, ties counting half:
+    (#below + ½ #tied) / (n_classes − 1); 1 = first, chance 0.5, and 0.5 when every class ties."""
+    above, tied, below = rank_counts(scores, true_index)
+    return _percentile(above, tied, below)
+
+
+def mid_rank_of_true(scores: np.ndarray, true_index: np.ndarray) -> np.ndarray:
+    """Per row, the mid-rank of class ``true_index[row]`` (1 = best): 1 + #above + ½ #tied, the mean of the ranks its
+    tie group spans; ``percentile_of_true = (n_classes − rank) / (n_classes − 1)``."""
+    above, tied, _ = rank_counts(scores, true_index)
+    return _mid_rank(above, tied)
+
+
+def top_k_of_true(scores: np.ndarray, true_index: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the chance that class ``true_index[row]`` is among the first ``k`` when its ties are ordered at random:
+    1 with fewer than k − #tied classes above it … 0 with k or more above, clip((k − #above) / (#tied + 1), 0, 1) in between
+    (a predictor that ties every class scores k / n_classes, chance; without ties, the plain top-k hit)."""
+    above, tied, _ = rank_counts(scores, true_index)
+    return _top_k(above, tied, k)
+
+
+def _percentile(above: np.ndarray, tied: np.ndarray, below: np.ndarray) -> np.ndarray:
+    return (below + 0.5 * tied) / (above + tied + below)
+
+
+def _mid_rank(above: np.ndarray, tied: np.ndarray) -> np.ndarray:
+    return 1.0 + above + 0.5 * tied
+
+
+def _top_k(above: np.ndarray, tied: np.ndarray, k: int) -> np.ndarray:
+    return np.clip((int(k) - above) / (tied + 1.0), 0.0, 1.0)
 
 
 def _ranks(scores: np.ndarray, true_index: np.ndarray) -> np.ndarray:
-    """Rank of the true class per row (1 = best; ties count against it)."""
-    true_scores = scores[np.arange(len(scores)), true_index]
-    return (scores >= true_scores[:, None]).sum(1)
+    """Mid-rank of the true class per row (1 = best; ties count half: :func:`mid_rank_of_true`)."""
+    return mid_rank_of_true(scores, true_index)
 
 
 def class_scores(log_probability: np.ndarray, true_index: np.ndarray, top_k: Sequence[int]) -> dict:
-    """Top-k, mean percentile rank, mean log2-probability and macro sensitivity/specificity of ``(n_words, n_vocab)``."""
-    ranks = _ranks(log_probability, true_index)
+    """Top-k, mean percentile rank, median rank, mean log2-probability and macro sensitivity/specificity of ``(n_words, n_vocab)``.
+
+    Ties count half (mid-ranks: :func:`percentile_of_true`, :func:`mid_rank_of_true`); top-k is the expected hit rate
+    when ties are ordered at random (:func:`top_k_of_true`). The top-1 decision behind sensitivity/specificity is the
+    first of the best-scored words (in vocabulary, i.e. alphabetical, order) when several tie.
+    """
+    log_probability = np.asarray(log_probability, dtype=np.float64)
+    above, tied, below = rank_counts(log_probability, true_index)  # and checks the scores are finite
+    ranks = _mid_rank(above, tied)
     predicted = np.argmax(log_probability, axis=1)
     decision = metrics.sensitivity_specificity(true_index, predicted, labels=np.unique(true_index))
-    scores = {f"top{k}": float((ranks <= k).mean()) for k in top_k}
+    scores = {f"top{k}": float(_top_k(above, tied, k).mean()) for k in top_k}
     scores.update(
-        mean_percentile_rank=float(percentile_of_true(log_probability, true_index).mean()),
+        mean_percentile_rank=float(_percentile(above, tied, below).mean()),
         median_rank=float(np.median(ranks)),
         mean_log2_probability=float(log_probability[np.arange(len(ranks)), true_index].mean() / np.log(2)),
         sensitivity=decision["sensitivity_macro"],
@@ -298,14 +365,17 @@ def circular_shifts(n_pairs: int, min_shift: int, n_permutations: int, seed: int
 
 def _permutation_p(similarity: np.ndarray, pair_index: np.ndarray, true_index: np.ndarray, block_trs: int, n_permutations: int, seed: int,
                    null: str = "block") -> float:
-    """One-sided p of the mean percentile rank when brain windows change places in blocks of ``block_trs`` pairs
-    (``null`` ``block``), or are rotated against the words by at least that many pairs (``circular``: every
-    slow trend of either side is kept)."""
+    """One-sided p of the mean percentile rank (:func:`percentile_of_true`, ties counting half) when brain windows
+    change places in blocks of ``block_trs`` pairs (``null`` ``block``), or are rotated against the words by at
+    least that many pairs (``circular``: every slow trend of either side is kept)."""
+    similarity = np.asarray(similarity, dtype=np.float64)
+    _check_finite(similarity, "the brain-text similarities")
     n_pairs, n_vocab = similarity.shape
     ordered = np.sort(similarity, axis=1)
-    # below[p, i]: vocabulary words scored strictly below word i's true word by pair p
+    # below[p, i] / tied[p, i]: other vocabulary words scored strictly below / equal to word i's true word by pair p
     below = np.stack([np.searchsorted(ordered[p], similarity[p, true_index], side="left") for p in range(n_pairs)])
-    percentile = below / (n_vocab - 1)
+    tied = np.stack([np.searchsorted(ordered[p], similarity[p, true_index], side="right") for p in range(n_pairs)]) - below - 1
+    percentile = (below + 0.5 * tied) / (n_vocab - 1)
     observed = percentile[pair_index, np.arange(len(true_index))].mean()
     if null == "circular":
         orders = circular_shifts(n_pairs, block_trs, n_permutations, seed)
@@ -358,19 +428,30 @@ def classify_words(
     ``splits`` holds ``validation`` (to choose β) and ``test``; ``text_embeddings``
     ``(n_vocab, shared_dim)`` are unit norm; ``scale`` is the learned logit scale (1 / temperature);
     ``mode`` (the run's: frozen, lora or eeg) and ``record`` (further entries) are recorded in the summary.
+    Ranks are mid-ranks (ties count half, :func:`class_scores`): the per-word ``*_rank`` columns can end in .5, and a
+    brain that carries no information leaves brain + frequency at the frequency prior's percentile in expectation.
+    Non-finite similarities, frequencies or scale are an :class:`InputError`.
     """
     n_vocab = len(vocabulary)
     frequency = vocabulary["frequency"].to_numpy(float)
+    if not np.isfinite(frequency).all() or (frequency < 0).any():
+        bad = vocabulary["word"].to_numpy()[~(np.isfinite(frequency) & (frequency >= 0))]
+        raise InputError(None, f"{len(bad)} vocabulary word(s) have a frequency that is not a finite number ≥ 0 (e.g. {bad[0]!r}).",
+                         "re-run the decoding_vocabulary rule.")
+    if not np.isfinite(scale):
+        raise InputError(None, f"the logit scale is {scale}.", "check the trained model (its temperature) or the ridge decoder's fit.")
     floor = frequency[frequency > 0].min() if (frequency > 0).any() else 1.0
     prior = np.where(frequency > 0, frequency, floor)  # words the list does not know get its rarest frequency
     log_prior = np.log(prior / prior.sum())
 
     similarity, pair, true = _scores(splits["validation"], text_embeddings)
+    _check_finite(similarity, "the validation brain-text similarities")
     beta, fits = choose_prior_weight(scale * similarity[pair], log_prior[None, :], true, settings.prior_weights)
     log.info("validation: β = %g (mean log-probability of the heard words %s over β %s)", beta, [round(f, 3) for f in fits], list(settings.prior_weights))
 
     test = splits["test"]
     similarity, pair, true = _scores(test, text_embeddings)
+    _check_finite(similarity, "the test brain-text similarities")
     if len(true) == 0:
         raise InputError(None, "no held-out word falls inside a contrastive pair and the vocabulary.", "check the test stories' words.tsv and the vocabulary.")
     brain = log_softmax(scale * similarity)  # (n_pairs, n_vocab): every vocabulary word's probability per brain window
