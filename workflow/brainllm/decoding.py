@@ -8,7 +8,11 @@ both directions — observed → predicted (which prediction is this brain segme
 predicted → observed — as top-1 / top-5 accuracy, mean percentile rank (1 = always
 first, chance 0.5), the macro sensitivity and specificity of the per-segment decision
 (each segment a class), chance beside each, and a one-sided permutation p-value of the
-mean percentile rank against random pairings of observed and predicted segments.
+mean percentile rank against random pairings of observed and predicted segments. The
+pairings are block permutations (:func:`identification_p`): neighbouring segments of a
+time series are autocorrelated, so the candidates change places in blocks of consecutive
+segments spanning at least ``block_trs`` TRs (a free permutation of single segments makes
+the null too narrow and the p too small).
 
 Through a trained contrastive run — frozen features (:func:`contrastive_decoding`) or LoRA
 (:func:`lora_decoding`): the same identification with segments of k consecutive pairs,
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +43,8 @@ __all__ = [
     "segment_slices",
     "segment_similarity",
     "percentile_ranks",
+    "segments_per_block",
+    "identification_p",
     "identification_scores",
     "identify_segments",
     "identification_table",
@@ -59,6 +66,7 @@ class IdentificationSettings:
     top_k: tuple[int, ...] = (1, 5)
     n_permutations: int = 1000
     seed: int = 0
+    block_trs: int = 20  # the null permutes blocks of consecutive segments spanning ≥ block_trs TRs (samples for EEG)
 
     @classmethod
     def from_config(cls, section: Mapping | None, seed: int = 0) -> "IdentificationSettings":
@@ -69,6 +77,7 @@ class IdentificationSettings:
             top_k=tuple(int(k) for k in section.get("top_k", cls.top_k)),
             n_permutations=int(section.get("n_permutations", cls.n_permutations)),
             seed=int(section.get("seed", seed)),
+            block_trs=int(section.get("block_trs", cls.block_trs)),
         )
 
 
@@ -120,7 +129,58 @@ def percentile_ranks(similarity: np.ndarray) -> np.ndarray:
     return (n_items - metrics._ranks_of_diagonal(similarity)) / (n_items - 1)
 
 
-def _direction_scores(similarity: np.ndarray, top_k: Sequence[int], n_permutations: int, rng) -> dict:
+def segments_per_block(segment_trs: float, block_trs: float) -> int:
+    """Consecutive segments per block of the identification null: ⌈block_trs / segment_trs⌉, at least 1.
+
+    ``segment_trs``: the TRs one segment spans (k, or k × the stride of contrastive pairs).
+    Segments of ``block_trs`` TRs or longer are permuted one by one.
+    """
+    segment_trs, block_trs = float(segment_trs), float(block_trs)
+    if segment_trs <= 0 or block_trs < 1:
+        raise InputError(None, f"segment length {segment_trs:g} TRs and block length {block_trs:g} TRs: both must be positive.",
+                         "set decoding.identification.block_trs ≥ 1 and segment_trs ≥ 1.")
+    return max(1, math.ceil(block_trs / segment_trs - 1e-9))
+
+
+def _check_finite(array: np.ndarray, what: str, source: str | os.PathLike | None, fix: str) -> None:
+    """InputError naming ``what`` when ``array`` holds NaN or infinite values (NaN would rank a row first)."""
+    array = np.asarray(array)
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = np.argwhere(~finite)
+        raise InputError(source, f"{what} hold {int((~finite).sum())} NaN or infinite value(s) (first at index {tuple(int(i) for i in bad[0])}).", fix)
+
+
+def _wins(sorted_rows: np.ndarray, similarity: np.ndarray, orders: np.ndarray) -> np.ndarray:
+    """``(n_orders,)`` Σ over rows i of #{candidates scored strictly below the one ``orders[:, i]`` pairs with row i}.
+
+    Divided by N (N − 1) it is the mean percentile rank of that pairing (ties count against).
+    """
+    wins = np.zeros(len(orders), dtype=np.int64)
+    for i in range(similarity.shape[0]):
+        wins += np.searchsorted(sorted_rows[i], similarity[i, orders[:, i]], side="left")
+    return wins
+
+
+def identification_p(similarity: np.ndarray, orders: np.ndarray | None) -> float:
+    """One-sided p of the mean percentile rank of ``similarity``'s diagonal against the pairings ``orders``.
+
+    ``orders`` ``(n_permutations, N)``: row i is paired with candidate ``orders[:, i]``
+    (:func:`brainllm.metrics.block_permutations`); None (too few blocks): NaN.
+    p = (1 + #{null mean percentile rank ≥ observed}) / (1 + n_permutations), counted
+    exactly on integer win counts.
+    """
+    if orders is None:
+        return float("nan")
+    similarity = np.asarray(similarity, dtype=np.float64)
+    n_items = similarity.shape[0]
+    sorted_rows = np.sort(similarity, axis=1)
+    observed = _wins(sorted_rows, similarity, np.arange(n_items)[None, :])[0]
+    exceed = int((_wins(sorted_rows, similarity, orders) >= observed).sum())
+    return (1 + exceed) / (1 + len(orders))
+
+
+def _direction_scores(similarity: np.ndarray, top_k: Sequence[int], orders: np.ndarray | None) -> dict:
     n_items = similarity.shape[0]
     rank = metrics._ranks_of_diagonal(similarity)  # 1 = best; ties count against
     scores = {f"top{k}": float((rank <= k).mean()) for k in top_k}
@@ -128,28 +188,39 @@ def _direction_scores(similarity: np.ndarray, top_k: Sequence[int], n_permutatio
     decision = metrics.sensitivity_specificity(np.arange(n_items), np.argmax(similarity, axis=1), labels=np.arange(n_items))
     scores["sensitivity"] = decision["sensitivity_macro"]
     scores["specificity"] = decision["specificity_macro"]
-    # null: random pairings of rows with candidate columns (the permuted matrix's diagonal)
-    observed = scores["mean_percentile_rank"]
-    exceed = 0
-    for _ in range(n_permutations):
-        permuted = similarity[:, rng.permutation(n_items)]
-        exceed += percentile_ranks(permuted).mean() >= observed - 1e-12
-    scores["p"] = (1 + exceed) / (1 + n_permutations)
+    # null: rows paired with candidates moved in blocks of consecutive segments (the permuted matrix's diagonal)
+    scores["p"] = identification_p(similarity, orders)
     return scores
 
 
-def identification_scores(similarity: np.ndarray, top_k: Sequence[int] = (1, 5), n_permutations: int = 1000, seed: int = 0) -> dict:
+def identification_scores(similarity: np.ndarray, top_k: Sequence[int] = (1, 5), n_permutations: int = 1000, seed: int = 0,
+                          segment_trs: float = 1, block_trs: float = 1) -> dict:
     """Scores in both directions of ``similarity`` (rows observed, columns predicted) with chance levels.
 
     ``{direction: {top<k>, mean_percentile_rank, sensitivity, specificity, p}, "chance": {...}, "n_segments"}``;
     chance: top-k = k / N, percentile rank 0.5, sensitivity 1 / N, specificity 1 − 1 / N.
+    Rows and columns are segments in time order, each spanning ``segment_trs`` TRs; the p's
+    null permutes blocks of :func:`segments_per_block` consecutive candidates (the same
+    ``n_permutations`` seeded orders in both directions). The defaults (1, 1) permute single
+    segments, right only for independent segments. Fewer than 2 blocks: p is NaN (logged).
     """
     similarity = np.asarray(similarity, dtype=np.float64)
+    if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
+        raise ValueError(f"similarity must be square (N, N), got shape {similarity.shape}")
+    _check_finite(similarity, "the segment similarities", None,
+                  "check the observed and predicted segments for NaN or infinite values (re-run the rule that wrote them).")
     n_items = similarity.shape[0]
-    rng = np.random.default_rng(seed)
+    block = segments_per_block(segment_trs, block_trs)
+    if n_items // block < 2:
+        log.warning("identification p left NaN: %d segments of %g TRs make fewer than 2 blocks of %d segments (≥ %g TRs each) "
+                    "for the block-permutation null; lower decoding.identification.block_trs or add test stories",
+                    n_items, float(segment_trs), block, float(block_trs))
+        orders = None
+    else:
+        orders = metrics.block_permutations(n_items, block, int(n_permutations), seed)
     result = {
-        "observed_to_predicted": _direction_scores(similarity, top_k, n_permutations, rng),
-        "predicted_to_observed": _direction_scores(similarity.T, top_k, n_permutations, rng),
+        "observed_to_predicted": _direction_scores(similarity, top_k, orders),
+        "predicted_to_observed": _direction_scores(similarity.T, top_k, orders),
     }
     chance = {f"top{k}": min(k, n_items) / n_items for k in top_k}
     chance.update({"mean_percentile_rank": 0.5, "sensitivity": 1 / n_items, "specificity": 1 - 1 / n_items})
@@ -178,11 +249,15 @@ def identify_segments(
     from .inference import top_voxels
 
     voxels = top_voxels(selection_scores, settings.voxel_fraction)
+    observed, predicted = np.asarray(observed)[:, voxels], np.asarray(predicted)[:, voxels]
+    _check_finite(observed, "the observed test responses (on the chosen voxels)", source, "re-run preprocessing; responses must be finite.")
+    _check_finite(predicted, "the test predictions (on the chosen voxels)", source, "re-run the encoding rule; predictions must be finite.")
     rows = []
     for segment_trs in settings.segment_trs:
         slices = segment_slices(story_lengths, segment_trs, source)
-        similarity = segment_similarity(observed[:, voxels], predicted[:, voxels], slices)
-        scores = identification_scores(similarity, settings.top_k, settings.n_permutations, settings.seed)
+        similarity = segment_similarity(observed, predicted, slices)
+        scores = identification_scores(similarity, settings.top_k, settings.n_permutations, settings.seed,
+                                       segment_trs=segment_trs, block_trs=settings.block_trs)
         rows += _score_rows(scores, segment_trs, DIRECTIONS, n_voxels=len(voxels))
     return rows
 
@@ -246,15 +321,20 @@ def segment_embedding_similarity(brain: np.ndarray, text: np.ndarray, slices: Se
 
 
 def identify_contrastive_segments(brain: np.ndarray, text: np.ndarray, pairs_per_story: Sequence[int], settings: IdentificationSettings,
-                                  source: str | os.PathLike = "contrastive model") -> list[dict]:
+                                  source: str | os.PathLike = "contrastive model", pair_stride_trs: int = 1) -> list[dict]:
     """Identification rows per (k, direction): k consecutive pairs per segment, brain ↔ text by cosine.
 
     Directions: ``brain_to_text`` (which text is this brain segment?) and ``text_to_brain``.
+    Consecutive pairs start ``pair_stride_trs`` TRs apart, so a segment spans k × that many
+    TRs of the null's blocks (``settings.block_trs``).
     """
+    _check_finite(brain, "the brain embeddings of the test pairs", source, "re-run the contrastive training; its embeddings must be finite.")
+    _check_finite(text, "the text embeddings of the test pairs", source, "re-run the contrastive training; its embeddings must be finite.")
     rows = []
     for segment_trs in settings.segment_trs:
         slices = segment_slices(pairs_per_story, segment_trs, source)
-        scores = identification_scores(segment_embedding_similarity(brain, text, slices), settings.top_k, settings.n_permutations, settings.seed)
+        scores = identification_scores(segment_embedding_similarity(brain, text, slices), settings.top_k, settings.n_permutations, settings.seed,
+                                       segment_trs=segment_trs * int(pair_stride_trs), block_trs=settings.block_trs)
         rows += _score_rows(scores, segment_trs, ("brain_to_text", "text_to_brain"))
     return rows
 
@@ -278,7 +358,8 @@ def _decode_run(model, record: Mapping, pairs: Mapping, responses_h5: str | os.P
         embeddings[name] = SplitEmbeddings(brain.numpy().astype(np.float64), pair_words(data, responses_h5, words_tsvs, vocabulary, source))
         if name == "test":
             pairs_per_story = [int((data.pair_story == story).sum()) for story in data.stories]
-            id_rows = identify_contrastive_segments(brain.numpy(), text.numpy(), pairs_per_story, identification, source)
+            stride = settings.get("stride_trs") or settings.get("segment_trs") or 1  # TRs between consecutive pairs' starts
+            id_rows = identify_contrastive_segments(brain.numpy(), text.numpy(), pairs_per_story, identification, source, int(stride))
     write_tsv(out["identification"], pd.DataFrame([{"layer": layer, "mode": record["mode"], **row} for row in id_rows]))
     best = max(r["top1"] / r["chance_top1"] for r in id_rows)
     log.info("contrastive %s run, layer %d: identification top-1 up to %.1f× chance over k = %s", record["mode"], layer, best, list(identification.segment_trs))

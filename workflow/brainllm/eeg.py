@@ -637,7 +637,8 @@ def identify_segments(trf: Mapping, sfreq: float, settings: EegSettings) -> list
     for seconds in settings.identification_s:
         samples = max(int(round(seconds * sfreq)), 1)
         identification = IdentificationSettings(segment_trs=(samples,), voxel_fraction=settings.channel_fraction,
-                                                n_permutations=settings.n_permutations, seed=settings.seed)
+                                                n_permutations=settings.n_permutations, seed=settings.seed,
+                                                block_trs=max(int(round(settings.block_s * sfreq)), 1))  # null blocks span block_s
         for row in identify(trf["observed"], trf["prediction"], trf["story_lengths"], trf["r_validation"], identification, "TRF predictions"):
             rows.append({"segment_s": seconds, **{key: value for key, value in row.items() if key != "segment_trs"}, "segment_samples": samples})
     return rows
