@@ -185,3 +185,119 @@ def test_nested_cross_validation_equals_a_pipeline_per_value(kind, grid):
             assert np.array_equal(predictions[test], expected)
         else:
             np.testing.assert_allclose(predictions[test].astype(float), expected, rtol=1e-6, atol=1e-8)
+
+
+def _ar(rng, n, phi):
+    """A stationary AR(1) series of unit variance."""
+    x = np.empty(n)
+    x[0] = rng.standard_normal()
+    noise = rng.standard_normal(n) * np.sqrt(1 - phi**2)
+    for i in range(1, n):
+        x[i] = phi * x[i - 1] + noise[i]
+    return x
+
+
+def test_rotation_null_is_calibrated_where_a_free_shuffle_is_not():
+    """Null subjects: labels AR(0.8) across segments, predictions an independent AR(0.95) across TRs. The
+    rotation null's p ≤ 0.05 fires at ~5 % (binomial ± 3 SD); the old free shuffle of segments within a story
+    (reference, inline) fires far more often."""
+    n_sims, n_permutations, n_stories, n_segments, trs_per_segment = 800, 99, 2, 100, 2
+    rng = np.random.default_rng(20240611)
+    story = np.repeat(np.arange(n_stories), n_segments)
+    tr_segment = np.repeat(np.arange(n_stories * n_segments), trs_per_segment)
+    members = [np.flatnonzero(story == s) for s in range(n_stories)]
+    rotation, shuffle = [], []
+    for sim in range(n_sims):
+        labels = np.concatenate([_ar(rng, n_segments, 0.8) for _ in range(n_stories)])
+        predictions = np.concatenate([_ar(rng, n_segments * trs_per_segment, 0.95) for _ in range(n_stories)])
+        observed = ld.label_scores("continuous", labels[tr_segment], predictions)["r"]
+        rotation.append(ld.segment_permutation_p("continuous", labels, story, tr_segment, predictions, observed, n_permutations, sim))
+        orders = np.hstack([positions[rng.random((n_permutations, len(positions))).argsort(axis=1)] for positions in members])
+        shuffled = labels[orders][:, tr_segment]
+        shuffled = shuffled - shuffled.mean(axis=1, keepdims=True)
+        centred = predictions - predictions.mean()
+        null = shuffled @ centred / np.sqrt((shuffled**2).sum(axis=1) * (centred @ centred))
+        shuffle.append((1 + np.sum(null >= observed - 1e-12)) / (1 + n_permutations))
+    tolerance = 3 * np.sqrt(0.05 * 0.95 / n_sims)
+    rotation_rate, shuffle_rate = np.mean(np.array(rotation) <= 0.05), np.mean(np.array(shuffle) <= 0.05)
+    print(f"false-positive rate at 0.05: rotation {rotation_rate:.3f}, free shuffle {shuffle_rate:.3f}")
+    assert abs(rotation_rate - 0.05) < tolerance, rotation_rate
+    assert shuffle_rate > 0.05 + 2 * tolerance, shuffle_rate
+
+
+def test_null_scores_equal_label_scores_and_few_segments_give_an_exact_p():
+    """The per-segment null scores equal label_scores on each relabelling; with few segments every combination
+    of per-story shifts (a story left unshifted included) is enumerated and p is the exact rank, never below
+    1 / (product of the segment counts)."""
+    rng = np.random.default_rng(7)
+    story = np.repeat(["a", "b", "c"], [2, 3, 4])
+    tr_segment = np.repeat(np.arange(9), rng.integers(1, 5, 9))
+    for kind in ("continuous", "categorical"):
+        labels = rng.standard_normal(9) if kind == "continuous" else rng.choice(["x", "y", "z"], 9).astype(object)
+        predictions = labels[tr_segment] if kind == "categorical" else labels[tr_segment] + rng.standard_normal(len(tr_segment))
+        null = ld.rotation_null(story, tr_segment, 1000, 0)
+        assert null.exhaustive and null.n_possible == 24 and len(null.orders) == 23
+        assert len({tuple(order) for order in null.orders} | {tuple(range(9))}) == 24
+        assert any((order[:2] == [0, 1]).all() for order in null.orders)  # story a unshifted, others moved
+        key = "r" if kind == "continuous" else "balanced_accuracy"
+        slow = np.array([ld.label_scores(kind, labels[order][tr_segment], predictions)[key] for order in null.orders])
+        np.testing.assert_allclose(ld.null_scores(kind, labels, tr_segment, predictions, null.orders), slow, atol=1e-12)
+        observed = ld.label_scores(kind, labels[tr_segment], predictions)[key]
+        p = ld.segment_permutation_p(kind, labels, story, tr_segment, predictions, observed, 1000, 0)
+        assert p == pytest.approx((1 + np.sum(slow >= observed - 1e-12)) / 24) and p >= 1 / 24
+    # more combinations than permutations: random draws, p on the 1 / (n + 1) grid
+    assert not ld.rotation_null(story, tr_segment, 10, 0).exhaustive
+    # one scored segment per story: no rotation exists
+    single = np.array([0, 0, 1, 1, 2])
+    assert np.isnan(ld.segment_permutation_p("continuous", np.array([0.1, 0.5, 0.9]), np.array(["a", "b", "c"]), single,
+                                             np.array([0.0, 1.0, 2.0, 3.0, 1.0]), 0.3, 99, 0))
+
+
+def test_nan_observed_score_gives_nan_p(tmp_path, monkeypatch, caplog):
+    """Constant predictions make r NaN; p is then NaN (not the smallest p), logged, and written as NaN."""
+    story, tr_segment = np.repeat(["a", "b"], 4), np.repeat(np.arange(8), 3)
+    with caplog.at_level("WARNING", logger=ld.__name__):
+        p = ld.segment_permutation_p("continuous", np.arange(8.0), story, tr_segment, np.ones(24), float("nan"), 99, 0)
+    assert np.isnan(p) and "p is NaN" in caplog.text
+    rng = np.random.default_rng(11)
+    annotations = _annotations(rng)
+    table = tmp_path / "annotations.tsv"
+    annotations.to_csv(table, sep="\t", index=False)
+    monkeypatch.setattr(ld, "cross_validated_predictions",
+                        lambda X, y, groups, kind, grid, n_voxels=500: (np.zeros(len(y)), {g: 1.0 for g in dict.fromkeys(groups)}))
+    settings = ld.LabelSettings(table=str(table), targets={"valence": "continuous"}, delays=(2,), n_voxels=20, n_permutations=50)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores = ld.decode_labels(_responses(tmp_path, annotations, rng), STORIES, settings, _out(tmp_path))
+    assert np.isnan(scores["p"].item())
+    assert np.isnan(pd.read_csv(_out(tmp_path)["scores"], sep="\t")["p"].item())
+
+
+def test_segments_without_scored_trs_stay_out_of_the_null(tmp_path, monkeypatch):
+    """A labelled segment whose TRs all fall to the delay cut lends its label to no scored segment."""
+    story = np.repeat(["a", "b", "c"], 4)
+    labels = np.array(["x", "y", "x", "lost", "y", "x", "y", "x", "x", "y", "y", "x"], dtype=object)
+    tr_segment = np.repeat([0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11], 3)  # segment 3 has no scored TR
+    for n_permutations in (10, 1000):
+        null = ld.rotation_null(story, tr_segment, n_permutations, 0)
+        assert (null.orders[:, 3] == 3).all() and not (np.delete(null.orders, 3, axis=1) == 3).any()
+        for order in null.orders:
+            relabelled = labels[order][tr_segment]
+            assert sorted(relabelled) == sorted(labels[tr_segment])  # equal segment lengths: the class mix is kept
+    # end to end: a last segment per story, of a class found nowhere else, holds only TRs lost to the delay cut
+    rng = np.random.default_rng(12)
+    annotations = _annotations(rng)
+    extra = pd.DataFrame({"story": list(STORIES), "onset": 168.0, "duration": 10.0, "emotion": "surprise", "valence": 0.0})
+    table = tmp_path / "annotations.tsv"
+    pd.concat([annotations, extra], ignore_index=True).to_csv(table, sep="\t", index=False)
+    settings = ld.LabelSettings(table=str(table), targets={"emotion": "categorical"}, delays=(2,), n_voxels=20, n_permutations=50)
+    seen = {}
+    original = ld.null_scores
+
+    def spy(kind, segment_labels, tr_segment, y_pred, orders):
+        seen["labels"] = {label for order in orders for label in segment_labels[order][tr_segment]}
+        seen["n_segments"] = len(segment_labels)
+        return original(kind, segment_labels, tr_segment, y_pred, orders)
+
+    monkeypatch.setattr(ld, "null_scores", spy)
+    scores = ld.decode_labels(_responses(tmp_path, annotations, rng), STORIES, settings, _out(tmp_path))
+    assert seen["labels"] == {"joy", "fear", "sadness"} and seen["n_segments"] == scores["n_segments"].item() == 32
