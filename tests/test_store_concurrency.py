@@ -1,6 +1,6 @@
 """The feature store as a shared cache: two checkouts, one store, real Snakemake processes.
 
-Checkouts here are minimal workflows (common.smk + features.smk) whose words.tsv files are
+Checkouts here are minimal workflows (threads.smk, common.smk and features.smk) whose words.tsv files are
 source files, so every run reaches the features rule at once.
 """
 
@@ -45,6 +45,7 @@ def checkout(root: Path, shared_store: Path) -> Path:
         textwrap.dedent(
             f"""\
             configfile: "config.yaml"
+            include: "{REPO}/workflow/rules/threads.smk"
             include: "{REPO}/workflow/rules/common.smk"
             include: "{REPO}/workflow/rules/features.smk"
             rule all:
