@@ -160,13 +160,14 @@ def stage_outputs(tmp_path_factory):
             layer_table = pd.DataFrame(
                 {
                     "layer": layers,
+                    "mean_r_val": r_all.mean(1) - 0.02,
                     "mean_r": r_all.mean(1),
                     "median_r": np.median(r_all, 1),
                     "mean_r_top10": np.sort(r_all, 1)[:, -n_top:].mean(1),
                     "n_significant": significant_all.sum(1),
                 }
             )
-            layer_table["best"] = layer_table["mean_r"] == layer_table["mean_r"].max()
+            layer_table["best"] = layer_table["mean_r_val"] == layer_table["mean_r_val"].max()
             out["layers"][(subject, model)] = model_dir / f"sub-{subject}_model-{model}_layers.tsv"
             layer_table.to_csv(out["layers"][(subject, model)], sep="\t", index=False)
 
@@ -629,9 +630,25 @@ def test_file_without_entities_is_rejected(tmp_path):
         report.result_key(tmp_path / "scores.tsv")
 
 
+def test_models_are_ranked_and_starred_at_the_layer_chosen_on_validation_r(tmp_path):
+    """Validation r peaks at layer 1, test r at layer 2: the ranking, the curves' star and the scaling panel use layer 1."""
+    paths = []
+    for subject, shift in (("A", 0.0), ("B", 0.01)):
+        path = tmp_path / f"sub-{subject}_model-m_layers.tsv"
+        pd.DataFrame({"layer": [0, 1, 2], "mean_r_val": [0.10, 0.30 + shift, 0.20], "mean_r": [0.10, 0.20, 0.40 + shift],
+                      "mean_r_top10": [0.2, 0.3, 0.5], "best": [False, True, False]}).to_csv(path, sep="\t", index=False)
+        paths.append(path)
+    layers = report.read_layer_tables(paths)
+    assert report.best_layer(layers, "m") == 1 and report.best_layer(layers, "m", "A") == 1
+    curves = report.plot_layer_curves(paths, tmp_path / "c.png", tmp_path / "c.svg", tmp_path / "c.tsv", {"m": 1e6})
+    average = curves[curves["subject"] == "average"].set_index("layer")
+    assert average["best"].tolist() == [False, True, False]
+    assert average.loc[1, "mean_r"] == pytest.approx(0.20)  # the test r reported at the chosen layer, not the test peak 0.405
+
+
 def test_layer_table_without_single_best_is_rejected(tmp_path):
     path = tmp_path / "sub-A_model-m_layers.tsv"
-    pd.DataFrame({"layer": [0, 1], "mean_r": [0.1, 0.2], "mean_r_top10": [0.3, 0.4], "best": [True, True]}).to_csv(path, sep="\t", index=False)
+    pd.DataFrame({"layer": [0, 1], "mean_r_val": [0.1, 0.2], "mean_r": [0.1, 0.2], "mean_r_top10": [0.3, 0.4], "best": [True, True]}).to_csv(path, sep="\t", index=False)
     with pytest.raises(InputError, match="best"):
         report.read_layer_tables([path])
 

@@ -87,11 +87,12 @@ def model_label(model: str, n_params: float | None) -> str:
 
 
 def layer_curves_figure(curves: pd.DataFrame, model_sizes: dict[str, float | None], x_column: str, x_label: str) -> Figure:
-    """Encoding accuracy per layer: all voxels, top 10 % voxels, and peak accuracy versus model size.
+    """Encoding accuracy per layer: all voxels, top 10 % voxels, and the accuracy at the layer chosen on
+    validation r versus model size.
 
-    ``curves``: columns ``model subject <x_column> mean_r mean_r_top10``; rows with
-    ``subject == "average"`` are the across-subject means (thick lines), the others are
-    single subjects (thin lines).
+    ``curves``: columns ``model subject <x_column> mean_r mean_r_top10 best``; rows with
+    ``subject == "average"`` are the across-subject means (thick lines; ``best`` the layer with the
+    highest mean validation r, starred), the others are single subjects (thin lines).
     """
     models = list(dict.fromkeys(curves["model"]))
     sized = [m for m in models if model_sizes.get(m)]
@@ -111,8 +112,8 @@ def layer_curves_figure(curves: pd.DataFrame, model_sizes: dict[str, float | Non
                 ax.plot(per_subject[x_column], per_subject[column], color=style["color"], lw=0.9, alpha=0.35)
             mean_rows = rows[rows["subject"] == "average"].sort_values(x_column)
             ax.plot(mean_rows[x_column], mean_rows[column], color=style["color"], marker=style["marker"], lw=2.2, ms=5)
-            peak = mean_rows.loc[mean_rows[column].idxmax()]
-            ax.plot(peak[x_column], peak[column], marker="*", ms=14, color=style["color"], mec="black", mew=0.6, ls="none")
+            chosen = mean_rows[mean_rows["best"].astype(bool)]  # the layer chosen on validation r, not the test curve's peak
+            ax.plot(chosen[x_column], chosen[column], marker="*", ms=14, color=style["color"], mec="black", mew=0.6, ls="none")
         ax.set_title(title)
         ax.set_xlabel(x_label)
         ax.set_ylabel("Pearson r (held-out story)")
@@ -144,7 +145,8 @@ def layer_curves_figure(curves: pd.DataFrame, model_sizes: dict[str, float | Non
     if sized:
         ax = axes[2]
         averages = curves[curves["subject"] == "average"]
-        peaks = averages[averages["model"].isin(sized)].groupby("model")[["mean_r", "mean_r_top10"]].max()
+        chosen = averages[averages["best"].astype(bool)]
+        peaks = chosen[chosen["model"].isin(sized)].set_index("model")[["mean_r", "mean_r_top10"]]
         peaks["size"] = [model_sizes[m] for m in peaks.index]
         peaks = peaks.sort_values("size")
         for column in ("mean_r", "mean_r_top10"):
@@ -153,13 +155,12 @@ def layer_curves_figure(curves: pd.DataFrame, model_sizes: dict[str, float | Non
             if model not in sized:
                 continue
             style = series_style(index)
-            rows = averages[averages["model"] == model]
             size = model_sizes[model]
-            ax.plot(size, rows["mean_r"].max(), color=style["color"], marker=style["marker"], ms=8, ls="none")
-            ax.plot(size, rows["mean_r_top10"].max(), color=style["color"], marker=style["marker"], ms=8, ls="none", mfc="white")
+            ax.plot(size, peaks.loc[model, "mean_r"], color=style["color"], marker=style["marker"], ms=8, ls="none")
+            ax.plot(size, peaks.loc[model, "mean_r_top10"], color=style["color"], marker=style["marker"], ms=8, ls="none", mfc="white")
         ax.set_xscale("log")
         ax.set_xlabel("Model parameters")
-        ax.set_ylabel("Best-layer mean r")
+        ax.set_ylabel("Mean test r at the layer chosen on validation r")
         ax.set_title("Scaling with model size")
         ax.grid(alpha=0.25, which="both")
         ax.legend(

@@ -35,7 +35,7 @@ logger = logging.getLogger("brainllm.report")
 
 PathLike = str | os.PathLike
 SCORE_COLUMNS = ("voxel", "r", "p", "p_fdr", "significant", "alpha")
-LAYERS_COLUMNS = ("layer", "mean_r", "mean_r_top10")
+LAYERS_COLUMNS = ("layer", "mean_r_val", "mean_r", "mean_r_top10", "best")
 ROI_COLUMNS = ("roi", "mean_r", "n_voxels")
 MEAN_ROI_LABEL = "mean (all voxels)"
 NO_ATLAS_NOTE = "no atlas (dataset.atlas: null): whole-brain mean only"
@@ -132,10 +132,7 @@ def read_layer_tables(layers_tsvs: Sequence[PathLike]) -> pd.DataFrame:
     for path in layers_tsvs:
         subject, model = result_key(path, with_layer=False)
         table = read_table(path, LAYERS_COLUMNS, "layer comparison")
-        if "best" in table:
-            table["best"] = _as_bool(table["best"], path, "best")
-        else:
-            table["best"] = table["mean_r"] == table["mean_r"].max()
+        table["best"] = _as_bool(table["best"], path, "best")  # chosen on validation r by the best_layer rule
         if table["best"].sum() != 1:
             raise InputError(path, f"{int(table['best'].sum())} rows are flagged best; exactly one must be.", "rerun best_layer.")
         tables.append(table.assign(subject=subject, model=model))
@@ -149,11 +146,12 @@ def read_layer_tables(layers_tsvs: Sequence[PathLike]) -> pd.DataFrame:
 
 
 def best_layer(layers: pd.DataFrame, model: str, subject: str | None = None) -> int:
-    """Best layer of ``model`` for ``subject`` (its flagged row), or over subjects (highest mean of mean r)."""
+    """Layer of ``model`` chosen on validation r: ``subject``'s flagged row, or over subjects the highest mean of
+    ``mean_r_val`` (never test r, which the figures then report at that layer)."""
     rows = layers[layers["model"] == model]
     if subject is not None:
         return int(rows.loc[(rows["subject"] == subject) & rows["best"], "layer"].iloc[0])
-    return int(rows.groupby("layer")["mean_r"].mean().idxmax())
+    return int(rows.groupby("layer")["mean_r_val"].mean().idxmax())
 
 
 def _by_layer(paths: Sequence[PathLike]) -> dict[int, PathLike]:
@@ -319,16 +317,20 @@ def plot_layer_curves(
 
     Per subject (thin) and averaged over subjects (thick); the x axis is the layer index
     when all models have the same layers, else the relative depth (layer / last layer).
+    ``best`` marks, per subject, its layer chosen on validation r and, on the average rows,
+    the layer with the highest mean validation r over subjects (the star; the scaling panel's
+    test r is read there).
     """
     model_sizes = dict(model_sizes or {})
     layers = read_layer_tables(layers_tsvs)
-    averages = layers.groupby(["model", "layer"], as_index=False)[["mean_r", "mean_r_top10"]].mean().assign(subject="average")
+    averages = layers.groupby(["model", "layer"], as_index=False)[["mean_r_val", "mean_r", "mean_r_top10"]].mean().assign(subject="average")
+    averages["best"] = averages["layer"] == averages["model"].map({model: best_layer(layers, model) for model in averages["model"].unique()})
     curves = pd.concat([layers, averages], ignore_index=True)
     layer_sets = {model: frozenset(rows["layer"]) for model, rows in layers.groupby("model")}
     curves["depth"] = curves["layer"] / curves["model"].map({m: max(max(s), 1) for m, s in layer_sets.items()})
     curves["size_params"] = curves["model"].map(lambda m: model_sizes.get(m))
     comparison = [c for c in ("delta_vs_best", "delta_ci_low", "delta_ci_high", "p_vs_best_holm") if c in curves]
-    curves = curves[["model", "size_params", "subject", "layer", "depth", "mean_r", "mean_r_top10", *comparison]]
+    curves = curves[["model", "size_params", "subject", "layer", "depth", "mean_r_val", "mean_r", "mean_r_top10", "best", *comparison]]
     write_tsv(tsv, curves)
     same_layers = len(set(layer_sets.values())) == 1
     x_column, x_label = ("layer", "Layer (0 = embeddings)") if same_layers else ("depth", "Relative depth (layer / last layer)")
