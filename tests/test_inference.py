@@ -139,6 +139,7 @@ def test_sign_flip_p_exact_enumeration():
     flips = [np.dot(s, d) for s in itertools.product([-1, 1], repeat=5)]
     assert metrics.sign_flip_p(d) == pytest.approx(np.mean(np.abs(flips) >= abs(d.sum()) - 1e-12))
     assert metrics.sign_flip_p(np.array([0.1, 0.1, 0.1])) == pytest.approx(2 / 8)
+    assert np.isnan(metrics.sign_flip_p(np.array([0.01, np.nan, 0.02, 0.03])))  # not p = 0
 
 
 def test_noise_ceiling_z_scores_each_repeat():

@@ -389,6 +389,8 @@ def sign_flip_p(differences: np.ndarray, n_flips: int = 10000, seed: int = 0, al
     d = np.asarray(differences, dtype=np.float64)
     if d.ndim != 1 or d.size < 2:
         raise ValueError(f"need a 1-D array of at least 2 differences, got shape {d.shape}")
+    if not np.isfinite(d).all():
+        return float("nan")  # a NaN would compare False everywhere and read as p = 0
     if alternative not in ("two-sided", "less", "greater"):
         raise ValueError(f"alternative must be two-sided, less or greater, got {alternative!r}")
     if d.size <= 12:
