@@ -543,18 +543,18 @@ def test_compare_base_tuned_equals_direct_computation(tmp_path):
     table = inference.compare_base_tuned(
         {2: paths["base"], 3: paths["base"]}, {2: paths["tuned"], 3: paths["base"]}, tmp_path / "out.tsv",
         {2: pred_paths["base"], 3: pred_paths["base"]}, {2: pred_paths["tuned"], 3: pred_paths["base"]},
-        tmp_path / "responses.h5", ["test"], {"block_trs": 10, "n_boot": 200, "seed": 4},
+        tmp_path / "responses.h5", ["test"], {"block_trs": 10},
     )
     on_disk = pd.read_csv(tmp_path / "out.tsv", sep="\t")
     assert len(table) == 2 and on_disk["layer"].tolist() == [2, 3]
     row = on_disk.iloc[0]
     base_r, tuned_r = r["base"], r["tuned"]
     assert row["mean_r_base"] == pytest.approx(base_r.mean()) and row["mean_r_tuned"] == pytest.approx(tuned_r.mean())
-    expected = metrics.paired_block_bootstrap(preds["tuned"], preds["base"], resp, 10, 200, 4)
+    expected = metrics.paired_block_jackknife(preds["tuned"], preds["base"], resp, 10)
     assert row["delta_mean_r"] == pytest.approx((tuned_r - base_r).mean(), abs=1e-6)
-    assert (row["delta_ci_low"], row["delta_ci_high"], row["p_bootstrap"]) == pytest.approx((expected["ci_low"], expected["ci_high"], expected["p"]), abs=1e-6)
-    assert row["delta_ci_low"] > 0 and row["p_bootstrap"] < 0.05
-    assert row["p_holm"] == pytest.approx(min(1.0, 2 * row["p_bootstrap"]))
+    assert (row["delta_ci_low"], row["delta_ci_high"], row["p"]) == pytest.approx((expected["ci_low"], expected["ci_high"], expected["p"]), abs=1e-6)
+    assert row["delta_ci_low"] > 0 and row["p"] < 0.05
+    assert row["p_holm"] == pytest.approx(min(1.0, 2 * row["p"]))
     assert row["fraction_voxels_improved"] == pytest.approx(np.mean(tuned_r > base_r))
     assert row["n_significant_base"] == (base_r > 0.3).sum() and row["n_significant_tuned"] == (tuned_r > 0.3).sum()
     # top 10 %: chosen by the summed validation r, reported with test r
@@ -562,6 +562,6 @@ def test_compare_base_tuned_equals_direct_computation(tmp_path):
     top = np.argsort(-(scores["base"]["r_val"].to_numpy() + scores["tuned"]["r_val"].to_numpy()), kind="stable")[:3]
     assert row["top10pct_r_tuned"] == pytest.approx(tuned_r[top].mean())
     same = on_disk.iloc[1]  # identical predictions: no difference, p = 1
-    assert same["delta_mean_r"] == 0 and same["p_bootstrap"] == 1 and same["p_holm"] == 1
+    assert same["delta_mean_r"] == 0 and same["p"] == 1 and same["p_holm"] == 1
     with pytest.raises(InputError, match="save_predictions"):
         inference.compare_base_tuned({2: paths["base"]}, {2: paths["tuned"]}, tmp_path / "x.tsv", None, None, tmp_path / "responses.h5", ["test"])

@@ -84,7 +84,7 @@ def test_features_equal_a_per_word_reference_on_the_unspaced_text(generated):
 def japanese_run(generated):
     """config/demo_ja.yaml from ingestion to the best layer, on the generated data (fewer permutations)."""
     workdir, _, _ = generated
-    override = {"demo": {"generate": False}, "encoding": {"significance": {"n_permutations": 200}, "comparison": {"n_boot": 200}}}
+    override = {"demo": {"generate": False}, "encoding": {"significance": {"n_permutations": 200}}}
     (workdir / "override.yaml").write_text(yaml.safe_dump(override))
     run_snakemake(workdir, f"{STEM}_layers.tsv", "--cores", "2", "--configfile", "config/demo_ja.yaml", "override.yaml")
     return workdir

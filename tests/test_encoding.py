@@ -399,7 +399,7 @@ def test_best_layer_finds_planted_layer(synthetic_subject, ridge_runs):
     best = inference.best_layer(
         {layer: run[1]["scores.tsv"] for layer, run in ridge_runs.items()}, synthetic_subject / "mask.nii.gz", out_nii, out_tsv,
         predictions={layer: run[1]["predictions.h5"] for layer, run in ridge_runs.items()},
-        responses_h5=synthetic_subject / "responses.h5", test_stories=["test"], comparison={"block_trs": 10, "n_boot": 300},
+        responses_h5=synthetic_subject / "responses.h5", test_stories=["test"], comparison={"block_trs": 10},
     )
     assert best == PLANTED_LAYER
     table = pd.read_csv(out_tsv, sep="\t")

@@ -732,9 +732,9 @@ def test_model_comparison_figure_holds_every_subjects_pairs(tmp_path):
         path.parent.mkdir()
         pd.DataFrame([
             {"model_a": "big", "layer_a": 3, "model_b": "small", "layer_b": 2, "mean_r_a": 0.2 + delta, "mean_r_b": 0.2, "delta": delta,
-             "ci_low": delta - 0.005, "ci_high": delta + 0.005, "p": 0.01, "p_holm": 0.02, "block_trs": 20, "n_boot": 1000},
+             "ci_low": delta - 0.005, "ci_high": delta + 0.005, "p": 0.01, "p_holm": 0.02, "block_trs": 20, "n_blocks": 7},
             {"model_a": "big", "layer_a": 3, "model_b": "tiny", "layer_b": 1, "mean_r_a": 0.2, "mean_r_b": 0.15, "delta": 0.05,
-             "ci_low": 0.03, "ci_high": 0.07, "p": 0.001, "p_holm": 0.002, "block_trs": 20, "n_boot": 1000},
+             "ci_low": 0.03, "ci_high": 0.07, "p": 0.001, "p_holm": 0.002, "block_trs": 20, "n_blocks": 7},
         ]).to_csv(path, sep="\t", index=False)
         tables.append(path)
     rows = report.plot_model_comparison(tables, tmp_path / "m.png", tmp_path / "m.svg", tmp_path / "m.tsv", dpi=50)

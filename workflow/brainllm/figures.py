@@ -359,7 +359,7 @@ def base_vs_tuned_figure(comparison: pd.DataFrame, title: str) -> Figure:
     r_ax.legend(frameon=False, fontsize=7.5)
     difference = comparison["mean_r_tuned"] - comparison["mean_r_base"]
     error = None
-    if {"delta_ci_low", "delta_ci_high"} <= set(comparison):  # paired block-bootstrap CI of the change
+    if {"delta_ci_low", "delta_ci_high"} <= set(comparison):  # paired block-jackknife CI of the change
         error = np.vstack([difference - comparison["delta_ci_low"], comparison["delta_ci_high"] - difference]).clip(min=0)
     diff_ax.bar(comparison["layer"], difference, yerr=error, capsize=3,
                 color=[OKABE_ITO["bluish_green"] if d >= 0 else OKABE_ITO["vermillion"] for d in difference])
@@ -491,7 +491,7 @@ def labels_figure(confusion: pd.DataFrame, predictions: pd.DataFrame, scores: pd
 
 
 def model_comparison_figure(table: pd.DataFrame) -> Figure:
-    """Δ mean r (model a − model b) with its bootstrap CI per (subject, pair), Holm p beside each; 0 dashed.
+    """Δ mean r (model a − model b) with its paired block-jackknife CI per (subject, pair), Holm p beside each; 0 dashed.
 
     ``table``: columns ``subject model_a layer_a model_b layer_b delta ci_low ci_high p_holm``.
     """
@@ -504,7 +504,7 @@ def model_comparison_figure(table: pd.DataFrame) -> Figure:
         ax.annotate(f"Holm p={row.p_holm:.2g}", (row.ci_high, position), textcoords="offset points", xytext=(6, -3), fontsize=7.5)
     ax.axvline(0.0, ls="--", color=MEAN_COLOUR)
     ax.set_yticks(y, [f"sub-{r.subject}: {r.model_a} (L{r.layer_a}) − {r.model_b} (L{r.layer_b})" for r in table.itertuples(index=False)], fontsize=8)
-    ax.set_xlabel("Δ mean r on the held-out stories (95 % paired block-bootstrap CI)")
+    ax.set_xlabel("Δ mean r on the held-out stories (95 % paired block-jackknife CI)")
     ax.set_title("Model vs model, each at its validation-chosen layer")
     ax.grid(alpha=0.25, axis="x")
     return fig

@@ -50,7 +50,7 @@ from .encoding import (
 )
 from .inference import MIN_GROUP_SUBJECTS, Significance, across_subjects, read_predictions, score_voxels, top_voxels
 from .io import InputError, write_tsv
-from .metrics import holm, paired_block_bootstrap, pearson_r, unit_columns
+from .metrics import holm, paired_block_jackknife, pearson_r, unit_columns
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def cross_subject_transfer(
     ground-truth signal and noise voxels (``*_signal``, ``*_noise``; NaN without one), and
     the paired comparison of transfer with within-subject r on the top voxels:
     ``delta_vs_within`` (Δ mean r) with its 95 % CI and two-sided p from a paired block
-    bootstrap over test TRs (``encoding.comparison``), Holm-corrected over the pairs
+    jackknife over test TRs (``encoding.comparison``), Holm-corrected over the pairs
     (``p_vs_within_holm``). The diagonal rows (source = target) hold the within-subject figures.
     """
     if len(subjects) < 2:
@@ -234,9 +234,8 @@ def cross_subject_transfer(
                 transfer, transferred, alignment_r = transfer_pair(source_train, prepared[target][0], train_lengths, prediction, source_test,
                                                                    target_test, settings)
                 comparison = settings.get("comparison", {})
-                boot = paired_block_bootstrap(transferred[:, top], within_prediction[:, top], target_test[:, top],
-                                              int(comparison.get("block_trs", 20)), int(comparison.get("n_boot", 1000)), int(settings.get("seed", 0)))
-                row.update(delta_vs_within=boot["delta"], delta_ci_low=boot["ci_low"], delta_ci_high=boot["ci_high"], p_vs_within=boot["p"],
+                test = paired_block_jackknife(transferred[:, top], within_prediction[:, top], target_test[:, top], int(comparison.get("block_trs", 20)))
+                row.update(delta_vs_within=test["delta"], delta_ci_low=test["ci_low"], delta_ci_high=test["ci_high"], p_vs_within=test["p"],
                            mean_r_alignment_val=float(np.nanmean(alignment_r[top])))
             for suffix, voxels in voxel_sets.items():
                 if voxels is None or not np.any(voxels):
@@ -298,7 +297,7 @@ def plot_shared_encoder(tables: Sequence[str | os.PathLike], png, svg, tsv, dpi:
 # ----------------------------------------------------------------------------- subjects side by side
 
 SUBJECT_LAYER_COLUMNS = ("layer", "mean_r_val", "mean_r", "mean_r_top10", "best")
-WITHIN_SUBJECT_COLUMNS = ("delta_vs_best", "delta_ci_low", "delta_ci_high", "p_vs_best")  # best_layer's paired block bootstrap
+WITHIN_SUBJECT_COLUMNS = ("delta_vs_best", "delta_ci_low", "delta_ci_high", "p_vs_best")  # best_layer's paired block jackknife
 NO_TEST_NOTE = f"fewer than {MIN_GROUP_SUBJECTS} subjects: no sign-flip test across subjects"
 DIFFERENCE_COLUMNS = ("subject", "chosen_layer", "others_layer", "delta_r", "ci_low", "ci_high", "p", "p_holm", "differs", "note")
 NO_DIFFERENCE_NOTE = f"fewer than {MIN_GROUP_SUBJECTS} subjects: no subject is compared with the others"
@@ -309,7 +308,7 @@ def subject_differences(per_subject: pd.DataFrame, alpha: float = 0.05) -> pd.Da
 
     ``per_subject``: the subjects' best_layer rows (``subject``, ``layer``, ``mean_r_val``,
     ``best`` and the within-subject comparison with the subject's own layer chosen on
-    validation r: ``delta_vs_best``, its CI and paired block-bootstrap ``p_vs_best``).
+    validation r: ``delta_vs_best``, its CI and paired block-jackknife ``p_vs_best``).
     ``others_layer`` is the layer the other subjects choose (highest mean validation r over
     them); ``delta_r`` = the subject's test r at that layer − at its own chosen layer, with the
     subject's own CI and p. A subject ``differs`` when that Δ is negative (the others' layer

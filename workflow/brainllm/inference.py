@@ -6,7 +6,7 @@
 - Selection (:func:`best_layer`, :func:`top_voxels`): the best layer, each voxel's best
   layer and "top" voxel sets come from validation r (cross-validation within the training
   stories), never from the test stories.
-- Comparisons (:func:`compare_layers`, :func:`group_comparison`): paired block bootstrap
+- Comparisons (:func:`compare_layers`, :func:`group_comparison`): paired block jackknife
   over test TRs of Δ mean r from the saved test predictions, Holm over the comparisons
   made; across subjects a sign-flip test when there are at least 3.
 """
@@ -144,7 +144,7 @@ def best_layer(
     (else −1, also outside the mask); ``mean_r_top10`` is the mean test r of each layer's 10 %
     of voxels best by validation r. ``mean_r`` (test) is descriptive. With ``predictions``
     (``{layer: predictions.h5}``) and the responses, every layer is compared with the best
-    one by a paired block bootstrap over test TRs of Δ mean r (Holm-corrected over layers).
+    one by a paired block jackknife over test TRs of Δ mean r (Holm-corrected over layers).
     """
     layers = sorted(int(layer) for layer in score_tsvs)
     r_by_layer, r_val_by_layer, significant_by_layer = [], [], []
@@ -191,16 +191,17 @@ def compare_layers(
     reference_layer: int,
     comparison: Mapping,
 ) -> pd.DataFrame:
-    """Each layer vs ``reference_layer``: paired block bootstrap of Δ mean test r, Holm over the other layers.
+    """Each layer vs ``reference_layer``: paired block jackknife of Δ mean test r (:func:`brainllm.metrics.paired_block_jackknife`),
+    Holm over the other layers.
 
     Columns ``delta_vs_best, delta_ci_low, delta_ci_high, p_vs_best, p_vs_best_holm`` (the
-    reference row: Δ = 0, p = 1). ``comparison``: ``block_trs`` (20), ``n_boot`` (1000), ``seed``.
+    reference row: Δ = 0, p = 1). ``comparison``: ``block_trs`` (20).
     """
     from .encoding import held_out_responses
 
     resp = held_out_responses(responses_h5, test_stories)
     reference, _ = read_predictions(predictions[reference_layer])
-    block_trs, n_boot, seed = int(comparison.get("block_trs", 20)), int(comparison.get("n_boot", 1000)), int(comparison.get("seed", 0))
+    block_trs = int(comparison.get("block_trs", 20))
     rows = []
     for layer in sorted(int(layer) for layer in predictions):
         if layer == reference_layer:
@@ -209,7 +210,7 @@ def compare_layers(
         pred, _ = read_predictions(predictions[layer])
         if pred.shape != resp.shape:
             raise InputError(predictions[layer], f"predictions {pred.shape} differ from the test responses {resp.shape}.", "re-run the encoding rule.")
-        result = metrics.paired_block_bootstrap(pred, reference, resp, block_trs, n_boot, seed)
+        result = metrics.paired_block_jackknife(pred, reference, resp, block_trs)
         rows.append({"delta_vs_best": result["delta"], "delta_ci_low": result["ci_low"], "delta_ci_high": result["ci_high"], "p_vs_best": result["p"]})
     out = pd.DataFrame(rows)
     others = out["p_vs_best"].to_numpy().copy()
@@ -233,9 +234,9 @@ def compare_models(
 
     ``layer_tables``: ``{model: _layers.tsv}`` (the ``best`` row is the model's layer);
     ``predictions``: ``{model: {layer: _predictions.h5}}``. Per pair (model_a, model_b): Δ mean
-    test r (a − b) with a paired block bootstrap over test TRs (95 % CI, two-sided p), Holm
+    test r (a − b) with a paired block jackknife over test TRs (95 % CI, two-sided p), Holm
     over the pairs. Columns ``model_a layer_a model_b layer_b mean_r_a mean_r_b delta
-    ci_low ci_high p p_holm block_trs n_boot``.
+    ci_low ci_high p p_holm block_trs n_blocks``.
     """
     from itertools import combinations
 
@@ -250,7 +251,7 @@ def compare_models(
             raise InputError(path, "needs layer and best columns with exactly one best layer.", "re-run the best_layer rule.")
         best[model] = int(table.loc[table["best"].astype(bool), "layer"].iloc[0])
     resp = held_out_responses(responses_h5, test_stories)
-    block_trs, n_boot, seed = int(comparison.get("block_trs", 20)), int(comparison.get("n_boot", 1000)), int(comparison.get("seed", 0))
+    block_trs = int(comparison.get("block_trs", 20))
     pred = {}
     for model, layer in best.items():
         pred[model], _ = read_predictions(predictions[model][layer])
@@ -258,15 +259,16 @@ def compare_models(
             raise InputError(predictions[model][layer], f"predictions {pred[model].shape} differ from the test responses {resp.shape}.", "re-run the encoding rule.")
     rows = []
     for model_a, model_b in combinations(sorted(best), 2):
-        result = metrics.paired_block_bootstrap(pred[model_a], pred[model_b], resp, block_trs, n_boot, seed)
+        result = metrics.paired_block_jackknife(pred[model_a], pred[model_b], resp, block_trs)
         rows.append({
             "model_a": model_a, "layer_a": best[model_a], "model_b": model_b, "layer_b": best[model_b],
             "mean_r_a": float(metrics.pearson_r(pred[model_a], resp).mean()), "mean_r_b": float(metrics.pearson_r(pred[model_b], resp).mean()),
             "delta": result["delta"], "ci_low": result["ci_low"], "ci_high": result["ci_high"], "p": result["p"],
+            "n_blocks": result["n_blocks"],
         })
     table = pd.DataFrame(rows)
-    table["p_holm"] = metrics.holm(table["p"].to_numpy())
-    table["block_trs"], table["n_boot"] = block_trs, n_boot
+    table.insert(table.columns.get_loc("p") + 1, "p_holm", metrics.holm(table["p"].to_numpy()))
+    table.insert(table.columns.get_loc("n_blocks"), "block_trs", block_trs)
     write_tsv(out_tsv, table)
     log.info("models compared at their best layers: %s", table.to_dict("records"))
     return table
@@ -354,14 +356,14 @@ def compare_base_tuned(
 ) -> pd.DataFrame:
     """Per layer, held-out encoding r of the base vs the brain-tuned model (``{layer: scores.tsv}``).
 
-    Δ = mean r(tuned) − mean r(base) over voxels with a paired block bootstrap over the test
-    TRs (both models' saved test predictions scored on the same resampled TRs): its
-    percentile CI, a two-sided p, and Holm's correction over the layers compared (a layer
+    Δ = mean r(tuned) − mean r(base) over voxels with a paired block jackknife over the test
+    TRs (both models' saved test predictions scored with the same block left out): its
+    t-interval, a two-sided p, and Holm's correction over the layers compared (a layer
     with identical predictions, Δ = 0, gets p = 1). Also: mean and median r of each, the
     mean test r of the 10 % voxels best by the two models' summed validation r,
     significant-voxel counts and the fraction of voxels the tuned model improves
-    (descriptive: voxels are not independent samples). ``comparison``: ``block_trs``,
-    ``n_boot``, ``seed`` of :func:`brainllm.metrics.paired_block_bootstrap`.
+    (descriptive: voxels are not independent samples). ``comparison``: ``block_trs`` of
+    :func:`brainllm.metrics.paired_block_jackknife`.
     """
     from .encoding import held_out_responses
 
@@ -370,7 +372,7 @@ def compare_base_tuned(
     if not base_predictions or not tuned_predictions:
         raise InputError(None, "the base-vs-tuned comparison needs the test predictions of both models.", "set encoding.save_predictions: true.")
     comparison = dict(comparison or {})
-    block_trs, n_boot, seed = int(comparison.get("block_trs", 20)), int(comparison.get("n_boot", 1000)), int(comparison.get("seed", 0))
+    block_trs = int(comparison.get("block_trs", 20))
     resp = held_out_responses(responses_h5, test_stories)
     rows = []
     for layer in sorted(base_scores):
@@ -384,11 +386,11 @@ def compare_base_tuned(
         if np.array_equal(pred_base, pred_tuned):
             test = {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p": 1.0}
         else:
-            test = metrics.paired_block_bootstrap(pred_tuned, pred_base, resp, block_trs, n_boot, seed)
+            test = metrics.paired_block_jackknife(pred_tuned, pred_base, resp, block_trs)
         rows.append({
             "layer": layer,
             "mean_r_base": r_base.mean(), "mean_r_tuned": r_tuned.mean(),
-            "delta_mean_r": test["delta"], "delta_ci_low": test["ci_low"], "delta_ci_high": test["ci_high"], "p_bootstrap": test["p"],
+            "delta_mean_r": test["delta"], "delta_ci_low": test["ci_low"], "delta_ci_high": test["ci_high"], "p": test["p"],
             "median_r_base": float(np.median(r_base)), "median_r_tuned": float(np.median(r_tuned)),
             "top10pct_r_base": r_base[top].mean(), "top10pct_r_tuned": r_tuned[top].mean(),
             "n_significant_base": int(base["significant"].astype(bool).sum()),
@@ -397,7 +399,7 @@ def compare_base_tuned(
         })
         log.info("layer %d: Δ mean r %.4f [%.4f, %.4f], p %.4g", layer, test["delta"], test["ci_low"], test["ci_high"], test["p"])
     table = pd.DataFrame(rows)
-    table.insert(table.columns.get_loc("p_bootstrap") + 1, "p_holm", metrics.holm(table["p_bootstrap"].to_numpy()))
-    table["block_trs"], table["n_boot"] = block_trs, n_boot
+    table.insert(table.columns.get_loc("p") + 1, "p_holm", metrics.holm(table["p"].to_numpy()))
+    table["block_trs"] = block_trs
     write_tsv(out_tsv, table)
     return table

