@@ -67,7 +67,7 @@ def _run(tmp_path, monkeypatch, planted: bool, seed: int = 0):
     settings = EegSettings.from_config({"block_words": 10, "epochs": {"window": [0.3, 0.5], "bin_s": 0.1}}, {"subjects": ["S"], "root": "."})
     summary = run_eeg_word_decoding(tmp_path / "eeg.h5", words, tmp_path / "vocabulary.tsv", "unused.json", tmp_path / "summary.json",
                                     TRAIN, TEST, settings,
-                                    WordDecodingSettings(n_permutations=200, n_bootstrap=200), out)
+                                    WordDecodingSettings(n_permutations=200), out)
     assert layers == [2]  # the layer the encoding chose
     assert scale_rows == [len(pd.read_csv(words["d"], sep="\t"))]  # the scale is chosen on the validation story's words alone
     return summary, out

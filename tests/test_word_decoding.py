@@ -186,7 +186,7 @@ def test_uninformative_brain_gains_nothing_over_a_tied_frequency_prior(tmp_path)
     vocabulary = pd.DataFrame({"word": [f"w{i:04d}" for i in range(n_vocab)], "frequency": np.exp(-level), "source": "wordfreq"})
     rng = np.random.default_rng(13)
     text = _unit(rng.standard_normal((n_vocab, 16)))
-    settings = wd.WordDecodingSettings(prior_weights=(1.0,), n_permutations=20, n_bootstrap=400)
+    settings = wd.WordDecodingSettings(prior_weights=(1.0,), n_permutations=20)
     gains, covered, p_values = [], [], []
     for seed in range(8):
         out = {name: tmp_path / f"{seed}_{name}.tsv" for name in ("words", "vocabulary")} | {"summary": tmp_path / f"{seed}.json"}
@@ -219,7 +219,7 @@ def test_non_finite_scores_are_refused(tmp_path):
     splits["test"].brain[4] = np.nan  # e.g. a zero-norm embedding divided by its norm
     out = {name: tmp_path / f"{name}.tsv" for name in ("words", "vocabulary")} | {"summary": tmp_path / "summary.json"}
     with pytest.raises(InputError, match="test brain-text similarities contain 50 non-finite"):
-        wd.classify_words(splits, _vocabulary(50, rng), text, 10.0, wd.WordDecodingSettings(n_permutations=10, n_bootstrap=10), out)
+        wd.classify_words(splits, _vocabulary(50, rng), text, 10.0, wd.WordDecodingSettings(n_permutations=10), out)
     vocabulary = _vocabulary(50, rng)
     vocabulary.loc[7, "frequency"] = np.nan
     with pytest.raises(InputError, match="frequency that is not a finite number.*'w0007'"):
@@ -254,7 +254,7 @@ def test_planted_words_are_ranked_high_and_probabilities_sum_to_one(tmp_path):
     rng = np.random.default_rng(5)
     text = _unit(rng.standard_normal((300, 16)))
     out = {name: tmp_path / f"{name}.tsv" for name in ("words", "vocabulary")} | {"summary": tmp_path / "summary.json"}
-    settings = wd.WordDecodingSettings(n_permutations=200, n_bootstrap=200)
+    settings = wd.WordDecodingSettings(n_permutations=200)
     summary = wd.classify_words(_splits(rng, text, 3.0), _vocabulary(300, rng), text, 10.0, settings, out)
     assert summary["brain"]["mean_percentile_rank"] > 0.7 and summary["brain"]["p"] < 0.01
     assert summary["prior_weight"] > 0
@@ -276,7 +276,7 @@ def test_shuffled_brain_is_at_chance():
     percentiles, p_values, betas = [], [], []
     for seed in range(30):
         sim_rng = np.random.default_rng(100 + seed)
-        settings = wd.WordDecodingSettings(n_permutations=100, n_bootstrap=50, seed=seed)
+        settings = wd.WordDecodingSettings(n_permutations=100, seed=seed)
         splits = _splits(sim_rng, text, 0.0, n_pairs=60)
         similarity = splits["test"].brain @ text.T
         kept = splits["test"].words
@@ -353,7 +353,7 @@ def _run_fmri(tmp_path, monkeypatch, planted: bool, seed: int = 0):
     out = {"words": tmp_path / "words.tsv", "vocabulary": tmp_path / "vocab_probability.tsv", "summary": tmp_path / "words.json"}
     summary = wd.run_fmri_word_decoding(tmp_path / "responses.h5", words, tmp_path / "vocabulary.tsv", "unused.json", tmp_path / "layers.tsv",
                                         {2: tmp_path / "scores.tsv"}, RIDGE_TRAIN, RIDGE_TEST, [1, 2, 3], np.logspace(0, 5, 11), 20 / N_VOXELS,
-                                        20, wd.WordDecodingSettings(n_permutations=200, n_bootstrap=200), out)
+                                        20, wd.WordDecodingSettings(n_permutations=200), out)
     assert layers == [2]  # the layer chosen on validation r
     return summary, out
 

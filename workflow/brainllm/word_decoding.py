@@ -23,8 +23,8 @@ the learned temperature gives a probability for every vocabulary word. Beside it
 Scores: top-k accuracy, mean percentile rank of the heard word (1 = first, chance 0.5),
 macro sensitivity/specificity of the top-1 decision over the classes heard, a one-sided
 block-permutation p of the brain's mean percentile rank (brain windows exchanged in
-blocks of TRs, which keeps their autocorrelation), and a paired block bootstrap of the
-gain of brain + prior over the prior alone (CI and one-sided p).
+blocks of TRs, which keeps their autocorrelation), and a paired delete-one-block jackknife
+of the gain of brain + prior over the prior alone (t-interval and one-sided p).
 
 Ties: every score that ranks the heard word uses mid-ranks — a vocabulary word scored equal
 to the heard word counts half below and half above it, as in :func:`metrics.two_way_per_row`.
@@ -94,7 +94,6 @@ class WordDecodingSettings:
     prior_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
     block_trs: int = 20
     n_permutations: int = 1000
-    n_bootstrap: int = 2000
     seed: int = 0
     null: str = "block"  # the brain's p: blocks of block_trs pairs permuted, or "circular" shifts of at least block_trs pairs
 
@@ -115,7 +114,6 @@ class WordDecodingSettings:
             prior_weights=tuple(float(b) for b in section.get("prior_weights", cls.prior_weights)),
             block_trs=int(section.get("block_trs", cls.block_trs)),
             n_permutations=int(section.get("n_permutations", cls.n_permutations)),
-            n_bootstrap=int(section.get("n_bootstrap", cls.n_bootstrap)),
             seed=int(section.get("seed", seed)),
         )
 
@@ -385,16 +383,24 @@ def _permutation_p(similarity: np.ndarray, pair_index: np.ndarray, true_index: n
     return float((1 + np.sum(values >= observed - 1e-12)) / (1 + len(orders)))
 
 
-def _gain_bootstrap(gain: np.ndarray, pair_index: np.ndarray, n_pairs: int, block_trs: int, n_boot: int, seed: int) -> dict:
-    """Mean per-word gain with a block bootstrap over pairs (words resampled with their TR block)."""
-    block = pair_index // block_trs
-    n_blocks = -(-n_pairs // block_trs)
-    sums = np.bincount(block, weights=gain, minlength=n_blocks)
-    counts = np.bincount(block, minlength=n_blocks).astype(float)
-    draws = metrics.block_bootstrap_counts(n_pairs, block_trs, n_boot, seed)
-    means = (draws @ sums) / np.maximum(draws @ counts, 1)
-    low, high = np.quantile(means, [0.025, 0.975])
-    return {"mean": float(gain.mean()), "ci_low": float(low), "ci_high": float(high), "p": float((1 + np.sum(means <= 0)) / (1 + n_boot))}
+def _gain_jackknife(gain: np.ndarray, pair_index: np.ndarray, block_trs: int) -> dict:
+    """Mean per-word gain with a delete-one-block jackknife over pairs (a word leaves with its block of ``block_trs``
+    pairs): the 95 % t-interval and the one-sided p (H1: gain > 0) on blocks − 1 degrees of freedom, as the encoding
+    comparisons (:func:`brainllm.metrics.paired_block_jackknife`); NaN with fewer than two blocks holding words."""
+    from scipy import stats
+
+    block = np.asarray(pair_index) // block_trs
+    sums = np.bincount(block, weights=gain)
+    counts = np.bincount(block).astype(float)
+    sums, counts = sums[counts > 0], counts[counts > 0]
+    mean, n_blocks = float(np.mean(gain)), len(sums)
+    if n_blocks < 2:
+        return {"mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "p": float("nan"), "n_blocks": int(n_blocks)}
+    left_out = (sums.sum() - sums) / (counts.sum() - counts)  # the mean gain without each block
+    se = float(np.sqrt((n_blocks - 1) / n_blocks * ((left_out - left_out.mean()) ** 2).sum()))
+    half = float(stats.t.ppf(0.975, n_blocks - 1) * se)
+    p = float(stats.t.sf(mean / se, n_blocks - 1)) if se > 0 else (0.0 if mean > 0 else 1.0)
+    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "p": p, "n_blocks": int(n_blocks)}
 
 
 @dataclass
@@ -462,8 +468,7 @@ def classify_words(
     chance = {f"top{k}": k / n_vocab for k in settings.top_k}
     chance.update(mean_percentile_rank=0.5, sensitivity=1 / n_vocab, specificity=1 - 1 / n_vocab, mean_log2_probability=float(np.log2(1 / n_vocab)))
     percentile = {name: percentile_of_true(values, true) for name, values in per_word.items()}
-    gain = _gain_bootstrap(percentile["brain_and_frequency"] - percentile["frequency"], pair, len(similarity),
-                           settings.block_trs, settings.n_bootstrap, settings.seed)
+    gain = _gain_jackknife(percentile["brain_and_frequency"] - percentile["frequency"], pair, settings.block_trs)
 
     kept = test.words[(test.words["pair"] >= 0) & (test.words["vocabulary_index"] >= 0)].reset_index(drop=True)
     vocab_words = vocabulary["word"].to_numpy()
@@ -594,7 +599,7 @@ def run_fmri_word_decoding(responses_h5: str | os.PathLike, words_tsvs: Mapping[
     scoring: :func:`decode_words_by_ridge` (validation story: the last training story unless
     ``validation_story``). The brain's p rotates the decoded rows against the words by at least as
     many words as ``block_trs`` TRs of the test stories carry (slow trends of the responses and of
-    the story's words, which block permutations would break, stay in the null); the bootstrap
+    the story's words, which block permutations would break, stay in the null); the jackknife's
     blocks hold that many words.
     """
     from .align import zscore_columns
