@@ -30,7 +30,7 @@ VOCAB = [f"w{i}" for i in range(24)]
 TRAIN, TEST = ["alpha", "beta", "gamma", "delta"], ["omega"]
 FAST = {"prompt_words": 3, "segment_trs": 1, "delays": [1], "brain_tokens": 2, "epochs": 20, "lr": 5e-3, "patience": 20,
         "decoder": {"hidden": 64, "dropout": 0.0}, "beam_width": 2, "pairwise_permutations": 4, "block_trs": 3,
-        "n_boot": 200, "n_flips": 500, "max_continuation_tokens": 6}
+        "n_flips": 500, "max_continuation_tokens": 6}
 
 
 def _write_dataset(root, planted: bool, seed: int = 0):
@@ -133,13 +133,15 @@ def test_text_metrics_equal_hand_computation(reference, hypothesis):
 
 def test_paired_segment_test_is_calibrated_under_autocorrelated_null_and_detects_a_gain():
     rng = np.random.default_rng(0)
-    p_null = []
-    for _ in range(300):
-        noise = rng.standard_normal(120)
+    p_null, covered = [], []
+    for _ in range(400):
+        noise = rng.standard_normal(240)
         gain = np.convolve(noise, np.ones(6) / 6, mode="same")  # neighbouring segments share ~6 TRs
-        p_null.append(paired_segment_test(gain, block_segments=10, n_boot=100, n_flips=400, seed=1)["p"])
-    assert 0.02 <= np.mean(np.array(p_null) < 0.05) <= 0.08
-    shifted = paired_segment_test(np.convolve(rng.standard_normal(120), np.ones(6) / 6, mode="same") + 0.3, 10, 500, 2000)
+        test = paired_segment_test(gain, block_segments=20, n_flips=400, seed=int(rng.integers(1 << 30)))
+        p_null.append(test["p"])
+        covered.append(test["ci_low"] <= 0 <= test["ci_high"])
+    assert 0.02 <= np.mean(np.array(p_null) < 0.05) <= 0.085 and np.mean(covered) >= 0.9
+    shifted = paired_segment_test(np.convolve(rng.standard_normal(120), np.ones(6) / 6, mode="same") + 0.3, 10, n_flips=2000, seed=3)
     assert shifted["p"] < 0.01 and shifted["ci_low"] > 0
 
 

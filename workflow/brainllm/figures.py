@@ -628,7 +628,7 @@ def isc_figure(voxels: pd.DataFrame, rois: pd.DataFrame) -> Figure:
 
 def generation_figure(comparisons: pd.DataFrame, pairwise: pd.DataFrame) -> Figure:
     """Brain-prompted generation: gain of the brain condition over each control per metric (beam search,
-    95 % block-bootstrap CI, * one-sided p < 0.05) and the pairwise accuracy per subject against chance.
+    95 % block-jackknife CI, * one-sided p < 0.05) and the pairwise accuracy per subject against chance.
 
     ``comparisons``: the comparisons tables with a ``subject`` column; ``pairwise``: one row per subject
     (``pairwise_accuracy ci_low ci_high p``).

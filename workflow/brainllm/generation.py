@@ -81,7 +81,6 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     pairwise_permutations: int = 10
     block_trs: int = 20
-    n_boot: int = 1000
     n_flips: int = 10000
     seed: int = 0
     device: str = "auto"
@@ -529,7 +528,7 @@ def pairwise_accuracy(prompted: PromptedLM, segments: Segments, settings: Genera
         permuted_loss = condition_losses(prompted, segments, segments.brain[order], settings.batch_size)
         wins += (true_loss < permuted_loss) + 0.5 * (true_loss == permuted_loss)  # a tie is half a win
     wins /= len(permutations)
-    test = paired_segment_test(wins - 0.5, block, settings.n_boot, settings.n_flips, settings.seed)
+    test = paired_segment_test(wins - 0.5, block, settings.n_flips, settings.seed)
     n_wins = int(round(wins.sum() * len(permutations)))
     binomial = stats.binomtest(n_wins, len(segments) * len(permutations), 0.5, alternative="greater").pvalue
     return {
@@ -545,7 +544,7 @@ def block_segments(settings: GenerationSettings) -> int:
 
 
 def compare_conditions(scores: pd.DataFrame, settings: GenerationSettings, block: int) -> pd.DataFrame:
-    """``brain`` against each control, per decoding and metric: mean gain, block-bootstrap CI, one-sided p
+    """``brain`` against each control, per decoding and metric: mean gain, block-jackknife t-interval, one-sided p
     (resampling blocks of ``block`` consecutive segments)."""
     rows = []
     for decoding in DECODINGS:
@@ -555,7 +554,7 @@ def compare_conditions(scores: pd.DataFrame, settings: GenerationSettings, block
             other = own[own["condition"] == control].set_index("segment").loc[brain.index]
             for metric, better in METRICS.items():
                 gain = (brain[metric] - other[metric]).to_numpy() if better == "higher" else (other[metric] - brain[metric]).to_numpy()
-                test = paired_segment_test(gain, block, settings.n_boot, settings.n_flips, settings.seed)
+                test = paired_segment_test(gain, block, settings.n_flips, settings.seed)
                 rows.append({"decoding": decoding, "control": control, "metric": metric, "better": better,
                              "brain": float(brain[metric].mean()), "control_value": float(other[metric].mean()), **test})
     return pd.DataFrame(rows)
