@@ -25,7 +25,6 @@ __all__ = [
     "voxel_p_values",
     "fdr_bh",
     "holm",
-    "block_bootstrap_counts",
     "paired_block_jackknife",
     "sign_flip_p",
     "gaussian_copula_mi",
@@ -307,21 +306,9 @@ def _consecutive_blocks(n_trs: int, block_trs: int) -> list[np.ndarray]:
     return blocks
 
 
-def block_bootstrap_counts(n_trs: int, block_trs: int, n_boot: int, seed: int = 0) -> np.ndarray:
-    """``(n_boot, n_blocks)``: how often each consecutive ``block_trs``-row block is drawn per resample.
-
-    Each resample draws n_blocks blocks with replacement (seeded); the last block may be shorter.
-    """
-    n_blocks = len(_consecutive_blocks(n_trs, block_trs))
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_blocks, size=(n_boot, n_blocks))
-    counts = np.zeros((n_boot, n_blocks))
-    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1.0)
-    return counts
-
-
 def _resampled_mean_r(counts: np.ndarray, lengths: np.ndarray, block_sums: dict) -> np.ndarray:
-    """Mean over voxels of Pearson r on each resample, from per-block moment sums ``(n_blocks, n_voxels)``."""
+    """Mean over voxels of Pearson r on each resample (``counts`` ``(n_resamples, n_blocks)``: how often each block
+    enters it), from per-block moment sums ``(n_blocks, n_voxels)``."""
     n = (counts @ lengths)[:, None]
     sx, sy = counts @ block_sums["x"], counts @ block_sums["y"]
     cov = counts @ block_sums["xy"] - sx * sy / n
