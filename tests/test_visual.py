@@ -167,6 +167,10 @@ def test_identification_scores_against_slow_references():
     assert scores["top1_p"] < 0.01 and scores["chance"]["two_way"] == 0.5
     null = identification_scores(rng.standard_normal((12, 12)), rng.standard_normal((12, 40)), (1, 5), 500)
     assert null["top1_p"] > 0.01
+    broken = similarity.copy()
+    broken[3] = np.nan  # would rank its correct image first
+    with pytest.raises(InputError, match="NaN or infinite"):
+        identification_scores(broken, gallery, (1, 5), 10)
 
 
 def image_config(**changes):
