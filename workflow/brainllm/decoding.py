@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .io import InputError, write_tsv
+from .io import InputError, require_finite, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +142,6 @@ def segments_per_block(segment_trs: float, block_trs: float) -> int:
     return max(1, math.ceil(block_trs / segment_trs - 1e-9))
 
 
-def _check_finite(array: np.ndarray, what: str, source: str | os.PathLike | None, fix: str) -> None:
-    """InputError naming ``what`` when ``array`` holds NaN or infinite values (NaN would rank a row first)."""
-    array = np.asarray(array)
-    finite = np.isfinite(array)
-    if not finite.all():
-        bad = np.argwhere(~finite)
-        raise InputError(source, f"{what} hold {int((~finite).sum())} NaN or infinite value(s) (first at index {tuple(int(i) for i in bad[0])}).", fix)
-
-
 def _wins(sorted_rows: np.ndarray, similarity: np.ndarray, orders: np.ndarray) -> np.ndarray:
     """``(n_orders,)`` Σ over rows i of #{candidates scored strictly below the one ``orders[:, i]`` pairs with row i}.
 
@@ -207,8 +198,8 @@ def identification_scores(similarity: np.ndarray, top_k: Sequence[int] = (1, 5),
     similarity = np.asarray(similarity, dtype=np.float64)
     if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
         raise ValueError(f"similarity must be square (N, N), got shape {similarity.shape}")
-    _check_finite(similarity, "the segment similarities", None,
-                  "check the observed and predicted segments for NaN or infinite values (re-run the rule that wrote them).")
+    require_finite(similarity, "the segment similarities", None,
+                   "check the observed and predicted segments for NaN or infinite values (re-run the rule that wrote them).")
     n_items = similarity.shape[0]
     block = segments_per_block(segment_trs, block_trs)
     if n_items // block < 2:
@@ -250,8 +241,8 @@ def identify_segments(
 
     voxels = top_voxels(selection_scores, settings.voxel_fraction)
     observed, predicted = np.asarray(observed)[:, voxels], np.asarray(predicted)[:, voxels]
-    _check_finite(observed, "the observed test responses (on the chosen voxels)", source, "re-run preprocessing; responses must be finite.")
-    _check_finite(predicted, "the test predictions (on the chosen voxels)", source, "re-run the encoding rule; predictions must be finite.")
+    require_finite(observed, "the observed test responses (on the chosen voxels)", source, "re-run preprocessing; responses must be finite.")
+    require_finite(predicted, "the test predictions (on the chosen voxels)", source, "re-run the encoding rule; predictions must be finite.")
     rows = []
     for segment_trs in settings.segment_trs:
         slices = segment_slices(story_lengths, segment_trs, source)
@@ -328,8 +319,8 @@ def identify_contrastive_segments(brain: np.ndarray, text: np.ndarray, pairs_per
     Consecutive pairs start ``pair_stride_trs`` TRs apart, so a segment spans k × that many
     TRs of the null's blocks (``settings.block_trs``).
     """
-    _check_finite(brain, "the brain embeddings of the test pairs", source, "re-run the contrastive training; its embeddings must be finite.")
-    _check_finite(text, "the text embeddings of the test pairs", source, "re-run the contrastive training; its embeddings must be finite.")
+    require_finite(brain, "the brain embeddings of the test pairs", source, "re-run the contrastive training; its embeddings must be finite.")
+    require_finite(text, "the text embeddings of the test pairs", source, "re-run the contrastive training; its embeddings must be finite.")
     rows = []
     for segment_trs in settings.segment_trs:
         slices = segment_slices(pairs_per_story, segment_trs, source)

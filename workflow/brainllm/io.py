@@ -30,6 +30,19 @@ class InputError(ValueError):
         super().__init__(message)
 
 
+def require_finite(array, what: str, source: str | os.PathLike | None = None, fix: str | None = None) -> None:
+    """An :class:`InputError` naming ``what`` when ``array`` holds NaN or ±inf (a NaN compares false with
+    everything, so it would rank or count silently)."""
+    import numpy as np
+
+    array = np.asarray(array)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(source, f"{what} contain {int(bad.sum())} non-finite value(s), NaN or infinite (the first, {array[first]}, "
+                         f"at index {first}).", fix or "re-run the rule that wrote them; the values must be finite.")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it onto ``path`` only on success.

@@ -25,6 +25,8 @@ __all__ = [
     "voxel_p_values",
     "fdr_bh",
     "holm",
+    "jackknife_interval",
+    "block_mean_jackknife",
     "paired_block_jackknife",
     "sign_flip_p",
     "gaussian_copula_mi",
@@ -319,6 +321,33 @@ def _resampled_mean_r(counts: np.ndarray, lengths: np.ndarray, block_sums: dict)
     return r.mean(1)
 
 
+def jackknife_interval(estimate: float, left_out: np.ndarray, ci: float = 0.95) -> dict:
+    """Delete-one-block jackknife of ``estimate`` from its values with each block left out (``left_out``, one per block):
+    SE = √((B − 1)/B · Σ (left_out − mean)²), the ``ci`` t-interval and the t statistic on B − 1 degrees of freedom."""
+    from scipy import stats
+
+    n_blocks = len(left_out)
+    se = float(np.sqrt((n_blocks - 1) / n_blocks * ((left_out - np.mean(left_out)) ** 2).sum()))
+    half = float(stats.t.ppf(0.5 + ci / 2.0, n_blocks - 1) * se)
+    t = estimate / se if se > 0 else (0.0 if estimate == 0 else np.copysign(np.inf, estimate))
+    return {"ci_low": estimate - half, "ci_high": estimate + half, "se": se, "t": float(t), "dof": n_blocks - 1}
+
+
+def block_mean_jackknife(sums: np.ndarray, counts: np.ndarray, ci: float = 0.95) -> dict:
+    """:func:`jackknife_interval` of a mean of values grouped in blocks (per block their ``sums`` and ``counts``;
+    blocks without values are left out) and its one-sided p (H1: mean > 0); NaN with fewer than two blocks."""
+    from scipy import stats
+
+    sums, counts = np.asarray(sums, dtype=np.float64), np.asarray(counts, dtype=np.float64)
+    sums, counts = sums[counts > 0], counts[counts > 0]
+    mean = float(sums.sum() / counts.sum())
+    if len(sums) < 2:
+        return {"mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "p": float("nan"), "n_blocks": int(len(sums))}
+    result = jackknife_interval(mean, (sums.sum() - sums) / (counts.sum() - counts), ci)
+    p = float(stats.t.sf(result["t"], result["dof"])) if result["se"] > 0 or mean > 0 else 1.0  # no spread and no gain: 1
+    return {"mean": mean, "ci_low": result["ci_low"], "ci_high": result["ci_high"], "p": p, "n_blocks": int(len(sums))}
+
+
 def paired_block_jackknife(
     pred_a: np.ndarray,
     pred_b: np.ndarray,
@@ -361,13 +390,9 @@ def paired_block_jackknife(
             jack += sign * _resampled_mean_r(leave_one_out, lengths, sums) * (batch.stop - batch.start)
     jack /= n_voxels
     delta = float(pearson_r(pred_a, resp).mean() - pearson_r(pred_b, resp).mean())
-    se = float(np.sqrt((n_blocks - 1) / n_blocks * ((jack - jack.mean()) ** 2).sum()))
-    if se > 0:
-        p = float(2.0 * stats.t.sf(abs(delta) / se, n_blocks - 1))
-    else:  # every leave-one-out Δ equal: identical predictions (Δ = 0) or a constant shift
-        p = 1.0 if delta == 0 else 0.0
-    half = float(stats.t.ppf(0.5 + ci / 2.0, n_blocks - 1) * se)
-    return {"delta": delta, "ci_low": delta - half, "ci_high": delta + half, "p": p, "se": se,
+    interval = jackknife_interval(delta, jack, ci)  # every left-out Δ equal (identical predictions): t 0 when Δ = 0
+    p = float(2.0 * stats.t.sf(abs(interval["t"]), interval["dof"]))
+    return {"delta": delta, "ci_low": interval["ci_low"], "ci_high": interval["ci_high"], "p": p, "se": interval["se"],
             "n_blocks": int(n_blocks), "block_trs": int(block_trs), "ci": float(ci)}
 
 

@@ -93,25 +93,19 @@ def paired_segment_test(gain: np.ndarray, block_segments: int, n_flips: int = 10
     observed}) / (1 + n_flips) — valid when, under the null, each block's summed gain is
     symmetric about 0.
     """
-    from scipy import stats
+    from .metrics import block_mean_jackknife
 
     gain = np.asarray(gain, dtype=np.float64)
     finite = np.isfinite(gain)
     blocks = segment_blocks(len(gain), block_segments)  # undefined gains count in no block
     sums = np.array([gain[b][finite[b]].sum() for b in blocks])
-    lengths = np.array([finite[b].sum() for b in blocks], dtype=np.float64)
-    held = lengths > 0
-    mean = float(gain[finite].mean())
-    left_out = (sums.sum() - sums[held]) / (lengths.sum() - lengths[held])  # the mean without each block
-    n_blocks = int(held.sum())
-    se = float(np.sqrt((n_blocks - 1) / n_blocks * ((left_out - left_out.mean()) ** 2).sum()))
-    half = float(stats.t.ppf(0.5 + ci / 2.0, n_blocks - 1) * se)
+    jackknife = block_mean_jackknife(sums, [finite[b].sum() for b in blocks], ci)
     signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_flips, len(blocks)))
     observed = sums.sum()
     return {
-        "gain": mean,
-        "ci_low": mean - half,
-        "ci_high": mean + half,
+        "gain": jackknife["mean"],
+        "ci_low": jackknife["ci_low"],
+        "ci_high": jackknife["ci_high"],
         "p": float((1 + (signs @ sums >= observed - 1e-12).sum()) / (1 + n_flips)),
         "n_segments": int(finite.sum()),
         "block_segments": int(block_segments),

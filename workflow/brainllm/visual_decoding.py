@@ -24,7 +24,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from .io import InputError, atomic_path, write_json, write_tsv
+from .io import atomic_path, require_finite, write_json, write_tsv
 from .visual_encoding import rows_of, standardise
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,8 @@ def identification_scores(similarity: np.ndarray, gallery: np.ndarray, top_k=(1,
     """
     from .metrics import retrieval_accuracy, sensitivity_specificity
 
-    for name, matrix in (("similarity", similarity), ("gallery similarity", gallery)):
-        if not np.isfinite(matrix).all():  # a NaN row would rank its correct image first
-            raise InputError(None, f"the image identification's {name} holds {int((~np.isfinite(matrix)).sum())} NaN or infinite "
-                             "value(s).", "check the test responses and the decoded features for non-finite values (re-run the rule).")
+    for name, matrix in (("similarities", similarity), ("gallery similarities", gallery)):  # a NaN row would rank its image first
+        require_finite(matrix, f"the image identification's {name}", fix="check the test responses and the decoded features.")
     n = len(similarity)
     scores = retrieval_accuracy(similarity, k=top_k)
     scores["two_way"] = two_way_accuracy(similarity)

@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .io import InputError, read_words, write_json, write_tsv
+from .io import InputError, read_words, require_finite, write_json, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -259,13 +259,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
 
 
-def _check_finite(scores: np.ndarray, what: str) -> None:
-    """Refuse NaN or ±inf scores: they have no rank (a NaN compares neither below nor above anything)."""
-    bad = ~np.isfinite(scores)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InputError(None, f"{what} contain {int(bad.sum())} non-finite value(s) (the first, {scores[first]}, at index {first}).",
-                         "check the brain and text embeddings for NaN or infinite values (a zero-norm row, a failed fit) and the logit scale.")
+NON_FINITE_FIX = "check the brain and text embeddings for NaN or infinite values (a zero-norm row, a failed fit) and the logit scale."
 
 
 def rank_counts(scores: np.ndarray, true_index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -274,7 +268,7 @@ def rank_counts(scores: np.ndarray, true_index: np.ndarray) -> tuple[np.ndarray,
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[1] < 2:
         raise ValueError(f"scores must be (n, n_classes ≥ 2), got shape {scores.shape}")
-    _check_finite(scores, "the word scores")
+    require_finite(scores, "the word scores", fix=NON_FINITE_FIX)
     true_scores = scores[np.arange(len(scores)), np.asarray(true_index)][:, None]
     above = (scores > true_scores).sum(1)
     tied = (scores == true_scores).sum(1) - 1  # less the true class itself
@@ -367,7 +361,7 @@ def _permutation_p(similarity: np.ndarray, pair_index: np.ndarray, true_index: n
     change places in blocks of ``block_trs`` pairs (``null`` ``block``), or are rotated against the words by at
     least that many pairs (``circular``: every slow trend of either side is kept)."""
     similarity = np.asarray(similarity, dtype=np.float64)
-    _check_finite(similarity, "the brain-text similarities")
+    require_finite(similarity, "the brain-text similarities", fix=NON_FINITE_FIX)
     n_pairs, n_vocab = similarity.shape
     ordered = np.sort(similarity, axis=1)
     # below[p, i] / tied[p, i]: other vocabulary words scored strictly below / equal to word i's true word by pair p
@@ -385,22 +379,9 @@ def _permutation_p(similarity: np.ndarray, pair_index: np.ndarray, true_index: n
 
 def _gain_jackknife(gain: np.ndarray, pair_index: np.ndarray, block_trs: int) -> dict:
     """Mean per-word gain with a delete-one-block jackknife over pairs (a word leaves with its block of ``block_trs``
-    pairs): the 95 % t-interval and the one-sided p (H1: gain > 0) on blocks − 1 degrees of freedom, as the encoding
-    comparisons (:func:`brainllm.metrics.paired_block_jackknife`); NaN with fewer than two blocks holding words."""
-    from scipy import stats
-
+    pairs): the 95 % t-interval and the one-sided p (H1: gain > 0), :func:`brainllm.metrics.block_mean_jackknife`."""
     block = np.asarray(pair_index) // block_trs
-    sums = np.bincount(block, weights=gain)
-    counts = np.bincount(block).astype(float)
-    sums, counts = sums[counts > 0], counts[counts > 0]
-    mean, n_blocks = float(np.mean(gain)), len(sums)
-    if n_blocks < 2:
-        return {"mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "p": float("nan"), "n_blocks": int(n_blocks)}
-    left_out = (sums.sum() - sums) / (counts.sum() - counts)  # the mean gain without each block
-    se = float(np.sqrt((n_blocks - 1) / n_blocks * ((left_out - left_out.mean()) ** 2).sum()))
-    half = float(stats.t.ppf(0.975, n_blocks - 1) * se)
-    p = float(stats.t.sf(mean / se, n_blocks - 1)) if se > 0 else (0.0 if mean > 0 else 1.0)
-    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "p": p, "n_blocks": int(n_blocks)}
+    return metrics.block_mean_jackknife(np.bincount(block, weights=gain), np.bincount(block))
 
 
 @dataclass
@@ -451,13 +432,13 @@ def classify_words(
     log_prior = np.log(prior / prior.sum())
 
     similarity, pair, true = _scores(splits["validation"], text_embeddings)
-    _check_finite(similarity, "the validation brain-text similarities")
+    require_finite(similarity, "the validation brain-text similarities", fix=NON_FINITE_FIX)
     beta, fits = choose_prior_weight(scale * similarity[pair], log_prior[None, :], true, settings.prior_weights)
     log.info("validation: β = %g (mean log-probability of the heard words %s over β %s)", beta, [round(f, 3) for f in fits], list(settings.prior_weights))
 
     test = splits["test"]
     similarity, pair, true = _scores(test, text_embeddings)
-    _check_finite(similarity, "the test brain-text similarities")
+    require_finite(similarity, "the test brain-text similarities", fix=NON_FINITE_FIX)
     if len(true) == 0:
         raise InputError(None, "no held-out word falls inside a contrastive pair and the vocabulary.", "check the test stories' words.tsv and the vocabulary.")
     brain = log_softmax(scale * similarity)  # (n_pairs, n_vocab): every vocabulary word's probability per brain window
