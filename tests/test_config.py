@@ -132,6 +132,10 @@ def test_contrastive_runs_exactly_when_its_section_is_present(workdir, tmp_path)
     counts = job_counts(dry_run(workdir, "--config", "contrastive={enabled: false}").stdout)
     assert not {"contrastive", "contrastive_lora", "features_tuned"} & set(counts)
     assert counts["encoding"] == 2 * 7
+    # the README's quicker demo: the contrastive stage without its LoRA-tuned model
+    counts = job_counts(dry_run(workdir, "--config", "contrastive={lora: {enabled: false}}").stdout)
+    assert counts["contrastive"] == 2 and not {"contrastive_lora", "features_tuned", "decoding_lora"} & set(counts)
+    assert counts["encoding"] == 2 * 7
     # the word objective and the voxel choice without a decoding section: the default vocabulary is built for it
     config["contrastive"] = {"voxel_fraction": 0.2, "words": {"enabled": True}}
     counts = job_counts(dry_run(workdir, "--configfile", str(write_yaml(path, config))).stdout)
